@@ -1,0 +1,166 @@
+//! Types shared by the eBPF datapath (`dr-ebpf`) and the control plane (`dr-ctl`).
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding so both sides agree
+//! on the layout byte for byte. IPv4 addresses are stored as `u32` holding the four
+//! address bytes in network order in memory (`u32::from_ne_bytes(addr.octets())`):
+//! the datapath can compare them with packet fields without byte swapping, and the
+//! LPM trie matches prefixes on the same in-memory bytes.
+#![no_std]
+
+pub mod checksum;
+
+/// Capacity of the peer subnet trie and of the per-peer statistics array.
+pub const MAX_PEERS: u32 = 131_072;
+
+/// Names of the pinned maps, as declared in `dr-ebpf` and found under the pin directory.
+pub mod map_names {
+    pub const PEER_SUBNETS: &str = "PEER_SUBNETS";
+    pub const PEER_TRAFFIC: &str = "PEER_TRAFFIC";
+    pub const DATAPATH_CONFIG: &str = "DATAPATH_CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Names of the eBPF programs in the object.
+pub mod program_names {
+    pub const BRIDGE_INGRESS: &str = "dr_bridge_ingress";
+    pub const UPLINK_INGRESS: &str = "dr_uplink_ingress";
+}
+
+/// Value of `PEER_SUBNETS` (LPM trie keyed by the peer's container subnet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerEntry {
+    /// The peer host's uplink address: the next hop for the subnet.
+    pub via: u32,
+    /// Index into `PEER_TRAFFIC`, allocated by dr-ctl, unique among live peers.
+    pub slot: u32,
+}
+
+/// Packet and byte counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Traffic {
+    #[inline(always)]
+    pub fn add(&mut self, bytes: u64) {
+        self.packets += 1;
+        self.bytes += bytes;
+    }
+
+    pub fn merge(&mut self, other: &Traffic) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Value of `PEER_TRAFFIC` (per-CPU array indexed by `PeerEntry::slot`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    /// Sent by local containers to the peer's subnet.
+    pub to_peer: Traffic,
+    /// Received from the peer's subnet for local containers.
+    pub from_peer: Traffic,
+}
+
+/// `DatapathConfig::owned` bit: `dr-ctl up` created the bridge, `down` deletes it.
+pub const OWNED_BRIDGE: u32 = 1;
+/// `DatapathConfig::owned` bit: `dr-ctl up` added the gateway address to the bridge.
+pub const OWNED_ADDRESS: u32 = 2;
+
+/// Single entry of the `DATAPATH_CONFIG` array, written by `dr-ctl up`.
+///
+/// Kept in a map rather than in `.rodata` so that it is pinned with the other
+/// state: a later `dr-ctl` finds the host's configuration there, and the
+/// programs see the configuration without being reloaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Non-zero once `dr-ctl up` has written the entry; the programs pass
+    /// everything until then.
+    pub enabled: u32,
+    /// Local container subnet (docker0's network), network order, host bits clear.
+    pub local_net: u32,
+    /// Netmask of the local subnet, network order.
+    pub local_mask: u32,
+    /// Prefix length of the local subnet.
+    pub local_prefix_len: u32,
+    /// docker0's address (Docker's `bip`), network order.
+    pub gateway: u32,
+    pub bridge_ifindex: u32,
+    pub uplink_ifindex: u32,
+    /// The uplink's IPv4 address, network order.
+    pub uplink_addr: u32,
+    /// `OWNED_*` bits: what `up` created and `down` must remove.
+    pub owned: u32,
+    pub _reserved: u32,
+}
+
+impl DatapathConfig {
+    /// Whether `addr` (network order) lies in the local container subnet.
+    #[inline(always)]
+    pub fn is_local(&self, addr: u32) -> bool {
+        addr & self.local_mask == self.local_net
+    }
+}
+
+/// Index into the per-CPU `COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Container packets redirected to a peer host.
+    ToPeer = 0,
+    /// Packets from a peer's containers delivered to docker0.
+    FromPeer = 1,
+    /// Packets left to the kernel stack unchanged.
+    Passed = 2,
+    /// IPv4 packets with a truncated or malformed header, left to the kernel.
+    Malformed = 3,
+    /// Dropped: a container sent a source address outside the local subnet.
+    DropSpoofed = 4,
+    /// Dropped: TTL would reach zero while forwarding.
+    DropTtlExceeded = 5,
+    /// Dropped: the redirect helper failed (e.g. the uplink vanished).
+    DropRedirectFailed = 6,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 7] = [
+        Counter::ToPeer,
+        Counter::FromPeer,
+        Counter::Passed,
+        Counter::Malformed,
+        Counter::DropSpoofed,
+        Counter::DropTtlExceeded,
+        Counter::DropRedirectFailed,
+    ];
+
+    /// Stable name used in `dr-ctl status` and its JSON output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::ToPeer => "to_peer",
+            Counter::FromPeer => "from_peer",
+            Counter::Passed => "passed",
+            Counter::Malformed => "malformed",
+            Counter::DropSpoofed => "drop_spoofed_source",
+            Counter::DropTtlExceeded => "drop_ttl_exceeded",
+            Counter::DropRedirectFailed => "drop_redirect_failed",
+        }
+    }
+}
+
+/// Number of entries in `COUNTERS`.
+pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] of integer fields with no implicit padding.
+    unsafe impl aya::Pod for super::PeerEntry {}
+    unsafe impl aya::Pod for super::Traffic {}
+    unsafe impl aya::Pod for super::PeerTraffic {}
+    unsafe impl aya::Pod for super::DatapathConfig {}
+}

@@ -1,0 +1,113 @@
+//! Command-line interface.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::{commands, error::Result, output, subnet::LocalSubnet};
+
+/// eBPF direct routing between container hosts.
+///
+/// Containers on different hosts reach each other by their own IPs: peer
+/// subnets live in BPF maps, not in the routing table, and TC programs on
+/// docker0 and the uplink forward between them. Run `up` once per host, then
+/// `peer add` for every other host.
+#[derive(Debug, Parser)]
+#[command(name = "dr-ctl", version, propagate_version = true)]
+pub struct Cli {
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set up docker0 and load, attach and pin the datapath (idempotent).
+    Up {
+        /// The container bridge; created if absent.
+        #[arg(long, default_value = "docker0")]
+        bridge: String,
+        /// The bridge's address with the subnet's prefix (Docker's `bip`), e.g. 10.0.128.1/24.
+        #[arg(long)]
+        subnet: String,
+        /// The interface toward the other hosts, e.g. eth0.
+        #[arg(long)]
+        uplink: String,
+        /// Also set "bip" in this Docker daemon.json (other keys kept, backup written).
+        #[arg(long, value_name = "PATH")]
+        docker_config: Option<PathBuf>,
+    },
+    /// Detach and unpin the datapath and remove what `up` created.
+    Down,
+    /// Manage peer subnets.
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Show programs, interfaces, local subnet, peers and counters.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Route a peer host's container subnet to it: `peer add 10.0.129.0/24 via 192.168.91.129`.
+    Add {
+        /// The peer's container subnet (host bits clear).
+        subnet: String,
+        #[arg(value_parser = ["via"], hide_possible_values = true, value_name = "via")]
+        via_keyword: String,
+        /// The peer host's address on the uplink's network.
+        #[arg(value_name = "ADDRESS")]
+        via: String,
+    },
+    /// Remove a peer subnet.
+    #[command(alias = "delete")]
+    Del {
+        subnet: String,
+    },
+    /// List peers with their traffic.
+    #[command(alias = "show")]
+    List,
+}
+
+/// Runs a parsed command and returns what to print.
+pub async fn run(cli: Cli) -> Result<String> {
+    let json = cli.json;
+    let render = |text: String, value: String| if json { value + "\n" } else { text };
+    Ok(match cli.command {
+        Command::Up {
+            bridge,
+            subnet,
+            uplink,
+            docker_config,
+        } => {
+            let args = commands::UpArgs {
+                bridge,
+                subnet: LocalSubnet::parse(&subnet)?,
+                uplink,
+                docker_config,
+            };
+            let r = commands::up(&args).await?;
+            render(output::up(&r), output::json(&r))
+        }
+        Command::Down => {
+            let r = commands::down().await?;
+            render(output::down(&r), output::json(&r))
+        }
+        Command::Peer(PeerCommand::Add { subnet, via, .. }) => {
+            let r = commands::peer_add(&subnet, &via).await?;
+            render(output::peer(&r), output::json(&r))
+        }
+        Command::Peer(PeerCommand::Del { subnet }) => {
+            let r = commands::peer_del(&subnet)?;
+            render(output::peer(&r), output::json(&r))
+        }
+        Command::Peer(PeerCommand::List) => {
+            let r = commands::peer_list()?;
+            render(output::peers(&r), output::json(&r))
+        }
+        Command::Status => {
+            let r = commands::status().await?;
+            render(output::status(&r), output::json(&r))
+        }
+    })
+}

@@ -1,0 +1,458 @@
+//! The operations behind each dr-ctl command. Each validates its input fully
+//! before changing anything, and undoes its own partial work on failure.
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use dr_common::{Counter, DatapathConfig, Traffic, OWNED_ADDRESS, OWNED_BRIDGE};
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use crate::{
+    bpffs::PinDir,
+    datapath::{self, Attached, Hook, LinkIds},
+    docker_config::{self, BipChange},
+    error::{Error, Result},
+    maps::{self, Maps},
+    netlink::{Interface, Netlink},
+    subnet::{check_peer, from_map_addr, overlaps, parse_peer_subnet, to_map_addr, LocalSubnet, PeerChange},
+};
+
+/// Inputs of `dr-ctl up`.
+#[derive(Clone, Debug)]
+pub struct UpArgs {
+    pub bridge: String,
+    pub subnet: LocalSubnet,
+    pub uplink: String,
+    pub docker_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpReport {
+    pub changed: bool,
+    pub pin_dir: String,
+    pub created_bridge: bool,
+    pub added_address: bool,
+    #[serde(serialize_with = "crate::output::pairs_as_map")]
+    pub attached: Vec<(&'static str, Attached)>,
+    pub docker_config: Option<BipChange>,
+}
+
+/// Packet and byte counts, as reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<Traffic> for Counts {
+    fn from(t: Traffic) -> Self {
+        Self {
+            packets: t.packets,
+            bytes: t.bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerStatus {
+    pub subnet: Ipv4Net,
+    pub via: Ipv4Addr,
+    pub to_peer: Counts,
+    pub from_peer: Counts,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    pub interface: String,
+    pub ifindex: u32,
+    pub program: &'static str,
+    pub attached: bool,
+    #[serde(flatten)]
+    pub ids: Option<LinkIds>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    pub local_subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub uplink_address: Ipv4Addr,
+    pub hooks: Vec<HookStatus>,
+    pub peers: Vec<PeerStatus>,
+    #[serde(serialize_with = "crate::output::pairs_as_map")]
+    pub counters: Vec<(&'static str, Counts)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeerReport {
+    pub subnet: Ipv4Net,
+    pub via: Option<Ipv4Addr>,
+    pub change: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DownReport {
+    pub was_up: bool,
+    pub pin_dir: String,
+    pub removed_bridge: bool,
+    pub removed_address: bool,
+}
+
+/// Interface names as the kernel accepts them.
+fn check_ifname(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\t', '\n', ':']) {
+        return Err(Error::Invalid(format!("invalid {what} interface name {name:?}")));
+    }
+    Ok(())
+}
+
+/// Work done by `up`, undone in reverse order if a later step fails.
+enum Undo {
+    DeleteInterface(u32),
+    DeleteAddress(u32, Ipv4Net),
+    RemoveDir,
+    RemoveMapPins,
+    Detach(Hook),
+}
+
+async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
+    for step in undo.into_iter().rev() {
+        let result = match step {
+            Undo::DeleteInterface(index) => nl.delete_interface(index).await,
+            Undo::DeleteAddress(index, addr) => nl.delete_address(index, addr).await,
+            Undo::RemoveDir => pins.remove(),
+            Undo::RemoveMapPins => datapath::remove_map_pins(pins),
+            Undo::Detach(hook) => datapath::detach(pins, hook).map(|_| ()),
+        };
+        if let Err(e) = result {
+            warn!("rolling back: {e}");
+        }
+    }
+}
+
+fn same_plan(config: &DatapathConfig, subnet: &LocalSubnet) -> bool {
+    config.local_net == to_map_addr(subnet.net.network())
+        && config.local_prefix_len == u32::from(subnet.net.prefix_len())
+        && config.gateway == to_map_addr(subnet.gateway)
+}
+
+pub async fn up(args: &UpArgs) -> Result<UpReport> {
+    check_ifname("bridge", &args.bridge)?;
+    check_ifname("uplink", &args.uplink)?;
+    if args.bridge == args.uplink {
+        return Err(Error::Invalid(format!(
+            "--bridge and --uplink are both {:?}",
+            args.bridge
+        )));
+    }
+    let nl = Netlink::connect()?;
+    let uplink = nl.require_interface(&args.uplink).await?;
+    let uplink_nets = nl.ipv4_addresses(uplink.index).await?;
+    let Some(uplink_addr) = uplink_nets.first().map(|n| n.addr()) else {
+        return Err(Error::Invalid(format!(
+            "uplink {} has no IPv4 address",
+            args.uplink
+        )));
+    };
+    if let Some(n) = uplink_nets.iter().find(|n| overlaps(&n.trunc(), &args.subnet.net)) {
+        return Err(Error::Invalid(format!(
+            "local subnet {} overlaps the uplink's network {}",
+            args.subnet.net,
+            n.trunc()
+        )));
+    }
+    let bridge = nl.interface(&args.bridge).await?;
+    if let Some(b) = &bridge {
+        if !b.is_bridge {
+            return Err(Error::Invalid(format!("{} exists and is not a bridge", b.name)));
+        }
+    }
+    if let Some(path) = &args.docker_config {
+        // Refuse a daemon.json we could not merge before touching anything.
+        let current = std::fs::read_to_string(path).ok();
+        docker_config::merged(path, current.as_deref(), &args.subnet.bip())?;
+    }
+    let pins = PinDir::locate()?;
+    let existing = if maps::pinned(&pins) {
+        Some(Maps::open(&pins)?.config()?).filter(|c| c.enabled != 0)
+    } else {
+        None
+    };
+    if let Some(config) = &existing {
+        if !same_plan(config, &args.subnet) {
+            return Err(Error::Conflict(format!(
+                "dr is already up here with subnet {}/{}; run `dr-ctl down` first",
+                from_map_addr(config.gateway),
+                config.local_prefix_len
+            )));
+        }
+        let bridge_same = bridge.as_ref().is_some_and(|b| b.index == config.bridge_ifindex);
+        let all_linked = Hook::ALL.iter().all(|h| pins.join(h.link_pin()).exists());
+        if bridge_same && uplink.index == config.uplink_ifindex && all_linked {
+            let docker_config = match &args.docker_config {
+                Some(path) => Some(docker_config::merge_bip(path, &args.subnet.bip())?),
+                None => None,
+            };
+            let changed = matches!(docker_config, Some(BipChange::Written { .. }));
+            return Ok(UpReport {
+                changed,
+                pin_dir: pins.display().to_string(),
+                created_bridge: false,
+                added_address: false,
+                attached: Vec::new(),
+                docker_config,
+            });
+        }
+    }
+
+    let mut undo = Vec::new();
+    let result = apply_up(&nl, &pins, args, bridge, &uplink, uplink_addr, existing, &mut undo).await;
+    if result.is_err() {
+        undo_all(&nl, &pins, undo).await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_up(
+    nl: &Netlink,
+    pins: &PinDir,
+    args: &UpArgs,
+    bridge: Option<Interface>,
+    uplink: &Interface,
+    uplink_addr: Ipv4Addr,
+    existing: Option<DatapathConfig>,
+    undo: &mut Vec<Undo>,
+) -> Result<UpReport> {
+    let mut owned = existing.map_or(0, |c| c.owned);
+    let created_bridge = bridge.is_none();
+    let bridge = match bridge {
+        Some(b) => b,
+        None => {
+            let b = nl.create_bridge(&args.bridge).await?;
+            undo.push(Undo::DeleteInterface(b.index));
+            owned |= OWNED_BRIDGE;
+            b
+        }
+    };
+    let bip = Ipv4Net::new(args.subnet.gateway, args.subnet.net.prefix_len())
+        .expect("prefix checked by LocalSubnet");
+    let added_address = !nl.ipv4_addresses(bridge.index).await?.contains(&bip);
+    if added_address {
+        nl.add_address(bridge.index, bip).await?;
+        if !created_bridge {
+            undo.push(Undo::DeleteAddress(bridge.index, bip));
+        }
+        owned |= OWNED_ADDRESS;
+    }
+    nl.set_up(bridge.index).await?;
+
+    if !pins.exists() {
+        pins.create()?;
+        undo.push(Undo::RemoveDir);
+    }
+    let _lock = pins.lock()?;
+    if !maps::pinned(pins) {
+        undo.push(Undo::RemoveMapPins);
+    }
+    let mut ebpf = datapath::load(pins.path())?;
+    let mut maps = Maps::open(pins)?;
+    maps.set_config(&DatapathConfig {
+        enabled: 1,
+        local_net: to_map_addr(args.subnet.net.network()),
+        local_mask: to_map_addr(args.subnet.net.netmask()),
+        local_prefix_len: args.subnet.net.prefix_len().into(),
+        gateway: to_map_addr(args.subnet.gateway),
+        bridge_ifindex: bridge.index,
+        uplink_ifindex: uplink.index,
+        uplink_addr: to_map_addr(uplink_addr),
+        owned,
+        _reserved: 0,
+    })?;
+    let mut attached = Vec::new();
+    for (hook, iface, old_index) in [
+        (Hook::BridgeIngress, &bridge, existing.map(|c| c.bridge_ifindex)),
+        (Hook::UplinkIngress, uplink, existing.map(|c| c.uplink_ifindex)),
+    ] {
+        if old_index.is_some_and(|old| old != iface.index) {
+            // The interface was recreated: its old link is defunct.
+            datapath::detach(pins, hook)?;
+        }
+        let how = datapath::attach(&mut ebpf, pins, hook, &iface.name)?;
+        if how == Attached::New {
+            undo.push(Undo::Detach(hook));
+        }
+        debug!("{} on {}: {how:?}", hook.program(), iface.name);
+        attached.push((hook.program(), how));
+    }
+    let docker_config = match &args.docker_config {
+        Some(path) => Some(docker_config::merge_bip(path, &args.subnet.bip())?),
+        None => None,
+    };
+    Ok(UpReport {
+        changed: true,
+        pin_dir: pins.display().to_string(),
+        created_bridge,
+        added_address,
+        attached,
+        docker_config,
+    })
+}
+
+pub async fn down() -> Result<DownReport> {
+    let pins = PinDir::locate()?;
+    let mut report = DownReport {
+        was_up: pins.exists(),
+        pin_dir: pins.display().to_string(),
+        removed_bridge: false,
+        removed_address: false,
+    };
+    if !report.was_up {
+        return Ok(report);
+    }
+    let lock = pins.lock()?;
+    let config = if maps::pinned(&pins) {
+        Maps::open(&pins)?.config()?
+    } else {
+        DatapathConfig::default()
+    };
+    for hook in Hook::ALL {
+        datapath::detach(&pins, hook)?;
+    }
+    let nl = Netlink::connect()?;
+    let bridge = nl.interface_by_index(config.bridge_ifindex).await?;
+    if let Some(bridge) = bridge.filter(|_| config.enabled != 0) {
+        if config.owned & OWNED_BRIDGE != 0 {
+            nl.delete_interface(bridge.index).await?;
+            report.removed_bridge = true;
+        } else if config.owned & OWNED_ADDRESS != 0 {
+            let prefix = config.local_prefix_len as u8;
+            let bip = Ipv4Net::new(from_map_addr(config.gateway), prefix)
+                .map_err(|_| Error::Invalid(format!("corrupt prefix length {prefix}")))?;
+            nl.delete_address(bridge.index, bip).await?;
+            report.removed_address = true;
+        }
+    }
+    datapath::remove_map_pins(&pins)?;
+    drop(lock);
+    pins.remove()?;
+    Ok(report)
+}
+
+/// Opens a datapath that is up, holding the namespace lock.
+fn open_up() -> Result<(PinDir, crate::bpffs::PinLock, Maps, DatapathConfig)> {
+    let pins = PinDir::locate()?;
+    if !pins.exists() {
+        return Err(Error::NotUp);
+    }
+    let lock = pins.lock()?;
+    let maps = Maps::open(&pins)?;
+    let config = maps.enabled_config()?;
+    Ok((pins, lock, maps, config))
+}
+
+fn local_subnet(config: &DatapathConfig) -> Result<LocalSubnet> {
+    let prefix = config.local_prefix_len as u8;
+    let net = Ipv4Net::new(from_map_addr(config.local_net), prefix)
+        .map_err(|_| Error::Invalid(format!("corrupt prefix length {prefix}")))?;
+    Ok(LocalSubnet {
+        gateway: from_map_addr(config.gateway),
+        net,
+    })
+}
+
+fn parse_via(via: &str) -> Result<Ipv4Addr> {
+    via.parse()
+        .map_err(|_| Error::Invalid(format!("invalid via address {via:?}: expected an IPv4 address")))
+}
+
+pub async fn peer_add(subnet: &str, via: &str) -> Result<PeerReport> {
+    let subnet = parse_peer_subnet(subnet)?;
+    let via = parse_via(via)?;
+    let (_pins, _lock, mut maps, config) = open_up()?;
+    let nl = Netlink::connect()?;
+    let uplink_nets = nl.ipv4_addresses(config.uplink_ifindex).await?;
+    let existing: Vec<_> = maps.peers()?.iter().map(|p| (p.subnet, p.via)).collect();
+    let change = check_peer(subnet, via, &local_subnet(&config)?, &uplink_nets, &existing)?;
+    let change = match change {
+        PeerChange::Unchanged => "unchanged",
+        PeerChange::Add => "added",
+        PeerChange::Replace { .. } => "replaced",
+    };
+    if change != "unchanged" {
+        maps.upsert_peer(subnet, via)?;
+    }
+    Ok(PeerReport {
+        subnet,
+        via: Some(via),
+        change,
+    })
+}
+
+pub fn peer_del(subnet: &str) -> Result<PeerReport> {
+    let subnet = parse_peer_subnet(subnet)?;
+    let (_pins, _lock, mut maps, _) = open_up()?;
+    let Some(peer) = maps.peers()?.into_iter().find(|p| p.subnet == subnet) else {
+        return Err(Error::Invalid(format!("no peer {subnet}")));
+    };
+    maps.remove_peer(subnet)?;
+    Ok(PeerReport {
+        subnet,
+        via: Some(peer.via),
+        change: "deleted",
+    })
+}
+
+fn peer_statuses(maps: &Maps) -> Result<Vec<PeerStatus>> {
+    maps.peers()?
+        .into_iter()
+        .map(|p| {
+            let traffic = maps.peer_traffic(p.slot)?;
+            Ok(PeerStatus {
+                subnet: p.subnet,
+                via: p.via,
+                to_peer: traffic.to_peer.into(),
+                from_peer: traffic.from_peer.into(),
+            })
+        })
+        .collect()
+}
+
+pub fn peer_list() -> Result<Vec<PeerStatus>> {
+    let (_pins, _lock, maps, _) = open_up()?;
+    peer_statuses(&maps)
+}
+
+pub async fn status() -> Result<Status> {
+    let (pins, _lock, maps, config) = open_up()?;
+    let nl = Netlink::connect()?;
+    let local = local_subnet(&config)?;
+    let mut hooks = Vec::new();
+    for (hook, ifindex) in [
+        (Hook::BridgeIngress, config.bridge_ifindex),
+        (Hook::UplinkIngress, config.uplink_ifindex),
+    ] {
+        let iface = nl.interface_by_index(ifindex).await?;
+        let ids = datapath::link_ids(&pins, hook)?;
+        hooks.push(HookStatus {
+            interface: iface.map_or_else(|| "(gone)".to_string(), |i| i.name),
+            ifindex,
+            program: hook.program(),
+            attached: ids.is_some(),
+            ids,
+        });
+    }
+    Ok(Status {
+        pin_dir: pins.display().to_string(),
+        local_subnet: local.net,
+        gateway: local.gateway,
+        uplink_address: from_map_addr(config.uplink_addr),
+        hooks,
+        peers: peer_statuses(&maps)?,
+        counters: maps
+            .counters()?
+            .into_iter()
+            .map(|(c, t): (Counter, Traffic)| (c.name(), t.into()))
+            .collect(),
+    })
+}

@@ -1,0 +1,151 @@
+//! Loading the embedded eBPF object, attaching its programs with pinned TCX
+//! links (a TCX link dies with its process unless pinned), and detaching.
+use std::path::{Path, PathBuf};
+
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use dr_common::{map_names, program_names};
+
+use crate::{
+    bpffs::PinDir,
+    error::{io_context, Error, Result},
+};
+
+/// The eBPF object built from `dr-ebpf` by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dr"));
+
+/// Which program goes where, and the name of its link pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    BridgeIngress,
+    UplinkIngress,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::BridgeIngress, Hook::UplinkIngress];
+
+    pub const fn program(self) -> &'static str {
+        match self {
+            Hook::BridgeIngress => program_names::BRIDGE_INGRESS,
+            Hook::UplinkIngress => program_names::UPLINK_INGRESS,
+        }
+    }
+
+    pub const fn link_pin(self) -> &'static str {
+        match self {
+            Hook::BridgeIngress => "link_bridge_ingress",
+            Hook::UplinkIngress => "link_uplink_ingress",
+        }
+    }
+}
+
+pub const MAP_PINS: [&str; 4] = [
+    map_names::PEER_SUBNETS,
+    map_names::PEER_TRAFFIC,
+    map_names::DATAPATH_CONFIG,
+    map_names::COUNTERS,
+];
+
+/// Loads the object; its maps are created and pinned in `map_dir` (a bpffs
+/// directory), or adopted from there if already pinned, so state survives
+/// dr-ctl exiting and programs being replaced.
+pub fn load(map_dir: &Path) -> Result<Ebpf> {
+    Ok(EbpfLoader::new()
+        .default_map_pin_directory(map_dir)
+        .load(EBPF_OBJECT)?)
+}
+
+/// The program of `hook`, loaded into the kernel.
+pub fn program<'a>(ebpf: &'a mut Ebpf, hook: Hook) -> Result<&'a mut SchedClassifier> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(hook.program())
+        .ok_or_else(|| Error::Invalid(format!("program {} missing from object", hook.program())))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load()?;
+    }
+    Ok(prog)
+}
+
+/// What [`attach`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attached {
+    /// A new link was created and pinned.
+    New,
+    /// A pinned link existed: its program was swapped atomically.
+    Replaced,
+}
+
+/// Attaches `hook`'s program to `iface` ingress and pins the link; when a link
+/// is already pinned, swaps its program in place so traffic never sees a gap.
+pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, hook: Hook, iface: &str) -> Result<Attached> {
+    let path = pins.join(hook.link_pin());
+    let prog = program(ebpf, hook)?;
+    if path.exists() {
+        let pinned = PinnedLink::from_pin(&path)?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+        let id = prog.attach_to_link(link)?;
+        // The pin keeps the link; our handle may go.
+        drop(prog.take_link(id)?);
+        return Ok(Attached::Replaced);
+    }
+    let id = prog.attach_with_options(
+        iface,
+        TcAttachType::Ingress,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    )?;
+    let link: FdLink = prog.take_link(id)?.try_into()?;
+    link.pin(&path).map_err(|source| Error::Pin {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Attached::New)
+}
+
+/// Removes the link pin of `hook`, which detaches the program.
+pub fn detach(pins: &PinDir, hook: Hook) -> Result<bool> {
+    remove_pin(pins.join(hook.link_pin()))
+}
+
+/// Removes the map pins (the maps go when their last user does).
+pub fn remove_map_pins(pins: &PinDir) -> Result<()> {
+    for name in MAP_PINS {
+        remove_pin(pins.join(name))?;
+    }
+    Ok(())
+}
+
+fn remove_pin(path: PathBuf) -> Result<bool> {
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_context(format!("removing {}", path.display()))(e)),
+    }
+}
+
+/// Kernel ids of an attached hook, if its link is pinned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LinkIds {
+    pub link_id: u32,
+    pub program_id: u32,
+}
+
+pub fn link_ids(pins: &PinDir, hook: Hook) -> Result<Option<LinkIds>> {
+    let path = pins.join(hook.link_pin());
+    if !path.exists() {
+        return Ok(None);
+    }
+    let link = FdLink::from(PinnedLink::from_pin(&path)?);
+    let info = link.info()?;
+    Ok(Some(LinkIds {
+        link_id: info.id(),
+        program_id: info.program_id(),
+    }))
+}

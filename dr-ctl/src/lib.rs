@@ -1,0 +1,11 @@
+//! dr-ctl: the control plane of dr. See ARCHITECTURE.md.
+pub mod bpffs;
+pub mod cli;
+pub mod commands;
+pub mod datapath;
+pub mod docker_config;
+pub mod error;
+pub mod maps;
+pub mod netlink;
+pub mod output;
+pub mod subnet;

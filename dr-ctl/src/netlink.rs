@@ -1,0 +1,159 @@
+//! Interface and address management through rtnetlink.
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    packet_route::{
+        address::{AddressAttribute, AddressMessage},
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    },
+    Handle, LinkBridge, LinkUnspec,
+};
+
+use crate::error::{io_context, Error, Result};
+
+/// An interface as dr sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub index: u32,
+    pub name: String,
+    pub is_bridge: bool,
+}
+
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a rtnetlink socket in the current network namespace; needs a tokio runtime.
+    pub fn connect() -> Result<Self> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(io_context("opening a netlink socket"))?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    pub async fn interface(&self, name: &str) -> Result<Option<Interface>> {
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links.try_next().await? {
+            let iface = interface_of(&link);
+            if iface.name == name {
+                return Ok(Some(iface));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Like [`Self::interface`], but a missing interface is an error.
+    pub async fn require_interface(&self, name: &str) -> Result<Interface> {
+        self.interface(name)
+            .await?
+            .ok_or_else(|| Error::NoSuchInterface(name.to_string()))
+    }
+
+    pub async fn interface_by_index(&self, index: u32) -> Result<Option<Interface>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link.as_ref().map(interface_of)),
+            // The kernel answers a dump for a missing index with ENODEV.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The interface's IPv4 addresses with their prefix lengths.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = addrs.try_next().await? {
+            if msg.header.index != index {
+                continue;
+            }
+            if let Some(addr) = ipv4_of(&msg) {
+                if let Ok(net) = Ipv4Net::new(addr, msg.header.prefix_len) {
+                    out.push(net);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn create_bridge(&self, name: &str) -> Result<Interface> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await?;
+        self.require_interface(name).await
+    }
+
+    pub async fn add_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
+            .execute()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = addrs.try_next().await? {
+            if msg.header.index == index
+                && msg.header.prefix_len == addr.prefix_len()
+                && ipv4_of(&msg) == Some(addr.addr())
+            {
+                self.handle.address().del(msg).execute().await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_interface(&self, index: u32) -> Result<()> {
+        self.handle.link().del(index).execute().await?;
+        Ok(())
+    }
+}
+
+fn interface_of(link: &LinkMessage) -> Interface {
+    let mut iface = Interface {
+        index: link.header.index,
+        name: String::new(),
+        is_bridge: false,
+    };
+    for attr in &link.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => iface.name = name.clone(),
+            LinkAttribute::LinkInfo(infos) => {
+                iface.is_bridge |= infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+            }
+            _ => {}
+        }
+    }
+    iface
+}
+
+fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS differs only on point-to-point links.
+    let mut found = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(IpAddr::V4(a)) => return Some(*a),
+            AddressAttribute::Address(IpAddr::V4(a)) => found = Some(*a),
+            _ => {}
+        }
+    }
+    found
+}

@@ -1,0 +1,120 @@
+//! Rendering command results for people (tables) and programs (`--json`).
+use std::fmt::Write as _;
+
+use serde::{ser::SerializeMap, Serialize, Serializer};
+
+use crate::{
+    commands::{Counts, DownReport, PeerReport, PeerStatus, Status, UpReport},
+    docker_config::BipChange,
+};
+
+/// Serializes `[(name, value)]` as a JSON object, keeping the order.
+pub fn pairs_as_map<S: Serializer, V: Serialize>(
+    pairs: &[(&'static str, V)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(pairs.len()))?;
+    for (k, v) in pairs {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
+}
+
+pub fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).expect("reports serialize")
+}
+
+fn counts(c: &Counts) -> String {
+    format!("{} pkts {} bytes", c.packets, c.bytes)
+}
+
+pub fn up(r: &UpReport) -> String {
+    let mut out = String::new();
+    if !r.changed {
+        let _ = writeln!(out, "dr is already up ({}); nothing changed", r.pin_dir);
+        return out;
+    }
+    if r.created_bridge {
+        out.push_str("created bridge\n");
+    }
+    if r.added_address {
+        out.push_str("added bridge address\n");
+    }
+    for (program, how) in &r.attached {
+        let _ = writeln!(out, "{program}: {how:?}");
+    }
+    if let Some(BipChange::Written { backup }) = &r.docker_config {
+        let _ = writeln!(
+            out,
+            "wrote bip to daemon.json{}",
+            backup.as_ref().map_or(String::new(), |b| format!(" (previous file saved as {b})"))
+        );
+    }
+    let _ = writeln!(out, "dr is up; state pinned in {}", r.pin_dir);
+    out
+}
+
+pub fn down(r: &DownReport) -> String {
+    if !r.was_up {
+        return "dr was not up; nothing to do\n".into();
+    }
+    let mut out = String::new();
+    if r.removed_bridge {
+        out.push_str("removed the bridge created by up\n");
+    } else if r.removed_address {
+        out.push_str("removed the bridge address added by up\n");
+    }
+    let _ = writeln!(out, "dr is down; removed {}", r.pin_dir);
+    out
+}
+
+pub fn peer(r: &PeerReport) -> String {
+    match r.via {
+        Some(via) => format!("peer {} via {}: {}\n", r.subnet, via, r.change),
+        None => format!("peer {}: {}\n", r.subnet, r.change),
+    }
+}
+
+pub fn peers(peers: &[PeerStatus]) -> String {
+    let mut out = format!(
+        "{:<20} {:<16} {:>28} {:>28}\n",
+        "SUBNET", "VIA", "TO PEER", "FROM PEER"
+    );
+    for p in peers {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<16} {:>28} {:>28}",
+            p.subnet.to_string(),
+            p.via.to_string(),
+            counts(&p.to_peer),
+            counts(&p.from_peer)
+        );
+    }
+    out
+}
+
+pub fn status(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "local subnet: {} (gateway {})", s.local_subnet, s.gateway);
+    let _ = writeln!(out, "uplink address: {}", s.uplink_address);
+    let _ = writeln!(out, "pins: {}", s.pin_dir);
+    out.push_str("programs:\n");
+    for h in &s.hooks {
+        let state = match (&h.ids, h.attached) {
+            (Some(ids), _) => format!("attached (link {}, prog {})", ids.link_id, ids.program_id),
+            _ => "NOT ATTACHED".to_string(),
+        };
+        let _ = writeln!(out, "  {:<18} {} ingress (ifindex {}): {state}", h.program, h.interface, h.ifindex);
+    }
+    let _ = writeln!(out, "peers: {}", s.peers.len());
+    if !s.peers.is_empty() {
+        for line in peers(&s.peers).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out.push_str("counters:\n");
+    for (name, c) in &s.counters {
+        let _ = writeln!(out, "  {name:<22} {}", counts(c));
+    }
+    out
+}

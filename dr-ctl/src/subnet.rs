@@ -1,0 +1,225 @@
+//! Parsing and validation of the subnet plan: pure functions, no system access.
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::error::{Error, Result};
+
+/// docker0's addressing, given as Docker's `bip`: the gateway address with the
+/// subnet's prefix length (`10.0.128.1/24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalSubnet {
+    pub gateway: Ipv4Addr,
+    pub net: Ipv4Net,
+}
+
+impl LocalSubnet {
+    pub fn parse(s: &str) -> Result<Self> {
+        let with_prefix: Ipv4Net = s.parse().map_err(|_| {
+            Error::Invalid(format!(
+                "invalid --subnet {s:?}: expected the bridge address with a prefix, like 10.0.128.1/24"
+            ))
+        })?;
+        let net = with_prefix.trunc();
+        let gateway = with_prefix.addr();
+        if with_prefix.prefix_len() > 30 {
+            return Err(Error::Invalid(format!(
+                "invalid --subnet {s}: a /{} leaves no room for containers",
+                with_prefix.prefix_len()
+            )));
+        }
+        if gateway == net.network() || gateway == net.broadcast() {
+            return Err(Error::Invalid(format!(
+                "invalid --subnet {s}: {gateway} is the {} address of {net}; give the bridge's own address, like {}/{}",
+                if gateway == net.network() { "network" } else { "broadcast" },
+                Ipv4Addr::from(u32::from(net.network()) + 1),
+                net.prefix_len()
+            )));
+        }
+        Ok(Self { gateway, net })
+    }
+
+    /// The `bip` form: `10.0.128.1/24`.
+    pub fn bip(&self) -> String {
+        format!("{}/{}", self.gateway, self.net.prefix_len())
+    }
+}
+
+/// Parses a peer's container subnet; host bits must be clear.
+pub fn parse_peer_subnet(s: &str) -> Result<Ipv4Net> {
+    let net: Ipv4Net = s.parse().map_err(|_| {
+        Error::Invalid(format!(
+            "invalid peer subnet {s:?}: expected an IPv4 CIDR like 10.0.129.0/24"
+        ))
+    })?;
+    if net != net.trunc() {
+        return Err(Error::Invalid(format!(
+            "invalid peer subnet {s}: host bits are set (did you mean {}?)",
+            net.trunc()
+        )));
+    }
+    Ok(net)
+}
+
+pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// What `peer add` has to do for a subnet that passed validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerChange {
+    /// The same subnet is already there via the same host.
+    Unchanged,
+    Add,
+    /// The same subnet is there via another host: switch it atomically.
+    Replace { old_via: Ipv4Addr },
+}
+
+/// Checks a new peer against this host's plan.
+/// `uplink_nets` are the uplink's IPv4 addresses with their prefixes.
+pub fn check_peer(
+    subnet: Ipv4Net,
+    via: Ipv4Addr,
+    local: &LocalSubnet,
+    uplink_nets: &[Ipv4Net],
+    existing: &[(Ipv4Net, Ipv4Addr)],
+) -> Result<PeerChange> {
+    if overlaps(&subnet, &local.net) {
+        let what = if subnet == local.net { "is" } else { "overlaps" };
+        return Err(Error::Invalid(format!(
+            "peer subnet {subnet} {what} this host's local subnet {}",
+            local.net
+        )));
+    }
+    if uplink_nets.iter().any(|n| n.addr() == via) {
+        return Err(Error::Invalid(format!(
+            "via {via} is this host's own uplink address"
+        )));
+    }
+    if !uplink_nets.iter().any(|n| n.contains(&via)) {
+        let nets: Vec<String> = uplink_nets.iter().map(|n| n.trunc().to_string()).collect();
+        return Err(Error::Invalid(format!(
+            "via {via} is not on the uplink's network ({})",
+            if nets.is_empty() { "the uplink has no IPv4 address".to_string() } else { nets.join(", ") }
+        )));
+    }
+    if let Some(net) = uplink_nets.iter().find(|n| overlaps(&subnet, &n.trunc())) {
+        return Err(Error::Invalid(format!(
+            "peer subnet {subnet} overlaps the uplink's network {}",
+            net.trunc()
+        )));
+    }
+    for (other, other_via) in existing {
+        if *other == subnet {
+            return Ok(if *other_via == via {
+                PeerChange::Unchanged
+            } else {
+                PeerChange::Replace { old_via: *other_via }
+            });
+        }
+        if overlaps(&subnet, other) {
+            return Err(Error::Invalid(format!(
+                "peer subnet {subnet} overlaps peer {other} via {other_via}"
+            )));
+        }
+    }
+    Ok(PeerChange::Add)
+}
+
+/// In-memory form of addresses in dr-common's maps (see its crate docs).
+pub fn to_map_addr(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+pub fn from_map_addr(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> LocalSubnet {
+        LocalSubnet::parse("10.0.128.1/24").unwrap()
+    }
+
+    fn uplink() -> Vec<Ipv4Net> {
+        vec!["192.168.91.128/24".parse().unwrap()]
+    }
+
+    fn err(r: Result<impl std::fmt::Debug>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn local_subnet_is_the_bip() {
+        let l = local();
+        assert_eq!(l.gateway, Ipv4Addr::new(10, 0, 128, 1));
+        assert_eq!(l.net.to_string(), "10.0.128.0/24");
+        assert_eq!(l.bip(), "10.0.128.1/24");
+    }
+
+    #[test]
+    fn local_subnet_rejects_bad_forms() {
+        assert!(err(LocalSubnet::parse("10.0.128.1")).contains("expected the bridge address"));
+        assert!(err(LocalSubnet::parse("10.0.300.1/24")).contains("invalid --subnet"));
+        assert!(err(LocalSubnet::parse("10.0.128.0/24")).contains("network address"));
+        assert!(err(LocalSubnet::parse("10.0.128.0/24")).contains("10.0.128.1/24"));
+        assert!(err(LocalSubnet::parse("10.0.128.255/24")).contains("broadcast"));
+        assert!(err(LocalSubnet::parse("10.0.128.1/31")).contains("no room"));
+    }
+
+    #[test]
+    fn peer_subnet_needs_clear_host_bits() {
+        assert_eq!(parse_peer_subnet("10.0.129.0/24").unwrap().to_string(), "10.0.129.0/24");
+        let e = err(parse_peer_subnet("10.0.129.7/24"));
+        assert!(e.contains("host bits") && e.contains("10.0.129.0/24"), "{e}");
+        assert!(err(parse_peer_subnet("10.0.129/24")).contains("invalid peer subnet"));
+        assert!(err(parse_peer_subnet("nonsense")).contains("invalid peer subnet"));
+    }
+
+    #[test]
+    fn overlap_is_symmetric_and_exact() {
+        let a: Ipv4Net = "10.0.0.0/16".parse().unwrap();
+        let b: Ipv4Net = "10.0.129.0/24".parse().unwrap();
+        let c: Ipv4Net = "10.1.0.0/24".parse().unwrap();
+        assert!(overlaps(&a, &b) && overlaps(&b, &a));
+        assert!(!overlaps(&a, &c) && !overlaps(&c, &a));
+        assert!(overlaps(&b, &b));
+    }
+
+    fn check(subnet: &str, via: &str, existing: &[(&str, &str)]) -> Result<PeerChange> {
+        let existing: Vec<_> = existing
+            .iter()
+            .map(|(n, v)| (n.parse().unwrap(), v.parse().unwrap()))
+            .collect();
+        check_peer(subnet.parse().unwrap(), via.parse().unwrap(), &local(), &uplink(), &existing)
+    }
+
+    #[test]
+    fn peer_checks() {
+        assert_eq!(check("10.0.129.0/24", "192.168.91.129", &[]).unwrap(), PeerChange::Add);
+        assert_eq!(
+            check("10.0.129.0/24", "192.168.91.129", &[("10.0.129.0/24", "192.168.91.129")]).unwrap(),
+            PeerChange::Unchanged
+        );
+        assert_eq!(
+            check("10.0.129.0/24", "192.168.91.130", &[("10.0.129.0/24", "192.168.91.129")]).unwrap(),
+            PeerChange::Replace { old_via: "192.168.91.129".parse().unwrap() }
+        );
+        assert!(err(check("10.0.128.0/24", "192.168.91.129", &[])).contains("is this host's local subnet"));
+        assert!(err(check("10.0.0.0/16", "192.168.91.129", &[])).contains("overlaps this host's local subnet"));
+        assert!(err(check("10.0.129.0/24", "192.168.92.1", &[])).contains("not on the uplink's network"));
+        assert!(err(check("10.0.129.0/24", "192.168.91.128", &[])).contains("own uplink address"));
+        assert!(err(check("192.168.91.0/25", "192.168.91.129", &[])).contains("overlaps the uplink"));
+        assert!(err(check("10.0.129.128/25", "192.168.91.130", &[("10.0.129.0/24", "192.168.91.129")]))
+            .contains("overlaps peer 10.0.129.0/24"));
+    }
+
+    #[test]
+    fn map_addresses_keep_network_byte_order_in_memory() {
+        let raw = to_map_addr(Ipv4Addr::new(10, 0, 129, 2));
+        assert_eq!(raw.to_ne_bytes(), [10, 0, 129, 2]);
+        assert_eq!(from_map_addr(raw), Ipv4Addr::new(10, 0, 129, 2));
+    }
+}

@@ -1,0 +1,41 @@
+//! docker0 ingress: packets from local containers.
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use dr_common::Counter;
+
+use crate::{
+    maps::{config, peer_for, peer_traffic},
+    packet::{drop, dst_addr, forward, parse, pass, src_addr, Frame},
+};
+
+/// A container's packet for a peer subnet goes straight out of the uplink to
+/// the peer host; a packet with a source outside the local subnet is dropped;
+/// everything else goes to the stack unchanged.
+#[classifier]
+pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
+    let bytes = ctx.len() as u64;
+    let Some(cfg) = config() else {
+        return pass(Counter::Passed, bytes);
+    };
+    let ip = match parse(&ctx) {
+        Frame::NotIpv4 => return pass(Counter::Passed, bytes),
+        Frame::Malformed => return pass(Counter::Malformed, bytes),
+        Frame::Ipv4(ip) => ip,
+    };
+    if !cfg.is_local(src_addr(ip)) {
+        return drop(Counter::DropSpoofed, bytes);
+    }
+    let dst = dst_addr(ip);
+    if cfg.is_local(dst) {
+        return pass(Counter::Passed, bytes);
+    }
+    let Some(peer) = peer_for(dst) else {
+        return pass(Counter::Passed, bytes);
+    };
+    let (verdict, sent) = forward(ip, cfg.uplink_ifindex, Some(peer.via), Counter::ToPeer, bytes);
+    if sent {
+        if let Some(traffic) = peer_traffic(peer) {
+            traffic.to_peer.add(bytes);
+        }
+    }
+    verdict
+}

@@ -1,0 +1,20 @@
+//! dr's datapath: TC programs on docker0 and uplink ingress.
+//! See ARCHITECTURE.md for the packet's way through them.
+#![no_std]
+#![no_main]
+
+mod bridge;
+mod maps;
+mod packet;
+mod uplink;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// The kernel only offers some helpers to GPL-compatible programs.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

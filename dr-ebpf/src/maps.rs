@@ -1,0 +1,52 @@
+//! The maps, pinned by name under dr-ctl's per-network-namespace directory,
+//! and the small accessors the programs use on them.
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray},
+};
+use dr_common::{
+    Counter, DatapathConfig, PeerEntry, PeerTraffic, Traffic, COUNTER_COUNT, MAX_PEERS,
+};
+
+/// Peer container subnet -> the peer host that owns it. Written by `dr-ctl peer`.
+#[map]
+pub static PEER_SUBNETS: LpmTrie<u32, PeerEntry> = LpmTrie::pinned(MAX_PEERS, 0);
+
+/// Per-peer traffic, indexed by `PeerEntry::slot`. Zeroed by dr-ctl when a slot is allocated.
+#[map]
+pub static PEER_TRAFFIC: PerCpuArray<PeerTraffic> = PerCpuArray::pinned(MAX_PEERS, 0);
+
+/// This host's addressing and interfaces. Written by `dr-ctl up`.
+#[map]
+pub static DATAPATH_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// Verdict counters, indexed by `Counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<Traffic> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+/// The configuration, once `dr-ctl up` has enabled it.
+#[inline(always)]
+pub fn config() -> Option<&'static DatapathConfig> {
+    DATAPATH_CONFIG.get(0).filter(|c| c.enabled != 0)
+}
+
+/// The peer whose subnet holds `addr` (network order), longest prefix first.
+#[inline(always)]
+pub fn peer_for(addr: u32) -> Option<&'static PeerEntry> {
+    PEER_SUBNETS.get(Key::new(32, addr))
+}
+
+#[inline(always)]
+pub fn count(counter: Counter, bytes: u64) {
+    if let Some(t) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU value, no other writer on this CPU while we run.
+        unsafe { (*t).add(bytes) }
+    }
+}
+
+/// Per-peer traffic slot, for the caller to add to one direction.
+#[inline(always)]
+pub fn peer_traffic(peer: &PeerEntry) -> Option<&'static mut PeerTraffic> {
+    // SAFETY: per-CPU value, no other writer on this CPU while we run.
+    PEER_TRAFFIC.get_ptr_mut(peer.slot).map(|p| unsafe { &mut *p })
+}

@@ -1,0 +1,151 @@
+//! Header access and the rewrites shared by the programs.
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{bpf_redir_neigh, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated::bpf_redirect_neigh,
+    programs::TcContext,
+};
+use dr_common::{checksum, Counter};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
+
+use crate::maps::count;
+
+const AF_INET: u32 = 2;
+
+/// What the start of a frame holds, as far as dr is concerned.
+pub enum Frame {
+    /// Not IPv4 (ARP, IPv6, ...) or shorter than an Ethernet header.
+    NotIpv4,
+    /// An IPv4 EtherType with a truncated or inconsistent header.
+    Malformed,
+    Ipv4(&'static mut Ipv4Hdr),
+}
+
+/// Pointer to a `T` at `offset` into the frame, if the frame's linear data holds it.
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Finds the IPv4 header, pulling it into linear data when the skb is paged.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Frame {
+    const HEADERS: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+    if ctx.data() + HEADERS > ctx.data_end() && ctx.len() as usize >= HEADERS {
+        // Best effort: a failure shows up as a short frame below.
+        let _ = ctx.pull_data(HEADERS as u32);
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Frame::NotIpv4;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return Frame::NotIpv4;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+        return Frame::Malformed;
+    };
+    // SAFETY: bounds checked by ptr_at; the packet outlives the program run.
+    let ip = unsafe { &mut *ip };
+    let header_len = (ip.vihl & 0x0f) as usize * 4;
+    let total_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip.vihl >> 4 != 4
+        || header_len < Ipv4Hdr::LEN
+        || total_len < header_len
+        || EthHdr::LEN + total_len > ctx.len() as usize
+    {
+        return Frame::Malformed;
+    }
+    Frame::Ipv4(ip)
+}
+
+#[inline(always)]
+pub fn src_addr(ip: &Ipv4Hdr) -> u32 {
+    u32::from_ne_bytes(ip.src_addr)
+}
+
+#[inline(always)]
+pub fn dst_addr(ip: &Ipv4Hdr) -> u32 {
+    u32::from_ne_bytes(ip.dst_addr)
+}
+
+/// Decrements the TTL and patches the header checksum incrementally.
+/// Returns false, leaving the header untouched, when the TTL would reach zero.
+/// The header's one's-complement sum is unchanged, so a CHECKSUM_COMPLETE
+/// value computed by the device stays valid.
+#[inline(always)]
+pub fn decrement_ttl(ip: &mut Ipv4Hdr) -> bool {
+    if ip.ttl <= 1 {
+        return false;
+    }
+    let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    ip.ttl -= 1;
+    let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    ip.check = checksum::replace_u16(u16::from_ne_bytes(ip.check), old, new).to_ne_bytes();
+    true
+}
+
+/// Sends the frame out of `ifindex`, with L2 addresses from the neighbour table
+/// for `next_hop` (network order), or for the packet's destination when `None`.
+/// Neither the FIB nor netfilter nor `ip_forward` are involved.
+#[inline(always)]
+pub fn redirect_neigh(ifindex: u32, next_hop: Option<u32>) -> i32 {
+    let ret = match next_hop {
+        Some(addr) => {
+            let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+            nh.nh_family = AF_INET;
+            nh.__bindgen_anon_1.ipv4_nh = addr;
+            // SAFETY: nh lives across the call; the size matches the struct.
+            unsafe {
+                bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
+            }
+        }
+        // SAFETY: a null parameter block is allowed when its length is 0.
+        None => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) },
+    };
+    ret as i32
+}
+
+/// Leaves the frame to the kernel stack, counted.
+#[inline(always)]
+pub fn pass(counter: Counter, bytes: u64) -> i32 {
+    count(counter, bytes);
+    TC_ACT_OK
+}
+
+/// Drops the frame, counted by reason.
+#[inline(always)]
+pub fn drop(counter: Counter, bytes: u64) -> i32 {
+    count(counter, bytes);
+    TC_ACT_SHOT
+}
+
+/// Forwards an IPv4 packet out of `ifindex` toward `next_hop` (see
+/// [`redirect_neigh`]): decrements the TTL, counts the verdict under
+/// `counter`, and returns the TC verdict and whether the packet was sent.
+#[inline(always)]
+pub fn forward(
+    ip: &mut Ipv4Hdr,
+    ifindex: u32,
+    next_hop: Option<u32>,
+    counter: Counter,
+    bytes: u64,
+) -> (i32, bool) {
+    if !decrement_ttl(ip) {
+        return (drop(Counter::DropTtlExceeded, bytes), false);
+    }
+    let verdict = redirect_neigh(ifindex, next_hop);
+    if verdict == TC_ACT_SHOT {
+        return (drop(Counter::DropRedirectFailed, bytes), false);
+    }
+    count(counter, bytes);
+    (verdict, true)
+}

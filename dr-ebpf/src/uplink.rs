@@ -1,0 +1,38 @@
+//! Uplink ingress: packets from the shared segment.
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use dr_common::Counter;
+
+use crate::{
+    maps::{config, peer_for, peer_traffic},
+    packet::{dst_addr, forward, parse, pass, src_addr, Frame},
+};
+
+/// A packet from a known peer subnet to a local container is delivered to
+/// docker0 directly; everything else goes to the stack unchanged.
+#[classifier]
+pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
+    let bytes = ctx.len() as u64;
+    let Some(cfg) = config() else {
+        return pass(Counter::Passed, bytes);
+    };
+    let ip = match parse(&ctx) {
+        Frame::NotIpv4 => return pass(Counter::Passed, bytes),
+        Frame::Malformed => return pass(Counter::Malformed, bytes),
+        Frame::Ipv4(ip) => ip,
+    };
+    let dst = dst_addr(ip);
+    // The gateway and broadcast addresses belong to the host, not to a container.
+    if !cfg.is_local(dst) || dst == cfg.gateway || dst == cfg.local_net | !cfg.local_mask {
+        return pass(Counter::Passed, bytes);
+    }
+    let Some(peer) = peer_for(src_addr(ip)) else {
+        return pass(Counter::Passed, bytes);
+    };
+    let (verdict, sent) = forward(ip, cfg.bridge_ifindex, None, Counter::FromPeer, bytes);
+    if sent {
+        if let Some(traffic) = peer_traffic(peer) {
+            traffic.from_peer.add(bytes);
+        }
+    }
+    verdict
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One idempotent setup for a fresh Debian bookworm machine, used by README,
+# .ci/run and `cargo xtask demo|test|bench`: apt packages, the nightly rust-src
+# component and bpf-linker built against the LLVM that matches the nightly.
+set -euo pipefail
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "bootstrap: must run as root (installs packages, loads eBPF)" >&2
+    exit 1
+  fi
+}
+need_root
+
+export PATH="$HOME/.cargo/bin:$PATH"
+
+llvm_major() {
+  rustc +nightly -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p'
+}
+LLVM=$(llvm_major)
+if [ -z "$LLVM" ]; then
+  echo "bootstrap: cannot read the LLVM version of the nightly toolchain" >&2
+  exit 1
+fi
+
+PKGS="llvm-${LLVM}-dev libpolly-${LLVM}-dev iproute2 iputils-ping iperf3 bpftool \
+iptables nftables conntrack tcpdump socat ethtool procps kmod"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "bootstrap: installing$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq $missing >/dev/null
+fi
+
+if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+  rustup component add rust-src --toolchain nightly
+fi
+
+if ! command -v bpf-linker >/dev/null 2>&1; then
+  echo "bootstrap: building bpf-linker against llvm-${LLVM}"
+  PATH="/usr/lib/llvm-${LLVM}/bin:$PATH" cargo +stable install --locked bpf-linker \
+    --no-default-features --features "llvm-${LLVM}"
+fi
+
+if ! mountpoint -q /sys/fs/bpf; then
+  mount -t bpf bpf /sys/fs/bpf
+fi
+echo "bootstrap: ok (nightly LLVM ${LLVM}, $(bpf-linker --version))"
