@@ -23,11 +23,7 @@ pub fn replace_u16(check: u16, old: u16, new: u16) -> u16 {
 /// Like [`replace_u16`] for a 32-bit field (an IPv4 address).
 #[inline(always)]
 pub fn replace_u32(check: u16, old: u32, new: u32) -> u16 {
-    let sum = (!check as u32)
-        + (!old & 0xffff)
-        + (!old >> 16)
-        + (new & 0xffff)
-        + (new >> 16);
+    let sum = (!check as u32) + (!old & 0xffff) + (!old >> 16) + (new & 0xffff) + (new >> 16);
     !fold(sum)
 }
 
@@ -82,7 +78,12 @@ mod tests {
 
     #[test]
     fn address_rewrite_matches_recomputation() {
-        let addrs = [[0u8, 0, 0, 0], [255, 255, 255, 255], [192, 168, 91, 128], [10, 0, 129, 77]];
+        let addrs = [
+            [0u8, 0, 0, 0],
+            [255, 255, 255, 255],
+            [192, 168, 91, 128],
+            [10, 0, 129, 77],
+        ];
         for new in addrs {
             let mut h = header();
             let old = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);

@@ -70,8 +70,7 @@ impl PinDir {
     }
 
     pub fn create(&self) -> Result<()> {
-        fs::create_dir_all(&self.path)
-            .map_err(io_context(format!("creating {}", self.display)))
+        fs::create_dir_all(&self.path).map_err(io_context(format!("creating {}", self.display)))
     }
 
     pub fn join(&self, name: &str) -> PathBuf {
@@ -80,7 +79,8 @@ impl PinDir {
 
     /// Takes the namespace's lock, waiting for another dr-ctl to finish.
     pub fn lock(&self) -> Result<PinLock> {
-        let dir = File::open(&self.path).map_err(io_context(format!("opening {}", self.display)))?;
+        let dir =
+            File::open(&self.path).map_err(io_context(format!("opening {}", self.display)))?;
         Flock::lock(dir, FlockArg::LockExclusive)
             .map(PinLock)
             .map_err(|(_, e)| Error::Io {
@@ -105,15 +105,21 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd> {
-    nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| Error::Io {
-            context: format!("opening {}", path.display()),
-            source: e.into(),
-        })
+    nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Io {
+        context: format!("opening {}", path.display()),
+        source: e.into(),
+    })
 }
 
 fn mount_ns(pid: &str) -> Option<u64> {
-    fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| m.ino())
+    fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 fn parent_pid(pid: &str) -> Option<String> {
@@ -165,12 +171,17 @@ fn mount_bpffs_in(pid: Option<&str>) -> Result<()> {
     let result = std::thread::spawn(move || -> nix::Result<()> {
         if let Some(pid) = pid {
             unshare(CloneFlags::CLONE_FS)?;
-            let ns = File::open(format!("/proc/{pid}/ns/mnt")).map_err(|e| {
-                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
-            })?;
+            let ns = File::open(format!("/proc/{pid}/ns/mnt"))
+                .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
             setns(ns, CloneFlags::CLONE_NEWNS)?;
         }
-        mount(Some("bpf"), BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>)
+        mount(
+            Some("bpf"),
+            BPFFS,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
     })
     .join()
     .map_err(|_| Error::Invalid("mounting bpffs: thread panicked".into()))?;

@@ -61,9 +61,7 @@ pub enum PeerCommand {
     },
     /// Remove a peer subnet.
     #[command(alias = "delete")]
-    Del {
-        subnet: String,
-    },
+    Del { subnet: String },
     /// List peers with their traffic.
     #[command(alias = "show")]
     List,

@@ -14,7 +14,10 @@ use crate::{
     error::{Error, Result},
     maps::{self, Maps},
     netlink::{Interface, Netlink},
-    subnet::{check_peer, from_map_addr, overlaps, parse_peer_subnet, to_map_addr, LocalSubnet, PeerChange},
+    subnet::{
+        check_peer, from_map_addr, overlaps, parse_peer_subnet, to_map_addr, LocalSubnet,
+        PeerChange,
+    },
 };
 
 /// Inputs of `dr-ctl up`.
@@ -101,7 +104,9 @@ pub struct DownReport {
 /// Interface names as the kernel accepts them.
 fn check_ifname(what: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\t', '\n', ':']) {
-        return Err(Error::Invalid(format!("invalid {what} interface name {name:?}")));
+        return Err(Error::Invalid(format!(
+            "invalid {what} interface name {name:?}"
+        )));
     }
     Ok(())
 }
@@ -154,7 +159,10 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
             args.uplink
         )));
     };
-    if let Some(n) = uplink_nets.iter().find(|n| overlaps(&n.trunc(), &args.subnet.net)) {
+    if let Some(n) = uplink_nets
+        .iter()
+        .find(|n| overlaps(&n.trunc(), &args.subnet.net))
+    {
         return Err(Error::Invalid(format!(
             "local subnet {} overlaps the uplink's network {}",
             args.subnet.net,
@@ -164,7 +172,10 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
     let bridge = nl.interface(&args.bridge).await?;
     if let Some(b) = &bridge {
         if !b.is_bridge {
-            return Err(Error::Invalid(format!("{} exists and is not a bridge", b.name)));
+            return Err(Error::Invalid(format!(
+                "{} exists and is not a bridge",
+                b.name
+            )));
         }
     }
     if let Some(path) = &args.docker_config {
@@ -173,8 +184,8 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         docker_config::merged(path, current.as_deref(), &args.subnet.bip())?;
     }
     let pins = PinDir::locate()?;
-    let existing = if maps::pinned(&pins) {
-        Some(Maps::open(&pins)?.config()?).filter(|c| c.enabled != 0)
+    let existing = if maps::pinned(pins.path()) {
+        Some(Maps::open(pins.path())?.config()?).filter(|c| c.enabled != 0)
     } else {
         None
     };
@@ -186,7 +197,9 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
                 config.local_prefix_len
             )));
         }
-        let bridge_same = bridge.as_ref().is_some_and(|b| b.index == config.bridge_ifindex);
+        let bridge_same = bridge
+            .as_ref()
+            .is_some_and(|b| b.index == config.bridge_ifindex);
         let all_linked = Hook::ALL.iter().all(|h| pins.join(h.link_pin()).exists());
         if bridge_same && uplink.index == config.uplink_ifindex && all_linked {
             let docker_config = match &args.docker_config {
@@ -206,7 +219,17 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
     }
 
     let mut undo = Vec::new();
-    let result = apply_up(&nl, &pins, args, bridge, &uplink, uplink_addr, existing, &mut undo).await;
+    let result = apply_up(
+        &nl,
+        &pins,
+        args,
+        bridge,
+        &uplink,
+        uplink_addr,
+        existing,
+        &mut undo,
+    )
+    .await;
     if result.is_err() {
         undo_all(&nl, &pins, undo).await;
     }
@@ -252,11 +275,11 @@ async fn apply_up(
         undo.push(Undo::RemoveDir);
     }
     let _lock = pins.lock()?;
-    if !maps::pinned(pins) {
+    if !maps::pinned(pins.path()) {
         undo.push(Undo::RemoveMapPins);
     }
     let mut ebpf = datapath::load(pins.path())?;
-    let mut maps = Maps::open(pins)?;
+    let mut maps = Maps::open(pins.path())?;
     maps.set_config(&DatapathConfig {
         enabled: 1,
         local_net: to_map_addr(args.subnet.net.network()),
@@ -271,8 +294,16 @@ async fn apply_up(
     })?;
     let mut attached = Vec::new();
     for (hook, iface, old_index) in [
-        (Hook::BridgeIngress, &bridge, existing.map(|c| c.bridge_ifindex)),
-        (Hook::UplinkIngress, uplink, existing.map(|c| c.uplink_ifindex)),
+        (
+            Hook::BridgeIngress,
+            &bridge,
+            existing.map(|c| c.bridge_ifindex),
+        ),
+        (
+            Hook::UplinkIngress,
+            uplink,
+            existing.map(|c| c.uplink_ifindex),
+        ),
     ] {
         if old_index.is_some_and(|old| old != iface.index) {
             // The interface was recreated: its old link is defunct.
@@ -311,8 +342,8 @@ pub async fn down() -> Result<DownReport> {
         return Ok(report);
     }
     let lock = pins.lock()?;
-    let config = if maps::pinned(&pins) {
-        Maps::open(&pins)?.config()?
+    let config = if maps::pinned(pins.path()) {
+        Maps::open(pins.path())?.config()?
     } else {
         DatapathConfig::default()
     };
@@ -346,7 +377,7 @@ fn open_up() -> Result<(PinDir, crate::bpffs::PinLock, Maps, DatapathConfig)> {
         return Err(Error::NotUp);
     }
     let lock = pins.lock()?;
-    let maps = Maps::open(&pins)?;
+    let maps = Maps::open(pins.path())?;
     let config = maps.enabled_config()?;
     Ok((pins, lock, maps, config))
 }
@@ -362,8 +393,11 @@ fn local_subnet(config: &DatapathConfig) -> Result<LocalSubnet> {
 }
 
 fn parse_via(via: &str) -> Result<Ipv4Addr> {
-    via.parse()
-        .map_err(|_| Error::Invalid(format!("invalid via address {via:?}: expected an IPv4 address")))
+    via.parse().map_err(|_| {
+        Error::Invalid(format!(
+            "invalid via address {via:?}: expected an IPv4 address"
+        ))
+    })
 }
 
 pub async fn peer_add(subnet: &str, via: &str) -> Result<PeerReport> {
@@ -373,7 +407,13 @@ pub async fn peer_add(subnet: &str, via: &str) -> Result<PeerReport> {
     let nl = Netlink::connect()?;
     let uplink_nets = nl.ipv4_addresses(config.uplink_ifindex).await?;
     let existing: Vec<_> = maps.peers()?.iter().map(|p| (p.subnet, p.via)).collect();
-    let change = check_peer(subnet, via, &local_subnet(&config)?, &uplink_nets, &existing)?;
+    let change = check_peer(
+        subnet,
+        via,
+        &local_subnet(&config)?,
+        &uplink_nets,
+        &existing,
+    )?;
     let change = match change {
         PeerChange::Unchanged => "unchanged",
         PeerChange::Add => "added",

@@ -10,18 +10,20 @@ use crate::error::{io_context, Error, Result};
 pub enum BipChange {
     Unchanged,
     /// Written; the previous file, if any, was saved next to it.
-    Written { backup: Option<String> },
+    Written {
+        backup: Option<String>,
+    },
 }
 
 /// The merged document, or an error naming the file if it is not a JSON object.
 pub fn merged(path: &Path, current: Option<&str>, bip: &str) -> Result<(Value, bool)> {
     let mut doc = match current {
-        Some(text) if !text.trim().is_empty() => serde_json::from_str(text).map_err(|source| {
-            Error::Json {
+        Some(text) if !text.trim().is_empty() => {
+            serde_json::from_str(text).map_err(|source| Error::Json {
                 path: path.to_owned(),
                 source,
-            }
-        })?,
+            })?
+        }
         _ => Value::Object(Map::new()),
     };
     let Value::Object(obj) = &mut doc else {
@@ -68,13 +70,19 @@ mod tests {
     use super::*;
 
     fn merge(current: Option<&str>) -> Result<(Value, bool)> {
-        merged(Path::new("/etc/docker/daemon.json"), current, "10.0.128.1/24")
+        merged(
+            Path::new("/etc/docker/daemon.json"),
+            current,
+            "10.0.128.1/24",
+        )
     }
 
     #[test]
     fn keeps_other_keys_in_order() {
-        let (doc, changed) =
-            merge(Some(r#"{"log-driver":"journald","bip":"172.17.0.1/16","mtu":1450}"#)).unwrap();
+        let (doc, changed) = merge(Some(
+            r#"{"log-driver":"journald","bip":"172.17.0.1/16","mtu":1450}"#,
+        ))
+        .unwrap();
         assert!(changed);
         assert_eq!(
             serde_json::to_string(&doc).unwrap(),
@@ -93,7 +101,10 @@ mod tests {
         for current in [None, Some(""), Some("  \n")] {
             let (doc, changed) = merge(current).unwrap();
             assert!(changed);
-            assert_eq!(serde_json::to_string(&doc).unwrap(), r#"{"bip":"10.0.128.1/24"}"#);
+            assert_eq!(
+                serde_json::to_string(&doc).unwrap(),
+                r#"{"bip":"10.0.128.1/24"}"#
+            );
         }
     }
 

@@ -1,17 +1,14 @@
 //! Typed access to the pinned maps of one network namespace.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, path::Path};
 
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
-use dr_common::{
-    map_names, Counter, DatapathConfig, PeerEntry, PeerTraffic, Traffic, MAX_PEERS,
-};
+use dr_common::{map_names, Counter, DatapathConfig, PeerEntry, PeerTraffic, Traffic, MAX_PEERS};
 use ipnet::Ipv4Net;
 
 use crate::{
-    bpffs::PinDir,
     error::{io_context, Error, Result},
     subnet::{from_map_addr, to_map_addr},
 };
@@ -31,13 +28,13 @@ pub struct Maps {
     counters: PerCpuArray<MapData, Traffic>,
 }
 
-/// Whether the namespace has pinned maps at all.
-pub fn pinned(pins: &PinDir) -> bool {
-    pins.join(map_names::DATAPATH_CONFIG).exists()
+/// Whether `dir` holds pinned maps at all.
+pub fn pinned(dir: &Path) -> bool {
+    dir.join(map_names::DATAPATH_CONFIG).exists()
 }
 
-fn open(pins: &PinDir, name: &str) -> Result<Map> {
-    let data = MapData::from_pin(pins.join(name))?;
+fn open(dir: &Path, name: &str) -> Result<Map> {
+    let data = MapData::from_pin(dir.join(name))?;
     Ok(Map::from_map_data(data)?)
 }
 
@@ -53,16 +50,16 @@ fn cpus() -> Result<usize> {
 }
 
 impl Maps {
-    /// Opens the namespace's maps; `NotUp` if there are none.
-    pub fn open(pins: &PinDir) -> Result<Self> {
-        if !pinned(pins) {
+    /// Opens the maps pinned in `dir`; `NotUp` if there are none.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !pinned(dir) {
             return Err(Error::NotUp);
         }
         Ok(Self {
-            peers: open(pins, map_names::PEER_SUBNETS)?.try_into()?,
-            peer_traffic: open(pins, map_names::PEER_TRAFFIC)?.try_into()?,
-            config: open(pins, map_names::DATAPATH_CONFIG)?.try_into()?,
-            counters: open(pins, map_names::COUNTERS)?.try_into()?,
+            peers: open(dir, map_names::PEER_SUBNETS)?.try_into()?,
+            peer_traffic: open(dir, map_names::PEER_TRAFFIC)?.try_into()?,
+            config: open(dir, map_names::DATAPATH_CONFIG)?.try_into()?,
+            counters: open(dir, map_names::COUNTERS)?.try_into()?,
         })
     }
 

@@ -64,7 +64,12 @@ impl Netlink {
 
     /// The interface's IPv4 addresses with their prefix lengths.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
-        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         let mut out = Vec::new();
         while let Some(msg) = addrs.try_next().await? {
             if msg.header.index != index {
@@ -98,7 +103,12 @@ impl Netlink {
     }
 
     pub async fn delete_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
-        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         while let Some(msg) = addrs.try_next().await? {
             if msg.header.index == index
                 && msg.header.prefix_len == addr.prefix_len()

@@ -47,7 +47,9 @@ pub fn up(r: &UpReport) -> String {
         let _ = writeln!(
             out,
             "wrote bip to daemon.json{}",
-            backup.as_ref().map_or(String::new(), |b| format!(" (previous file saved as {b})"))
+            backup
+                .as_ref()
+                .map_or(String::new(), |b| format!(" (previous file saved as {b})"))
         );
     }
     let _ = writeln!(out, "dr is up; state pinned in {}", r.pin_dir);
@@ -95,7 +97,11 @@ pub fn peers(peers: &[PeerStatus]) -> String {
 
 pub fn status(s: &Status) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "local subnet: {} (gateway {})", s.local_subnet, s.gateway);
+    let _ = writeln!(
+        out,
+        "local subnet: {} (gateway {})",
+        s.local_subnet, s.gateway
+    );
     let _ = writeln!(out, "uplink address: {}", s.uplink_address);
     let _ = writeln!(out, "pins: {}", s.pin_dir);
     out.push_str("programs:\n");
@@ -104,7 +110,11 @@ pub fn status(s: &Status) -> String {
             (Some(ids), _) => format!("attached (link {}, prog {})", ids.link_id, ids.program_id),
             _ => "NOT ATTACHED".to_string(),
         };
-        let _ = writeln!(out, "  {:<18} {} ingress (ifindex {}): {state}", h.program, h.interface, h.ifindex);
+        let _ = writeln!(
+            out,
+            "  {:<18} {} ingress (ifindex {}): {state}",
+            h.program, h.interface, h.ifindex
+        );
     }
     let _ = writeln!(out, "peers: {}", s.peers.len());
     if !s.peers.is_empty() {

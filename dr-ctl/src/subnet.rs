@@ -72,7 +72,9 @@ pub enum PeerChange {
     Unchanged,
     Add,
     /// The same subnet is there via another host: switch it atomically.
-    Replace { old_via: Ipv4Addr },
+    Replace {
+        old_via: Ipv4Addr,
+    },
 }
 
 /// Checks a new peer against this host's plan.
@@ -85,7 +87,11 @@ pub fn check_peer(
     existing: &[(Ipv4Net, Ipv4Addr)],
 ) -> Result<PeerChange> {
     if overlaps(&subnet, &local.net) {
-        let what = if subnet == local.net { "is" } else { "overlaps" };
+        let what = if subnet == local.net {
+            "is"
+        } else {
+            "overlaps"
+        };
         return Err(Error::Invalid(format!(
             "peer subnet {subnet} {what} this host's local subnet {}",
             local.net
@@ -100,7 +106,11 @@ pub fn check_peer(
         let nets: Vec<String> = uplink_nets.iter().map(|n| n.trunc().to_string()).collect();
         return Err(Error::Invalid(format!(
             "via {via} is not on the uplink's network ({})",
-            if nets.is_empty() { "the uplink has no IPv4 address".to_string() } else { nets.join(", ") }
+            if nets.is_empty() {
+                "the uplink has no IPv4 address".to_string()
+            } else {
+                nets.join(", ")
+            }
         )));
     }
     if let Some(net) = uplink_nets.iter().find(|n| overlaps(&subnet, &n.trunc())) {
@@ -114,7 +124,9 @@ pub fn check_peer(
             return Ok(if *other_via == via {
                 PeerChange::Unchanged
             } else {
-                PeerChange::Replace { old_via: *other_via }
+                PeerChange::Replace {
+                    old_via: *other_via,
+                }
             });
         }
         if overlaps(&subnet, other) {
@@ -171,9 +183,15 @@ mod tests {
 
     #[test]
     fn peer_subnet_needs_clear_host_bits() {
-        assert_eq!(parse_peer_subnet("10.0.129.0/24").unwrap().to_string(), "10.0.129.0/24");
+        assert_eq!(
+            parse_peer_subnet("10.0.129.0/24").unwrap().to_string(),
+            "10.0.129.0/24"
+        );
         let e = err(parse_peer_subnet("10.0.129.7/24"));
-        assert!(e.contains("host bits") && e.contains("10.0.129.0/24"), "{e}");
+        assert!(
+            e.contains("host bits") && e.contains("10.0.129.0/24"),
+            "{e}"
+        );
         assert!(err(parse_peer_subnet("10.0.129/24")).contains("invalid peer subnet"));
         assert!(err(parse_peer_subnet("nonsense")).contains("invalid peer subnet"));
     }
@@ -193,27 +211,57 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.parse().unwrap(), v.parse().unwrap()))
             .collect();
-        check_peer(subnet.parse().unwrap(), via.parse().unwrap(), &local(), &uplink(), &existing)
+        check_peer(
+            subnet.parse().unwrap(),
+            via.parse().unwrap(),
+            &local(),
+            &uplink(),
+            &existing,
+        )
     }
 
     #[test]
     fn peer_checks() {
-        assert_eq!(check("10.0.129.0/24", "192.168.91.129", &[]).unwrap(), PeerChange::Add);
         assert_eq!(
-            check("10.0.129.0/24", "192.168.91.129", &[("10.0.129.0/24", "192.168.91.129")]).unwrap(),
+            check("10.0.129.0/24", "192.168.91.129", &[]).unwrap(),
+            PeerChange::Add
+        );
+        assert_eq!(
+            check(
+                "10.0.129.0/24",
+                "192.168.91.129",
+                &[("10.0.129.0/24", "192.168.91.129")]
+            )
+            .unwrap(),
             PeerChange::Unchanged
         );
         assert_eq!(
-            check("10.0.129.0/24", "192.168.91.130", &[("10.0.129.0/24", "192.168.91.129")]).unwrap(),
-            PeerChange::Replace { old_via: "192.168.91.129".parse().unwrap() }
+            check(
+                "10.0.129.0/24",
+                "192.168.91.130",
+                &[("10.0.129.0/24", "192.168.91.129")]
+            )
+            .unwrap(),
+            PeerChange::Replace {
+                old_via: "192.168.91.129".parse().unwrap()
+            }
         );
-        assert!(err(check("10.0.128.0/24", "192.168.91.129", &[])).contains("is this host's local subnet"));
-        assert!(err(check("10.0.0.0/16", "192.168.91.129", &[])).contains("overlaps this host's local subnet"));
-        assert!(err(check("10.0.129.0/24", "192.168.92.1", &[])).contains("not on the uplink's network"));
+        assert!(err(check("10.0.128.0/24", "192.168.91.129", &[]))
+            .contains("is this host's local subnet"));
+        assert!(err(check("10.0.0.0/16", "192.168.91.129", &[]))
+            .contains("overlaps this host's local subnet"));
+        assert!(err(check("10.0.129.0/24", "192.168.92.1", &[]))
+            .contains("not on the uplink's network"));
         assert!(err(check("10.0.129.0/24", "192.168.91.128", &[])).contains("own uplink address"));
-        assert!(err(check("192.168.91.0/25", "192.168.91.129", &[])).contains("overlaps the uplink"));
-        assert!(err(check("10.0.129.128/25", "192.168.91.130", &[("10.0.129.0/24", "192.168.91.129")]))
-            .contains("overlaps peer 10.0.129.0/24"));
+        assert!(
+            err(check("192.168.91.0/25", "192.168.91.129", &[])).contains("overlaps the uplink")
+        );
+        assert!(err(check(
+            "10.0.129.128/25",
+            "192.168.91.130",
+            &[("10.0.129.0/24", "192.168.91.129")]
+        ))
+        .contains("overlaps peer 10.0.129.0/24"));
     }
 
     #[test]

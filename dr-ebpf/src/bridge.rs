@@ -31,7 +31,13 @@ pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
     let Some(peer) = peer_for(dst) else {
         return pass(Counter::Passed, bytes);
     };
-    let (verdict, sent) = forward(ip, cfg.uplink_ifindex, Some(peer.via), Counter::ToPeer, bytes);
+    let (verdict, sent) = forward(
+        ip,
+        cfg.uplink_ifindex,
+        Some(peer.via),
+        Counter::ToPeer,
+        bytes,
+    );
     if sent {
         if let Some(traffic) = peer_traffic(peer) {
             traffic.to_peer.add(bytes);

@@ -48,5 +48,7 @@ pub fn count(counter: Counter, bytes: u64) {
 #[inline(always)]
 pub fn peer_traffic(peer: &PeerEntry) -> Option<&'static mut PeerTraffic> {
     // SAFETY: per-CPU value, no other writer on this CPU while we run.
-    PEER_TRAFFIC.get_ptr_mut(peer.slot).map(|p| unsafe { &mut *p })
+    PEER_TRAFFIC
+        .get_ptr_mut(peer.slot)
+        .map(|p| unsafe { &mut *p })
 }

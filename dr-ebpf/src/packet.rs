@@ -104,9 +104,7 @@ pub fn redirect_neigh(ifindex: u32, next_hop: Option<u32>) -> i32 {
             nh.nh_family = AF_INET;
             nh.__bindgen_anon_1.ipv4_nh = addr;
             // SAFETY: nh lives across the call; the size matches the struct.
-            unsafe {
-                bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
-            }
+            unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) }
         }
         // SAFETY: a null parameter block is allowed when its length is 0.
         None => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) },

@@ -1,0 +1,191 @@
+//! An emulated cluster: hosts on one L2 segment (a bridge in a "switch"
+//! namespace), each with docker0 and containers, plus an optional external
+//! namespace on the same segment.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Output,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::netns::{unique_prefix, Netns};
+
+/// Hosts are numbered like the recipe's 192.168.91.128, .129, ...
+pub const FIRST_HOST: u8 = 128;
+/// The external namespace's address on the segment.
+pub const EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 91, 250);
+
+pub struct Container {
+    pub ns: Netns,
+    pub addr: Ipv4Addr,
+}
+
+pub struct Host {
+    pub id: u8,
+    pub uplink_addr: Ipv4Addr,
+    pub containers: Vec<Container>,
+    pin_inode: u64,
+    dr_ctl: PathBuf,
+    // Dropped last: the containers' veths live in it.
+    pub ns: Netns,
+}
+
+impl Host {
+    /// Docker's `bip` for this host: 10.0.<id>.1/24.
+    pub fn bip(&self) -> String {
+        format!("10.0.{}.1/24", self.id)
+    }
+
+    /// The host's container subnet: 10.0.<id>.0/24.
+    pub fn subnet(&self) -> String {
+        format!("10.0.{}.0/24", self.id)
+    }
+
+    /// Runs dr-ctl in the host, failing on a non-zero exit.
+    pub fn dr(&self, args: &[&str]) -> Result<String> {
+        self.ns.exec(path_str(&self.dr_ctl), args)
+    }
+
+    /// Runs dr-ctl in the host, keeping status and output.
+    pub fn dr_output(&self, args: &[&str]) -> Result<Output> {
+        self.ns.exec_output(path_str(&self.dr_ctl), args)
+    }
+
+    /// `dr-ctl up` with this host's plan.
+    pub fn up(&self) -> Result<String> {
+        self.dr(&[
+            "up",
+            "--bridge",
+            "docker0",
+            "--subnet",
+            &self.bip(),
+            "--uplink",
+            "eth0",
+        ])
+    }
+
+    /// Adds a container on docker0 (which must exist): 10.0.<id>.<2+n>.
+    pub fn add_container(&mut self, prefix: &str) -> Result<&Container> {
+        let n = self.containers.len();
+        let addr = Ipv4Addr::new(10, 0, self.id, 2 + n as u8);
+        let ns = Netns::add(&format!("{prefix}-h{}c{n}", self.id))?;
+        let port = format!("veth{n}");
+        self.ns.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
+        self.ns
+            .ip(&["link", "set", &port, "master", "docker0", "up"])?;
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.0.{}.1", self.id),
+        ])?;
+        self.containers.push(Container { ns, addr });
+        Ok(self.containers.last().expect("just pushed"))
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.dr_output(&["down"]);
+        // If `down` could not run, remove the pins so nothing is left behind.
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/dr/netns-{}", self.pin_inode));
+        let _ = std::fs::remove_dir("/sys/fs/bpf/dr");
+    }
+}
+
+pub struct Cluster {
+    pub prefix: String,
+    pub hosts: Vec<Host>,
+    pub external: Option<Netns>,
+    pub switch: Netns,
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("dr-ctl path is UTF-8")
+}
+
+impl Cluster {
+    /// Creates `hosts` hosts on a shared segment, without dr; `tag` starts
+    /// every namespace name.
+    pub fn new(tag: &str, hosts: usize, dr_ctl: &Path) -> Result<Self> {
+        let prefix = unique_prefix(tag);
+        let switch = Netns::add(&format!("{prefix}-sw"))?;
+        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+        switch.ip(&["link", "set", "br0", "up"])?;
+        let mut cluster = Self {
+            prefix,
+            hosts: Vec::new(),
+            external: None,
+            switch,
+        };
+        for i in 0..hosts {
+            let id = FIRST_HOST + i as u8;
+            let ns = Netns::add(&format!("{}-h{id}", cluster.prefix))?;
+            let uplink_addr = Ipv4Addr::new(192, 168, 91, id);
+            cluster.plug(&ns, &format!("p{id}"), uplink_addr)?;
+            cluster.hosts.push(Host {
+                id,
+                uplink_addr,
+                containers: Vec::new(),
+                pin_inode: ns.inode()?,
+                dr_ctl: dr_ctl.to_path_buf(),
+                ns,
+            });
+        }
+        Ok(cluster)
+    }
+
+    /// Connects `ns` to the segment as eth0 with `addr`/24.
+    fn plug(&self, ns: &Netns, port: &str, addr: Ipv4Addr) -> Result<()> {
+        self.switch.ip(&[
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
+        self.switch
+            .ip(&["link", "set", port, "master", "br0", "up"])?;
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// Adds the external namespace on the segment (192.168.91.250).
+    pub fn add_external(&mut self) -> Result<&Netns> {
+        let ns = Netns::add(&format!("{}-ext", self.prefix))?;
+        self.plug(&ns, "pext", EXTERNAL_ADDR)?;
+        Ok(self.external.insert(ns))
+    }
+
+    /// `up` on every host, `containers` containers each, and a full mesh of peers.
+    pub fn up_all(&mut self, containers: usize) -> Result<()> {
+        let prefix = self.prefix.clone();
+        for host in &mut self.hosts {
+            host.up()
+                .with_context(|| format!("dr-ctl up on host {}", host.id))?;
+            for _ in 0..containers {
+                host.add_container(&prefix)?;
+            }
+        }
+        self.mesh()
+    }
+
+    /// `peer add` for every other host on every host.
+    pub fn mesh(&self) -> Result<()> {
+        for host in &self.hosts {
+            for peer in self.hosts.iter().filter(|p| p.id != host.id) {
+                host.dr(&[
+                    "peer",
+                    "add",
+                    &peer.subnet(),
+                    "via",
+                    &peer.uplink_addr.to_string(),
+                ])?;
+            }
+        }
+        Ok(())
+    }
+}

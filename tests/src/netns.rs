@@ -1,0 +1,105 @@
+//! Network namespaces and commands run in them.
+use std::{
+    fs::File,
+    os::unix::fs::MetadataExt,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context as _, Result};
+use nix::sched::{setns, CloneFlags};
+
+/// Runs a command to completion; an error carries its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = output(program, args)?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command to completion, whatever its exit status.
+pub fn output(program: &str, args: &[&str]) -> Result<Output> {
+    Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))
+}
+
+/// A name prefix unique to this process and call, for namespaces and pins.
+pub fn unique_prefix(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A named network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn add(name: &str) -> Result<Self> {
+        run("ip", &["netns", "add", name])?;
+        let ns = Self {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs `program` inside the namespace via `ip netns exec`.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["netns", "exec", &self.name, program];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Like [`Self::exec`], keeping the exit status and output.
+    pub fn exec_output(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let mut full = vec!["netns", "exec", &self.name, program];
+        full.extend_from_slice(args);
+        output("ip", &full)
+    }
+
+    /// `ip -n <ns> ...`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// The namespace's inode number: dr-ctl names its pin directory after it.
+    pub fn inode(&self) -> Result<u64> {
+        Ok(std::fs::metadata(format!("/run/netns/{}", self.name))?.ino())
+    }
+
+    /// Runs `f` on a thread that has entered the namespace. Sockets created
+    /// there stay in the namespace when handed back.
+    pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
+        let file = File::open(format!("/run/netns/{}", self.name))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = output("ip", &["netns", "del", &self.name]);
+    }
+}
