@@ -40,6 +40,11 @@ fi
 if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
   rustup component add rust-src --toolchain nightly
 fi
+for c in clippy rustfmt; do
+  if ! rustup component list --toolchain stable --installed | grep -q "^$c"; then
+    rustup component add "$c" --toolchain stable
+  fi
+done
 
 if ! command -v bpf-linker >/dev/null 2>&1; then
   echo "bootstrap: building bpf-linker against llvm-${LLVM}"

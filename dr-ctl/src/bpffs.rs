@@ -38,7 +38,9 @@ pub struct PinDir {
 }
 
 /// A held exclusive lock on the pin directory: one mutating dr-ctl at a time.
-pub struct PinLock(#[allow(dead_code)] Flock<File>);
+pub struct PinLock {
+    _flock: Flock<File>,
+}
 
 impl PinDir {
     /// Finds (mounting bpffs if needed) the host bpffs and this namespace's
@@ -82,7 +84,7 @@ impl PinDir {
         let dir =
             File::open(&self.path).map_err(io_context(format!("opening {}", self.display)))?;
         Flock::lock(dir, FlockArg::LockExclusive)
-            .map(PinLock)
+            .map(|flock| PinLock { _flock: flock })
             .map_err(|(_, e)| Error::Io {
                 context: format!("locking {}", self.display),
                 source: e.into(),

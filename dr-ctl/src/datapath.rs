@@ -62,7 +62,7 @@ pub fn load(map_dir: &Path) -> Result<Ebpf> {
 }
 
 /// The program of `hook`, loaded into the kernel.
-pub fn program<'a>(ebpf: &'a mut Ebpf, hook: Hook) -> Result<&'a mut SchedClassifier> {
+pub fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(hook.program())
         .ok_or_else(|| Error::Invalid(format!("program {} missing from object", hook.program())))?

@@ -1,1 +1,88 @@
-fn main() {}
+//! Project tasks: `cargo xtask demo | test | build | bootstrap`.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what dr needs on a fresh Debian machine (apt packages, rust-src, bpf-linker).
+    Bootstrap,
+    /// Bootstrap, then build dr-ctl (with the embedded eBPF object) in release mode.
+    Build,
+    /// Bootstrap, build, then run an emulated three-host cluster and show dr at work.
+    Demo,
+    /// Bootstrap, build, then run every test: unit, crafted-packet datapath, netns integration.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command from the workspace root, echoing it; fails on non-zero exit.
+fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    eprintln!("+ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn bootstrap() -> Result<()> {
+    run("bash", &["scripts/bootstrap.sh"], &[])
+}
+
+fn dr_ctl(profile: &str) -> PathBuf {
+    workspace_root().join("target").join(profile).join("dr-ctl")
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Bootstrap => bootstrap(),
+        Task::Build => {
+            bootstrap()?;
+            run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])
+        }
+        Task::Demo => {
+            bootstrap()?;
+            run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])?;
+            demo::run(&dr_ctl("release"))
+        }
+        Task::Test { args } => {
+            bootstrap()?;
+            run("cargo", &["build"], &[])?;
+            let dr_ctl = dr_ctl("debug");
+            let dr_ctl = dr_ctl.to_str().context("non-UTF-8 path")?;
+            // Default members: everything but dr-ebpf, which only builds for BPF.
+            let mut test_args = vec!["test"];
+            test_args.extend(args.iter().map(String::as_str));
+            run("cargo", &test_args, &[("DR_CTL", dr_ctl)])
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! dr-ctl's behaviour as a command: idempotence, bad input, `down`, pins.
+use std::process::Output;
+
+use dr_tests::{dr_ctl_path, netns::run, require_root, traffic, Cluster, Host};
+use serde_json::Value;
+
+fn hosts(tag: &str, n: usize) -> Cluster {
+    require_root();
+    Cluster::new(tag, n, &dr_ctl_path()).expect("cluster")
+}
+
+fn pin_dir(host: &Host) -> String {
+    format!("/sys/fs/bpf/dr/netns-{}", host.ns.inode().unwrap())
+}
+
+/// Everything a dr-ctl command could change on a host, without the parts
+/// the kernel changes by itself (timers, operstate, IPv6 DAD).
+fn snapshot(host: &Host) -> String {
+    let links: Value =
+        serde_json::from_str(&host.ns.ip(&["-j", "-d", "link", "show"]).unwrap()).unwrap();
+    let mut s: String = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {} {} {}\n",
+                l["ifname"], l["master"], l["linkinfo"]["info_kind"], l["flags"]
+            )
+        })
+        .collect();
+    let addrs: Value =
+        serde_json::from_str(&host.ns.ip(&["-j", "-4", "addr", "show"]).unwrap()).unwrap();
+    for link in addrs.as_array().unwrap() {
+        s += &format!("{} {}\n", link["ifname"], link["addr_info"]);
+    }
+    s += &host.ns.ip(&["route", "show"]).unwrap();
+    let dir = pin_dir(host);
+    s += &run("ls", &[&dir]).unwrap_or_else(|_| "no pin dir".into());
+    if std::path::Path::new(&dir).exists() {
+        s += &host.dr(&["peer", "list", "--json"]).unwrap();
+        let status: Value = serde_json::from_str(&host.dr(&["status", "--json"]).unwrap()).unwrap();
+        s += &status["hooks"].to_string();
+    }
+    s
+}
+
+fn assert_clean_failure(out: &Output, expect: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one-line error expected: {stderr}"
+    );
+    assert!(stderr.starts_with("dr-ctl: error: "), "{stderr}");
+    assert!(
+        stderr.contains(expect),
+        "error should mention {expect:?}: {stderr}"
+    );
+}
+
+#[test]
+fn bad_input_fails_with_one_line_and_changes_nothing() {
+    let mut c = hosts("drbad", 2);
+    let prefix = c.prefix.clone();
+    c.hosts[0].up().unwrap();
+    c.hosts[0].add_container(&prefix).unwrap();
+    c.hosts[0]
+        .dr(&["peer", "add", "10.0.129.0/24", "via", "192.168.91.129"])
+        .unwrap();
+    let h0 = &c.hosts[0];
+    let before = snapshot(h0);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["peer", "add", "10.0.130.0/33", "via", "192.168.91.130"],
+            "invalid peer subnet",
+        ),
+        (
+            &["peer", "add", "10.0.130/24", "via", "192.168.91.130"],
+            "invalid peer subnet",
+        ),
+        (
+            &["peer", "add", "10.0.130.9/24", "via", "192.168.91.130"],
+            "host bits",
+        ),
+        (
+            &["peer", "add", "10.0.128.0/24", "via", "192.168.91.130"],
+            "local subnet",
+        ),
+        (
+            &["peer", "add", "10.0.0.0/16", "via", "192.168.91.130"],
+            "local subnet",
+        ),
+        (
+            &["peer", "add", "10.0.129.128/25", "via", "192.168.91.130"],
+            "overlaps peer 10.0.129.0/24",
+        ),
+        (
+            &["peer", "add", "10.0.130.0/24", "via", "192.168.92.130"],
+            "not on the uplink's network",
+        ),
+        (
+            &["peer", "add", "10.0.130.0/24", "via", "192.168.91.128"],
+            "own uplink address",
+        ),
+        (
+            &["peer", "add", "10.0.130.0/24", "via", "not-an-ip"],
+            "invalid via",
+        ),
+        (&["peer", "del", "10.0.131.0/24"], "no peer 10.0.131.0/24"),
+        (
+            &["up", "--subnet", "10.0.140.1/24", "--uplink", "eth0"],
+            "already up",
+        ),
+        (
+            &["up", "--subnet", "10.0.128.0/24", "--uplink", "eth0"],
+            "network address",
+        ),
+        (
+            &["up", "--subnet", "10.0.128.1/24", "--uplink", "nope0"],
+            "\"nope0\"",
+        ),
+        (
+            &["up", "--subnet", "192.168.91.1/25", "--uplink", "eth0"],
+            "overlaps the uplink",
+        ),
+        (
+            &[
+                "up",
+                "--subnet",
+                "10.0.128.1/24",
+                "--uplink",
+                "eth0",
+                "--bridge",
+                "eth0",
+            ],
+            "both",
+        ),
+        (
+            &[
+                "up",
+                "--subnet",
+                "10.0.128.1/24",
+                "--uplink",
+                "eth0",
+                "--bridge",
+                "lo",
+            ],
+            "not a bridge",
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = h0.dr_output(args).unwrap();
+        assert_clean_failure(&out, expect);
+        assert_eq!(
+            snapshot(h0),
+            before,
+            "`dr-ctl {}` changed the host",
+            args.join(" ")
+        );
+    }
+    traffic::ping(&h0.containers[0].ns, h0.containers[0].addr, 1).unwrap();
+
+    // A host where dr is not up: commands that need it fail, nothing appears.
+    let h1 = &c.hosts[1];
+    let before = snapshot(h1);
+    for (args, expect) in [
+        (
+            &["peer", "add", "10.0.128.0/24", "via", "192.168.91.128"][..],
+            "not up",
+        ),
+        (&["peer", "del", "10.0.128.0/24"][..], "not up"),
+        (&["peer", "list"][..], "not up"),
+        (&["status"][..], "not up"),
+        (
+            &["up", "--subnet", "10.0.129.1/24", "--uplink", "eth7"][..],
+            "\"eth7\"",
+        ),
+        (
+            &["up", "--subnet", "10.0.129.1/40", "--uplink", "eth0"][..],
+            "invalid --subnet",
+        ),
+    ] {
+        let out = h1.dr_output(args).unwrap();
+        assert_clean_failure(&out, expect);
+        assert_eq!(
+            snapshot(h1),
+            before,
+            "`dr-ctl {}` changed the host",
+            args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn repeating_up_and_peer_add_changes_nothing() {
+    let c = hosts("dridem", 2);
+    let h0 = &c.hosts[0];
+    h0.up().unwrap();
+    h0.dr(&["peer", "add", "10.0.129.0/24", "via", "192.168.91.129"])
+        .unwrap();
+    let before = snapshot(h0);
+    let up_again: Value = serde_json::from_str(
+        &h0.dr(&["--json", "up", "--subnet", &h0.bip(), "--uplink", "eth0"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(up_again["changed"], false);
+    let add_again: Value = serde_json::from_str(
+        &h0.dr(&[
+            "peer",
+            "add",
+            "10.0.129.0/24",
+            "via",
+            "192.168.91.129",
+            "--json",
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(add_again["change"], "unchanged");
+    assert_eq!(snapshot(h0), before);
+    // A different next hop for the same subnet is switched in place.
+    let replaced: Value = serde_json::from_str(
+        &h0.dr(&[
+            "--json",
+            "peer",
+            "add",
+            "10.0.129.0/24",
+            "via",
+            "192.168.91.140",
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(replaced["change"], "replaced");
+    let peers: Value = serde_json::from_str(&h0.dr(&["peer", "list", "--json"]).unwrap()).unwrap();
+    assert_eq!(peers.as_array().unwrap().len(), 1);
+    assert_eq!(peers[0]["via"], "192.168.91.140");
+}
+
+#[test]
+fn down_removes_everything_up_created_and_nothing_else() {
+    let mut c = hosts("drdown", 2);
+    let prefix = c.prefix.clone();
+    // Host 0: dr creates docker0. Host 1: docker0 exists beforehand, as Docker makes it.
+    let pre = &c.hosts[1];
+    pre.ns
+        .ip(&["link", "add", "docker0", "type", "bridge"])
+        .unwrap();
+    pre.ns
+        .ip(&["addr", "add", "172.17.0.1/16", "dev", "docker0"])
+        .unwrap();
+    for host in &mut c.hosts {
+        host.up().unwrap();
+        host.add_container(&prefix).unwrap();
+    }
+    c.mesh().unwrap();
+    traffic::ping(
+        &c.hosts[0].containers[0].ns,
+        c.hosts[1].containers[0].addr,
+        1,
+    )
+    .unwrap();
+    let mut link_ids = Vec::new();
+    for host in &c.hosts {
+        let s: Value = serde_json::from_str(&host.dr(&["status", "--json"]).unwrap()).unwrap();
+        for hook in s["hooks"].as_array().unwrap() {
+            link_ids.push(hook["link_id"].as_u64().unwrap());
+        }
+    }
+    for host in &c.hosts {
+        assert!(host.dr(&["down"]).unwrap().contains("dr is down"));
+        assert!(
+            !std::path::Path::new(&pin_dir(host)).exists(),
+            "pin dir left behind"
+        );
+        let tc = host
+            .ns
+            .exec("tc", &["filter", "show", "dev", "eth0", "ingress"])
+            .unwrap();
+        assert!(tc.trim().is_empty(), "tc filter left: {tc}");
+        // Repeating down is fine.
+        assert!(host.dr(&["down"]).unwrap().contains("not up"));
+    }
+    for id in link_ids {
+        let out =
+            dr_tests::netns::output("bpftool", &["link", "show", "id", &id.to_string()]).unwrap();
+        assert!(!out.status.success(), "link {id} still exists");
+    }
+    // dr created docker0 on host 0 and removed it; host 1's docker0 stays with its own address only.
+    assert!(c.hosts[0].ns.ip(&["link", "show", "docker0"]).is_err());
+    let addrs = c.hosts[1]
+        .ns
+        .ip(&["-4", "addr", "show", "docker0"])
+        .unwrap();
+    assert!(
+        addrs.contains("172.17.0.1/16") && !addrs.contains("10.0.129.1"),
+        "{addrs}"
+    );
+    assert!(
+        !traffic::reachable(&c.hosts[0].containers[0].ns, c.hosts[1].containers[0].addr)
+            .unwrap_or(false)
+    );
+}
+
+#[test]
+fn each_namespace_gets_its_own_pins_and_they_outlive_dr_ctl() {
+    let c = hosts("drpins", 2);
+    for host in &c.hosts {
+        host.up().unwrap();
+    }
+    let (a, b) = (pin_dir(&c.hosts[0]), pin_dir(&c.hosts[1]));
+    assert_ne!(a, b);
+    for dir in [&a, &b] {
+        let entries = run("ls", &[dir]).unwrap();
+        for pin in [
+            "PEER_SUBNETS",
+            "DATAPATH_CONFIG",
+            "link_bridge_ingress",
+            "link_uplink_ingress",
+        ] {
+            assert!(entries.contains(pin), "{pin} missing in {dir}: {entries}");
+        }
+    }
+    // State written by one process is seen by the next.
+    c.hosts[0]
+        .dr(&["peer", "add", "10.0.129.0/24", "via", "192.168.91.129"])
+        .unwrap();
+    assert!(c.hosts[0]
+        .dr(&["peer", "list"])
+        .unwrap()
+        .contains("10.0.129.0/24"));
+    assert!(!c.hosts[1]
+        .dr(&["peer", "list"])
+        .unwrap()
+        .contains("10.0.129.0/24"));
+}
+
+#[test]
+fn docker_config_gets_bip_merged_with_backup() {
+    let c = hosts("drdock", 1);
+    let h0 = &c.hosts[0];
+    let dir = std::env::temp_dir().join(&c.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("daemon.json");
+    std::fs::write(
+        &path,
+        r#"{"log-driver": "journald", "bip": "172.17.0.1/16"}"#,
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    h0.dr(&[
+        "up",
+        "--subnet",
+        &h0.bip(),
+        "--uplink",
+        "eth0",
+        "--docker-config",
+        p,
+    ])
+    .unwrap();
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(doc["bip"], "10.0.128.1/24");
+    assert_eq!(doc["log-driver"], "journald");
+    let backup = std::fs::read_to_string(dir.join("daemon.json.bak")).unwrap();
+    assert!(backup.contains("172.17.0.1/16"));
+    // A broken daemon.json is refused before anything changes.
+    h0.dr(&["down"]).unwrap();
+    std::fs::write(&path, "{ not json").unwrap();
+    let out = h0
+        .dr_output(&[
+            "up",
+            "--subnet",
+            &h0.bip(),
+            "--uplink",
+            "eth0",
+            "--docker-config",
+            p,
+        ])
+        .unwrap();
+    assert_clean_failure(&out, "daemon.json");
+    assert!(
+        h0.ns.ip(&["link", "show", "docker0"]).is_err(),
+        "up went ahead"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
