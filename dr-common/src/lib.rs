@@ -8,9 +8,13 @@
 #![no_std]
 
 pub mod checksum;
+pub mod nat;
 
 /// Capacity of the peer subnet trie and of the per-peer statistics array.
 pub const MAX_PEERS: u32 = 131_072;
+
+/// Capacity of the SNAT exclusion trie (cluster CIDR and `--no-masquerade`).
+pub const MAX_EXCLUSIONS: u32 = 1024;
 
 /// Names of the pinned maps, as declared in `dr-ebpf` and found under the pin directory.
 pub mod map_names {
@@ -18,6 +22,9 @@ pub mod map_names {
     pub const PEER_TRAFFIC: &str = "PEER_TRAFFIC";
     pub const DATAPATH_CONFIG: &str = "DATAPATH_CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const NAT_EXCLUDE: &str = "NAT_EXCLUDE";
+    pub const NAT_FLOWS: &str = "NAT_FLOWS";
+    pub const NAT_REVERSE: &str = "NAT_REVERSE";
 }
 
 /// Names of the eBPF programs in the object.
@@ -97,7 +104,14 @@ pub struct DatapathConfig {
     pub uplink_addr: u32,
     /// `OWNED_*` bits: what `up` created and `down` must remove.
     pub owned: u32,
-    pub _reserved: u32,
+    /// Non-zero when container traffic to destinations outside the cluster
+    /// (and outside `NAT_EXCLUDE`) leaves with `uplink_addr` as source.
+    pub nat_enabled: u32,
+    /// Source ports (and ICMP echo identifiers) the SNAT allocates, host order, inclusive.
+    pub nat_port_min: u32,
+    pub nat_port_max: u32,
+    /// Idle timeouts of translations, in seconds, by state.
+    pub nat_timeouts: nat::Timeouts,
 }
 
 impl DatapathConfig {
@@ -126,10 +140,30 @@ pub enum Counter {
     DropTtlExceeded = 5,
     /// Dropped: the redirect helper failed (e.g. the uplink vanished).
     DropRedirectFailed = 6,
+    /// Container packets translated and sent to an external destination.
+    NatOut = 7,
+    /// Replies translated back and delivered to a container.
+    NatIn = 8,
+    /// ICMP errors about a translated flow, translated back (inner header too).
+    NatIcmpErrorIn = 9,
+    /// New translations (connection table entries) created.
+    NatCreated = 10,
+    /// Expired translations found and reclaimed by the datapath.
+    NatExpired = 11,
+    /// Expired translations removed by `dr-ctl nat gc` (written by dr-ctl only).
+    NatExpiredGc = 12,
+    /// Translations found half-evicted from the full (LRU) table.
+    NatEvicted = 13,
+    /// Dropped: no free source port for the flow's destination within the retries.
+    DropNatPortsExhausted = 14,
+    /// Dropped: the connection table refused an insert.
+    DropNatTableFull = 15,
+    /// Dropped: an IP fragment to an external destination (ports unknown).
+    DropNatFragment = 16,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 17] = [
         Counter::ToPeer,
         Counter::FromPeer,
         Counter::Passed,
@@ -137,6 +171,16 @@ impl Counter {
         Counter::DropSpoofed,
         Counter::DropTtlExceeded,
         Counter::DropRedirectFailed,
+        Counter::NatOut,
+        Counter::NatIn,
+        Counter::NatIcmpErrorIn,
+        Counter::NatCreated,
+        Counter::NatExpired,
+        Counter::NatExpiredGc,
+        Counter::NatEvicted,
+        Counter::DropNatPortsExhausted,
+        Counter::DropNatTableFull,
+        Counter::DropNatFragment,
     ];
 
     /// Stable name used in `dr-ctl status` and its JSON output.
@@ -149,6 +193,16 @@ impl Counter {
             Counter::DropSpoofed => "drop_spoofed_source",
             Counter::DropTtlExceeded => "drop_ttl_exceeded",
             Counter::DropRedirectFailed => "drop_redirect_failed",
+            Counter::NatOut => "nat_out",
+            Counter::NatIn => "nat_in",
+            Counter::NatIcmpErrorIn => "nat_icmp_error_in",
+            Counter::NatCreated => "nat_created",
+            Counter::NatExpired => "nat_expired",
+            Counter::NatExpiredGc => "nat_expired_gc",
+            Counter::NatEvicted => "nat_evicted",
+            Counter::DropNatPortsExhausted => "drop_nat_ports_exhausted",
+            Counter::DropNatTableFull => "drop_nat_table_full",
+            Counter::DropNatFragment => "drop_nat_fragment",
         }
     }
 }
@@ -163,4 +217,8 @@ mod pod {
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::PeerTraffic {}
     unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::nat::FlowKey {}
+    unsafe impl aya::Pod for super::nat::Flow {}
+    unsafe impl aya::Pod for super::nat::ReverseKey {}
+    unsafe impl aya::Pod for super::nat::Origin {}
 }

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::{commands, error::Result, output, subnet::LocalSubnet};
+use crate::{commands, error::Result, nat_plan::NatPlan, output, subnet::LocalSubnet};
 
 /// eBPF direct routing between container hosts.
 ///
@@ -37,6 +37,24 @@ pub enum Command {
         /// Also set "bip" in this Docker daemon.json (other keys kept, backup written).
         #[arg(long, value_name = "PATH")]
         docker_config: Option<PathBuf>,
+        /// Turn on SNAT (in place of MASQUERADE): container traffic to anything
+        /// outside this range, the peer subnets and --no-masquerade leaves with
+        /// the uplink's address.
+        #[arg(long, value_name = "CIDR")]
+        cluster_cidr: Option<String>,
+        /// A further destination range to leave untranslated (repeatable).
+        #[arg(long, value_name = "CIDR")]
+        no_masquerade: Vec<String>,
+        /// Source ports for translations [default: 61000-65535, above Linux's ephemeral range].
+        #[arg(long, value_name = "LOW-HIGH")]
+        nat_ports: Option<String>,
+        /// Entries in each translation table [default: 65536]; a change needs `down` first.
+        #[arg(long, value_name = "N")]
+        nat_table_size: Option<u32>,
+        /// Idle timeout, repeatable: tcp-syn, tcp-established, tcp-closing, udp or icmp
+        /// [defaults: 60, 7440, 120, 60, 30].
+        #[arg(long, value_name = "KIND=SECONDS")]
+        nat_timeout: Vec<String>,
     },
     /// Detach and unpin the datapath and remove what `up` created.
     Down,
@@ -45,6 +63,20 @@ pub enum Command {
     Peer(PeerCommand),
     /// Show programs, interfaces, local subnet, peers and counters.
     Status,
+    /// Inspect and manage SNAT translations.
+    #[command(subcommand)]
+    Nat(NatCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NatCommand {
+    /// List live translations: protocol, original and translated tuples, state, age.
+    #[command(alias = "show")]
+    List,
+    /// Remove every translation (their flows break; new ones start afresh).
+    Flush,
+    /// Remove expired translations now (the datapath ignores them anyway).
+    Gc,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,12 +109,24 @@ pub async fn run(cli: Cli) -> Result<String> {
             subnet,
             uplink,
             docker_config,
+            cluster_cidr,
+            no_masquerade,
+            nat_ports,
+            nat_table_size,
+            nat_timeout,
         } => {
             let args = commands::UpArgs {
                 bridge,
                 subnet: LocalSubnet::parse(&subnet)?,
                 uplink,
                 docker_config,
+                nat: NatPlan::parse(
+                    cluster_cidr.as_deref(),
+                    &no_masquerade,
+                    nat_ports.as_deref(),
+                    nat_table_size,
+                    &nat_timeout,
+                )?,
             };
             let r = commands::up(&args).await?;
             render(output::up(&r), output::json(&r))
@@ -106,6 +150,24 @@ pub async fn run(cli: Cli) -> Result<String> {
         Command::Status => {
             let r = commands::status().await?;
             render(output::status(&r), output::json(&r))
+        }
+        Command::Nat(NatCommand::List) => {
+            let r = commands::nat_list()?;
+            render(output::nat_entries(&r), output::json(&r))
+        }
+        Command::Nat(NatCommand::Flush) => {
+            let r = commands::nat_flush()?;
+            render(
+                format!("removed {} translations\n", r.removed),
+                output::json(&r),
+            )
+        }
+        Command::Nat(NatCommand::Gc) => {
+            let r = commands::nat_gc()?;
+            render(
+                format!("removed {} expired translations\n", r.removed),
+                output::json(&r),
+            )
         }
     })
 }

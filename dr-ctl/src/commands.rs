@@ -2,7 +2,10 @@
 //! before changing anything, and undoes its own partial work on failure.
 use std::{net::Ipv4Addr, path::PathBuf};
 
-use dr_common::{Counter, DatapathConfig, Traffic, OWNED_ADDRESS, OWNED_BRIDGE};
+use dr_common::{
+    nat::{State, Timeouts, IPPROTO_TCP, IPPROTO_UDP},
+    Counter, DatapathConfig, Traffic, OWNED_ADDRESS, OWNED_BRIDGE,
+};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use tracing::{debug, warn};
@@ -11,8 +14,9 @@ use crate::{
     bpffs::PinDir,
     datapath::{self, Attached, Hook, LinkIds},
     docker_config::{self, BipChange},
-    error::{Error, Result},
+    error::{io_context, Error, Result},
     maps::{self, Maps},
+    nat_plan::NatPlan,
     netlink::{Interface, Netlink},
     subnet::{
         check_peer, from_map_addr, overlaps, parse_peer_subnet, to_map_addr, LocalSubnet,
@@ -27,6 +31,7 @@ pub struct UpArgs {
     pub subnet: LocalSubnet,
     pub uplink: String,
     pub docker_config: Option<PathBuf>,
+    pub nat: NatPlan,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,6 +79,65 @@ pub struct HookStatus {
     pub ids: Option<LinkIds>,
 }
 
+/// SNAT settings and table use, as reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct NatStatus {
+    pub enabled: bool,
+    /// Destinations left untranslated (cluster CIDR and --no-masquerade).
+    pub excluded: Vec<Ipv4Net>,
+    pub ports: String,
+    pub table_size: u32,
+    pub entries: usize,
+    pub timeouts: TimeoutsReport,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TimeoutsReport {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub icmp: u32,
+}
+
+impl From<Timeouts> for TimeoutsReport {
+    fn from(t: Timeouts) -> Self {
+        Self {
+            tcp_syn: t.tcp_syn,
+            tcp_established: t.tcp_established,
+            tcp_closing: t.tcp_closing,
+            udp: t.udp,
+            icmp: t.icmp,
+        }
+    }
+}
+
+/// One side of a translation.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Tuple {
+    pub src_addr: Ipv4Addr,
+    /// For ICMP echo: the identifier.
+    pub src_port: u16,
+    pub dst_addr: Ipv4Addr,
+    pub dst_port: u16,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NatEntry {
+    pub proto: &'static str,
+    pub original: Tuple,
+    pub translated: Tuple,
+    pub state: &'static str,
+    pub age_secs: u64,
+    pub idle_secs: u64,
+    pub expires_in_secs: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NatRemoved {
+    pub removed: u64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub pin_dir: String,
@@ -82,6 +146,7 @@ pub struct Status {
     pub uplink_address: Ipv4Addr,
     pub hooks: Vec<HookStatus>,
     pub peers: Vec<PeerStatus>,
+    pub nat: NatStatus,
     #[serde(serialize_with = "crate::output::pairs_as_map")]
     pub counters: Vec<(&'static str, Counts)>,
 }
@@ -135,10 +200,47 @@ async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
     }
 }
 
-fn same_plan(config: &DatapathConfig, subnet: &LocalSubnet) -> bool {
+/// The configuration `up` wants, given the interfaces it found.
+fn desired_config(
+    args: &UpArgs,
+    bridge_ifindex: u32,
+    uplink_ifindex: u32,
+    uplink_addr: Ipv4Addr,
+    owned: u32,
+) -> DatapathConfig {
+    let (nat_port_min, nat_port_max) = args.nat.ports;
+    DatapathConfig {
+        enabled: 1,
+        local_net: to_map_addr(args.subnet.net.network()),
+        local_mask: to_map_addr(args.subnet.net.netmask()),
+        local_prefix_len: args.subnet.net.prefix_len().into(),
+        gateway: to_map_addr(args.subnet.gateway),
+        bridge_ifindex,
+        uplink_ifindex,
+        uplink_addr: to_map_addr(uplink_addr),
+        owned,
+        nat_enabled: args.nat.cluster_cidr.is_some().into(),
+        nat_port_min: nat_port_min.into(),
+        nat_port_max: nat_port_max.into(),
+        nat_timeouts: args.nat.timeouts,
+    }
+}
+
+fn same_subnet(config: &DatapathConfig, subnet: &LocalSubnet) -> bool {
     config.local_net == to_map_addr(subnet.net.network())
         && config.local_prefix_len == u32::from(subnet.net.prefix_len())
         && config.gateway == to_map_addr(subnet.gateway)
+}
+
+/// The host's ephemeral port range (net.ipv4.ip_local_port_range).
+fn ephemeral_ports() -> Result<(u16, u16)> {
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    let text = std::fs::read_to_string(path).map_err(io_context(format!("reading {path}")))?;
+    let mut it = text.split_whitespace().filter_map(|p| p.parse().ok());
+    match (it.next(), it.next()) {
+        (Some(lo), Some(hi)) => Ok((lo, hi)),
+        _ => Err(Error::Invalid(format!("cannot parse {path}: {text:?}"))),
+    }
 }
 
 pub async fn up(args: &UpArgs) -> Result<UpReport> {
@@ -150,6 +252,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
             args.bridge
         )));
     }
+    args.nat.check(&args.subnet, ephemeral_ports()?)?;
     let nl = Netlink::connect()?;
     let uplink = nl.require_interface(&args.uplink).await?;
     let uplink_nets = nl.ipv4_addresses(uplink.index).await?;
@@ -185,23 +288,29 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
     }
     let pins = PinDir::locate()?;
     let existing = if maps::pinned(pins.path()) {
-        Some(Maps::open(pins.path())?.config()?).filter(|c| c.enabled != 0)
+        let maps = Maps::open(pins.path())?;
+        Some((maps.config()?, maps.exclusions()?)).filter(|(c, _)| c.enabled != 0)
     } else {
         None
     };
-    if let Some(config) = &existing {
-        if !same_plan(config, &args.subnet) {
+    if let Some((config, exclusions)) = &existing {
+        if !same_subnet(config, &args.subnet) {
             return Err(Error::Conflict(format!(
                 "dr is already up here with subnet {}/{}; run `dr-ctl down` first",
                 from_map_addr(config.gateway),
                 config.local_prefix_len
             )));
         }
-        let bridge_same = bridge
-            .as_ref()
-            .is_some_and(|b| b.index == config.bridge_ifindex);
+        let size = maps::nat_table_size(pins.path())?;
+        if size != args.nat.table_size {
+            return Err(Error::Conflict(format!(
+                "the NAT table has {size} entries; changing --nat-table-size needs `dr-ctl down` first"
+            )));
+        }
+        let bridge_index = bridge.as_ref().map_or(0, |b| b.index);
+        let desired = desired_config(args, bridge_index, uplink.index, uplink_addr, config.owned);
         let all_linked = Hook::ALL.iter().all(|h| pins.join(h.link_pin()).exists());
-        if bridge_same && uplink.index == config.uplink_ifindex && all_linked {
+        if *config == desired && *exclusions == args.nat.exclusions() && all_linked {
             let docker_config = match &args.docker_config {
                 Some(path) => Some(docker_config::merge_bip(path, &args.subnet.bip())?),
                 None => None,
@@ -219,6 +328,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
     }
 
     let mut undo = Vec::new();
+    let existing = existing.map(|(c, _)| c);
     let result = apply_up(
         &nl,
         &pins,
@@ -278,20 +388,17 @@ async fn apply_up(
     if !maps::pinned(pins.path()) {
         undo.push(Undo::RemoveMapPins);
     }
-    let mut ebpf = datapath::load(pins.path())?;
+    let mut ebpf = datapath::load(pins.path(), args.nat.table_size)?;
     let mut maps = Maps::open(pins.path())?;
-    maps.set_config(&DatapathConfig {
-        enabled: 1,
-        local_net: to_map_addr(args.subnet.net.network()),
-        local_mask: to_map_addr(args.subnet.net.netmask()),
-        local_prefix_len: args.subnet.net.prefix_len().into(),
-        gateway: to_map_addr(args.subnet.gateway),
-        bridge_ifindex: bridge.index,
-        uplink_ifindex: uplink.index,
-        uplink_addr: to_map_addr(uplink_addr),
+    // Exclusions first: the datapath must never translate what they cover.
+    maps.set_exclusions(&args.nat.exclusions())?;
+    maps.set_config(&desired_config(
+        args,
+        bridge.index,
+        uplink.index,
+        uplink_addr,
         owned,
-        _reserved: 0,
-    })?;
+    ))?;
     let mut attached = Vec::new();
     for (hook, iface, old_index) in [
         (
@@ -489,10 +596,80 @@ pub async fn status() -> Result<Status> {
         uplink_address: from_map_addr(config.uplink_addr),
         hooks,
         peers: peer_statuses(&maps)?,
+        nat: NatStatus {
+            enabled: config.nat_enabled != 0,
+            excluded: maps.exclusions()?,
+            ports: format!("{}-{}", config.nat_port_min, config.nat_port_max),
+            table_size: maps::nat_table_size(pins.path())?,
+            entries: live_translations(&maps, &config)?.len(),
+            timeouts: config.nat_timeouts.into(),
+        },
         counters: maps
             .counters()?
             .into_iter()
             .map(|(c, t): (Counter, Traffic)| (c.name(), t.into()))
             .collect(),
+    })
+}
+
+/// Translations that have not expired, oldest first.
+fn live_translations(maps: &Maps, config: &DatapathConfig) -> Result<Vec<NatEntry>> {
+    let now = maps::monotonic_ns();
+    let secs = |ns: u64| ns / 1_000_000_000;
+    let mut out = Vec::new();
+    for (key, flow) in maps.nat_flows()? {
+        if flow.expired(now, &config.nat_timeouts) {
+            continue;
+        }
+        let state = State::from_u8(flow.state);
+        let timeout = state.map_or(0, |s| s.timeout_secs(&config.nat_timeouts)) as u64;
+        let idle = now.saturating_sub(flow.last_seen_ns);
+        let dst = (from_map_addr(key.dst_addr), u16::from_be(key.dst_port));
+        out.push(NatEntry {
+            proto: match key.proto {
+                IPPROTO_TCP => "tcp",
+                IPPROTO_UDP => "udp",
+                _ => "icmp",
+            },
+            original: Tuple {
+                src_addr: from_map_addr(key.src_addr),
+                src_port: u16::from_be(key.src_port),
+                dst_addr: dst.0,
+                dst_port: dst.1,
+            },
+            translated: Tuple {
+                src_addr: from_map_addr(config.uplink_addr),
+                src_port: u16::from_be(flow.nat_port),
+                dst_addr: dst.0,
+                dst_port: dst.1,
+            },
+            state: state.map_or("unknown", State::name),
+            age_secs: secs(now.saturating_sub(flow.created_ns)),
+            idle_secs: secs(idle),
+            expires_in_secs: (timeout * 1_000_000_000)
+                .saturating_sub(idle)
+                .div_ceil(1_000_000_000),
+        });
+    }
+    out.sort_by_key(|e| std::cmp::Reverse(e.age_secs));
+    Ok(out)
+}
+
+pub fn nat_list() -> Result<Vec<NatEntry>> {
+    let (_pins, _lock, maps, config) = open_up()?;
+    live_translations(&maps, &config)
+}
+
+pub fn nat_flush() -> Result<NatRemoved> {
+    let (_pins, _lock, mut maps, _) = open_up()?;
+    Ok(NatRemoved {
+        removed: maps.nat_flush()?,
+    })
+}
+
+pub fn nat_gc() -> Result<NatRemoved> {
+    let (_pins, _lock, mut maps, config) = open_up()?;
+    Ok(NatRemoved {
+        removed: maps.nat_gc(&config.nat_timeouts)?,
     })
 }

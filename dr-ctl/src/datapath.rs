@@ -45,19 +45,25 @@ impl Hook {
     }
 }
 
-pub const MAP_PINS: [&str; 4] = [
+pub const MAP_PINS: [&str; 7] = [
     map_names::PEER_SUBNETS,
     map_names::PEER_TRAFFIC,
     map_names::DATAPATH_CONFIG,
     map_names::COUNTERS,
+    map_names::NAT_EXCLUDE,
+    map_names::NAT_FLOWS,
+    map_names::NAT_REVERSE,
 ];
 
 /// Loads the object; its maps are created and pinned in `map_dir` (a bpffs
 /// directory), or adopted from there if already pinned, so state survives
-/// dr-ctl exiting and programs being replaced.
-pub fn load(map_dir: &Path) -> Result<Ebpf> {
+/// dr-ctl exiting and programs being replaced. New SNAT tables get
+/// `nat_table_size` entries each.
+pub fn load(map_dir: &Path, nat_table_size: u32) -> Result<Ebpf> {
     Ok(EbpfLoader::new()
         .default_map_pin_directory(map_dir)
+        .map_max_entries(map_names::NAT_FLOWS, nat_table_size)
+        .map_max_entries(map_names::NAT_REVERSE, nat_table_size)
         .load(EBPF_OBJECT)?)
 }
 

@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod docker_config;
 pub mod error;
 pub mod maps;
+pub mod nat_plan;
 pub mod netlink;
 pub mod output;
 pub mod subnet;

@@ -2,10 +2,14 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
-use dr_common::{map_names, Counter, DatapathConfig, PeerEntry, PeerTraffic, Traffic, MAX_PEERS};
+use dr_common::{
+    map_names,
+    nat::{Flow, FlowKey, Origin, ReverseKey, Timeouts},
+    Counter, DatapathConfig, PeerEntry, PeerTraffic, Traffic, MAX_PEERS,
+};
 use ipnet::Ipv4Net;
 
 use crate::{
@@ -26,11 +30,19 @@ pub struct Maps {
     peer_traffic: PerCpuArray<MapData, PeerTraffic>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, Traffic>,
+    nat_exclude: LpmTrie<MapData, u32, u8>,
+    nat_flows: HashMap<MapData, FlowKey, Flow>,
+    nat_reverse: HashMap<MapData, ReverseKey, Origin>,
 }
 
 /// Whether `dir` holds pinned maps at all.
 pub fn pinned(dir: &Path) -> bool {
     dir.join(map_names::DATAPATH_CONFIG).exists()
+}
+
+/// The capacity of each pinned SNAT table in `dir`.
+pub fn nat_table_size(dir: &Path) -> Result<u32> {
+    Ok(aya::maps::MapInfo::from_pin(dir.join(map_names::NAT_FLOWS))?.max_entries())
 }
 
 fn open(dir: &Path, name: &str) -> Result<Map> {
@@ -40,6 +52,18 @@ fn open(dir: &Path, name: &str) -> Result<Map> {
 
 fn key(subnet: Ipv4Net) -> Key<u32> {
     Key::new(subnet.prefix_len().into(), to_map_addr(subnet.network()))
+}
+
+fn subnet_of(k: &Key<u32>) -> Result<Ipv4Net> {
+    Ipv4Net::new(from_map_addr(k.data()), k.prefix_len() as u8)
+        .map_err(|_| Error::Invalid(format!("corrupt trie key /{}", k.prefix_len())))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 fn cpus() -> Result<usize> {
@@ -60,6 +84,9 @@ impl Maps {
             peer_traffic: open(dir, map_names::PEER_TRAFFIC)?.try_into()?,
             config: open(dir, map_names::DATAPATH_CONFIG)?.try_into()?,
             counters: open(dir, map_names::COUNTERS)?.try_into()?,
+            nat_exclude: open(dir, map_names::NAT_EXCLUDE)?.try_into()?,
+            nat_flows: open(dir, map_names::NAT_FLOWS)?.try_into()?,
+            nat_reverse: open(dir, map_names::NAT_REVERSE)?.try_into()?,
         })
     }
 
@@ -84,10 +111,8 @@ impl Maps {
         let mut peers = Vec::new();
         for item in self.peers.iter() {
             let (k, v) = item?;
-            let subnet = Ipv4Net::new(from_map_addr(k.data()), k.prefix_len() as u8)
-                .map_err(|_| Error::Invalid(format!("corrupt peer key /{}", k.prefix_len())))?;
             peers.push(Peer {
-                subnet,
+                subnet: subnet_of(&k)?,
                 via: from_map_addr(v.via),
                 slot: v.slot,
             });
@@ -154,5 +179,126 @@ impl Maps {
                 Ok((*c, sum))
             })
             .collect()
+    }
+
+    /// The SNAT exclusions (cluster CIDR and `--no-masquerade`), sorted.
+    pub fn exclusions(&self) -> Result<Vec<Ipv4Net>> {
+        let mut out = self
+            .nat_exclude
+            .keys()
+            .map(|k| subnet_of(&k?))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Makes the exclusions exactly `wanted`: adds before it removes, so a
+    /// range in both the old and new set is never briefly translated.
+    pub fn set_exclusions(&mut self, wanted: &[Ipv4Net]) -> Result<()> {
+        for net in wanted {
+            self.nat_exclude.insert(&key(*net), 1, 0)?;
+        }
+        for net in self.exclusions()? {
+            if !wanted.contains(&net) {
+                self.nat_exclude.remove(&key(net))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every translation in the table, live or not.
+    pub fn nat_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        Ok(self
+            .nat_flows
+            .iter()
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Removes one translation (both halves, the reverse only if it is this flow's).
+    fn remove_translation(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
+        let rkey = key.reverse(flow.nat_port);
+        if self
+            .nat_reverse
+            .get(&rkey, 0)
+            .is_ok_and(|o| o == key.origin())
+        {
+            ignore_missing(self.nat_reverse.remove(&rkey))?;
+        }
+        ignore_missing(self.nat_flows.remove(key))
+    }
+
+    /// Removes expired translations; returns how many, also added to the
+    /// `nat_expired_gc` counter (which only dr-ctl writes).
+    pub fn nat_gc(&mut self, timeouts: &Timeouts) -> Result<u64> {
+        let now = monotonic_ns();
+        let mut removed = 0;
+        for (key, flow) in self.nat_flows()? {
+            if flow.expired(now, timeouts) {
+                self.remove_translation(&key, &flow)?;
+                removed += 1;
+            }
+        }
+        // Reverse halves whose flow is gone (evicted) are dead too.
+        let reverse: Vec<_> = self
+            .nat_reverse
+            .iter()
+            .collect::<std::result::Result<_, _>>()?;
+        for (rkey, origin) in reverse {
+            let alive = self
+                .nat_flows
+                .get(&rkey.forward(&origin), 0)
+                .is_ok_and(|f| f.nat_port == rkey.nat_port);
+            if !alive {
+                ignore_missing(self.nat_reverse.remove(&rkey))?;
+            }
+        }
+        if removed > 0 {
+            self.add_to_counter(Counter::NatExpiredGc, removed)?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes every translation; returns how many flows there were.
+    pub fn nat_flush(&mut self) -> Result<u64> {
+        let flows = self.nat_flows()?;
+        for (key, _) in &flows {
+            ignore_missing(self.nat_flows.remove(key))?;
+        }
+        let reverse: Vec<ReverseKey> = self
+            .nat_reverse
+            .keys()
+            .collect::<std::result::Result<_, _>>()?;
+        for rkey in reverse {
+            ignore_missing(self.nat_reverse.remove(&rkey))?;
+        }
+        Ok(flows.len() as u64)
+    }
+
+    /// Adds to a counter the datapath never writes (on CPU 0's slot).
+    fn add_to_counter(&mut self, counter: Counter, packets: u64) -> Result<()> {
+        let mut values: Vec<Traffic> = self
+            .counters
+            .get(&(counter as u32), 0)?
+            .iter()
+            .copied()
+            .collect();
+        values[0].packets += packets;
+        let values =
+            PerCpuValues::try_from(values).map_err(io_context("building per-CPU values"))?;
+        Ok(self.counters.set(counter as u32, values, 0)?)
+    }
+}
+
+/// Entries may vanish between listing and removal (the datapath and LRU
+/// eviction remove them too).
+fn ignore_missing(r: std::result::Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => Ok(other?),
     }
 }

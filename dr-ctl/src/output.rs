@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
 use crate::{
-    commands::{Counts, DownReport, PeerReport, PeerStatus, Status, UpReport},
+    commands::{Counts, DownReport, NatEntry, PeerReport, PeerStatus, Status, Tuple, UpReport},
     docker_config::BipChange,
 };
 
@@ -122,9 +122,54 @@ pub fn status(s: &Status) -> String {
             let _ = writeln!(out, "  {line}");
         }
     }
+    let n = &s.nat;
+    if n.enabled {
+        let excluded: Vec<String> = n.excluded.iter().map(|e| e.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "snat: on, ports {}, {} of {} translations, not translated: {}",
+            n.ports,
+            n.entries,
+            n.table_size,
+            excluded.join(", ")
+        );
+    } else {
+        out.push_str("snat: off (up --cluster-cidr turns it on)\n");
+    }
     out.push_str("counters:\n");
     for (name, c) in &s.counters {
         let _ = writeln!(out, "  {name:<22} {}", counts(c));
+    }
+    out
+}
+
+fn tuple(t: &Tuple, proto: &str) -> String {
+    if proto == "icmp" {
+        format!("{} id {} -> {}", t.src_addr, t.src_port, t.dst_addr)
+    } else {
+        format!(
+            "{}:{} -> {}:{}",
+            t.src_addr, t.src_port, t.dst_addr, t.dst_port
+        )
+    }
+}
+
+pub fn nat_entries(entries: &[NatEntry]) -> String {
+    let mut out = format!(
+        "{:<5} {:<44} {:<44} {:<12} {:>7} {:>7}\n",
+        "PROTO", "ORIGINAL", "TRANSLATED", "STATE", "AGE", "IDLE"
+    );
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "{:<5} {:<44} {:<44} {:<12} {:>6}s {:>6}s",
+            e.proto,
+            tuple(&e.original, e.proto),
+            tuple(&e.translated, e.proto),
+            e.state,
+            e.age_secs,
+            e.idle_secs
+        );
     }
     out
 }

@@ -45,20 +45,25 @@ impl LocalSubnet {
     }
 }
 
-/// Parses a peer's container subnet; host bits must be clear.
-pub fn parse_peer_subnet(s: &str) -> Result<Ipv4Net> {
+/// Parses an IPv4 CIDR whose host bits must be clear; `what` names it in errors.
+pub fn parse_cidr(what: &str, s: &str) -> Result<Ipv4Net> {
     let net: Ipv4Net = s.parse().map_err(|_| {
         Error::Invalid(format!(
-            "invalid peer subnet {s:?}: expected an IPv4 CIDR like 10.0.129.0/24"
+            "invalid {what} {s:?}: expected an IPv4 CIDR like 10.0.129.0/24"
         ))
     })?;
     if net != net.trunc() {
         return Err(Error::Invalid(format!(
-            "invalid peer subnet {s}: host bits are set (did you mean {}?)",
+            "invalid {what} {s}: host bits are set (did you mean {}?)",
             net.trunc()
         )));
     }
     Ok(net)
+}
+
+/// Parses a peer's container subnet; host bits must be clear.
+pub fn parse_peer_subnet(s: &str) -> Result<Ipv4Net> {
+    parse_cidr("peer subnet", s)
 }
 
 pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {

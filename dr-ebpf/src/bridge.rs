@@ -4,12 +4,14 @@ use dr_common::Counter;
 
 use crate::{
     maps::{config, peer_for, peer_traffic},
+    nat::snat_out,
     packet::{drop, dst_addr, forward, parse, pass, src_addr, Frame},
 };
 
 /// A container's packet for a peer subnet goes straight out of the uplink to
-/// the peer host; a packet with a source outside the local subnet is dropped;
-/// everything else goes to the stack unchanged.
+/// the peer host; one for an external destination is translated to the
+/// uplink's address (SNAT) and sent out of the uplink; a packet with a source
+/// outside the local subnet is dropped; everything else goes to the stack.
 #[classifier]
 pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
     let bytes = ctx.len() as u64;
@@ -29,7 +31,7 @@ pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
         return pass(Counter::Passed, bytes);
     }
     let Some(peer) = peer_for(dst) else {
-        return pass(Counter::Passed, bytes);
+        return snat_out(&ctx, cfg, ip, bytes);
     };
     let (verdict, sent) = forward(
         ip,

@@ -5,6 +5,7 @@
 
 mod bridge;
 mod maps;
+mod nat;
 mod packet;
 mod uplink;
 

@@ -2,10 +2,12 @@
 //! and the small accessors the programs use on them.
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dr_common::{
-    Counter, DatapathConfig, PeerEntry, PeerTraffic, Traffic, COUNTER_COUNT, MAX_PEERS,
+    nat::{Flow, FlowKey, Origin, ReverseKey, DEFAULT_TABLE_SIZE},
+    Counter, DatapathConfig, PeerEntry, PeerTraffic, Traffic, COUNTER_COUNT, MAX_EXCLUSIONS,
+    MAX_PEERS,
 };
 
 /// Peer container subnet -> the peer host that owns it. Written by `dr-ctl peer`.
@@ -23,6 +25,20 @@ pub static DATAPATH_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 /// Verdict counters, indexed by `Counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<Traffic> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+/// Destinations whose traffic keeps the container's source address: the
+/// cluster CIDR and `--no-masquerade` ranges. Written by `dr-ctl up`.
+#[map]
+pub static NAT_EXCLUDE: LpmTrie<u32, u8> = LpmTrie::pinned(MAX_EXCLUSIONS, 0);
+
+/// SNAT translations by the container's flow. LRU: when full, the least
+/// recently used (idle or dead) translations make room. Size set by dr-ctl.
+#[map]
+pub static NAT_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_TABLE_SIZE, 0);
+
+/// SNAT translations by the replies' view, pointing back to the container.
+#[map]
+pub static NAT_REVERSE: LruHashMap<ReverseKey, Origin> = LruHashMap::pinned(DEFAULT_TABLE_SIZE, 0);
 
 /// The configuration, once `dr-ctl up` has enabled it.
 #[inline(always)]

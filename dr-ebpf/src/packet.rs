@@ -126,9 +126,19 @@ pub fn drop(counter: Counter, bytes: u64) -> i32 {
     TC_ACT_SHOT
 }
 
-/// Forwards an IPv4 packet out of `ifindex` toward `next_hop` (see
-/// [`redirect_neigh`]): decrements the TTL, counts the verdict under
-/// `counter`, and returns the TC verdict and whether the packet was sent.
+/// Sends the frame out of `ifindex` (see [`redirect_neigh`]) and counts the
+/// verdict under `counter`. Returns the TC verdict and whether it was sent.
+#[inline(always)]
+pub fn send(ifindex: u32, next_hop: Option<u32>, counter: Counter, bytes: u64) -> (i32, bool) {
+    let verdict = redirect_neigh(ifindex, next_hop);
+    if verdict == TC_ACT_SHOT {
+        return (drop(Counter::DropRedirectFailed, bytes), false);
+    }
+    count(counter, bytes);
+    (verdict, true)
+}
+
+/// Forwards an IPv4 packet unchanged but for its TTL: see [`send`].
 #[inline(always)]
 pub fn forward(
     ip: &mut Ipv4Hdr,
@@ -140,10 +150,23 @@ pub fn forward(
     if !decrement_ttl(ip) {
         return (drop(Counter::DropTtlExceeded, bytes), false);
     }
-    let verdict = redirect_neigh(ifindex, next_hop);
-    if verdict == TC_ACT_SHOT {
-        return (drop(Counter::DropRedirectFailed, bytes), false);
-    }
-    count(counter, bytes);
-    (verdict, true)
+    send(ifindex, next_hop, counter, bytes)
 }
+
+/// Offset of the L4 header (after IPv4 options).
+#[inline(always)]
+pub fn l4_offset(ip: &Ipv4Hdr) -> usize {
+    EthHdr::LEN + (ip.vihl & 0x0f) as usize * 4
+}
+
+/// Whether the packet is a fragment other than a whole datagram.
+#[inline(always)]
+pub fn is_fragment(ip: &Ipv4Hdr) -> bool {
+    // More-fragments bit or a non-zero offset.
+    u16::from_be_bytes(ip.frags) & 0x3fff != 0
+}
+
+/// Offsets of IPv4 header fields from the start of the frame.
+pub const IP_CHECK: usize = EthHdr::LEN + 10;
+pub const IP_SRC: usize = EthHdr::LEN + 12;
+pub const IP_DST: usize = EthHdr::LEN + 16;

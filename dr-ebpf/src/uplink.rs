@@ -4,11 +4,13 @@ use dr_common::Counter;
 
 use crate::{
     maps::{config, peer_for, peer_traffic},
+    nat::snat_reply,
     packet::{dst_addr, forward, parse, pass, src_addr, Frame},
 };
 
 /// A packet from a known peer subnet to a local container is delivered to
-/// docker0 directly; everything else goes to the stack unchanged.
+/// docker0 directly; a reply to a translated flow (or an ICMP error about
+/// one) is translated back and delivered; everything else goes to the stack.
 #[classifier]
 pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
     let bytes = ctx.len() as u64;
@@ -21,6 +23,9 @@ pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
         Frame::Ipv4(ip) => ip,
     };
     let dst = dst_addr(ip);
+    if dst == cfg.uplink_addr && cfg.nat_enabled != 0 {
+        return snat_reply(&ctx, cfg, ip, bytes).unwrap_or_else(|| pass(Counter::Passed, bytes));
+    }
     // The gateway and broadcast addresses belong to the host, not to a container.
     if !cfg.is_local(dst) || dst == cfg.gateway || dst == cfg.local_net | !cfg.local_mask {
         return pass(Counter::Passed, bytes);

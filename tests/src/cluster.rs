@@ -13,8 +13,12 @@ use crate::netns::{unique_prefix, Netns};
 
 /// Hosts are numbered like the recipe's 192.168.91.128, .129, ...
 pub const FIRST_HOST: u8 = 128;
-/// The external namespace's address on the segment.
-pub const EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 91, 250);
+/// The router between the hosts' segment and the external network.
+pub const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 91, 254);
+/// The external namespace, outside the cluster, behind the router.
+pub const EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The cluster CIDR every host's `up` passes (enables SNAT).
+pub const CLUSTER_CIDR: &str = "10.0.0.0/16";
 
 pub struct Container {
     pub ns: Netns,
@@ -52,17 +56,27 @@ impl Host {
         self.ns.exec_output(path_str(&self.dr_ctl), args)
     }
 
+    /// The arguments of `dr-ctl up` with this host's plan (SNAT on).
+    pub fn up_args(&self) -> Vec<String> {
+        let bip = self.bip();
+        let args = [
+            "up", "--bridge", "docker0", "--subnet", &bip, "--uplink", "eth0",
+        ];
+        let nat = ["--cluster-cidr", CLUSTER_CIDR];
+        args.iter().chain(&nat).map(|s| s.to_string()).collect()
+    }
+
+    /// `dr-ctl up` with this host's plan and `extra` options.
+    pub fn up_with(&self, extra: &[&str]) -> Result<String> {
+        let mut args = self.up_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.dr(&args)
+    }
+
     /// `dr-ctl up` with this host's plan.
     pub fn up(&self) -> Result<String> {
-        self.dr(&[
-            "up",
-            "--bridge",
-            "docker0",
-            "--subnet",
-            &self.bip(),
-            "--uplink",
-            "eth0",
-        ])
+        self.up_with(&[])
     }
 
     /// Adds a container on docker0 (which must exist): 10.0.<id>.<2+n>.
@@ -103,6 +117,7 @@ pub struct Cluster {
     pub prefix: String,
     pub hosts: Vec<Host>,
     pub external: Option<Netns>,
+    pub router: Option<Netns>,
     pub switch: Netns,
 }
 
@@ -122,6 +137,7 @@ impl Cluster {
             prefix,
             hosts: Vec::new(),
             external: None,
+            router: None,
             switch,
         };
         for i in 0..hosts {
@@ -153,11 +169,33 @@ impl Cluster {
         Ok(())
     }
 
-    /// Adds the external namespace on the segment (192.168.91.250).
+    /// Adds the outside world: a router on the segment (192.168.91.254,
+    /// the hosts' default gateway) and behind it an external namespace
+    /// (203.0.113.10) that knows no route to container subnets.
     pub fn add_external(&mut self) -> Result<&Netns> {
-        let ns = Netns::add(&format!("{}-ext", self.prefix))?;
-        self.plug(&ns, "pext", EXTERNAL_ADDR)?;
-        Ok(self.external.insert(ns))
+        let router = Netns::add(&format!("{}-rtr", self.prefix))?;
+        self.plug(&router, "prtr", ROUTER_ADDR)?;
+        router.exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])?;
+        let ext = Netns::add(&format!("{}-ext", self.prefix))?;
+        router.ip(&[
+            "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
+        ])?;
+        router.ip(&["addr", "add", "203.0.113.1/24", "dev", "eth1"])?;
+        router.ip(&["link", "set", "eth1", "up"])?;
+        ext.ip(&["addr", "add", &format!("{EXTERNAL_ADDR}/24"), "dev", "eth0"])?;
+        ext.ip(&["link", "set", "eth0", "up"])?;
+        ext.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+        for host in &self.hosts {
+            host.ns.ip(&[
+                "route",
+                "replace",
+                "default",
+                "via",
+                &ROUTER_ADDR.to_string(),
+            ])?;
+        }
+        self.router = Some(router);
+        Ok(self.external.insert(ext))
     }
 
     /// `up` on every host, `containers` containers each, and a full mesh of peers.

@@ -6,7 +6,10 @@ use aya::{
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use dr_common::{Counter, DatapathConfig, Traffic};
+use dr_common::{
+    nat::{Timeouts, DEFAULT_TABLE_SIZE},
+    Counter, DatapathConfig, Traffic,
+};
 use dr_ctl::{
     datapath::{self, Hook},
     maps::Maps,
@@ -52,7 +55,10 @@ fn config() -> DatapathConfig {
         uplink_ifindex: 1000,
         uplink_addr: to_map_addr(UPLINK_ADDR.into()),
         owned: 0,
-        _reserved: 0,
+        nat_enabled: 0,
+        nat_port_min: 61000,
+        nat_port_max: 65535,
+        nat_timeouts: Timeouts::default(),
     }
 }
 
@@ -60,7 +66,7 @@ fn datapath(config: DatapathConfig) -> Datapath {
     require_root();
     let dir = PathBuf::from("/sys/fs/bpf").join(unique_prefix("drtest-"));
     std::fs::create_dir_all(&dir).unwrap();
-    let ebpf = datapath::load(&dir).expect("load eBPF object");
+    let ebpf = datapath::load(&dir, DEFAULT_TABLE_SIZE).expect("load eBPF object");
     let mut maps = Maps::open(&dir).unwrap();
     maps.set_config(&config).unwrap();
     maps.upsert_peer("10.0.129.0/24".parse().unwrap(), PEER_HOST.into())

@@ -1,0 +1,296 @@
+//! The SNAT connection table: keys, values, states and their timeouts.
+//!
+//! A translation is two entries: `NAT_FLOWS` maps the container's flow to its
+//! allocated port and holds state and timestamps (the authoritative entry);
+//! `NAT_REVERSE` maps a reply's view of the flow back to the container's
+//! address and port. Ports and addresses are stored as in the packet (network
+//! order in memory), except where noted.
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Default table size (entries per map) and port range.
+pub const DEFAULT_TABLE_SIZE: u32 = 65_536;
+/// Above Linux's default ephemeral range (32768-60999), so the host's own
+/// connections never pick these ports; see README.
+pub const DEFAULT_PORT_MIN: u16 = 61_000;
+pub const DEFAULT_PORT_MAX: u16 = 65_535;
+/// Candidate ports tried before a new flow is refused.
+pub const PORT_TRIES: u32 = 32;
+
+/// A container's flow, as it leaves the container. For ICMP echo, `src_port`
+/// is the identifier and `dst_port` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `NAT_FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at creation and at the last packet.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    /// The allocated source port (network order).
+    pub nat_port: u16,
+    /// A [`State`] value.
+    pub state: u8,
+    pub _pad: [u8; 5],
+}
+
+/// A reply's view of a translated flow (key of `NAT_REVERSE`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReverseKey {
+    pub remote_addr: u32,
+    pub remote_port: u16,
+    pub nat_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `NAT_REVERSE`: where replies go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+impl FlowKey {
+    /// The reverse key of this flow once translated to `nat_port`.
+    #[inline(always)]
+    pub fn reverse(&self, nat_port: u16) -> ReverseKey {
+        ReverseKey {
+            remote_addr: self.dst_addr,
+            remote_port: self.dst_port,
+            nat_port,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    #[inline(always)]
+    pub fn origin(&self) -> Origin {
+        Origin {
+            addr: self.src_addr,
+            port: self.src_port,
+            _pad: 0,
+        }
+    }
+}
+
+impl ReverseKey {
+    /// The forward key of the flow this reply belongs to.
+    #[inline(always)]
+    pub fn forward(&self, origin: &Origin) -> FlowKey {
+        FlowKey {
+            src_addr: origin.addr,
+            dst_addr: self.remote_addr,
+            src_port: origin.port,
+            dst_port: self.remote_port,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Idle timeouts in seconds (part of `DatapathConfig`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub icmp: u32,
+    pub _pad: u32,
+}
+
+impl Default for Timeouts {
+    /// conntrack-like defaults; TCP established follows RFC 5382's 2h4m minimum.
+    fn default() -> Self {
+        Self {
+            tcp_syn: 60,
+            tcp_established: 7440,
+            tcp_closing: 120,
+            udp: 60,
+            icmp: 30,
+            _pad: 0,
+        }
+    }
+}
+
+/// Connection state of a translation.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// TCP: the container sent SYN, no reply yet.
+    TcpSynSent = 1,
+    TcpEstablished = 2,
+    /// TCP: a FIN was seen.
+    TcpClosing = 3,
+    /// TCP: a RST was seen.
+    TcpReset = 4,
+    Udp = 5,
+    Icmp = 6,
+}
+
+/// TCP flag bits (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Seconds a reset TCP translation is kept (for stray segments).
+const TCP_RESET_SECS: u32 = 10;
+
+impl State {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => State::TcpSynSent,
+            2 => State::TcpEstablished,
+            3 => State::TcpClosing,
+            4 => State::TcpReset,
+            5 => State::Udp,
+            6 => State::Icmp,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            State::TcpSynSent => "syn_sent",
+            State::TcpEstablished => "established",
+            State::TcpClosing => "closing",
+            State::TcpReset => "reset",
+            State::Udp => "udp",
+            State::Icmp => "icmp",
+        }
+    }
+
+    /// The state of a new flow whose first packet has `proto` and `tcp_flags`.
+    #[inline(always)]
+    pub fn initial(proto: u8, tcp_flags: u8) -> Self {
+        match proto {
+            IPPROTO_TCP => State::TcpSynSent.next(tcp_flags, false),
+            IPPROTO_UDP => State::Udp,
+            _ => State::Icmp,
+        }
+    }
+
+    /// The state after a TCP packet with `flags`, `reply` if it came from the remote side.
+    #[inline(always)]
+    pub fn next(self, flags: u8, reply: bool) -> Self {
+        match self {
+            State::Udp | State::Icmp => self,
+            _ if flags & TCP_RST != 0 => State::TcpReset,
+            _ if flags & TCP_FIN != 0 => State::TcpClosing,
+            State::TcpSynSent if reply || flags & TCP_SYN == 0 => State::TcpEstablished,
+            // A new SYN after a reset or close reopens the flow.
+            State::TcpReset | State::TcpClosing if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => {
+                State::TcpSynSent
+            }
+            other => other,
+        }
+    }
+
+    /// Idle timeout of this state, in seconds.
+    #[inline(always)]
+    pub fn timeout_secs(self, t: &Timeouts) -> u32 {
+        match self {
+            State::TcpSynSent => t.tcp_syn,
+            State::TcpEstablished => t.tcp_established,
+            State::TcpClosing => t.tcp_closing,
+            State::TcpReset => {
+                if t.tcp_closing < TCP_RESET_SECS {
+                    t.tcp_closing
+                } else {
+                    TCP_RESET_SECS
+                }
+            }
+            State::Udp => t.udp,
+            State::Icmp => t.icmp,
+        }
+    }
+}
+
+impl Flow {
+    /// Whether the flow has been idle longer than its state allows at `now_ns`.
+    #[inline(always)]
+    pub fn expired(&self, now_ns: u64, t: &Timeouts) -> bool {
+        let timeout = match State::from_u8(self.state) {
+            Some(s) => s.timeout_secs(t),
+            None => 0,
+        };
+        now_ns.saturating_sub(self.last_seen_ns) > timeout as u64 * 1_000_000_000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_states_follow_the_handshake_and_teardown() {
+        let s = State::initial(IPPROTO_TCP, TCP_SYN);
+        assert_eq!(s, State::TcpSynSent);
+        let s = s.next(TCP_SYN | TCP_ACK, true);
+        assert_eq!(s, State::TcpEstablished);
+        assert_eq!(s.next(TCP_ACK, false), State::TcpEstablished);
+        assert_eq!(s.next(TCP_FIN | TCP_ACK, true), State::TcpClosing);
+        assert_eq!(s.next(TCP_RST, false), State::TcpReset);
+        assert_eq!(State::TcpReset.next(TCP_SYN, false), State::TcpSynSent);
+        // A flow picked up mid-stream is established.
+        assert_eq!(State::initial(IPPROTO_TCP, TCP_ACK), State::TcpEstablished);
+        assert_eq!(State::initial(IPPROTO_UDP, 0), State::Udp);
+        assert_eq!(State::Udp.next(TCP_RST, true), State::Udp);
+    }
+
+    #[test]
+    fn expiry_uses_the_state_timeout() {
+        let t = Timeouts {
+            udp: 2,
+            ..Timeouts::default()
+        };
+        let flow = Flow {
+            last_seen_ns: 1_000_000_000,
+            state: State::Udp as u8,
+            ..Flow::default()
+        };
+        assert!(!flow.expired(3_000_000_000, &t));
+        assert!(flow.expired(3_000_000_001, &t));
+        assert_eq!(State::TcpReset.timeout_secs(&t), 10);
+        assert_eq!(
+            State::TcpReset.timeout_secs(&Timeouts {
+                tcp_closing: 3,
+                ..t
+            }),
+            3
+        );
+    }
+
+    #[test]
+    fn keys_round_trip_between_directions() {
+        let k = FlowKey {
+            src_addr: 1,
+            dst_addr: 2,
+            src_port: 3,
+            dst_port: 4,
+            proto: IPPROTO_UDP,
+            _pad: [0; 3],
+        };
+        let r = k.reverse(99);
+        assert_eq!((r.remote_addr, r.remote_port, r.nat_port), (2, 4, 99));
+        assert_eq!(r.forward(&k.origin()), k);
+    }
+}

@@ -1,0 +1,497 @@
+//! SNAT for container traffic to external destinations, in place of
+//! `iptables ... -j MASQUERADE`: the connection table, port allocation,
+//! expiry, and the rewrites in both directions (ICMP errors included).
+//!
+//! Rewrites go through `bpf_skb_store_bytes` and the `l3/l4_csum_replace`
+//! helpers, which keep checksums right for CHECKSUM_PARTIAL skbs (as veth
+//! produces) where direct arithmetic on the field would not.
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use dr_common::{
+    checksum,
+    nat::{
+        Flow, FlowKey, Origin, ReverseKey, State, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        PORT_TRIES,
+    },
+    Counter, DatapathConfig,
+};
+use network_types::ip::Ipv4Hdr;
+
+use crate::{
+    maps::{count, NAT_EXCLUDE, NAT_FLOWS, NAT_REVERSE},
+    packet::{
+        decrement_ttl, drop, dst_addr, is_fragment, l4_offset, pass, send, src_addr, IP_CHECK,
+        IP_DST, IP_SRC,
+    },
+};
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+/// Where a protocol keeps its ports (or ICMP identifier) and its checksum.
+#[derive(Clone, Copy)]
+struct L4Layout {
+    /// Offset of the "source" port; the destination port follows it (not for ICMP).
+    port: usize,
+    check: usize,
+}
+
+#[inline(always)]
+fn layout(proto: u8) -> Option<L4Layout> {
+    match proto {
+        IPPROTO_TCP => Some(L4Layout { port: 0, check: 16 }),
+        IPPROTO_UDP => Some(L4Layout { port: 0, check: 6 }),
+        IPPROTO_ICMP => Some(L4Layout { port: 4, check: 2 }),
+        _ => None,
+    }
+}
+
+/// The flags for `l4_csum_replace` when a pseudo-header field (an address) changes.
+#[inline(always)]
+fn pseudo_flags(proto: u8) -> u64 {
+    match proto {
+        // UDP: a zero checksum means "none" and must stay zero.
+        IPPROTO_UDP => (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64,
+        IPPROTO_TCP => BPF_F_PSEUDO_HDR as u64,
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn port_flags(proto: u8) -> u64 {
+    if proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    }
+}
+
+/// Rewrites the IPv4 address at `addr_at` and the L4 port/identifier at
+/// `port_at`, fixing the IP header checksum and the L4 checksum.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    proto: u8,
+    check_at: usize,
+    addr_at: usize,
+    addrs: (u32, u32),
+    port_at: usize,
+    ports: (u16, u16),
+) -> Result<(), i64> {
+    let (old_addr, new_addr) = addrs;
+    let (old_port, new_port) = ports;
+    ctx.store(addr_at, &new_addr, 0)?;
+    ctx.l3_csum_replace(IP_CHECK, old_addr as u64, new_addr as u64, 4)?;
+    if proto != IPPROTO_ICMP {
+        ctx.l4_csum_replace(
+            check_at,
+            old_addr as u64,
+            new_addr as u64,
+            pseudo_flags(proto) | 4,
+        )?;
+    }
+    ctx.store(port_at, &new_port, 0)?;
+    ctx.l4_csum_replace(
+        check_at,
+        old_port as u64,
+        new_port as u64,
+        port_flags(proto) | 2,
+    )?;
+    Ok(())
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no arguments, no memory access.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Whether `dst` must keep the container's source address.
+#[inline(always)]
+fn excluded(cfg: &DatapathConfig, dst: u32) -> bool {
+    dst == cfg.uplink_addr || dst == cfg.gateway || NAT_EXCLUDE.get(Key::new(32, dst)).is_some()
+}
+
+/// The live translation of `key`, or None. Drops an expired one, and one
+/// whose reverse half the full (LRU) table has evicted.
+#[inline(always)]
+fn live_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64) -> Option<*mut Flow> {
+    let flow = NAT_FLOWS.get_ptr_mut(key)?;
+    // SAFETY: map value pointer, valid for this program run.
+    let nat_port = unsafe { (*flow).nat_port };
+    let rkey = key.reverse(nat_port);
+    if unsafe { (*flow).expired(now, &cfg.nat_timeouts) } {
+        count(Counter::NatExpired, 0);
+    } else {
+        // SAFETY: as above.
+        match unsafe { NAT_REVERSE.get(&rkey) } {
+            Some(origin) if *origin == key.origin() => return Some(flow),
+            _ => count(Counter::NatEvicted, 0),
+        }
+    }
+    let _ = NAT_FLOWS.remove(key);
+    // Only remove the reverse half if it is still ours.
+    if unsafe { NAT_REVERSE.get(&rkey) }.is_some_and(|o| *o == key.origin()) {
+        let _ = NAT_REVERSE.remove(&rkey);
+    }
+    None
+}
+
+/// Frees the port in `rkey` if the translation holding it is dead.
+#[inline(always)]
+fn reclaim(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
+    // SAFETY: map value, copied out.
+    let Some(origin) = (unsafe { NAT_REVERSE.get(rkey) }).copied() else {
+        return true;
+    };
+    let fkey = rkey.forward(&origin);
+    // SAFETY: as above.
+    match unsafe { NAT_FLOWS.get(&fkey) } {
+        Some(flow) if flow.nat_port == rkey.nat_port => {
+            if !flow.expired(now, &cfg.nat_timeouts) {
+                return false;
+            }
+            let _ = NAT_FLOWS.remove(&fkey);
+            count(Counter::NatExpired, 0);
+        }
+        // The forward half is gone or moved to another port: stale.
+        _ => count(Counter::NatEvicted, 0),
+    }
+    true
+}
+
+/// Allocates a source port for a new flow and records both halves.
+/// Tries up to PORT_TRIES ports from a random start in the range; a port is
+/// taken only if no live translation uses it toward the same remote endpoint.
+#[inline(always)]
+fn allocate(key: &FlowKey, cfg: &DatapathConfig, now: u64, tcp_flags: u8) -> Result<u16, Counter> {
+    let origin = key.origin();
+    // checked_rem: no panic path for the verifier to reject (range is never 0).
+    let range = cfg
+        .nat_port_max
+        .wrapping_sub(cfg.nat_port_min)
+        .wrapping_add(1);
+    // SAFETY: no arguments.
+    let start = unsafe { bpf_get_prandom_u32() }
+        .checked_rem(range)
+        .unwrap_or(0);
+    for i in 0..PORT_TRIES {
+        let offset = start.wrapping_add(i).checked_rem(range).unwrap_or(0);
+        let port = (cfg.nat_port_min.wrapping_add(offset) as u16).to_be();
+        let rkey = key.reverse(port);
+        if NAT_REVERSE
+            .insert(&rkey, &origin, BPF_NOEXIST as u64)
+            .is_err()
+        {
+            if !reclaim(&rkey, cfg, now) {
+                continue;
+            }
+            if NAT_REVERSE.insert(&rkey, &origin, BPF_ANY as u64).is_err() {
+                return Err(Counter::DropNatTableFull);
+            }
+        }
+        let flow = Flow {
+            created_ns: now,
+            last_seen_ns: now,
+            nat_port: port,
+            state: State::initial(key.proto, tcp_flags) as u8,
+            _pad: [0; 5],
+        };
+        if NAT_FLOWS.insert(key, &flow, BPF_ANY as u64).is_err() {
+            let _ = NAT_REVERSE.remove(&rkey);
+            return Err(Counter::DropNatTableFull);
+        }
+        count(Counter::NatCreated, 0);
+        return Ok(port);
+    }
+    Err(Counter::DropNatPortsExhausted)
+}
+
+/// The ports (or ICMP identifier, 0) and TCP flags of a TCP/UDP/ICMP packet,
+/// read at `l4` for `proto`; None if the header is cut short.
+#[inline(always)]
+fn ports(ctx: &TcContext, l4: usize, proto: u8) -> Option<(u16, u16, u8)> {
+    match proto {
+        IPPROTO_TCP => {
+            let p: [u16; 2] = ctx.load(l4).ok()?;
+            let flags: u8 = ctx.load(l4 + 13).ok()?;
+            Some((p[0], p[1], flags))
+        }
+        IPPROTO_UDP => {
+            let p: [u16; 2] = ctx.load(l4).ok()?;
+            Some((p[0], p[1], 0))
+        }
+        _ => {
+            let id: u16 = ctx.load(l4 + 4).ok()?;
+            Some((id, 0, 0))
+        }
+    }
+}
+
+/// Container -> external: translate the source and send it out of the uplink.
+/// Called for IPv4 from the local subnet whose destination is no peer's.
+#[inline(always)]
+pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: u64) -> i32 {
+    let dst = dst_addr(ip);
+    if cfg.nat_enabled == 0 || excluded(cfg, dst) {
+        return pass(Counter::Passed, bytes);
+    }
+    let proto = ip.proto;
+    let Some(l4) = layout(proto) else {
+        return pass(Counter::Passed, bytes);
+    };
+    if is_fragment(ip) {
+        return drop(Counter::DropNatFragment, bytes);
+    }
+    let l4_at = l4_offset(ip);
+    if proto == IPPROTO_ICMP && ctx.load::<u8>(l4_at).ok() != Some(ICMP_ECHO) {
+        // Only echo requests start translations; other ICMP goes to the stack.
+        return pass(Counter::Passed, bytes);
+    }
+    let Some((src_port, dst_port, tcp_flags)) = ports(ctx, l4_at, proto) else {
+        return pass(Counter::Malformed, bytes);
+    };
+    let key = FlowKey {
+        src_addr: src_addr(ip),
+        dst_addr: dst,
+        src_port,
+        dst_port,
+        proto,
+        _pad: [0; 3],
+    };
+    if !decrement_ttl(ip) {
+        return drop(Counter::DropTtlExceeded, bytes);
+    }
+    let now = now();
+    let nat_port = match live_flow(&key, cfg, now) {
+        Some(flow) => {
+            // SAFETY: map value pointer, valid for this program run.
+            let flow = unsafe { &mut *flow };
+            flow.last_seen_ns = now;
+            flow.state =
+                State::from_u8(flow.state).map_or(flow.state, |s| s.next(tcp_flags, false) as u8);
+            flow.nat_port
+        }
+        None => match allocate(&key, cfg, now, tcp_flags) {
+            Ok(port) => port,
+            Err(reason) => return drop(reason, bytes),
+        },
+    };
+    let addrs = (key.src_addr, cfg.uplink_addr);
+    let port_at = l4_at + l4.port;
+    if rewrite(
+        ctx,
+        proto,
+        l4_at + l4.check,
+        IP_SRC,
+        addrs,
+        port_at,
+        (src_port, nat_port),
+    )
+    .is_err()
+    {
+        return drop(Counter::DropRedirectFailed, bytes);
+    }
+    send(cfg.uplink_ifindex, None, Counter::NatOut, bytes).0
+}
+
+/// External -> container: a packet to the uplink address that answers a
+/// translation is translated back and delivered to docker0. None when it is
+/// not for a translation (the host's own traffic).
+#[inline(always)]
+pub fn snat_reply(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    ip: &mut Ipv4Hdr,
+    bytes: u64,
+) -> Option<i32> {
+    let proto = ip.proto;
+    let l4 = layout(proto)?;
+    if is_fragment(ip) {
+        return None;
+    }
+    let l4_at = l4_offset(ip);
+    if proto == IPPROTO_ICMP {
+        match ctx.load::<u8>(l4_at).ok()? {
+            ICMP_ECHO_REPLY => {}
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
+                return icmp_error_reply(ctx, cfg, ip, l4_at, bytes);
+            }
+            _ => return None,
+        }
+    }
+    let (remote_port, nat_port, tcp_flags) = ports(ctx, l4_at, proto)?;
+    let (remote_port, nat_port) = if proto == IPPROTO_ICMP {
+        (0, remote_port)
+    } else {
+        (remote_port, nat_port)
+    };
+    let host_port = u16::from_be(nat_port) as u32;
+    if host_port < cfg.nat_port_min || host_port > cfg.nat_port_max {
+        return None;
+    }
+    let rkey = ReverseKey {
+        remote_addr: src_addr(ip),
+        remote_port,
+        nat_port,
+        proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: map value, copied out.
+    let origin: Origin = unsafe { NAT_REVERSE.get(&rkey) }.copied()?;
+    let now = now();
+    let flow = NAT_FLOWS.get_ptr_mut(rkey.forward(&origin))?;
+    // SAFETY: map value pointer, valid for this program run.
+    let flow = unsafe { &mut *flow };
+    if flow.nat_port != nat_port {
+        count(Counter::NatEvicted, 0);
+        return None;
+    }
+    if flow.expired(now, &cfg.nat_timeouts) {
+        // Not translated: a stale mapping must never deliver to a container.
+        count(Counter::NatExpired, 0);
+        return None;
+    }
+    flow.last_seen_ns = now;
+    flow.state = State::from_u8(flow.state).map_or(flow.state, |s| s.next(tcp_flags, true) as u8);
+    if !decrement_ttl(ip) {
+        return Some(drop(Counter::DropTtlExceeded, bytes));
+    }
+    let addrs = (cfg.uplink_addr, origin.addr);
+    // The reply's destination port (ICMP: the identifier) is the NAT port.
+    let port_at = l4_at + if proto == IPPROTO_ICMP { l4.port } else { 2 };
+    if rewrite(
+        ctx,
+        proto,
+        l4_at + l4.check,
+        IP_DST,
+        addrs,
+        port_at,
+        (nat_port, origin.port),
+    )
+    .is_err()
+    {
+        return Some(drop(Counter::DropRedirectFailed, bytes));
+    }
+    Some(send(cfg.bridge_ifindex, None, Counter::NatIn, bytes).0)
+}
+
+/// An ICMP error quoting a translated packet: translate the outer destination
+/// and the quoted packet's source (address, port, both checksums), keeping the
+/// ICMP checksum right, so the container's stack sees the error about its own
+/// packet (path MTU discovery, traceroute).
+#[inline(always)]
+fn icmp_error_reply(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    ip: &mut Ipv4Hdr,
+    l4_at: usize,
+    bytes: u64,
+) -> Option<i32> {
+    let inner = l4_at + 8;
+    let vihl: u8 = ctx.load(inner).ok()?;
+    let inner_len = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || inner_len < 20 {
+        return None;
+    }
+    let proto: u8 = ctx.load(inner + 9).ok()?;
+    let quoted_src: u32 = ctx.load(inner + 12).ok()?;
+    let remote: u32 = ctx.load(inner + 16).ok()?;
+    if quoted_src != cfg.uplink_addr {
+        return None;
+    }
+    let l4 = layout(proto)?;
+    let inner_l4 = inner + inner_len;
+    let (nat_port, remote_port) = if proto == IPPROTO_ICMP {
+        if ctx.load::<u8>(inner_l4).ok()? != ICMP_ECHO {
+            return None;
+        }
+        (ctx.load::<u16>(inner_l4 + 4).ok()?, 0)
+    } else {
+        let p: [u16; 2] = ctx.load(inner_l4).ok()?;
+        (p[0], p[1])
+    };
+    let rkey = ReverseKey {
+        remote_addr: remote,
+        remote_port,
+        nat_port,
+        proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: map value, copied out.
+    let origin: Origin = unsafe { NAT_REVERSE.get(&rkey) }.copied()?;
+    if !decrement_ttl(ip) {
+        return Some(drop(Counter::DropTtlExceeded, bytes));
+    }
+    if translate_icmp_error(
+        ctx, cfg, l4_at, inner, inner_l4, proto, l4, &origin, nat_port,
+    )
+    .is_err()
+    {
+        return Some(drop(Counter::DropRedirectFailed, bytes));
+    }
+    Some(send(cfg.bridge_ifindex, None, Counter::NatIcmpErrorIn, bytes).0)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn translate_icmp_error(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    l4_at: usize,
+    inner: usize,
+    inner_l4: usize,
+    proto: u8,
+    l4: L4Layout,
+    origin: &Origin,
+    nat_port: u16,
+) -> Result<(), i64> {
+    let icmp_check = l4_at + 2;
+    // The ICMP checksum covers the quoted packet: every quoted change is
+    // folded into it as well. No pseudo-header for ICMP.
+    let fold = |old: u64, new: u64, size: u64| ctx.l4_csum_replace(icmp_check, old, new, size);
+
+    // Outer destination.
+    ctx.store(IP_DST, &origin.addr, 0)?;
+    ctx.l3_csum_replace(IP_CHECK, cfg.uplink_addr as u64, origin.addr as u64, 4)?;
+
+    // Quoted source address and the quoted header's checksum.
+    let old_check: u16 = ctx.load(inner + 10)?;
+    let new_check = checksum::replace_u32(old_check, cfg.uplink_addr, origin.addr);
+    ctx.store(inner + 12, &origin.addr, 0)?;
+    ctx.store(inner + 10, &new_check, 0)?;
+    fold(cfg.uplink_addr as u64, origin.addr as u64, 4)?;
+    fold(old_check as u64, new_check as u64, 2)?;
+
+    // Quoted source port (ICMP: identifier).
+    ctx.store(inner_l4 + l4.port, &origin.port, 0)?;
+    fold(nat_port as u64, origin.port as u64, 2)?;
+
+    // The quoted L4 checksum, when the error quotes that far.
+    let at = inner_l4 + l4.check;
+    if let Ok(old) = ctx.load::<u16>(at) {
+        let new = match proto {
+            IPPROTO_ICMP => checksum::replace_u16(old, nat_port, origin.port),
+            IPPROTO_UDP if old == 0 => 0,
+            _ => {
+                let c = checksum::replace_u32(old, cfg.uplink_addr, origin.addr);
+                let c = checksum::replace_u16(c, nat_port, origin.port);
+                if proto == IPPROTO_UDP && c == 0 {
+                    0xffff
+                } else {
+                    c
+                }
+            }
+        };
+        ctx.store(at, &new, 0)?;
+        fold(old as u64, new as u64, 2)?;
+    }
+    Ok(())
+}
