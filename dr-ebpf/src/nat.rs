@@ -131,15 +131,15 @@ fn live_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64) -> Option<*mut Flow>
         count(Counter::NatExpired, 0);
     } else {
         // SAFETY: as above.
-        match unsafe { NAT_REVERSE.get(&rkey) } {
+        match unsafe { NAT_REVERSE.get(rkey) } {
             Some(origin) if *origin == key.origin() => return Some(flow),
             _ => count(Counter::NatEvicted, 0),
         }
     }
     let _ = NAT_FLOWS.remove(key);
     // Only remove the reverse half if it is still ours.
-    if unsafe { NAT_REVERSE.get(&rkey) }.is_some_and(|o| *o == key.origin()) {
-        let _ = NAT_REVERSE.remove(&rkey);
+    if unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| *o == key.origin()) {
+        let _ = NAT_REVERSE.remove(rkey);
     }
     None
 }
@@ -153,12 +153,12 @@ fn reclaim(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
     };
     let fkey = rkey.forward(&origin);
     // SAFETY: as above.
-    match unsafe { NAT_FLOWS.get(&fkey) } {
+    match unsafe { NAT_FLOWS.get(fkey) } {
         Some(flow) if flow.nat_port == rkey.nat_port => {
             if !flow.expired(now, &cfg.nat_timeouts) {
                 return false;
             }
-            let _ = NAT_FLOWS.remove(&fkey);
+            let _ = NAT_FLOWS.remove(fkey);
             count(Counter::NatExpired, 0);
         }
         // The forward half is gone or moved to another port: stale.
@@ -187,13 +187,13 @@ fn allocate(key: &FlowKey, cfg: &DatapathConfig, now: u64, tcp_flags: u8) -> Res
         let port = (cfg.nat_port_min.wrapping_add(offset) as u16).to_be();
         let rkey = key.reverse(port);
         if NAT_REVERSE
-            .insert(&rkey, &origin, BPF_NOEXIST as u64)
+            .insert(rkey, origin, BPF_NOEXIST as u64)
             .is_err()
         {
             if !reclaim(&rkey, cfg, now) {
                 continue;
             }
-            if NAT_REVERSE.insert(&rkey, &origin, BPF_ANY as u64).is_err() {
+            if NAT_REVERSE.insert(rkey, origin, BPF_ANY as u64).is_err() {
                 return Err(Counter::DropNatTableFull);
             }
         }
@@ -204,8 +204,8 @@ fn allocate(key: &FlowKey, cfg: &DatapathConfig, now: u64, tcp_flags: u8) -> Res
             state: State::initial(key.proto, tcp_flags) as u8,
             _pad: [0; 5],
         };
-        if NAT_FLOWS.insert(key, &flow, BPF_ANY as u64).is_err() {
-            let _ = NAT_REVERSE.remove(&rkey);
+        if NAT_FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
+            let _ = NAT_REVERSE.remove(rkey);
             return Err(Counter::DropNatTableFull);
         }
         count(Counter::NatCreated, 0);
@@ -345,7 +345,7 @@ pub fn snat_reply(
         _pad: [0; 3],
     };
     // SAFETY: map value, copied out.
-    let origin: Origin = unsafe { NAT_REVERSE.get(&rkey) }.copied()?;
+    let origin: Origin = unsafe { NAT_REVERSE.get(rkey) }.copied()?;
     let now = now();
     let flow = NAT_FLOWS.get_ptr_mut(rkey.forward(&origin))?;
     // SAFETY: map value pointer, valid for this program run.
@@ -426,7 +426,7 @@ fn icmp_error_reply(
         _pad: [0; 3],
     };
     // SAFETY: map value, copied out.
-    let origin: Origin = unsafe { NAT_REVERSE.get(&rkey) }.copied()?;
+    let origin: Origin = unsafe { NAT_REVERSE.get(rkey) }.copied()?;
     if !decrement_ttl(ip) {
         return Some(drop(Counter::DropTtlExceeded, bytes));
     }

@@ -1,11 +1,16 @@
-//! Bounded traffic between namespaces: ping, a TCP transfer, a UDP exchange.
+//! Bounded traffic between namespaces: ping, TCP transfers, UDP exchanges.
+//! Servers serve several clients on one port, so tests can aim two flows at
+//! the same destination; they report the source addresses they saw.
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+use socket2::{Domain, Socket, Type};
 
 use crate::netns::Netns;
 
@@ -48,42 +53,94 @@ fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(31) ^ (i >> 11)) as u8
 }
 
-/// Sends `bytes` over TCP from `client` to a server in `server` at `addr`;
-/// the server checks every byte and reports the count back.
-/// Returns the elapsed time.
-pub fn tcp_transfer(
+/// A socket in `ns` bound to `src_port` (0: any), for `ty`.
+fn bound_socket(ns: &Netns, ty: Type, src_port: u16) -> Result<Socket> {
+    ns.enter(|| -> Result<Socket> {
+        let s = Socket::new(Domain::IPV4, ty, None)?;
+        s.set_reuse_address(true)?;
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, src_port)).into())?;
+        Ok(s)
+    })?
+}
+
+/// A TCP server in a namespace that checks every byte of each connection and
+/// answers with the byte count.
+pub struct TcpSink {
+    pub addr: SocketAddr,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    handle: JoinHandle<Result<()>>,
+}
+
+impl TcpSink {
+    /// Listens on `addr` (port chosen by the kernel) in `ns` for `connections` connections.
+    pub fn start(ns: &Netns, addr: Ipv4Addr, connections: usize) -> Result<Self> {
+        let listener = ns.enter(|| TcpListener::bind((addr, 0)))??;
+        let addr = listener.local_addr()?;
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        let handle = std::thread::spawn(move || -> Result<()> {
+            let mut workers = Vec::new();
+            for _ in 0..connections {
+                let (conn, peer) = listener.accept()?;
+                seen.lock().unwrap().push(peer);
+                workers.push(std::thread::spawn(move || receive(conn)));
+            }
+            for w in workers {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+            }
+            Ok(())
+        });
+        Ok(Self {
+            addr,
+            peers,
+            handle,
+        })
+    }
+
+    /// Waits for all connections; returns the client addresses the server saw.
+    pub fn finish(self) -> Result<Vec<SocketAddr>> {
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("sink panicked"))??;
+        Ok(self.peers.lock().unwrap().clone())
+    }
+}
+
+fn receive(mut conn: TcpStream) -> Result<()> {
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = 0usize;
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for (k, b) in buf[..n].iter().enumerate() {
+            if *b != pattern(seen + k) {
+                bail!("byte {} corrupted", seen + k);
+            }
+        }
+        seen += n;
+    }
+    conn.write_all(&(seen as u64).to_be_bytes())?;
+    Ok(())
+}
+
+/// Sends `bytes` from `client` (source port `src_port`, 0: any) to `target`
+/// and waits for the server's count. Returns the elapsed time.
+pub fn tcp_send(
     client: &Netns,
-    server: &Netns,
-    addr: Ipv4Addr,
+    src_port: u16,
+    target: SocketAddr,
     bytes: usize,
 ) -> Result<Duration> {
-    let listener = server.enter(|| TcpListener::bind((addr, 0)))??;
-    let port = listener.local_addr()?.port();
-    let receiver = std::thread::spawn(move || -> Result<u64> {
-        let (mut conn, _) = listener.accept()?;
-        conn.set_read_timeout(Some(IO_TIMEOUT))?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut seen = 0usize;
-        loop {
-            let n = conn.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            for (k, b) in buf[..n].iter().enumerate() {
-                if *b != pattern(seen + k) {
-                    bail!("byte {} corrupted", seen + k);
-                }
-            }
-            seen += n;
-        }
-        conn.write_all(&(seen as u64).to_be_bytes())?;
-        Ok(seen as u64)
-    });
+    let socket = bound_socket(client, Type::STREAM, src_port)?;
     let start = Instant::now();
-    let target = SocketAddr::from((addr, port));
-    let mut conn = client
-        .enter(|| TcpStream::connect_timeout(&target, IO_TIMEOUT))?
+    socket
+        .connect_timeout(&target.into(), IO_TIMEOUT)
         .with_context(|| format!("connecting {} -> {target}", client.name))?;
+    let mut conn: TcpStream = socket.into();
     conn.set_write_timeout(Some(IO_TIMEOUT))?;
     conn.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut sent = 0;
@@ -97,53 +154,99 @@ pub fn tcp_transfer(
     let mut ack = [0u8; 8];
     conn.read_exact(&mut ack)
         .context("reading the server's byte count")?;
-    let elapsed = start.elapsed();
-    let received = receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-    ensure!(
-        received == bytes as u64,
-        "sent {bytes} bytes, server got {received}"
-    );
     ensure!(
         u64::from_be_bytes(ack) == bytes as u64,
-        "bad acknowledgement"
+        "server counted {} of {bytes} bytes",
+        u64::from_be_bytes(ack)
     );
-    Ok(elapsed)
+    Ok(start.elapsed())
 }
 
-/// `count` UDP request/response exchanges from `client` to an echo server in
-/// `server` at `addr`. Returns the source address the server saw.
+/// One TCP transfer of `bytes` from `client` to a server in `server` at `addr`.
+/// Returns the elapsed time and the client address the server saw.
+pub fn tcp_transfer(
+    client: &Netns,
+    server: &Netns,
+    addr: Ipv4Addr,
+    bytes: usize,
+) -> Result<(Duration, SocketAddr)> {
+    let sink = TcpSink::start(server, addr, 1)?;
+    let elapsed = tcp_send(client, 0, sink.addr, bytes)?;
+    let seen = sink.finish()?;
+    Ok((elapsed, seen[0]))
+}
+
+/// A UDP echo server in a namespace; remembers who it answered.
+pub struct UdpEcho {
+    pub addr: SocketAddr,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    handle: JoinHandle<Result<()>>,
+}
+
+impl UdpEcho {
+    /// Echoes `datagrams` datagrams on `addr` (kernel-chosen port) in `ns`.
+    pub fn start(ns: &Netns, addr: Ipv4Addr, datagrams: u32) -> Result<Self> {
+        let sock = ns.enter(|| UdpSocket::bind((addr, 0)))??;
+        sock.set_read_timeout(Some(IO_TIMEOUT))?;
+        let addr = sock.local_addr()?;
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        let handle = std::thread::spawn(move || -> Result<()> {
+            let mut buf = [0u8; 1500];
+            for _ in 0..datagrams {
+                let (n, from) = sock.recv_from(&mut buf)?;
+                sock.send_to(&buf[..n], from)?;
+                let mut seen = seen.lock().unwrap();
+                if !seen.contains(&from) {
+                    seen.push(from);
+                }
+            }
+            Ok(())
+        });
+        Ok(Self {
+            addr,
+            peers,
+            handle,
+        })
+    }
+
+    /// Waits for all datagrams; returns the distinct sources the server saw.
+    pub fn finish(self) -> Result<Vec<SocketAddr>> {
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("echo server panicked"))??;
+        Ok(self.peers.lock().unwrap().clone())
+    }
+}
+
+/// `count` request/response exchanges from `client` (source port `src_port`,
+/// 0: any) with the echo server at `target`.
+pub fn udp_requests(client: &Netns, src_port: u16, target: SocketAddr, count: u32) -> Result<()> {
+    let sock: UdpSocket = bound_socket(client, Type::DGRAM, src_port)?.into();
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    for i in 0..count {
+        let msg = format!("dr udp {i} from {}", client.name);
+        sock.send_to(msg.as_bytes(), target)?;
+        let mut buf = [0u8; 1500];
+        let (n, _) = sock
+            .recv_from(&mut buf)
+            .with_context(|| format!("no UDP reply {i} from {target}"))?;
+        ensure!(&buf[..n] == msg.as_bytes(), "UDP reply {i} differs");
+    }
+    Ok(())
+}
+
+/// `count` UDP exchanges from `client` with an echo server in `server` at
+/// `addr`. Returns the source address the server saw.
 pub fn udp_exchange(
     client: &Netns,
     server: &Netns,
     addr: Ipv4Addr,
     count: u32,
 ) -> Result<SocketAddr> {
-    let sock = server.enter(|| UdpSocket::bind((addr, 0)))??;
-    let port = sock.local_addr()?.port();
-    sock.set_read_timeout(Some(IO_TIMEOUT))?;
-    let echo = std::thread::spawn(move || -> Result<SocketAddr> {
-        let mut buf = [0u8; 1500];
-        let mut peer = None;
-        for _ in 0..count {
-            let (n, from) = sock.recv_from(&mut buf)?;
-            sock.send_to(&buf[..n], from)?;
-            peer = Some(from);
-        }
-        peer.context("no datagram")
-    });
-    let local = client.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
-    local.set_read_timeout(Some(Duration::from_secs(2)))?;
-    for i in 0..count {
-        let msg = format!("dr udp {i}");
-        local.send_to(msg.as_bytes(), (addr, port))?;
-        let mut buf = [0u8; 1500];
-        let (n, _) = local
-            .recv_from(&mut buf)
-            .with_context(|| format!("no UDP reply {i} from {addr}:{port}"))?;
-        ensure!(&buf[..n] == msg.as_bytes(), "UDP reply {i} differs");
-    }
-    echo.join()
-        .map_err(|_| anyhow::anyhow!("echo server panicked"))?
+    let echo = UdpEcho::start(server, addr, count)?;
+    udp_requests(client, 0, echo.addr, count)?;
+    let seen = echo.finish()?;
+    ensure!(seen.len() == 1, "expected one source, saw {seen:?}");
+    Ok(seen[0])
 }

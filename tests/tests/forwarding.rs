@@ -36,13 +36,15 @@ fn ping_tcp_udp_across_three_hosts_without_routes_or_forwarding() {
         }
     }
     let (h0, h1, h2) = (&c.hosts[0], &c.hosts[1], &c.hosts[2]);
-    traffic::tcp_transfer(
+    let (_, seen) = traffic::tcp_transfer(
         &h0.containers[0].ns,
         &h1.containers[0].ns,
         h1.containers[0].addr,
         8 << 20,
     )
     .unwrap();
+    // Cross-host traffic keeps container addresses (SNAT is on for external only).
+    assert_eq!(seen.ip(), h0.containers[0].addr);
     traffic::tcp_transfer(
         &h2.containers[1].ns,
         &h0.containers[1].ns,

@@ -1,25 +1,242 @@
-//! SNAT to external networks through the real dr-ctl in emulated hosts.
-use dr_tests::{cluster::EXTERNAL_ADDR, dr_ctl_path, require_root, traffic, Cluster};
+//! SNAT to external networks through the real dr-ctl in emulated hosts: an
+//! external namespace behind a router on the hosts' segment, which knows no
+//! route to container subnets. No iptables or nftables rule is involved.
+use std::{net::IpAddr, time::Duration};
 
-fn cluster(tag: &str) -> Cluster {
+use dr_tests::{
+    cluster::{EXTERNAL_ADDR, ROUTER_ADDR},
+    dr_ctl_path, require_root,
+    traffic::{self, TcpSink, UdpEcho},
+    Cluster, Host,
+};
+use serde_json::Value;
+
+fn cluster(tag: &str, extra_up: &[&str]) -> Cluster {
     require_root();
     let mut c = Cluster::new(tag, 2, &dr_ctl_path()).expect("cluster");
     c.add_external().expect("external network");
-    c.up_all(2).expect("dr up on all hosts");
+    let prefix = c.prefix.clone();
+    for host in &mut c.hosts {
+        host.up_with(extra_up).expect("dr-ctl up");
+        host.add_container(&prefix).unwrap();
+        host.add_container(&prefix).unwrap();
+    }
+    c.mesh().unwrap();
     c
 }
 
+fn nat_list(host: &Host) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&host.dr(&["nat", "list", "--json"]).unwrap()).unwrap();
+    v.as_array().unwrap().clone()
+}
+
+fn counter(host: &Host, name: &str) -> u64 {
+    let s: Value = serde_json::from_str(&host.dr(&["status", "--json"]).unwrap()).unwrap();
+    s["counters"][name]["packets"].as_u64().unwrap()
+}
+
+fn assert_no_netfilter_nat(host: &Host) {
+    let ipt = host
+        .ns
+        .exec("iptables", &["-t", "nat", "-S"])
+        .unwrap_or_default();
+    assert!(
+        !ipt.contains("MASQUERADE") && !ipt.contains("SNAT"),
+        "iptables NAT rule: {ipt}"
+    );
+    let nft = host
+        .ns
+        .exec("nft", &["list", "ruleset"])
+        .unwrap_or_default();
+    assert!(
+        !nft.contains("masquerade") && !nft.contains("snat"),
+        "nftables NAT rule: {nft}"
+    );
+}
+
 #[test]
-fn smoke() {
-    let c = cluster("drnat");
-    let h0 = &c.hosts[0];
+fn external_server_sees_the_host_address_for_tcp_udp_and_ping() {
+    let c = cluster("drnat", &[]);
     let ext = c.external.as_ref().unwrap();
-    let r = traffic::ping(&h0.containers[0].ns, EXTERNAL_ADDR, 2);
-    println!("{}", h0.dr(&["status"]).unwrap());
-    println!("{}", h0.dr(&["nat", "list"]).unwrap());
-    r.unwrap();
-    let seen = traffic::udp_exchange(&h0.containers[0].ns, ext, EXTERNAL_ADDR, 3).unwrap();
-    println!("udp seen {seen}");
-    traffic::tcp_transfer(&h0.containers[1].ns, ext, EXTERNAL_ADDR, 1 << 20).unwrap();
-    println!("{}", h0.dr(&["nat", "list"]).unwrap());
+    let h0 = &c.hosts[0];
+    let container = &h0.containers[0];
+    assert_no_netfilter_nat(h0);
+
+    traffic::ping(&container.ns, EXTERNAL_ADDR, 3).unwrap();
+    let (_, seen) = traffic::tcp_transfer(&container.ns, ext, EXTERNAL_ADDR, 4 << 20).unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(h0.uplink_addr));
+    assert!((61000..=65535).contains(&seen.port()), "port {seen}");
+    let seen = traffic::udp_exchange(&container.ns, ext, EXTERNAL_ADDR, 50).unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(h0.uplink_addr));
+
+    let entries = nat_list(h0);
+    for proto in ["icmp", "tcp", "udp"] {
+        let e = entries
+            .iter()
+            .find(|e| e["proto"] == proto)
+            .unwrap_or_else(|| panic!("no {proto} entry: {entries:?}"));
+        assert_eq!(e["original"]["src_addr"], container.addr.to_string());
+        assert_eq!(e["translated"]["src_addr"], h0.uplink_addr.to_string());
+        assert_eq!(e["original"]["dst_addr"], EXTERNAL_ADDR.to_string());
+    }
+    assert!(counter(h0, "nat_created") >= 3);
+    assert!(counter(h0, "nat_out") > 50 && counter(h0, "nat_in") > 50);
+
+    // The text table names the same translations.
+    let table = h0.dr(&["nat", "list"]).unwrap();
+    assert!(table.contains(&format!("{}:", container.addr)), "{table}");
+    assert!(
+        table.contains(&format!("{} id ", container.addr)),
+        "{table}"
+    );
+}
+
+#[test]
+fn peer_traffic_is_not_translated_and_makes_no_entries() {
+    let c = cluster("drnatpeer", &[]);
+    let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
+    let seen = traffic::udp_exchange(
+        &h0.containers[0].ns,
+        &h1.containers[0].ns,
+        h1.containers[0].addr,
+        5,
+    )
+    .unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(h0.containers[0].addr));
+    traffic::ping(&h0.containers[1].ns, h1.containers[1].addr, 2).unwrap();
+    assert!(
+        nat_list(h0).is_empty(),
+        "peer traffic was translated: {:?}",
+        nat_list(h0)
+    );
+    assert_eq!(counter(h0, "nat_created"), 0);
+}
+
+#[test]
+fn no_masquerade_ranges_keep_the_container_address() {
+    // The router's segment is excluded: traffic to it keeps the container source,
+    // so the router (which has no route back) cannot answer.
+    let c = cluster("drnatexcl", &["--no-masquerade", "192.168.91.0/24"]);
+    let h0 = &c.hosts[0];
+    assert!(!traffic::reachable(&h0.containers[0].ns, ROUTER_ADDR).unwrap());
+    assert!(nat_list(h0).is_empty());
+    traffic::ping(&h0.containers[0].ns, EXTERNAL_ADDR, 1).unwrap();
+}
+
+#[test]
+fn two_containers_with_the_same_source_port_to_the_same_destination() {
+    let c = cluster("drnatport", &[]);
+    let ext = c.external.as_ref().unwrap();
+    let h0 = &c.hosts[0];
+    let (a, b) = (&h0.containers[0], &h0.containers[1]);
+
+    let sink = TcpSink::start(ext, EXTERNAL_ADDR, 2).unwrap();
+    let target = sink.addr;
+    std::thread::scope(|s| {
+        let ta = s.spawn(|| traffic::tcp_send(&a.ns, 40000, target, 2 << 20));
+        let tb = s.spawn(|| traffic::tcp_send(&b.ns, 40000, target, 2 << 20));
+        ta.join().unwrap().unwrap();
+        tb.join().unwrap().unwrap();
+    });
+    let seen = sink.finish().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(
+        seen[0].port(),
+        seen[1].port(),
+        "both flows got the same port: {seen:?}"
+    );
+
+    let echo = UdpEcho::start(ext, EXTERNAL_ADDR, 20).unwrap();
+    let target = echo.addr;
+    std::thread::scope(|s| {
+        let ta = s.spawn(|| traffic::udp_requests(&a.ns, 40000, target, 10));
+        let tb = s.spawn(|| traffic::udp_requests(&b.ns, 40000, target, 10));
+        ta.join().unwrap().unwrap();
+        tb.join().unwrap().unwrap();
+    });
+    let seen = echo.finish().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|s| s.ip() == IpAddr::V4(h0.uplink_addr)));
+
+    let same_port: Vec<_> = nat_list(h0)
+        .into_iter()
+        .filter(|e| e["original"]["src_port"] == 40000)
+        .collect();
+    assert_eq!(same_port.len(), 4, "{same_port:?}");
+}
+
+#[test]
+fn long_tcp_transfer_through_nat() {
+    let c = cluster("drnatlong", &[]);
+    let ext = c.external.as_ref().unwrap();
+    let h1 = &c.hosts[1];
+    let (_, seen) =
+        traffic::tcp_transfer(&h1.containers[1].ns, ext, EXTERNAL_ADDR, 256 << 20).unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(h1.uplink_addr));
+}
+
+#[test]
+fn icmp_errors_reach_the_container() {
+    let c = cluster("drnaticmp", &[]);
+    let router = c.router.as_ref().unwrap();
+    let h0 = &c.hosts[0];
+    let container = &h0.containers[0];
+    let ext = EXTERNAL_ADDR.to_string();
+
+    // Time exceeded: TTL 2 leaves the container, dr decrements it to 1, the router answers.
+    let out = container
+        .ns
+        .exec_output("ping", &["-n", "-c", "1", "-W", "1", "-t", "2", &ext])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("From {ROUTER_ADDR}")) && text.contains("Time to live exceeded"),
+        "{text}"
+    );
+
+    // Fragmentation needed: the router's link to the external network is narrow.
+    router.ip(&["link", "set", "eth1", "mtu", "1280"]).unwrap();
+    let out = container
+        .ns
+        .exec_output(
+            "ping",
+            &["-n", "-c", "2", "-W", "1", "-M", "do", "-s", "1400", &ext],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Frag needed") && text.contains("mtu = 1280"),
+        "{text}"
+    );
+    // The container's stack learned the path MTU, so TCP to the outside still works.
+    let route = container.ns.ip(&["route", "get", &ext]).unwrap();
+    assert!(route.contains("mtu 1280"), "{route}");
+    let ext_ns = c.external.as_ref().unwrap();
+    traffic::tcp_transfer(&container.ns, ext_ns, EXTERNAL_ADDR, 1 << 20).unwrap();
+    assert!(counter(h0, "nat_icmp_error_in") >= 2);
+}
+
+#[test]
+fn translations_expire_after_their_timeout() {
+    let c = cluster(
+        "drnatexp",
+        &["--nat-timeout", "udp=2", "--nat-timeout", "icmp=2"],
+    );
+    let ext = c.external.as_ref().unwrap();
+    let h0 = &c.hosts[0];
+    traffic::udp_exchange(&h0.containers[0].ns, ext, EXTERNAL_ADDR, 3).unwrap();
+    traffic::ping(&h0.containers[1].ns, EXTERNAL_ADDR, 1).unwrap();
+    assert_eq!(nat_list(h0).len(), 2);
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(nat_list(h0).is_empty(), "still listed: {:?}", nat_list(h0));
+    let gc: Value = serde_json::from_str(&h0.dr(&["nat", "gc", "--json"]).unwrap()).unwrap();
+    assert_eq!(gc["removed"], 2);
+    assert_eq!(counter(h0, "nat_expired_gc"), 2);
+    // New traffic starts fresh translations.
+    traffic::udp_exchange(&h0.containers[0].ns, ext, EXTERNAL_ADDR, 1).unwrap();
+    assert_eq!(nat_list(h0).len(), 1);
+    let flushed: Value =
+        serde_json::from_str(&h0.dr(&["nat", "flush", "--json"]).unwrap()).unwrap();
+    assert_eq!(flushed["removed"], 1);
+    assert!(nat_list(h0).is_empty());
 }

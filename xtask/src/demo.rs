@@ -81,7 +81,7 @@ pub fn run(dr_ctl: &Path) -> Result<()> {
     banner("TCP transfer across hosts (64 MiB, every byte checked)");
     let (a, b) = (&h0.containers[0], &h2.containers[0]);
     let bytes = 64 << 20;
-    let elapsed = traffic::tcp_transfer(&a.ns, &b.ns, b.addr, bytes)?;
+    let (elapsed, _) = traffic::tcp_transfer(&a.ns, &b.ns, b.addr, bytes)?;
     println!(
         "{} -> {}: {} MiB in {:.2} s ({:.2} Gbit/s)",
         a.addr,
