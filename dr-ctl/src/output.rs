@@ -138,7 +138,7 @@ pub fn status(s: &Status) -> String {
     }
     out.push_str("counters:\n");
     for (name, c) in &s.counters {
-        let _ = writeln!(out, "  {name:<22} {}", counts(c));
+        let _ = writeln!(out, "  {name:<26} {}", counts(c));
     }
     out
 }

@@ -2,7 +2,10 @@
 use std::path::Path;
 
 use anyhow::Result;
-use dr_tests::{traffic, Cluster, Host};
+use dr_tests::{
+    cluster::{EXTERNAL_ADDR, ROUTER_ADDR},
+    traffic, Cluster, Host,
+};
 
 fn banner(text: &str) {
     println!("\n=== {text}");
@@ -17,26 +20,18 @@ fn dr(host: &Host, args: &[&str]) -> Result<()> {
 
 pub fn run(dr_ctl: &Path) -> Result<()> {
     dr_tests::require_root();
-    banner("Emulated cluster: 3 hosts on 192.168.91.0/24 (network namespaces, one L2 segment)");
+    banner("Emulated cluster: 3 hosts on 192.168.91.0/24 (network namespaces, one L2 segment),");
+    println!("a router at {ROUTER_ADDR} and behind it an external server {EXTERNAL_ADDR}");
     let mut cluster = Cluster::new("drdemo", 3, dr_ctl)?;
+    cluster.add_external()?;
     let prefix = cluster.prefix.clone();
     for host in &mut cluster.hosts {
         banner(&format!(
             "Host {} ({}): dr-ctl up, then two containers on docker0",
             host.id, host.uplink_addr
         ));
-        dr(
-            host,
-            &[
-                "up",
-                "--bridge",
-                "docker0",
-                "--subnet",
-                &host.bip(),
-                "--uplink",
-                "eth0",
-            ],
-        )?;
+        let args = host.up_args();
+        dr(host, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
         for _ in 0..2 {
             let c = host.add_container(&prefix)?;
             println!("container {} on docker0", c.addr);
@@ -92,6 +87,36 @@ pub fn run(dr_ctl: &Path) -> Result<()> {
     );
     let seen = traffic::udp_exchange(&h1.containers[0].ns, &b.ns, b.addr, 5)?;
     println!("UDP: 5 request/response exchanges, server saw source {seen}");
+
+    banner("Containers reach the outside through dr's SNAT (no iptables MASQUERADE rule)");
+    let ext = cluster.external.as_ref().expect("added above");
+    traffic::ping(&h0.containers[1].ns, EXTERNAL_ADDR, 2)?;
+    println!(
+        "{} (host {}) -> {EXTERNAL_ADDR}: 2/2 replies",
+        h0.containers[1].addr, h0.id
+    );
+    let (_, seen) = traffic::tcp_transfer(&h0.containers[0].ns, ext, EXTERNAL_ADDR, 8 << 20)?;
+    println!(
+        "TCP {} -> {EXTERNAL_ADDR}: the external server saw {seen}",
+        h0.containers[0].addr
+    );
+    let seen = traffic::udp_exchange(&h0.containers[1].ns, ext, EXTERNAL_ADDR, 3)?;
+    println!(
+        "UDP {} -> {EXTERNAL_ADDR}: the external server saw {seen}",
+        h0.containers[1].addr
+    );
+    println!(
+        "iptables nat rules on host {}: {}",
+        h0.id,
+        h0.ns
+            .exec("iptables", &["-t", "nat", "-S"])
+            .map_or("none".into(), |r| r
+                .lines()
+                .filter(|l| l.starts_with("-A"))
+                .count()
+                .to_string())
+    );
+    dr(h0, &["nat", "list"])?;
 
     banner(&format!("dr-ctl status on host {}", h0.id));
     dr(h0, &["status"])?;
