@@ -74,87 +74,35 @@ fn bad_input_fails_with_one_line_and_changes_nothing() {
         .unwrap();
     let h0 = &c.hosts[0];
     let before = snapshot(h0);
-    let cases: &[(&[&str], &str)] = &[
-        (
-            &["peer", "add", "10.0.130.0/33", "via", "192.168.91.130"],
-            "invalid peer subnet",
-        ),
-        (
-            &["peer", "add", "10.0.130/24", "via", "192.168.91.130"],
-            "invalid peer subnet",
-        ),
-        (
-            &["peer", "add", "10.0.130.9/24", "via", "192.168.91.130"],
-            "host bits",
-        ),
-        (
-            &["peer", "add", "10.0.128.0/24", "via", "192.168.91.130"],
-            "local subnet",
-        ),
-        (
-            &["peer", "add", "10.0.0.0/16", "via", "192.168.91.130"],
-            "local subnet",
-        ),
-        (
-            &["peer", "add", "10.0.129.128/25", "via", "192.168.91.130"],
-            "overlaps peer 10.0.129.0/24",
-        ),
-        (
-            &["peer", "add", "10.0.130.0/24", "via", "192.168.92.130"],
-            "not on the uplink's network",
-        ),
-        (
-            &["peer", "add", "10.0.130.0/24", "via", "192.168.91.128"],
-            "own uplink address",
-        ),
-        (
-            &["peer", "add", "10.0.130.0/24", "via", "not-an-ip"],
-            "invalid via",
-        ),
-        (&["peer", "del", "10.0.131.0/24"], "no peer 10.0.131.0/24"),
-        (
-            &["up", "--subnet", "10.0.140.1/24", "--uplink", "eth0"],
-            "already up",
-        ),
-        (
-            &["up", "--subnet", "10.0.128.0/24", "--uplink", "eth0"],
-            "network address",
-        ),
-        (
-            &["up", "--subnet", "10.0.128.1/24", "--uplink", "nope0"],
-            "\"nope0\"",
-        ),
-        (
-            &["up", "--subnet", "192.168.91.1/25", "--uplink", "eth0"],
-            "overlaps the uplink",
-        ),
-        (
-            &[
-                "up",
-                "--subnet",
-                "10.0.128.1/24",
-                "--uplink",
-                "eth0",
-                "--bridge",
-                "eth0",
-            ],
-            "both",
-        ),
-        (
-            &[
-                "up",
-                "--subnet",
-                "10.0.128.1/24",
-                "--uplink",
-                "eth0",
-                "--bridge",
-                "lo",
-            ],
-            "not a bridge",
-        ),
+    // (arguments, what the error must mention)
+    let cases = [
+        ("peer add 10.0.130.0/33 via 192.168.91.130", "invalid peer subnet"),
+        ("peer add 10.0.130/24 via 192.168.91.130", "invalid peer subnet"),
+        ("peer add 10.0.130.9/24 via 192.168.91.130", "host bits"),
+        ("peer add 10.0.128.0/24 via 192.168.91.130", "local subnet"),
+        ("peer add 10.0.0.0/16 via 192.168.91.130", "local subnet"),
+        ("peer add 10.0.129.128/25 via 192.168.91.130", "overlaps peer 10.0.129.0/24"),
+        ("peer add 10.0.130.0/24 via 192.168.92.130", "not on the uplink's network"),
+        ("peer add 10.0.130.0/24 via 192.168.91.128", "own uplink address"),
+        ("peer add 10.0.130.0/24 via not-an-ip", "invalid via"),
+        ("peer del 10.0.131.0/24", "no peer 10.0.131.0/24"),
+        ("up --subnet 10.0.140.1/24 --uplink eth0", "already up"),
+        ("up --subnet 10.0.128.0/24 --uplink eth0", "network address"),
+        ("up --subnet 10.0.128.1/24 --uplink nope0", "\"nope0\""),
+        ("up --subnet 192.168.91.1/25 --uplink eth0", "overlaps the uplink"),
+        ("up --subnet 10.0.128.1/24 --uplink eth0 --bridge eth0", "both"),
+        ("up --subnet 10.0.128.1/24 --uplink eth0 --bridge lo", "not a bridge"),
+        ("up --subnet 10.0.128.1/24 --uplink eth0 --cluster-cidr 10.1.0.0/16", "not inside --cluster-cidr"),
+        ("up --subnet 10.0.128.1/24 --uplink eth0 --cluster-cidr 10.0.0.1/16", "host bits"),
+        ("up --subnet 10.0.128.1/24 --uplink eth0 --cluster-cidr 10.0.0.0/16 --nat-ports 40000-50000", "ephemeral"),
+        ("up --subnet 10.0.128.1/24 --uplink eth0 --cluster-cidr 10.0.0.0/16 --nat-table-size 5", "--nat-table-size"),
+        ("up --subnet 10.0.128.1/24 --uplink eth0 --cluster-cidr 10.0.0.0/16 --nat-table-size 4096", "needs `dr-ctl down`"),
+        ("up --subnet 10.0.128.1/24 --uplink eth0 --cluster-cidr 10.0.0.0/16 --nat-timeout udp=0", "--nat-timeout"),
+        ("up --subnet 10.0.128.1/24 --uplink eth0 --no-masquerade 10.9.0.0/16", "needs --cluster-cidr"),
     ];
     for (args, expect) in cases {
-        let out = h0.dr_output(args).unwrap();
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let out = h0.dr_output(&args).unwrap();
         assert_clean_failure(&out, expect);
         assert_eq!(
             snapshot(h0),
@@ -204,11 +152,7 @@ fn repeating_up_and_peer_add_changes_nothing() {
     h0.dr(&["peer", "add", "10.0.129.0/24", "via", "192.168.91.129"])
         .unwrap();
     let before = snapshot(h0);
-    let up_again: Value = serde_json::from_str(
-        &h0.dr(&["--json", "up", "--subnet", &h0.bip(), "--uplink", "eth0"])
-            .unwrap(),
-    )
-    .unwrap();
+    let up_again: Value = serde_json::from_str(&h0.up_with(&["--json"]).unwrap()).unwrap();
     assert_eq!(up_again["changed"], false);
     let add_again: Value = serde_json::from_str(
         &h0.dr(&[
@@ -241,6 +185,13 @@ fn repeating_up_and_peer_add_changes_nothing() {
     let peers: Value = serde_json::from_str(&h0.dr(&["peer", "list", "--json"]).unwrap()).unwrap();
     assert_eq!(peers.as_array().unwrap().len(), 1);
     assert_eq!(peers[0]["via"], "192.168.91.140");
+    // Changing SNAT options reconfigures in place, without `down`.
+    let changed: Value =
+        serde_json::from_str(&h0.up_with(&["--json", "--nat-timeout", "udp=5"]).unwrap()).unwrap();
+    assert_eq!(changed["changed"], true);
+    let status: Value = serde_json::from_str(&h0.dr(&["status", "--json"]).unwrap()).unwrap();
+    assert_eq!(status["nat"]["timeouts"]["udp"], 5);
+    assert_eq!(status["peers"].as_array().unwrap().len(), 1, "peers kept");
 }
 
 #[test]
