@@ -3,7 +3,22 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::{commands, error::Result, nat_plan::NatPlan, output, subnet::LocalSubnet};
+use crate::{
+    commands,
+    error::{io_context, Error, Result},
+    nat_plan::NatPlan,
+    output,
+    subnet::{self, LocalSubnet},
+};
+
+/// A file's text, or standard input's for `-`.
+fn read_input(path: &std::path::Path) -> Result<String> {
+    if path == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(io_context("reading standard input"))
+    } else {
+        std::fs::read_to_string(path).map_err(io_context(format!("reading {}", path.display())))
+    }
+}
 
 /// eBPF direct routing between container hosts.
 ///
@@ -81,15 +96,20 @@ pub enum NatCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PeerCommand {
-    /// Route a peer host's container subnet to it: `peer add 10.0.129.0/24 via 192.168.91.129`.
+    /// Route a peer host's container subnet to it: `peer add 10.0.129.0/24 via 192.168.91.129`,
+    /// or many at once with `--file` (all validated before any is written).
     Add {
         /// The peer's container subnet (host bits clear).
-        subnet: String,
-        #[arg(value_parser = ["via"], hide_possible_values = true, value_name = "via")]
-        via_keyword: String,
+        #[arg(required_unless_present = "file")]
+        subnet: Option<String>,
+        #[arg(value_parser = ["via"], hide_possible_values = true, value_name = "via", requires = "via")]
+        via_keyword: Option<String>,
         /// The peer host's address on the uplink's network.
-        #[arg(value_name = "ADDRESS")]
-        via: String,
+        #[arg(value_name = "ADDRESS", required_unless_present = "file")]
+        via: Option<String>,
+        /// Read peers from a file (`-`: standard input), one `SUBNET via ADDRESS` per line.
+        #[arg(long, short = 'f', value_name = "PATH", conflicts_with_all = ["subnet", "via"])]
+        file: Option<PathBuf>,
     },
     /// Remove a peer subnet.
     #[command(alias = "delete")]
@@ -135,10 +155,26 @@ pub async fn run(cli: Cli) -> Result<String> {
             let r = commands::down().await?;
             render(output::down(&r), output::json(&r))
         }
-        Command::Peer(PeerCommand::Add { subnet, via, .. }) => {
-            let r = commands::peer_add(&subnet, &via).await?;
-            render(output::peer(&r), output::json(&r))
-        }
+        Command::Peer(PeerCommand::Add {
+            subnet, via, file, ..
+        }) => match (subnet, via, file) {
+            (Some(subnet), Some(via), None) => {
+                let peer = commands::parse_peer(&subnet, &via)?;
+                let r = commands::peer_add(&[peer]).await?.remove(0);
+                render(output::peer(&r), output::json(&r))
+            }
+            (_, _, Some(path)) => {
+                let peers = subnet::parse_peer_list(&read_input(&path)?)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+                let r = output::PeerBatch::from(commands::peer_add(&peers).await?.as_slice());
+                render(output::peer_batch(&r), output::json(&r))
+            }
+            _ => {
+                return Err(Error::Invalid(
+                    "peer add needs SUBNET via ADDRESS, or --file".into(),
+                ))
+            }
+        },
         Command::Peer(PeerCommand::Del { subnet }) => {
             let r = commands::peer_del(&subnet)?;
             render(output::peer(&r), output::json(&r))

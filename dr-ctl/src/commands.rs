@@ -19,7 +19,7 @@ use crate::{
     nat_plan::NatPlan,
     netlink::{Interface, Netlink},
     subnet::{
-        check_peer, from_map_addr, overlaps, parse_peer_subnet, to_map_addr, LocalSubnet,
+        check_peers, from_map_addr, overlaps, parse_peer_subnet, to_map_addr, LocalSubnet,
         PeerChange,
     },
 };
@@ -507,33 +507,39 @@ fn parse_via(via: &str) -> Result<Ipv4Addr> {
     })
 }
 
-pub async fn peer_add(subnet: &str, via: &str) -> Result<PeerReport> {
-    let subnet = parse_peer_subnet(subnet)?;
-    let via = parse_via(via)?;
+/// Parses `peer add`'s positional form.
+pub fn parse_peer(subnet: &str, via: &str) -> Result<(Ipv4Net, Ipv4Addr)> {
+    Ok((parse_peer_subnet(subnet)?, parse_via(via)?))
+}
+
+/// Adds (or switches) peers: all are validated, against the host, the
+/// existing peers and each other, before any is written.
+pub async fn peer_add(peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<Vec<PeerReport>> {
     let (_pins, _lock, mut maps, config) = open_up()?;
     let nl = Netlink::connect()?;
     let uplink_nets = nl.ipv4_addresses(config.uplink_ifindex).await?;
     let existing: Vec<_> = maps.peers()?.iter().map(|p| (p.subnet, p.via)).collect();
-    let change = check_peer(
-        subnet,
-        via,
-        &local_subnet(&config)?,
-        &uplink_nets,
-        &existing,
-    )?;
-    let change = match change {
-        PeerChange::Unchanged => "unchanged",
-        PeerChange::Add => "added",
-        PeerChange::Replace { .. } => "replaced",
-    };
-    if change != "unchanged" {
-        maps.upsert_peer(subnet, via)?;
-    }
-    Ok(PeerReport {
-        subnet,
-        via: Some(via),
-        change,
-    })
+    let changes = check_peers(peers, &local_subnet(&config)?, &uplink_nets, &existing)?;
+    let to_write: Vec<_> = peers
+        .iter()
+        .zip(&changes)
+        .filter(|(_, c)| **c != PeerChange::Unchanged)
+        .map(|(p, _)| *p)
+        .collect();
+    maps.upsert_peers(&to_write)?;
+    Ok(peers
+        .iter()
+        .zip(changes)
+        .map(|(&(subnet, via), change)| PeerReport {
+            subnet,
+            via: Some(via),
+            change: match change {
+                PeerChange::Unchanged => "unchanged",
+                PeerChange::Add => "added",
+                PeerChange::Replace { .. } => "replaced",
+            },
+        })
+        .collect())
 }
 
 pub fn peer_del(subnet: &str) -> Result<PeerReport> {

@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn rejects_invalid_json_naming_the_file() {
         let e = merge(Some("{bip: }")).unwrap_err().to_string();
-        assert!(e.starts_with("/etc/docker/daemon.json:"), "{e}");
+        assert_eq!(e, "/etc/docker/daemon.json");
         let e = merge(Some("[1]")).unwrap_err().to_string();
         assert!(e.contains("expected a JSON object"), "{e}");
     }

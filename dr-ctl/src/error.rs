@@ -1,4 +1,6 @@
-//! The library's typed errors. Messages are one line and name the problem.
+//! The library's typed errors. Messages are one line and name the problem;
+//! wrapped errors carry their cause as `source`, which the binary prints
+//! after the message (`{:#}`), so messages do not repeat it.
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -12,29 +14,29 @@ pub enum Error {
     NotUp,
     #[error("{0}")]
     Conflict(String),
-    #[error("netlink: {0}")]
+    #[error("netlink")]
     Netlink(#[from] rtnetlink::Error),
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Ebpf(#[from] aya::EbpfError),
-    #[error("eBPF program: {0}")]
+    #[error("eBPF program")]
     Program(#[from] aya::programs::ProgramError),
-    #[error("eBPF link: {0}")]
+    #[error("eBPF link")]
     Link(#[from] aya::programs::links::LinkError),
-    #[error("eBPF map: {0}")]
+    #[error("eBPF map")]
     Map(#[from] aya::maps::MapError),
-    #[error("pinning under {path}: {source}")]
+    #[error("pinning under {path}")]
     Pin {
         path: PathBuf,
         #[source]
         source: aya::pin::PinError,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Json {
         path: PathBuf,
         #[source]

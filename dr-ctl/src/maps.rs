@@ -121,36 +121,36 @@ impl Maps {
         Ok(peers)
     }
 
-    /// Inserts or replaces a peer. A new peer gets the lowest free traffic
+    /// Inserts or replaces peers. Each new peer gets the lowest free traffic
     /// slot, zeroed before the peer becomes visible to the datapath.
-    pub fn upsert_peer(&mut self, subnet: Ipv4Net, via: Ipv4Addr) -> Result<()> {
+    pub fn upsert_peers(&mut self, peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
         let existing = self.peers()?;
-        let slot = match existing.iter().find(|p| p.subnet == subnet) {
-            Some(p) => p.slot,
-            None => {
-                let mut used: Vec<u32> = existing.iter().map(|p| p.slot).collect();
-                used.sort_unstable();
-                let slot = used
-                    .iter()
-                    .enumerate()
-                    .find(|(i, s)| *i as u32 != **s)
-                    .map_or(used.len() as u32, |(i, _)| i as u32);
-                if slot >= MAX_PEERS {
-                    return Err(Error::Conflict(format!(
-                        "peer table is full ({MAX_PEERS} peers)"
-                    )));
+        let slots: std::collections::HashMap<Ipv4Net, u32> =
+            existing.iter().map(|p| (p.subnet, p.slot)).collect();
+        let mut used: Vec<u32> = existing.iter().map(|p| p.slot).collect();
+        used.sort_unstable();
+        let mut free = (0..MAX_PEERS).filter(|s| used.binary_search(s).is_err());
+        let cpus = cpus()?;
+        for &(subnet, via) in peers {
+            let slot = match slots.get(&subnet) {
+                Some(slot) => *slot,
+                None => {
+                    let slot = free.next().ok_or_else(|| {
+                        Error::Conflict(format!("peer table is full ({MAX_PEERS} peers)"))
+                    })?;
+                    let zero = PerCpuValues::try_from(vec![PeerTraffic::default(); cpus])
+                        .map_err(io_context("building per-CPU values"))?;
+                    self.peer_traffic.set(slot, zero, 0)?;
+                    slot
                 }
-                let zero = PerCpuValues::try_from(vec![PeerTraffic::default(); cpus()?])
-                    .map_err(io_context("building per-CPU values"))?;
-                self.peer_traffic.set(slot, zero, 0)?;
-                slot
-            }
-        };
-        let entry = PeerEntry {
-            via: to_map_addr(via),
-            slot,
-        };
-        Ok(self.peers.insert(&key(subnet), entry, 0)?)
+            };
+            let entry = PeerEntry {
+                via: to_map_addr(via),
+                slot,
+            };
+            self.peers.insert(&key(subnet), entry, 0)?;
+        }
+        Ok(())
     }
 
     pub fn remove_peer(&mut self, subnet: Ipv4Net) -> Result<()> {

@@ -77,6 +77,35 @@ pub fn peer(r: &PeerReport) -> String {
     }
 }
 
+/// What a `peer add --file` did, in numbers.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PeerBatch {
+    pub added: usize,
+    pub replaced: usize,
+    pub unchanged: usize,
+}
+
+impl From<&[PeerReport]> for PeerBatch {
+    fn from(reports: &[PeerReport]) -> Self {
+        let mut b = Self::default();
+        for r in reports {
+            match r.change {
+                "added" => b.added += 1,
+                "replaced" => b.replaced += 1,
+                _ => b.unchanged += 1,
+            }
+        }
+        b
+    }
+}
+
+pub fn peer_batch(b: &PeerBatch) -> String {
+    format!(
+        "peers: {} added, {} replaced, {} unchanged\n",
+        b.added, b.replaced, b.unchanged
+    )
+}
+
 pub fn peers(peers: &[PeerStatus]) -> String {
     let mut out = format!(
         "{:<20} {:<16} {:>28} {:>28}\n",

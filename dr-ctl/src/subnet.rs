@@ -82,15 +82,14 @@ pub enum PeerChange {
     },
 }
 
-/// Checks a new peer against this host's plan.
-/// `uplink_nets` are the uplink's IPv4 addresses with their prefixes.
-pub fn check_peer(
+/// Checks one new peer against the host: not the local subnet, not the
+/// uplink's network, `via` a neighbour on the uplink's network.
+fn check_against_host(
     subnet: Ipv4Net,
     via: Ipv4Addr,
     local: &LocalSubnet,
     uplink_nets: &[Ipv4Net],
-    existing: &[(Ipv4Net, Ipv4Addr)],
-) -> Result<PeerChange> {
+) -> Result<()> {
     if overlaps(&subnet, &local.net) {
         let what = if subnet == local.net {
             "is"
@@ -124,23 +123,95 @@ pub fn check_peer(
             net.trunc()
         )));
     }
-    for (other, other_via) in existing {
-        if *other == subnet {
-            return Ok(if *other_via == via {
-                PeerChange::Unchanged
-            } else {
-                PeerChange::Replace {
-                    old_via: *other_via,
-                }
-            });
-        }
-        if overlaps(&subnet, other) {
+    Ok(())
+}
+
+/// Checks new peers against this host's plan and against each other and the
+/// existing peers, all before anything changes. Returns what to do for each
+/// new peer, in input order. `uplink_nets` are the uplink's IPv4 addresses
+/// with their prefixes. Sorting makes it O(n log n), so 100,000 peers are fine.
+pub fn check_peers(
+    new: &[(Ipv4Net, Ipv4Addr)],
+    local: &LocalSubnet,
+    uplink_nets: &[Ipv4Net],
+    existing: &[(Ipv4Net, Ipv4Addr)],
+) -> Result<Vec<PeerChange>> {
+    let current: std::collections::HashMap<Ipv4Net, Ipv4Addr> = existing.iter().copied().collect();
+    let mut wanted: std::collections::HashMap<Ipv4Net, Ipv4Addr> = std::collections::HashMap::new();
+    let mut changes = Vec::with_capacity(new.len());
+    for &(subnet, via) in new {
+        check_against_host(subnet, via, local, uplink_nets)?;
+        if let Some(other) = wanted.insert(subnet, via).filter(|v| *v != via) {
             return Err(Error::Invalid(format!(
-                "peer subnet {subnet} overlaps peer {other} via {other_via}"
+                "peer subnet {subnet} is given twice, via {other} and via {via}"
             )));
         }
+        changes.push(match current.get(&subnet) {
+            None => PeerChange::Add,
+            Some(v) if *v == via => PeerChange::Unchanged,
+            Some(v) => PeerChange::Replace { old_via: *v },
+        });
     }
-    Ok(PeerChange::Add)
+    // The resulting set of peers must not overlap. CIDR ranges either nest or
+    // are disjoint, so after sorting by start (widest first) an overlap is a
+    // range starting before the furthest end seen so far.
+    let mut all: Vec<(Ipv4Net, Ipv4Addr, bool)> = existing
+        .iter()
+        .filter(|(n, _)| !wanted.contains_key(n))
+        .map(|&(n, v)| (n, v, false))
+        .chain(wanted.iter().map(|(&n, &v)| (n, v, true)))
+        .collect();
+    all.sort_by_key(|(n, _, _)| (n.network(), n.prefix_len()));
+    let mut widest: Option<(Ipv4Net, Ipv4Addr, bool)> = None;
+    for item in all {
+        if let Some(w) = widest.filter(|w| w.0.contains(&item.0.network())) {
+            let ((a, _, _), (b, b_via, _)) = if item.2 { (item, w) } else { (w, item) };
+            return Err(Error::Invalid(format!(
+                "peer subnet {a} overlaps peer {b} via {b_via}"
+            )));
+        }
+        if widest.is_none_or(|w| u32::from(item.0.broadcast()) > u32::from(w.0.broadcast())) {
+            widest = Some(item);
+        }
+    }
+    Ok(changes)
+}
+
+/// [`check_peers`] for one peer.
+pub fn check_peer(
+    subnet: Ipv4Net,
+    via: Ipv4Addr,
+    local: &LocalSubnet,
+    uplink_nets: &[Ipv4Net],
+    existing: &[(Ipv4Net, Ipv4Addr)],
+) -> Result<PeerChange> {
+    Ok(check_peers(&[(subnet, via)], local, uplink_nets, existing)?[0])
+}
+
+/// Parses a peer list: one `SUBNET via ADDRESS` per line; blank lines and
+/// `#` comments are skipped. Errors name the line.
+pub fn parse_peer_list(text: &str) -> Result<Vec<(Ipv4Net, Ipv4Addr)>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [subnet, "via", via] = words[..] else {
+            return Err(Error::Invalid(format!(
+                "line {}: expected `SUBNET via ADDRESS`, got {line:?}",
+                n + 1
+            )));
+        };
+        let subnet = parse_peer_subnet(subnet)
+            .map_err(|e| Error::Invalid(format!("line {}: {e}", n + 1)))?;
+        let via = via
+            .parse()
+            .map_err(|_| Error::Invalid(format!("line {}: invalid via address {via:?}", n + 1)))?;
+        out.push((subnet, via));
+    }
+    Ok(out)
 }
 
 /// In-memory form of addresses in dr-common's maps (see its crate docs).
@@ -212,17 +283,12 @@ mod tests {
     }
 
     fn check(subnet: &str, via: &str, existing: &[(&str, &str)]) -> Result<PeerChange> {
+        let new = [(subnet.parse().unwrap(), via.parse().unwrap())];
         let existing: Vec<_> = existing
             .iter()
             .map(|(n, v)| (n.parse().unwrap(), v.parse().unwrap()))
             .collect();
-        check_peer(
-            subnet.parse().unwrap(),
-            via.parse().unwrap(),
-            &local(),
-            &uplink(),
-            &existing,
-        )
+        Ok(check_peers(&new, &local(), &uplink(), &existing)?[0])
     }
 
     #[test]
@@ -267,6 +333,87 @@ mod tests {
             &[("10.0.129.0/24", "192.168.91.129")]
         ))
         .contains("overlaps peer 10.0.129.0/24"));
+    }
+
+    #[test]
+    fn batches_are_checked_as_a_whole() {
+        let new = |v: &[(&str, &str)]| -> Vec<(Ipv4Net, Ipv4Addr)> {
+            v.iter()
+                .map(|(n, a)| (n.parse().unwrap(), a.parse().unwrap()))
+                .collect()
+        };
+        let existing = new(&[
+            ("10.0.129.0/24", "192.168.91.129"),
+            ("10.0.140.0/22", "192.168.91.140"),
+        ]);
+        let batch = new(&[
+            ("10.0.129.0/24", "192.168.91.129"),
+            ("10.0.130.0/24", "192.168.91.130"),
+            ("10.0.140.0/22", "192.168.91.141"),
+        ]);
+        assert_eq!(
+            check_peers(&batch, &local(), &uplink(), &existing).unwrap(),
+            [
+                PeerChange::Unchanged,
+                PeerChange::Add,
+                PeerChange::Replace {
+                    old_via: "192.168.91.140".parse().unwrap()
+                }
+            ]
+        );
+        let e = |b: &[(&str, &str)]| {
+            check_peers(&new(b), &local(), &uplink(), &existing)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e(&[
+            ("10.0.131.0/24", "192.168.91.131"),
+            ("10.0.131.0/24", "192.168.91.132")
+        ])
+        .contains("given twice"));
+        assert!(e(&[
+            ("10.0.131.0/24", "192.168.91.131"),
+            ("10.0.131.128/25", "192.168.91.132")
+        ])
+        .contains("overlaps peer"));
+        assert!(e(&[("10.0.142.0/24", "192.168.91.131")]).contains("overlaps peer 10.0.140.0/22"));
+        assert!(e(&[("10.0.0.0/8", "192.168.91.131")]).contains("local subnet"));
+        assert!(e(&[
+            ("10.1.0.0/16", "192.168.91.131"),
+            ("10.1.200.0/24", "192.168.91.132")
+        ])
+        .contains("overlaps peer"));
+    }
+
+    #[test]
+    fn many_disjoint_peers_pass_quickly() {
+        let batch: Vec<(Ipv4Net, Ipv4Addr)> = (0..100_000u32)
+            .map(|i| {
+                (
+                    Ipv4Net::new(Ipv4Addr::from(0x6400_0000 + (i << 8)), 24).unwrap(),
+                    "192.168.91.129".parse().unwrap(),
+                )
+            })
+            .collect();
+        let changes = check_peers(&batch, &local(), &uplink(), &[]).unwrap();
+        assert!(changes.iter().all(|c| *c == PeerChange::Add));
+    }
+
+    #[test]
+    fn peer_lists_parse_and_name_bad_lines() {
+        let peers = parse_peer_list(
+            "# cluster\n10.0.129.0/24 via 192.168.91.129\n\n10.0.130.0/24 via 192.168.91.130 # b\n",
+        )
+        .unwrap();
+        assert_eq!(peers.len(), 2);
+        assert!(parse_peer_list("10.0.129.0/24 192.168.91.129")
+            .unwrap_err()
+            .to_string()
+            .starts_with("line 1:"));
+        assert!(parse_peer_list("\n10.0.129.1/24 via 192.168.91.129")
+            .unwrap_err()
+            .to_string()
+            .contains("line 2: invalid peer subnet"));
     }
 
     #[test]

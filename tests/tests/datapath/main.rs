@@ -78,7 +78,7 @@ fn datapath_sized(config: DatapathConfig, nat_table_size: u32) -> Datapath {
     let ebpf = datapath::load(&dir, nat_table_size).expect("load eBPF object");
     let mut maps = Maps::open(&dir).unwrap();
     maps.set_config(&config).unwrap();
-    maps.upsert_peer("10.0.129.0/24".parse().unwrap(), PEER_HOST.into())
+    maps.upsert_peers(&[("10.0.129.0/24".parse().unwrap(), PEER_HOST.into())])
         .unwrap();
     Datapath { ebpf, maps, dir }
 }
