@@ -12,10 +12,11 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Default table size (entries per map) and port range.
 pub const DEFAULT_TABLE_SIZE: u32 = 65_536;
-/// Above Linux's default ephemeral range (32768-60999), so the host's own
-/// connections never pick these ports; see README.
-pub const DEFAULT_PORT_MIN: u16 = 61_000;
-pub const DEFAULT_PORT_MAX: u16 = 65_535;
+/// Below Linux's default ephemeral range (32768-60999), so the host's own
+/// outgoing connections never pick these ports, and above the crowded
+/// low service ports; see README.
+pub const DEFAULT_PORT_MIN: u16 = 10_000;
+pub const DEFAULT_PORT_MAX: u16 = 32_767;
 /// Candidate ports tried before a new flow is refused.
 pub const PORT_TRIES: u32 = 32;
 
@@ -111,9 +112,9 @@ pub struct Timeouts {
     pub tcp_syn: u32,
     pub tcp_established: u32,
     pub tcp_closing: u32,
+    pub tcp_closed: u32,
     pub udp: u32,
     pub icmp: u32,
-    pub _pad: u32,
 }
 
 impl Default for Timeouts {
@@ -123,9 +124,9 @@ impl Default for Timeouts {
             tcp_syn: 60,
             tcp_established: 7440,
             tcp_closing: 120,
+            tcp_closed: 10,
             udp: 60,
             icmp: 30,
-            _pad: 0,
         }
     }
 }
@@ -137,12 +138,15 @@ pub enum State {
     /// TCP: the container sent SYN, no reply yet.
     TcpSynSent = 1,
     TcpEstablished = 2,
-    /// TCP: a FIN was seen.
-    TcpClosing = 3,
-    /// TCP: a RST was seen.
-    TcpReset = 4,
-    Udp = 5,
-    Icmp = 6,
+    /// TCP: the container sent FIN; the remote may still send.
+    TcpFinOut = 3,
+    /// TCP: the remote sent FIN; the container may still send.
+    TcpFinIn = 4,
+    /// TCP: FIN both ways, or a RST. Kept briefly for the last ACKs and
+    /// retransmissions; the port then becomes free for new flows.
+    TcpClosed = 5,
+    Udp = 6,
+    Icmp = 7,
 }
 
 /// TCP flag bits (byte 13 of the header).
@@ -151,18 +155,16 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// Seconds a reset TCP translation is kept (for stray segments).
-const TCP_RESET_SECS: u32 = 10;
-
 impl State {
     pub fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => State::TcpSynSent,
             2 => State::TcpEstablished,
-            3 => State::TcpClosing,
-            4 => State::TcpReset,
-            5 => State::Udp,
-            6 => State::Icmp,
+            3 => State::TcpFinOut,
+            4 => State::TcpFinIn,
+            5 => State::TcpClosed,
+            6 => State::Udp,
+            7 => State::Icmp,
             _ => return None,
         })
     }
@@ -171,8 +173,9 @@ impl State {
         match self {
             State::TcpSynSent => "syn_sent",
             State::TcpEstablished => "established",
-            State::TcpClosing => "closing",
-            State::TcpReset => "reset",
+            State::TcpFinOut => "fin_out",
+            State::TcpFinIn => "fin_in",
+            State::TcpClosed => "closed",
             State::Udp => "udp",
             State::Icmp => "icmp",
         }
@@ -191,15 +194,25 @@ impl State {
     /// The state after a TCP packet with `flags`, `reply` if it came from the remote side.
     #[inline(always)]
     pub fn next(self, flags: u8, reply: bool) -> Self {
+        let fin_here = if reply {
+            State::TcpFinIn
+        } else {
+            State::TcpFinOut
+        };
+        let fin_there = if reply {
+            State::TcpFinOut
+        } else {
+            State::TcpFinIn
+        };
         match self {
             State::Udp | State::Icmp => self,
-            _ if flags & TCP_RST != 0 => State::TcpReset,
-            _ if flags & TCP_FIN != 0 => State::TcpClosing,
+            // A new SYN after a close reopens the flow (the same 4-tuple reused).
+            State::TcpClosed if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => State::TcpSynSent,
+            _ if flags & TCP_RST != 0 => State::TcpClosed,
+            s if flags & TCP_FIN != 0 && s == fin_there => State::TcpClosed,
+            State::TcpClosed => State::TcpClosed,
+            s if flags & TCP_FIN != 0 && s != fin_here => fin_here,
             State::TcpSynSent if reply || flags & TCP_SYN == 0 => State::TcpEstablished,
-            // A new SYN after a reset or close reopens the flow.
-            State::TcpReset | State::TcpClosing if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => {
-                State::TcpSynSent
-            }
             other => other,
         }
     }
@@ -210,14 +223,8 @@ impl State {
         match self {
             State::TcpSynSent => t.tcp_syn,
             State::TcpEstablished => t.tcp_established,
-            State::TcpClosing => t.tcp_closing,
-            State::TcpReset => {
-                if t.tcp_closing < TCP_RESET_SECS {
-                    t.tcp_closing
-                } else {
-                    TCP_RESET_SECS
-                }
-            }
+            State::TcpFinOut | State::TcpFinIn => t.tcp_closing,
+            State::TcpClosed => t.tcp_closed,
             State::Udp => t.udp,
             State::Icmp => t.icmp,
         }
@@ -247,9 +254,21 @@ mod tests {
         let s = s.next(TCP_SYN | TCP_ACK, true);
         assert_eq!(s, State::TcpEstablished);
         assert_eq!(s.next(TCP_ACK, false), State::TcpEstablished);
-        assert_eq!(s.next(TCP_FIN | TCP_ACK, true), State::TcpClosing);
-        assert_eq!(s.next(TCP_RST, false), State::TcpReset);
-        assert_eq!(State::TcpReset.next(TCP_SYN, false), State::TcpSynSent);
+        // Remote closes first, then the container.
+        let half = s.next(TCP_FIN | TCP_ACK, true);
+        assert_eq!(half, State::TcpFinIn);
+        assert_eq!(half.next(TCP_ACK, false), State::TcpFinIn);
+        assert_eq!(
+            half.next(TCP_FIN | TCP_ACK, true),
+            State::TcpFinIn,
+            "retransmitted FIN"
+        );
+        assert_eq!(half.next(TCP_FIN | TCP_ACK, false), State::TcpClosed);
+        // Container closes first.
+        assert_eq!(s.next(TCP_FIN, false).next(TCP_FIN, true), State::TcpClosed);
+        assert_eq!(State::TcpClosed.next(TCP_ACK, false), State::TcpClosed);
+        assert_eq!(s.next(TCP_RST, false), State::TcpClosed);
+        assert_eq!(State::TcpClosed.next(TCP_SYN, false), State::TcpSynSent);
         // A flow picked up mid-stream is established.
         assert_eq!(State::initial(IPPROTO_TCP, TCP_ACK), State::TcpEstablished);
         assert_eq!(State::initial(IPPROTO_UDP, 0), State::Udp);
@@ -269,14 +288,8 @@ mod tests {
         };
         assert!(!flow.expired(3_000_000_000, &t));
         assert!(flow.expired(3_000_000_001, &t));
-        assert_eq!(State::TcpReset.timeout_secs(&t), 10);
-        assert_eq!(
-            State::TcpReset.timeout_secs(&Timeouts {
-                tcp_closing: 3,
-                ..t
-            }),
-            3
-        );
+        assert_eq!(State::TcpClosed.timeout_secs(&t), 10);
+        assert_eq!(State::TcpFinOut.timeout_secs(&t), 120);
     }
 
     #[test]

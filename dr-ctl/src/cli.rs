@@ -60,14 +60,14 @@ pub enum Command {
         /// A further destination range to leave untranslated (repeatable).
         #[arg(long, value_name = "CIDR")]
         no_masquerade: Vec<String>,
-        /// Source ports for translations [default: 61000-65535, above Linux's ephemeral range].
+        /// Source ports for translations [default: 10000-32767, below Linux's ephemeral range].
         #[arg(long, value_name = "LOW-HIGH")]
         nat_ports: Option<String>,
         /// Entries in each translation table [default: 65536]; a change needs `down` first.
         #[arg(long, value_name = "N")]
         nat_table_size: Option<u32>,
-        /// Idle timeout, repeatable: tcp-syn, tcp-established, tcp-closing, udp or icmp
-        /// [defaults: 60, 7440, 120, 60, 30].
+        /// Idle timeout, repeatable: tcp-syn, tcp-established, tcp-closing (one FIN seen),
+        /// tcp-closed (FIN both ways, or RST), udp or icmp [defaults: 60, 7440, 120, 10, 60, 30].
         #[arg(long, value_name = "KIND=SECONDS")]
         nat_timeout: Vec<String>,
     },

@@ -96,6 +96,7 @@ pub struct TimeoutsReport {
     pub tcp_syn: u32,
     pub tcp_established: u32,
     pub tcp_closing: u32,
+    pub tcp_closed: u32,
     pub udp: u32,
     pub icmp: u32,
 }
@@ -106,6 +107,7 @@ impl From<Timeouts> for TimeoutsReport {
             tcp_syn: t.tcp_syn,
             tcp_established: t.tcp_established,
             tcp_closing: t.tcp_closing,
+            tcp_closed: t.tcp_closed,
             udp: t.udp,
             icmp: t.icmp,
         }

@@ -33,11 +33,11 @@ impl Default for NatPlan {
     }
 }
 
-/// `61000-65535`
+/// `10000-32767`
 pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
     let bad = || {
         Error::Invalid(format!(
-            "invalid --nat-ports {s:?}: expected LOW-HIGH, like 61000-65535"
+            "invalid --nat-ports {s:?}: expected LOW-HIGH, like 10000-32767"
         ))
     };
     let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
@@ -52,7 +52,7 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
 }
 
 /// `udp=30`: sets one timeout (seconds). Kinds: tcp-syn, tcp-established,
-/// tcp-closing, udp, icmp.
+/// tcp-closing, tcp-closed, udp, icmp.
 pub fn parse_timeout(s: &str, t: &mut Timeouts) -> Result<()> {
     let bad = |why: &str| Error::Invalid(format!("invalid --nat-timeout {s:?}: {why}"));
     let (kind, secs) = s
@@ -68,11 +68,12 @@ pub fn parse_timeout(s: &str, t: &mut Timeouts) -> Result<()> {
         "tcp-syn" => &mut t.tcp_syn,
         "tcp-established" => &mut t.tcp_established,
         "tcp-closing" => &mut t.tcp_closing,
+        "tcp-closed" => &mut t.tcp_closed,
         "udp" => &mut t.udp,
         "icmp" => &mut t.icmp,
         _ => {
             return Err(bad(
-                "KIND is one of tcp-syn, tcp-established, tcp-closing, udp, icmp",
+                "KIND is one of tcp-syn, tcp-established, tcp-closing, tcp-closed, udp, icmp",
             ))
         }
     };
@@ -178,9 +179,9 @@ mod tests {
     #[test]
     fn defaults_avoid_linux_ephemeral_ports() {
         let p = plan(Some("10.0.0.0/16"), &[]);
-        assert_eq!(p.ports, (61000, 65535));
+        assert_eq!(p.ports, (10000, 32767));
         p.check(&local(), (32768, 60999)).unwrap();
-        let e = p.check(&local(), (32768, 61500)).unwrap_err().to_string();
+        let e = p.check(&local(), (30000, 60999)).unwrap_err().to_string();
         assert!(e.contains("ephemeral"), "{e}");
     }
 

@@ -60,8 +60,8 @@ fn config() -> DatapathConfig {
         uplink_addr: to_map_addr(UPLINK_ADDR.into()),
         owned: 0,
         nat_enabled: 0,
-        nat_port_min: 61000,
-        nat_port_max: 65535,
+        nat_port_min: 10000,
+        nat_port_max: 32767,
         nat_timeouts: Timeouts::default(),
     }
 }
