@@ -25,12 +25,28 @@ pub mod map_names {
     pub const NAT_EXCLUDE: &str = "NAT_EXCLUDE";
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
 }
+
+/// Capacity of the local container endpoint table (XDP fast path).
+pub const MAX_ENDPOINTS: u32 = 4096;
 
 /// Names of the eBPF programs in the object.
 pub mod program_names {
     pub const BRIDGE_INGRESS: &str = "dr_bridge_ingress";
     pub const UPLINK_INGRESS: &str = "dr_uplink_ingress";
+    pub const UPLINK_XDP: &str = "dr_uplink_xdp";
+}
+
+/// Value of `ENDPOINTS` (keyed by a local container's IPv4 address): where
+/// the XDP fast path sends its frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The container's veth on the host side (a docker0 port).
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Value of `PEER_SUBNETS` (LPM trie keyed by the peer's container subnet).
@@ -112,7 +128,16 @@ pub struct DatapathConfig {
     pub nat_port_max: u32,
     /// Idle timeouts of translations, in seconds, by state.
     pub nat_timeouts: nat::Timeouts,
+    /// docker0's MAC address: the source of frames the XDP path delivers.
+    pub bridge_mac: [u8; 6],
+    /// How the XDP program is attached: `XDP_OFF`, `XDP_NATIVE` or `XDP_GENERIC`.
+    pub xdp_mode: u8,
+    pub _pad: u8,
 }
+
+pub const XDP_OFF: u8 = 0;
+pub const XDP_NATIVE: u8 = 1;
+pub const XDP_GENERIC: u8 = 2;
 
 impl DatapathConfig {
     /// Whether `addr` (network order) lies in the local container subnet.
@@ -160,10 +185,15 @@ pub enum Counter {
     DropNatTableFull = 15,
     /// Dropped: an IP fragment to an external destination (ports unknown).
     DropNatFragment = 16,
+    /// Peer traffic the XDP program sent straight to a container's veth
+    /// (also counted in `from_peer`).
+    XdpRedirect = 17,
+    /// Frames the XDP program left to TC (not for a known local endpoint).
+    XdpPass = 18,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 19] = [
         Counter::ToPeer,
         Counter::FromPeer,
         Counter::Passed,
@@ -181,6 +211,8 @@ impl Counter {
         Counter::DropNatPortsExhausted,
         Counter::DropNatTableFull,
         Counter::DropNatFragment,
+        Counter::XdpRedirect,
+        Counter::XdpPass,
     ];
 
     /// Stable name used in `dr-ctl status` and its JSON output.
@@ -203,6 +235,8 @@ impl Counter {
             Counter::DropNatPortsExhausted => "drop_nat_ports_exhausted",
             Counter::DropNatTableFull => "drop_nat_table_full",
             Counter::DropNatFragment => "drop_nat_fragment",
+            Counter::XdpRedirect => "xdp_redirect",
+            Counter::XdpPass => "xdp_pass",
         }
     }
 }
@@ -217,6 +251,7 @@ mod pod {
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::PeerTraffic {}
     unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::nat::FlowKey {}
     unsafe impl aya::Pod for super::nat::Flow {}
     unsafe impl aya::Pod for super::nat::ReverseKey {}

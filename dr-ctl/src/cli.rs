@@ -52,6 +52,10 @@ pub enum Command {
         /// Also set "bip" in this Docker daemon.json (other keys kept, backup written).
         #[arg(long, value_name = "PATH")]
         docker_config: Option<PathBuf>,
+        /// Also attach the XDP fast path to the uplink (native mode where the
+        /// driver supports it, generic otherwise) for traffic from peers.
+        #[arg(long)]
+        xdp: bool,
         /// Turn on SNAT (in place of MASQUERADE): container traffic to anything
         /// outside this range, the peer subnets and --no-masquerade leaves with
         /// the uplink's address.
@@ -78,6 +82,9 @@ pub enum Command {
     Peer(PeerCommand),
     /// Show programs, interfaces, local subnet, peers and counters.
     Status,
+    /// Refresh what dr learns from the kernel (the local containers the XDP
+    /// path delivers to); safe to run any time, e.g. from a timer.
+    Sync,
     /// Inspect and manage SNAT translations.
     #[command(subcommand)]
     Nat(NatCommand),
@@ -125,6 +132,7 @@ pub async fn run(cli: Cli) -> Result<String> {
     let render = |text: String, value: String| if json { value + "\n" } else { text };
     Ok(match cli.command {
         Command::Up {
+            xdp,
             bridge,
             subnet,
             uplink,
@@ -136,6 +144,7 @@ pub async fn run(cli: Cli) -> Result<String> {
             nat_timeout,
         } => {
             let args = commands::UpArgs {
+                xdp,
                 bridge,
                 subnet: LocalSubnet::parse(&subnet)?,
                 uplink,
@@ -186,6 +195,13 @@ pub async fn run(cli: Cli) -> Result<String> {
         Command::Status => {
             let r = commands::status().await?;
             render(output::status(&r), output::json(&r))
+        }
+        Command::Sync => {
+            let r = commands::sync().await?;
+            render(
+                format!("xdp {}; {} local endpoints\n", r.xdp, r.endpoints),
+                output::json(&r),
+            )
         }
         Command::Nat(NatCommand::List) => {
             let r = commands::nat_list()?;

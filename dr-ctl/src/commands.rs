@@ -4,7 +4,8 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use dr_common::{
     nat::{State, Timeouts, IPPROTO_TCP, IPPROTO_UDP},
-    Counter, DatapathConfig, Traffic, OWNED_ADDRESS, OWNED_BRIDGE,
+    Counter, DatapathConfig, Endpoint, Traffic, OWNED_ADDRESS, OWNED_BRIDGE, XDP_GENERIC,
+    XDP_NATIVE, XDP_OFF,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -27,6 +28,8 @@ use crate::{
 /// Inputs of `dr-ctl up`.
 #[derive(Clone, Debug)]
 pub struct UpArgs {
+    /// Also attach the XDP fast path to the uplink.
+    pub xdp: bool,
     pub bridge: String,
     pub subnet: LocalSubnet,
     pub uplink: String,
@@ -149,6 +152,10 @@ pub struct Status {
     pub hooks: Vec<HookStatus>,
     pub peers: Vec<PeerStatus>,
     pub nat: NatStatus,
+    /// The XDP fast path: "native", "generic" or "off".
+    pub xdp: &'static str,
+    /// Local containers the XDP path knows (see `dr-ctl sync`).
+    pub endpoints: usize,
     #[serde(serialize_with = "crate::output::pairs_as_map")]
     pub counters: Vec<(&'static str, Counts)>,
 }
@@ -185,6 +192,7 @@ enum Undo {
     RemoveDir,
     RemoveMapPins,
     Detach(Hook),
+    DetachXdp,
 }
 
 async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
@@ -195,6 +203,7 @@ async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
             Undo::RemoveDir => pins.remove(),
             Undo::RemoveMapPins => datapath::remove_map_pins(pins),
             Undo::Detach(hook) => datapath::detach(pins, hook).map(|_| ()),
+            Undo::DetachXdp => datapath::detach_xdp(pins).map(|_| ()),
         };
         if let Err(e) = result {
             warn!("rolling back: {e}");
@@ -209,6 +218,8 @@ fn desired_config(
     uplink_ifindex: u32,
     uplink_addr: Ipv4Addr,
     owned: u32,
+    bridge_mac: [u8; 6],
+    xdp_mode: u8,
 ) -> DatapathConfig {
     let (nat_port_min, nat_port_max) = args.nat.ports;
     DatapathConfig {
@@ -225,6 +236,9 @@ fn desired_config(
         nat_port_min: nat_port_min.into(),
         nat_port_max: nat_port_max.into(),
         nat_timeouts: args.nat.timeouts,
+        bridge_mac,
+        xdp_mode,
+        _pad: 0,
     }
 }
 
@@ -310,8 +324,24 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
             )));
         }
         let bridge_index = bridge.as_ref().map_or(0, |b| b.index);
-        let desired = desired_config(args, bridge_index, uplink.index, uplink_addr, config.owned);
-        let all_linked = Hook::ALL.iter().all(|h| pins.join(h.link_pin()).exists());
+        let bridge_mac = bridge.as_ref().and_then(|b| b.mac).unwrap_or_default();
+        // Wanting XDP where it is off (or the reverse) is a change.
+        let xdp_mode = match (args.xdp, config.xdp_mode) {
+            (false, _) => XDP_OFF,
+            (true, XDP_OFF) => XDP_NATIVE,
+            (true, mode) => mode,
+        };
+        let desired = desired_config(
+            args,
+            bridge_index,
+            uplink.index,
+            uplink_addr,
+            config.owned,
+            bridge_mac,
+            xdp_mode,
+        );
+        let all_linked = Hook::ALL.iter().all(|h| pins.join(h.link_pin()).exists())
+            && pins.join(datapath::XDP_LINK_PIN).exists() == args.xdp;
         if *config == desired && *exclusions == args.nat.exclusions() && all_linked {
             let docker_config = match &args.docker_config {
                 Some(path) => Some(docker_config::merge_bip(path, &args.subnet.bip())?),
@@ -394,13 +424,20 @@ async fn apply_up(
     let mut maps = Maps::open(pins.path())?;
     // Exclusions first: the datapath must never translate what they cover.
     maps.set_exclusions(&args.nat.exclusions())?;
-    maps.set_config(&desired_config(
-        args,
-        bridge.index,
-        uplink.index,
-        uplink_addr,
-        owned,
-    ))?;
+    let bridge_mac = bridge.mac.unwrap_or_default();
+    let old_xdp = existing.map_or(XDP_OFF, |c| c.xdp_mode);
+    let config = |xdp_mode| {
+        desired_config(
+            args,
+            bridge.index,
+            uplink.index,
+            uplink_addr,
+            owned,
+            bridge_mac,
+            xdp_mode,
+        )
+    };
+    maps.set_config(&config(old_xdp))?;
     let mut attached = Vec::new();
     for (hook, iface, old_index) in [
         (
@@ -425,6 +462,22 @@ async fn apply_up(
         debug!("{} on {}: {how:?}", hook.program(), iface.name);
         attached.push((hook.program(), how));
     }
+    if existing.is_some_and(|c| c.uplink_ifindex != uplink.index) {
+        datapath::detach_xdp(pins)?;
+    }
+    let xdp_mode = if args.xdp {
+        let new = !pins.join(datapath::XDP_LINK_PIN).exists();
+        let mode = datapath::attach_xdp(&mut ebpf, pins, &uplink.name, old_xdp)?;
+        if new {
+            undo.push(Undo::DetachXdp);
+        }
+        sync_endpoints(nl, &mut maps, bridge.index, &args.subnet.net).await?;
+        mode
+    } else {
+        datapath::detach_xdp(pins)?;
+        XDP_OFF
+    };
+    maps.set_config(&config(xdp_mode))?;
     let docker_config = match &args.docker_config {
         Some(path) => Some(docker_config::merge_bip(path, &args.subnet.bip())?),
         None => None,
@@ -456,6 +509,7 @@ pub async fn down() -> Result<DownReport> {
     } else {
         DatapathConfig::default()
     };
+    datapath::detach_xdp(&pins)?;
     for hook in Hook::ALL {
         datapath::detach(&pins, hook)?;
     }
@@ -604,6 +658,8 @@ pub async fn status() -> Result<Status> {
         uplink_address: from_map_addr(config.uplink_addr),
         hooks,
         peers: peer_statuses(&maps)?,
+        xdp: xdp_mode_name(config.xdp_mode),
+        endpoints: maps.endpoints()?.len(),
         nat: NatStatus {
             enabled: config.nat_enabled != 0,
             excluded: maps.exclusions()?,
@@ -617,6 +673,61 @@ pub async fn status() -> Result<Status> {
             .into_iter()
             .map(|(c, t): (Counter, Traffic)| (c.name(), t.into()))
             .collect(),
+    })
+}
+
+pub fn xdp_mode_name(mode: u8) -> &'static str {
+    match mode {
+        XDP_NATIVE => "native",
+        XDP_GENERIC => "generic",
+        _ => "off",
+    }
+}
+
+/// Fills `ENDPOINTS` with the containers behind the bridge that are in the
+/// local subnet, from the kernel's neighbour table and bridge FDB.
+async fn sync_endpoints(
+    nl: &Netlink,
+    maps: &mut Maps,
+    bridge: u32,
+    local: &Ipv4Net,
+) -> Result<usize> {
+    let endpoints: Vec<(Ipv4Addr, Endpoint)> = nl
+        .bridge_neighbours(bridge)
+        .await?
+        .into_iter()
+        .filter(|n| local.contains(&n.addr))
+        .map(|n| {
+            (
+                n.addr,
+                Endpoint {
+                    ifindex: n.port,
+                    mac: n.mac,
+                    _pad: [0; 2],
+                },
+            )
+        })
+        .collect();
+    maps.set_endpoints(&endpoints)?;
+    Ok(endpoints.len())
+}
+
+#[derive(Debug, Serialize)]
+pub struct SyncReport {
+    pub xdp: &'static str,
+    pub endpoints: usize,
+}
+
+/// Refreshes what the datapath learns from the kernel: the local container
+/// endpoints of the XDP fast path. Safe to run at any time (e.g. from a timer).
+pub async fn sync() -> Result<SyncReport> {
+    let (_pins, _lock, mut maps, config) = open_up()?;
+    let nl = Netlink::connect()?;
+    let local = local_subnet(&config)?;
+    let endpoints = sync_endpoints(&nl, &mut maps, config.bridge_ifindex, &local.net).await?;
+    Ok(SyncReport {
+        xdp: xdp_mode_name(config.xdp_mode),
+        endpoints,
     })
 }
 

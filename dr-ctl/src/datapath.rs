@@ -6,11 +6,12 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType,
+        xdp::XdpLink,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
-use dr_common::{map_names, program_names};
+use dr_common::{map_names, program_names, XDP_GENERIC, XDP_NATIVE};
 
 use crate::{
     bpffs::PinDir,
@@ -45,7 +46,7 @@ impl Hook {
     }
 }
 
-pub const MAP_PINS: [&str; 7] = [
+pub const MAP_PINS: [&str; 8] = [
     map_names::PEER_SUBNETS,
     map_names::PEER_TRAFFIC,
     map_names::DATAPATH_CONFIG,
@@ -53,7 +54,46 @@ pub const MAP_PINS: [&str; 7] = [
     map_names::NAT_EXCLUDE,
     map_names::NAT_FLOWS,
     map_names::NAT_REVERSE,
+    map_names::ENDPOINTS,
 ];
+
+/// Pin of the XDP program's link on the uplink.
+pub const XDP_LINK_PIN: &str = "link_uplink_xdp";
+
+/// Attaches the XDP fast path to `iface` and pins the link: native mode
+/// where the driver supports it, generic otherwise. Returns the mode
+/// (`dr_common::XDP_NATIVE` or `XDP_GENERIC`). A pinned link gets the new
+/// program in place and keeps `current_mode`.
+pub fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, current_mode: u8) -> Result<u8> {
+    let name = program_names::UPLINK_XDP;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::Invalid(format!("program {name} missing from object")))?
+        .try_into()?;
+    prog.load()?;
+    let path = pins.join(XDP_LINK_PIN);
+    if path.exists() {
+        let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(&path)?))?;
+        let id = prog.attach_to_link(link)?;
+        drop(prog.take_link(id)?);
+        return Ok(current_mode);
+    }
+    let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
+        Ok(id) => (id, XDP_NATIVE),
+        Err(_) => (prog.attach(iface, XdpMode::Skb)?, XDP_GENERIC),
+    };
+    let link: FdLink = prog.take_link(id)?.try_into()?;
+    link.pin(&path).map_err(|source| Error::Pin {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(mode)
+}
+
+/// Removes the XDP link pin, which detaches the program.
+pub fn detach_xdp(pins: &PinDir) -> Result<bool> {
+    remove_pin(pins.join(XDP_LINK_PIN))
+}
 
 /// Loads the object; its maps are created and pinned in `map_dir` (a bpffs
 /// directory), or adopted from there if already pinned, so state survives

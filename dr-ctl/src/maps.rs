@@ -8,7 +8,7 @@ use aya::{
 use dr_common::{
     map_names,
     nat::{Flow, FlowKey, Origin, ReverseKey, Timeouts},
-    Counter, DatapathConfig, PeerEntry, PeerTraffic, Traffic, MAX_PEERS,
+    Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, MAX_ENDPOINTS, MAX_PEERS,
 };
 use ipnet::Ipv4Net;
 
@@ -33,6 +33,7 @@ pub struct Maps {
     nat_exclude: LpmTrie<MapData, u32, u8>,
     nat_flows: HashMap<MapData, FlowKey, Flow>,
     nat_reverse: HashMap<MapData, ReverseKey, Origin>,
+    endpoints: HashMap<MapData, u32, Endpoint>,
 }
 
 /// Whether `dir` holds pinned maps at all.
@@ -87,6 +88,7 @@ impl Maps {
             nat_exclude: open(dir, map_names::NAT_EXCLUDE)?.try_into()?,
             nat_flows: open(dir, map_names::NAT_FLOWS)?.try_into()?,
             nat_reverse: open(dir, map_names::NAT_REVERSE)?.try_into()?,
+            endpoints: open(dir, map_names::ENDPOINTS)?.try_into()?,
         })
     }
 
@@ -201,6 +203,35 @@ impl Maps {
         for net in self.exclusions()? {
             if !wanted.contains(&net) {
                 self.nat_exclude.remove(&key(net))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The local containers the XDP path knows, by address.
+    pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>> {
+        let mut out = Vec::new();
+        for item in self.endpoints.iter() {
+            let (addr, ep) = item?;
+            out.push((from_map_addr(addr), ep));
+        }
+        out.sort_by_key(|(a, _)| *a);
+        Ok(out)
+    }
+
+    /// Makes the endpoints exactly `wanted` (adds and updates first).
+    pub fn set_endpoints(&mut self, wanted: &[(Ipv4Addr, Endpoint)]) -> Result<()> {
+        if wanted.len() > MAX_ENDPOINTS as usize {
+            return Err(Error::Conflict(format!(
+                "more than {MAX_ENDPOINTS} local containers"
+            )));
+        }
+        for (addr, ep) in wanted {
+            self.endpoints.insert(to_map_addr(*addr), ep, 0)?;
+        }
+        for (addr, _) in self.endpoints()? {
+            if !wanted.iter().any(|(a, _)| *a == addr) {
+                ignore_missing(self.endpoints.remove(&to_map_addr(addr)))?;
             }
         }
         Ok(())

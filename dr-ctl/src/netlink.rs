@@ -7,6 +7,8 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+        AddressFamily,
     },
     Handle, LinkBridge, LinkUnspec,
 };
@@ -19,6 +21,16 @@ pub struct Interface {
     pub index: u32,
     pub name: String,
     pub is_bridge: bool,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A local container as the kernel knows it: its address, MAC and the
+/// bridge port (its host-side veth) the bridge learned the MAC on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub addr: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub port: u32,
 }
 
 pub struct Netlink {
@@ -129,6 +141,77 @@ impl Netlink {
         Ok(())
     }
 
+    /// Containers behind `bridge`: its IPv4 neighbours joined with the
+    /// bridge's forwarding database (MAC -> port).
+    pub async fn bridge_neighbours(&self, bridge: u32) -> Result<Vec<Neighbour>> {
+        let mut ports = std::collections::HashMap::new();
+        let mut fdb = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        while let Some(msg) = fdb.try_next().await? {
+            let mut mac = None;
+            let mut master = None;
+            for attr in &msg.attributes {
+                match attr {
+                    NeighbourAttribute::LinkLayerAddress(m) => {
+                        mac = <[u8; 6]>::try_from(m.as_slice()).ok()
+                    }
+                    NeighbourAttribute::Controller(c) => master = Some(*c),
+                    _ => {}
+                }
+            }
+            if let (Some(mac), Some(master)) = (mac, master) {
+                if master == bridge && msg.header.ifindex != bridge {
+                    ports.insert(mac, msg.header.ifindex);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut arp = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
+        while let Some(msg) = arp.try_next().await? {
+            let usable = matches!(
+                msg.header.state,
+                NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe
+                    | NeighbourState::Permanent
+            );
+            if msg.header.ifindex != bridge || !usable {
+                continue;
+            }
+            let mut addr = None;
+            let mut mac = None;
+            for attr in &msg.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(*a),
+                    NeighbourAttribute::LinkLayerAddress(m) => {
+                        mac = <[u8; 6]>::try_from(m.as_slice()).ok()
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(addr), Some(mac)) = (addr, mac) {
+                if let Some(port) = ports.get(&mac) {
+                    out.push(Neighbour {
+                        addr,
+                        mac,
+                        port: *port,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn delete_interface(&self, index: u32) -> Result<()> {
         self.handle.link().del(index).execute().await?;
         Ok(())
@@ -140,10 +223,12 @@ fn interface_of(link: &LinkMessage) -> Interface {
         index: link.header.index,
         name: String::new(),
         is_bridge: false,
+        mac: None,
     };
     for attr in &link.attributes {
         match attr {
             LinkAttribute::IfName(name) => iface.name = name.clone(),
+            LinkAttribute::Address(mac) => iface.mac = mac.as_slice().try_into().ok(),
             LinkAttribute::LinkInfo(infos) => {
                 iface.is_bridge |= infos
                     .iter()

@@ -151,6 +151,7 @@ pub fn status(s: &Status) -> String {
             let _ = writeln!(out, "  {line}");
         }
     }
+    let _ = writeln!(out, "xdp: {} ({} local endpoints)", s.xdp, s.endpoints);
     let n = &s.nat;
     if n.enabled {
         let excluded: Vec<String> = n.excluded.iter().map(|e| e.to_string()).collect();

@@ -8,6 +8,7 @@ mod maps;
 mod nat;
 mod packet;
 mod uplink;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]

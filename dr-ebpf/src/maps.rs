@@ -2,12 +2,12 @@
 //! and the small accessors the programs use on them.
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dr_common::{
     nat::{Flow, FlowKey, Origin, ReverseKey, DEFAULT_TABLE_SIZE},
-    Counter, DatapathConfig, PeerEntry, PeerTraffic, Traffic, COUNTER_COUNT, MAX_EXCLUSIONS,
-    MAX_PEERS,
+    Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, COUNTER_COUNT,
+    MAX_ENDPOINTS, MAX_EXCLUSIONS, MAX_PEERS,
 };
 
 /// Peer container subnet -> the peer host that owns it. Written by `dr-ctl peer`.
@@ -39,6 +39,11 @@ pub static NAT_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_TAB
 /// SNAT translations by the replies' view, pointing back to the container.
 #[map]
 pub static NAT_REVERSE: LruHashMap<ReverseKey, Origin> = LruHashMap::pinned(DEFAULT_TABLE_SIZE, 0);
+
+/// Local containers the XDP path can deliver to: address -> docker0 port
+/// and MAC. Written by dr-ctl from the neighbour table and the bridge FDB.
+#[map]
+pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 /// The configuration, once `dr-ctl up` has enabled it.
 #[inline(always)]

@@ -25,32 +25,27 @@ pub enum Frame {
     Ipv4(&'static mut Ipv4Hdr),
 }
 
-/// Pointer to a `T` at `offset` into the frame, if the frame's linear data holds it.
+/// Pointer to a `T` at `offset` into the linear bytes `[data, data_end)`.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    if start + offset + size_of::<T>() > ctx.data_end() {
+pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T> {
+    if data + offset + size_of::<T>() > data_end {
         return None;
     }
-    Some((start + offset) as *mut T)
+    Some((data + offset) as *mut T)
 }
 
-/// Finds the IPv4 header, pulling it into linear data when the skb is paged.
+/// Finds the IPv4 header in the linear bytes `[data, data_end)` of a frame
+/// of `len` bytes in all. Shared by the TC and XDP programs.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Frame {
-    const HEADERS: usize = EthHdr::LEN + Ipv4Hdr::LEN;
-    if ctx.data() + HEADERS > ctx.data_end() && ctx.len() as usize >= HEADERS {
-        // Best effort: a failure shows up as a short frame below.
-        let _ = ctx.pull_data(HEADERS as u32);
-    }
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+pub fn parse_frame(data: usize, data_end: usize, len: usize) -> Frame {
+    let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
         return Frame::NotIpv4;
     };
     // SAFETY: bounds checked by ptr_at.
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
         return Frame::NotIpv4;
     }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(data, data_end, EthHdr::LEN) else {
         return Frame::Malformed;
     };
     // SAFETY: bounds checked by ptr_at; the packet outlives the program run.
@@ -60,11 +55,22 @@ pub fn parse(ctx: &TcContext) -> Frame {
     if ip.vihl >> 4 != 4
         || header_len < Ipv4Hdr::LEN
         || total_len < header_len
-        || EthHdr::LEN + total_len > ctx.len() as usize
+        || EthHdr::LEN + total_len > len
     {
         return Frame::Malformed;
     }
     Frame::Ipv4(ip)
+}
+
+/// [`parse_frame`] for an skb, pulling the headers into linear data when paged.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Frame {
+    const HEADERS: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+    if ctx.data() + HEADERS > ctx.data_end() && ctx.len() as usize >= HEADERS {
+        // Best effort: a failure shows up as a short frame below.
+        let _ = ctx.pull_data(HEADERS as u32);
+    }
+    parse_frame(ctx.data(), ctx.data_end(), ctx.len() as usize)
 }
 
 #[inline(always)]

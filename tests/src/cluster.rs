@@ -79,6 +79,45 @@ impl Host {
         self.up_with(&[])
     }
 
+    /// Creates docker0 with this host's `bip`, as Docker would.
+    pub fn create_docker0(&self) -> Result<()> {
+        self.ns.ip(&["link", "add", "docker0", "type", "bridge"])?;
+        self.ns
+            .ip(&["addr", "add", &self.bip(), "dev", "docker0"])?;
+        self.ns.ip(&["link", "set", "docker0", "up"])?;
+        Ok(())
+    }
+
+    /// The recipe dr replaces, on this host: IP forwarding, MASQUERADE for
+    /// traffic leaving the cluster and FORWARD accepts (iptables as Debian
+    /// installs it), and a static route per peer.
+    pub fn recipe(&self, peers: &[(String, Ipv4Addr)]) -> Result<()> {
+        let ipt = |args: &[&str]| self.ns.exec("iptables", args);
+        self.ns
+            .exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])?;
+        let subnet = self.subnet();
+        ipt(&[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &subnet,
+            "!",
+            "-d",
+            CLUSTER_CIDR,
+            "-j",
+            "MASQUERADE",
+        ])?;
+        ipt(&["-A", "FORWARD", "-s", CLUSTER_CIDR, "-j", "ACCEPT"])?;
+        ipt(&["-A", "FORWARD", "-d", CLUSTER_CIDR, "-j", "ACCEPT"])?;
+        for (peer_subnet, via) in peers {
+            self.ns
+                .ip(&["route", "add", peer_subnet, "via", &via.to_string()])?;
+        }
+        Ok(())
+    }
+
     /// Adds a container on docker0 (which must exist): 10.0.<id>.<2+n>.
     pub fn add_container(&mut self, prefix: &str) -> Result<&Container> {
         let n = self.containers.len();
@@ -209,6 +248,34 @@ impl Cluster {
             }
         }
         self.mesh()
+    }
+
+    /// docker0 and `containers` containers on every host, without dr: the
+    /// base of the recipe and of the benchmarks' ceilings.
+    pub fn bare_all(&mut self, containers: usize) -> Result<()> {
+        let prefix = self.prefix.clone();
+        for host in &mut self.hosts {
+            host.create_docker0()?;
+            for _ in 0..containers {
+                host.add_container(&prefix)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::bare_all`] plus the recipe on every host.
+    pub fn recipe_all(&mut self, containers: usize) -> Result<()> {
+        self.bare_all(containers)?;
+        for host in &self.hosts {
+            let peers: Vec<_> = self
+                .hosts
+                .iter()
+                .filter(|p| p.id != host.id)
+                .map(|p| (p.subnet(), p.uplink_addr))
+                .collect();
+            host.recipe(&peers)?;
+        }
+        Ok(())
     }
 
     /// `peer add` for every other host on every host.

@@ -7,6 +7,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 
 #[derive(Parser)]
@@ -24,6 +25,15 @@ enum Task {
     Build,
     /// Bootstrap, build, then run an emulated three-host cluster and show dr at work.
     Demo,
+    /// Bootstrap, build, then measure dr against the recipe it replaces (results/ and stdout).
+    Bench {
+        /// A short run for smoke testing (about two minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Rounds; modes are interleaved within each round [default: 5, quick: 2].
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
     /// Bootstrap, build, then run every test: unit, crafted-packet datapath, netns integration.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -73,6 +83,16 @@ fn main() -> Result<()> {
             bootstrap()?;
             run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])?;
             demo::run(&dr_ctl("release"))
+        }
+        Task::Bench { quick, rounds } => {
+            bootstrap()?;
+            run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])?;
+            let opts = bench::Options {
+                quick,
+                rounds: rounds.unwrap_or(if quick { 2 } else { 5 }),
+                results: workspace_root().join("results"),
+            };
+            bench::run_bench(&dr_ctl("release"), &opts)
         }
         Task::Test { args } => {
             bootstrap()?;

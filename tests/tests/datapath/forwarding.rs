@@ -99,50 +99,6 @@ fn expiring_ttl_is_dropped_on_both_hooks() {
     dp.assert_only(Counter::DropTtlExceeded, 3);
 }
 
-/// Frames that are not IPv4 at all.
-fn non_ipv4_frames() -> Vec<Vec<u8>> {
-    let arp = {
-        let mut f = vec![0xff; 6];
-        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
-        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1]);
-        f.extend_from_slice(&CONTAINER);
-        f.extend_from_slice(&[0; 6]);
-        f.extend_from_slice(&PEER_CONTAINER);
-        f
-    };
-    let mut ipv6 = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv6([0xfd; 16], [0xfe; 16], 64)
-        .udp(1, 2)
-        .write(&mut ipv6, b"x")
-        .unwrap();
-    vec![arp, ipv6, vec![0u8; 14]]
-}
-
-/// IPv4 EtherType with a header that cannot be trusted.
-fn malformed_frames() -> Vec<Vec<u8>> {
-    let good = frame(CONTAINER, PEER_CONTAINER, 64, L4::Udp);
-    // BPF_PROG_TEST_RUN refuses an IPv4 frame shorter than 20 bytes of IP
-    // header, so truncation is shown by a header longer than the frame.
-    let mut truncated = good.clone();
-    truncated[14] = 0x4f;
-    let mut version6 = good.clone();
-    version6[14] = 0x65;
-    let mut short_ihl = good.clone();
-    short_ihl[14] = 0x44;
-    let mut long_total = good.clone();
-    long_total[16..18].copy_from_slice(&2000u16.to_be_bytes());
-    let mut total_below_header = good.clone();
-    total_below_header[16..18].copy_from_slice(&19u16.to_be_bytes());
-    vec![
-        truncated,
-        version6,
-        short_ihl,
-        long_total,
-        total_below_header,
-    ]
-}
-
 #[test]
 fn non_ipv4_passes_and_malformed_ipv4_is_counted_and_passed_unchanged() {
     for hook in Hook::ALL {

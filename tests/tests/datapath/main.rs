@@ -3,11 +3,12 @@
 //! builds (so checksums are checked too), and the counters.
 mod forwarding;
 mod nat;
+mod xdp;
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use aya::{
-    programs::{TestRun, TestRunOptions},
+    programs::{TestRun, TestRunOptions, TestRunResult},
     Ebpf,
 };
 use dr_common::{
@@ -34,6 +35,24 @@ const PEER_CONTAINER: [u8; 4] = [10, 0, 129, 2];
 const PEER_HOST: [u8; 4] = [192, 168, 91, 129];
 const UPLINK_ADDR: [u8; 4] = [192, 168, 91, 128];
 const EXTERNAL: [u8; 4] = [203, 0, 113, 7];
+const BRIDGE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xbb];
+
+/// Runs `prog` on `packet`; returns the verdict and the packet as it left.
+fn test_run<P>(prog: &P, packet: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut out = vec![0u8; packet.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
 
 /// A loaded datapath with private pinned maps, removed on drop.
 struct Datapath {
@@ -63,6 +82,9 @@ fn config() -> DatapathConfig {
         nat_port_min: 10000,
         nat_port_max: 32767,
         nat_timeouts: Timeouts::default(),
+        bridge_mac: BRIDGE_MAC,
+        xdp_mode: 0,
+        _pad: 0,
     }
 }
 
@@ -86,17 +108,7 @@ fn datapath_sized(config: DatapathConfig, nat_table_size: u32) -> Datapath {
 impl Datapath {
     /// Runs `hook`'s program on `packet`; returns the verdict and the packet as it left.
     fn run(&mut self, hook: Hook, packet: &[u8]) -> (u32, Vec<u8>) {
-        let prog = datapath::program(&mut self.ebpf, hook).unwrap();
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        test_run(datapath::program(&mut self.ebpf, hook).unwrap(), packet)
     }
 
     fn counter(&self, which: Counter) -> Traffic {
@@ -170,3 +182,47 @@ fn frame(src: [u8; 4], dst: [u8; 4], ttl: u8, l4: L4) -> Vec<u8> {
 }
 
 const ALL_L4: [L4; 3] = [L4::Icmp, L4::Udp, L4::Tcp];
+
+/// Frames that are not IPv4 at all.
+fn non_ipv4_frames() -> Vec<Vec<u8>> {
+    let arp = {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&CONTAINER);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&PEER_CONTAINER);
+        f
+    };
+    let mut ipv6 = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6([0xfd; 16], [0xfe; 16], 64)
+        .udp(1, 2)
+        .write(&mut ipv6, b"x")
+        .unwrap();
+    vec![arp, ipv6, vec![0u8; 14]]
+}
+
+/// IPv4 EtherType with a header that cannot be trusted.
+fn malformed_frames() -> Vec<Vec<u8>> {
+    let good = frame(CONTAINER, PEER_CONTAINER, 64, L4::Udp);
+    // BPF_PROG_TEST_RUN refuses an IPv4 frame shorter than 20 bytes of IP
+    // header, so truncation is shown by a header longer than the frame.
+    let mut truncated = good.clone();
+    truncated[14] = 0x4f;
+    let mut version6 = good.clone();
+    version6[14] = 0x65;
+    let mut short_ihl = good.clone();
+    short_ihl[14] = 0x44;
+    let mut long_total = good.clone();
+    long_total[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    let mut total_below_header = good.clone();
+    total_below_header[16..18].copy_from_slice(&19u16.to_be_bytes());
+    vec![
+        truncated,
+        version6,
+        short_ihl,
+        long_total,
+        total_below_header,
+    ]
+}

@@ -1,0 +1,264 @@
+//! Load generators for the benchmarks, each bounded by a duration: TCP
+//! request/response on one connection, TCP connect-request-close, small UDP
+//! datagrams, and iperf3 for bulk throughput. Servers stop when dropped, so
+//! no socket keeps a deleted namespace alive.
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::netns::Netns;
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// A server thread that runs until dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Server {
+    /// Datagrams counted so far (UDP sink).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Echoes every byte back on each connection (request/response, and
+    /// connect-request-close: one byte each way, then the client closes).
+    pub fn tcp_echo(ns: &Netns, addr: Ipv4Addr) -> Result<Self> {
+        let listener = ns.enter(|| TcpListener::bind((addr, 0)))??;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut workers = Vec::new();
+            while !stop_flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let stop = stop_flag.clone();
+                        workers.push(std::thread::spawn(move || echo(conn, &stop)));
+                        workers.retain(|w| !w.is_finished());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
+                }
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        Ok(Self {
+            addr,
+            stop,
+            received: Arc::default(),
+            handle: Some(handle),
+        })
+    }
+
+    /// Counts datagrams.
+    pub fn udp_sink(ns: &Netns, addr: Ipv4Addr) -> Result<Self> {
+        let sock = ns.enter(|| UdpSocket::bind((addr, 0)))??;
+        sock.set_read_timeout(Some(POLL))?;
+        let addr = sock.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
+        let (stop_flag, count) = (stop.clone(), received.clone());
+        let handle = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop_flag.load(Ordering::Relaxed) {
+                if sock.recv(&mut buf).is_ok() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            stop,
+            received,
+            handle: Some(handle),
+        })
+    }
+}
+
+fn echo(mut conn: TcpStream, stop: &AtomicBool) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_nodelay(true);
+    let _ = conn.set_read_timeout(Some(POLL));
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn connect(client: &Netns, target: SocketAddr) -> Result<TcpStream> {
+    let conn = client
+        .enter(|| TcpStream::connect_timeout(&target, Duration::from_secs(2)))?
+        .with_context(|| format!("connecting {} -> {target}", client.name))?;
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(conn)
+}
+
+/// Round trips of one byte per second on one TCP connection.
+pub fn tcp_rr(client: &Netns, target: SocketAddr, duration: Duration) -> Result<f64> {
+    let mut conn = connect(client, target)?;
+    let mut byte = [7u8; 1];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        conn.write_all(&byte)?;
+        conn.read_exact(&mut byte)?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `f` run by `streams` threads at once; the sum of their rates. With more
+/// streams than CPUs the machine is saturated and the rate reflects the
+/// whole per-transaction cost, forwarding included.
+pub fn parallel(streams: usize, f: impl Fn() -> Result<f64> + Sync) -> Result<f64> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..streams).map(|_| s.spawn(&f)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("load thread panicked"))?
+            })
+            .sum()
+    })
+}
+
+/// Connections per second: connect, one byte each way, close.
+pub fn tcp_crr(client: &Netns, target: SocketAddr, duration: Duration) -> Result<f64> {
+    // Sockets are created in the namespace once per connection; keep a
+    // thread there instead of entering it each time.
+    client.enter(|| -> Result<f64> {
+        let start = Instant::now();
+        let mut n = 0u64;
+        let mut byte = [7u8; 1];
+        while start.elapsed() < duration {
+            let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(2))
+                .with_context(|| format!("connection {n} to {target}"))?;
+            conn.set_nodelay(true)?;
+            conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+            conn.write_all(&byte)?;
+            conn.read_exact(&mut byte)?;
+            drop(conn);
+            n += 1;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    })?
+}
+
+/// Small (64-byte payload) UDP datagrams sent as fast as one thread can for
+/// `duration`; returns the rate the server received.
+pub fn udp_rate(client: &Netns, server: &Netns, addr: Ipv4Addr, duration: Duration) -> Result<f64> {
+    let sink = Server::udp_sink(server, addr)?;
+    let sock = client.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
+    sock.connect(sink.addr)?;
+    let payload = [0x5au8; 64];
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        for _ in 0..64 {
+            // A full socket buffer is a drop, as on a wire.
+            let _ = sock.send(&payload);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(sink.received() as f64 / elapsed)
+}
+
+/// Busy and total CPU time of the machine (from /proc/stat), in jiffies.
+pub fn cpu_jiffies() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// Bulk TCP throughput with iperf3 from `client` to a one-off server in
+/// `server` at `addr`: (bits per second, CPU seconds per gigabyte moved,
+/// machine-wide from /proc/stat).
+pub fn iperf3(
+    client: &Netns,
+    server: &Netns,
+    addr: Ipv4Addr,
+    duration: Duration,
+) -> Result<(f64, f64)> {
+    let port = "5201";
+    let mut srv = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            &addr.to_string(),
+            "-p",
+            port,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let secs = duration.as_secs_f64().max(1.0).to_string();
+    let (busy0, _) = cpu_jiffies()?;
+    let out = client.exec_output(
+        "iperf3",
+        &["-c", &addr.to_string(), "-p", port, "-t", &secs, "-J"],
+    );
+    let (busy1, _) = cpu_jiffies()?;
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let out = out?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("iperf3 gave no result: {}", json["error"]))?;
+    let bytes = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    let cpu_secs = (busy1 - busy0) as f64 / 100.0;
+    Ok((bps, cpu_secs / (bytes / 1e9).max(1e-9)))
+}

@@ -1,0 +1,93 @@
+//! The XDP fast path on the uplink: peer traffic to known local containers
+//! is sent straight to their veth; everything else is left to TC.
+use aya::programs::Xdp;
+use dr_common::{program_names, Endpoint};
+
+use super::*;
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const CONTAINER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc2];
+const CONTAINER_VETH: u32 = 4242;
+
+/// A datapath whose endpoint table knows CONTAINER.
+fn xdp_datapath() -> Datapath {
+    let mut dp = datapath(config());
+    let ep = Endpoint {
+        ifindex: CONTAINER_VETH,
+        mac: CONTAINER_MAC,
+        _pad: [0; 2],
+    };
+    dp.maps.set_endpoints(&[(CONTAINER.into(), ep)]).unwrap();
+    dp
+}
+
+impl Datapath {
+    fn run_xdp(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(program_names::UPLINK_XDP)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        if prog.fd().is_err() {
+            prog.load().unwrap();
+        }
+        test_run(prog, packet)
+    }
+}
+
+#[test]
+fn peer_traffic_to_a_known_container_is_redirected_to_its_veth() {
+    let mut dp = xdp_datapath();
+    for (i, l4) in ALL_L4.into_iter().enumerate() {
+        let (verdict, out) = dp.run_xdp(&frame(PEER_CONTAINER, CONTAINER, 62, l4));
+        assert_eq!(verdict, XDP_REDIRECT);
+        // TTL and checksum as in TC, and the MACs of a frame from docker0 to the container.
+        let mut expected = frame(PEER_CONTAINER, CONTAINER, 61, l4);
+        expected[..6].copy_from_slice(&CONTAINER_MAC);
+        expected[6..12].copy_from_slice(&BRIDGE_MAC);
+        assert_eq!(out, expected);
+        assert_eq!(dp.counter(Counter::XdpRedirect).packets, i as u64 + 1);
+        assert_eq!(dp.counter(Counter::FromPeer).packets, i as u64 + 1);
+    }
+    let peer = dp.maps.peers().unwrap()[0];
+    assert_eq!(
+        dp.maps.peer_traffic(peer.slot).unwrap().from_peer.packets,
+        3
+    );
+}
+
+#[test]
+fn everything_else_is_left_to_tc_unchanged() {
+    let mut dp = xdp_datapath();
+    let mut cases = vec![
+        frame(PEER_CONTAINER, OTHER_CONTAINER, 62, L4::Udp), // no endpoint known
+        frame(EXTERNAL, CONTAINER, 62, L4::Udp),             // not from a peer
+        frame(PEER_CONTAINER, GATEWAY, 62, L4::Udp),         // the host itself
+        frame(PEER_CONTAINER, UPLINK_ADDR, 62, L4::Tcp),     // the host itself
+        frame(PEER_CONTAINER, CONTAINER, 1, L4::Udp),        // expiring TTL: TC drops and counts
+        frame(EXTERNAL, UPLINK_ADDR, 62, L4::Tcp),           // SNAT replies: TC
+    ];
+    cases.extend(non_ipv4_frames());
+    cases.extend(malformed_frames());
+    for packet in &cases {
+        assert_eq!(
+            dp.run_xdp(packet),
+            (XDP_PASS, packet.clone()),
+            "{packet:02x?}"
+        );
+    }
+    assert_eq!(dp.counter(Counter::XdpPass).packets, cases.len() as u64);
+    assert_eq!(dp.counter(Counter::XdpRedirect).packets, 0);
+}
+
+#[test]
+fn disabled_config_passes_everything() {
+    let mut dp = datapath(DatapathConfig {
+        enabled: 0,
+        ..config()
+    });
+    let packet = frame(PEER_CONTAINER, CONTAINER, 62, L4::Icmp);
+    assert_eq!(dp.run_xdp(&packet), (XDP_PASS, packet.clone()));
+}

@@ -1,0 +1,462 @@
+//! `cargo xtask bench`: dr side by side with the recipe it replaces, on the
+//! same emulated topology (two hosts, two containers each, a router and an
+//! external server), every mode set up from scratch each round and the modes
+//! interleaved round by round, so drift on a noisy machine hits all alike.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use dr_tests::{
+    cluster::EXTERNAL_ADDR,
+    load::{self, Server},
+    netns::{run, unique_prefix, Netns},
+    Cluster,
+};
+use serde_json::json;
+
+/// Concurrent connections in the saturating workloads (two per vCPU here).
+const STREAMS: usize = 4;
+
+/// How a cluster forwards in one benchmark run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    /// Docker's direct-routing recipe: static routes, ip_forward,
+    /// iptables MASQUERADE and FORWARD accepts.
+    Recipe,
+    /// dr, TC programs only.
+    Tc,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Recipe => "recipe",
+            Mode::Tc => "dr-tc",
+        }
+    }
+}
+
+pub struct Options {
+    pub quick: bool,
+    pub rounds: usize,
+    pub results: PathBuf,
+}
+
+/// One measurement.
+struct Sample {
+    group: &'static str,
+    mode: String,
+    workload: &'static str,
+    unit: &'static str,
+    round: usize,
+    value: f64,
+}
+
+struct Bench {
+    dr_ctl: PathBuf,
+    duration: Duration,
+    samples: Vec<Sample>,
+}
+
+impl Bench {
+    fn record(
+        &mut self,
+        group: &'static str,
+        mode: &str,
+        round: usize,
+        workload: &'static str,
+        unit: &'static str,
+        value: f64,
+    ) {
+        println!("  {group:<8} {mode:<14} {workload:<26} {value:>14.1} {unit}");
+        self.samples.push(Sample {
+            group,
+            mode: mode.to_string(),
+            workload,
+            unit,
+            round,
+            value,
+        });
+    }
+
+    fn cluster(&self) -> Result<Cluster> {
+        let mut c = Cluster::new("drbench", 2, &self.dr_ctl)?;
+        c.add_external()?;
+        Ok(c)
+    }
+
+    /// The cross-host and NAT workloads for one mode.
+    fn modes_round(&mut self, mode: Mode, round: usize) -> Result<()> {
+        let mut c = self.cluster()?;
+        match mode {
+            Mode::Recipe => c.recipe_all(2)?,
+            Mode::Tc => c.up_all(2)?,
+        }
+        let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
+        let (a, b) = (&h0.containers[0], &h1.containers[0]);
+        let ext = c.external.as_ref().context("external")?;
+        let d = self.duration;
+        let m = mode.name();
+        let results = {
+            let (bps, cpu) = load::iperf3(&a.ns, &b.ns, b.addr, d)?;
+            let srv = Server::tcp_echo(&b.ns, b.addr)?;
+            let rr = load::tcp_rr(&a.ns, srv.addr, d)?;
+            let rr_par = load::parallel(STREAMS, || load::tcp_rr(&a.ns, srv.addr, d))?;
+            let crr = load::parallel(STREAMS, || load::tcp_crr(&h0.containers[1].ns, srv.addr, d))?;
+            drop(srv);
+            let ext_srv = Server::tcp_echo(ext, EXTERNAL_ADDR)?;
+            let crr_ext = load::parallel(STREAMS, || load::tcp_crr(&a.ns, ext_srv.addr, d))?;
+            let rr_ext = load::parallel(STREAMS, || {
+                load::tcp_rr(&h0.containers[1].ns, ext_srv.addr, d)
+            })?;
+            drop(ext_srv);
+            let udp = load::udp_rate(&a.ns, &h1.containers[1].ns, h1.containers[1].addr, d)?;
+            [
+                ("tcp_throughput", "Gbit/s", bps / 1e9),
+                ("cpu_per_gb", "CPU-s/GB", cpu),
+                ("tcp_rr_1_conn", "trans/s", rr),
+                ("tcp_rr_4_conns", "trans/s", rr_par),
+                ("tcp_crr_4_streams", "conn/s", crr),
+                ("tcp_crr_external_nat", "conn/s", crr_ext),
+                ("tcp_rr_external_nat", "trans/s", rr_ext),
+                ("udp_small_rate", "pkt/s", udp),
+            ]
+        };
+        for (w, unit, v) in results {
+            self.record("modes", m, round, w, unit, v);
+        }
+        Ok(())
+    }
+
+    /// What the emulated hardware allows: two containers on one bridge, and
+    /// host to host on the segment, with no dr and no recipe.
+    fn ceilings_round(&mut self, round: usize) -> Result<()> {
+        let mut c = self.cluster()?;
+        c.bare_all(2)?;
+        let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
+        let d = self.duration;
+        let pairs: [(&str, &Netns, &Netns, std::net::Ipv4Addr); 2] = [
+            (
+                "same-bridge",
+                &h0.containers[0].ns,
+                &h0.containers[1].ns,
+                h0.containers[1].addr,
+            ),
+            ("host-to-host", &h0.ns, &h1.ns, h1.uplink_addr),
+        ];
+        for (name, from, to, addr) in pairs {
+            let (bps, cpu) = load::iperf3(from, to, addr, d)?;
+            let srv = Server::tcp_echo(to, addr)?;
+            let rr = load::tcp_rr(from, srv.addr, d)?;
+            let rr_par = load::parallel(STREAMS, || load::tcp_rr(from, srv.addr, d))?;
+            let crr = load::parallel(STREAMS, || load::tcp_crr(from, srv.addr, d))?;
+            drop(srv);
+            let udp = load::udp_rate(from, to, addr, d)?;
+            for (w, unit, v) in [
+                ("tcp_throughput", "Gbit/s", bps / 1e9),
+                ("cpu_per_gb", "CPU-s/GB", cpu),
+                ("tcp_rr_1_conn", "trans/s", rr),
+                ("tcp_rr_4_conns", "trans/s", rr_par),
+                ("tcp_crr_4_streams", "conn/s", crr),
+                ("udp_small_rate", "pkt/s", udp),
+            ] {
+                self.record("ceiling", name, round, w, unit, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forwarding with 1, 1,000 and 100,000 peer subnets in the map.
+    fn scale_round(&mut self, peers: usize, round: usize) -> Result<()> {
+        let mut c = self.cluster()?;
+        c.up_all(2)?;
+        let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
+        if peers > 1 {
+            let file = peer_file(peers - 1, h1.uplink_addr)?;
+            h0.dr(&["peer", "add", "--file", file.to_str().context("path")?])?;
+            std::fs::remove_file(file)?;
+        }
+        let (a, b) = (&h0.containers[0], &h1.containers[0]);
+        let srv = Server::tcp_echo(&b.ns, b.addr)?;
+        let d = self.duration;
+        let rr = load::parallel(STREAMS, || load::tcp_rr(&a.ns, srv.addr, d))?;
+        drop(srv);
+        let udp = load::udp_rate(
+            &a.ns,
+            &h1.containers[1].ns,
+            h1.containers[1].addr,
+            self.duration,
+        )?;
+        let mode = format!("{peers} peers");
+        let mode: &'static str = Box::leak(mode.into_boxed_str());
+        self.record("scale", mode, round, "tcp_rr_4_conns", "trans/s", rr);
+        self.record("scale", mode, round, "udp_small_rate", "pkt/s", udp);
+        Ok(())
+    }
+
+    /// Installing `n` peers: `dr-ctl peer add --file` against the recipe's
+    /// `ip route add`, batched with `ip -batch`, each in a fresh host.
+    fn install_round(&mut self, n: usize, round: usize) -> Result<()> {
+        let via = std::net::Ipv4Addr::new(192, 168, 91, 129);
+        let peers = peer_file(n, via)?;
+        let routes = PathBuf::from(format!("{}.routes", peers.display()));
+        let text = std::fs::read_to_string(&peers)?;
+        std::fs::write(
+            &routes,
+            text.lines()
+                .map(|l| format!("route add {}\n", l))
+                .collect::<String>(),
+        )?;
+        let host = |tag: &str| -> Result<Netns> {
+            let ns = Netns::add(&unique_prefix(tag))?;
+            ns.ip(&[
+                "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+            ])?;
+            ns.ip(&["addr", "add", "192.168.91.128/24", "dev", "eth0"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            Ok(ns)
+        };
+        let dr_ctl = self.dr_ctl.to_str().context("path")?.to_string();
+        let dr_host = host("drinst")?;
+        dr_host.exec(
+            &dr_ctl,
+            &["up", "--subnet", "10.0.128.1/24", "--uplink", "eth0"],
+        )?;
+        let start = Instant::now();
+        dr_host.exec(
+            &dr_ctl,
+            &["peer", "add", "--file", peers.to_str().context("path")?],
+        )?;
+        let dr_secs = start.elapsed().as_secs_f64();
+        dr_host.exec(&dr_ctl, &["down"])?;
+        let ip_host = host("ipinst")?;
+        let start = Instant::now();
+        ip_host.ip(&["-batch", routes.to_str().context("path")?])?;
+        let ip_secs = start.elapsed().as_secs_f64();
+        let label = |what: &str| -> &'static str { Box::leak(format!("{what}").into_boxed_str()) };
+        let workload: &'static str = Box::leak(format!("install_{n}_peers").into_boxed_str());
+        self.record(
+            "install",
+            label("dr-ctl peer add --file"),
+            round,
+            workload,
+            "s",
+            dr_secs,
+        );
+        self.record(
+            "install",
+            label("ip -batch route add"),
+            round,
+            workload,
+            "s",
+            ip_secs,
+        );
+        std::fs::remove_file(peers)?;
+        std::fs::remove_file(routes)?;
+        Ok(())
+    }
+}
+
+/// `n` disjoint /24 peer subnets outside the cluster (100.64.0.0/10 onward).
+fn peer_file(n: usize, via: std::net::Ipv4Addr) -> Result<PathBuf> {
+    let path = std::env::temp_dir().join(unique_prefix("dr-peers-"));
+    let mut text = String::with_capacity(n * 40);
+    for i in 0..n as u32 {
+        let base = 0x6440_0000u32 + (i << 8);
+        let _ = writeln!(text, "{}/24 via {via}", std::net::Ipv4Addr::from(base));
+    }
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Summary rows: (group, workload, unit, mode, median, min, max, rounds).
+type Row = (String, String, String, String, f64, f64, f64, usize);
+
+fn summarize(samples: &[Sample]) -> Vec<Row> {
+    let mut groups: BTreeMap<(String, String, String, String), Vec<f64>> = BTreeMap::new();
+    let order = |g: &str| {
+        ["modes", "ceiling", "scale", "install"]
+            .iter()
+            .position(|x| *x == g)
+            .unwrap_or(9)
+    };
+    for s in samples {
+        groups
+            .entry((
+                format!("{}{}", order(s.group), s.group),
+                s.workload.to_string(),
+                s.unit.to_string(),
+                s.mode.clone(),
+            ))
+            .or_default()
+            .push(s.value);
+    }
+    groups
+        .into_iter()
+        .map(|((g, w, u, m), mut v)| {
+            let (lo, hi) = (
+                v.iter().cloned().fold(f64::MAX, f64::min),
+                v.iter().cloned().fold(f64::MIN, f64::max),
+            );
+            let n = v.len();
+            (g[1..].to_string(), w, u, m, median(&mut v), lo, hi, n)
+        })
+        .collect()
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn markdown(rows: &[Row], machine: &str, opts_line: &str) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# dr benchmark\n\n{machine}\n\n{opts_line}\n");
+    let _ = writeln!(md, "Median over rounds, [min - max] in brackets; the ratio is dr's median over the recipe's (for CPU-s/GB, lower is better, so a ratio below 1 favours dr).\n");
+    let _ = writeln!(md, "## dr against the recipe\n\n| workload | unit | recipe | dr-tc | dr-tc / recipe |\n|---|---|---|---|---|");
+    let find = |g: &str, w: &str, m: &str| rows.iter().find(|r| r.0 == g && r.1 == w && r.3 == m);
+    let mut workloads: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.0 == "modes")
+        .map(|r| r.1.as_str())
+        .collect();
+    workloads.dedup();
+    for w in workloads {
+        let cell = |m: &str| {
+            find("modes", w, m).map_or("-".into(), |r| {
+                format!("{} [{} - {}]", fmt_num(r.4), fmt_num(r.5), fmt_num(r.6))
+            })
+        };
+        let ratio = match (find("modes", w, "dr-tc"), find("modes", w, "recipe")) {
+            (Some(d), Some(r)) if r.4 > 0.0 => format!("{:.2}x", d.4 / r.4),
+            _ => "-".into(),
+        };
+        let unit = find("modes", w, "recipe").map_or("", |r| r.2.as_str());
+        let _ = writeln!(
+            md,
+            "| {w} | {unit} | {} | {} | {ratio} |",
+            cell("recipe"),
+            cell("dr-tc")
+        );
+    }
+    for (group, title) in [
+        ("ceiling", "Ceilings (no dr, no recipe)"),
+        ("scale", "dr-tc with many peer subnets in the map"),
+        ("install", "Installing peers"),
+    ] {
+        let part: Vec<&Row> = rows.iter().filter(|r| r.0 == group).collect();
+        if part.is_empty() {
+            continue;
+        }
+        let _ = writeln!(md, "\n## {title}\n\n| setup | workload | unit | median [min - max] | rounds |\n|---|---|---|---|---|");
+        for r in part {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} [{} - {}] | {} |",
+                r.3,
+                r.1,
+                r.2,
+                fmt_num(r.4),
+                fmt_num(r.5),
+                fmt_num(r.6),
+                r.7
+            );
+        }
+    }
+    md
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = run("uname", &["-r"]).unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("Machine: {cpus} vCPU ({cpu}), kernel {}; hosts, containers and the segment are network namespaces joined by veth pairs and bridges.", kernel.trim())
+}
+
+pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
+    dr_tests::require_root();
+    let started = Instant::now();
+    let mut bench = Bench {
+        dr_ctl: dr_ctl.to_path_buf(),
+        duration: Duration::from_secs_f64(if opts.quick { 1.0 } else { 3.0 }),
+        samples: Vec::new(),
+    };
+    let scales: &[usize] = if opts.quick {
+        &[1, 1000]
+    } else {
+        &[1, 1000, 100_000]
+    };
+    let install = if opts.quick { 1000 } else { 10_000 };
+    for round in 1..=opts.rounds {
+        println!("round {round}/{}", opts.rounds);
+        // Alternate the order of modes so neither always runs first.
+        let mut modes = [Mode::Recipe, Mode::Tc];
+        if round % 2 == 0 {
+            modes.reverse();
+        }
+        for mode in modes {
+            bench
+                .modes_round(mode, round)
+                .with_context(|| format!("{mode:?} round {round}"))?;
+        }
+        bench.ceilings_round(round)?;
+        for &n in scales {
+            bench.scale_round(n, round)?;
+        }
+        bench.install_round(install, round)?;
+    }
+    let rows = summarize(&bench.samples);
+    let opts_line = format!(
+        "`cargo xtask bench{}`: {} rounds, {:.0} s per workload, {:.0} s in all.",
+        if opts.quick { " --quick" } else { "" },
+        opts.rounds,
+        bench.duration.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    let md = markdown(&rows, &machine(), &opts_line);
+    std::fs::create_dir_all(&opts.results)?;
+    let stamp = run("date", &["-u", "+%Y%m%d-%H%M%S"])?.trim().to_string();
+    let base = opts.results.join(format!(
+        "bench-{stamp}{}",
+        if opts.quick { "-quick" } else { "" }
+    ));
+    let json = json!({
+        "machine": machine(),
+        "options": {"quick": opts.quick, "rounds": opts.rounds, "seconds_per_workload": bench.duration.as_secs_f64()},
+        "samples": bench.samples.iter().map(|s| json!({"group": s.group, "mode": s.mode, "workload": s.workload, "unit": s.unit, "round": s.round, "value": s.value})).collect::<Vec<_>>(),
+        "summary": rows.iter().map(|r| json!({"group": r.0, "workload": r.1, "unit": r.2, "mode": r.3, "median": r.4, "min": r.5, "max": r.6, "rounds": r.7})).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        base.with_extension("json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    std::fs::write(base.with_extension("md"), &md)?;
+    println!("\n{md}\nwritten: {}.{{md,json}}", base.display());
+    Ok(())
+}
