@@ -138,6 +138,8 @@ impl Host {
             "via",
             &format!("10.0.{}.1", self.id),
         ])?;
+        // NAPI on the container's side lets XDP redirect into its veth.
+        ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
         self.containers.push(Container { ns, addr });
         Ok(self.containers.last().expect("just pushed"))
     }
@@ -239,9 +241,14 @@ impl Cluster {
 
     /// `up` on every host, `containers` containers each, and a full mesh of peers.
     pub fn up_all(&mut self, containers: usize) -> Result<()> {
+        self.up_all_with(containers, &[])
+    }
+
+    /// [`Self::up_all`] with `extra` options for `up`.
+    pub fn up_all_with(&mut self, containers: usize, extra: &[&str]) -> Result<()> {
         let prefix = self.prefix.clone();
         for host in &mut self.hosts {
-            host.up()
+            host.up_with(extra)
                 .with_context(|| format!("dr-ctl up on host {}", host.id))?;
             for _ in 0..containers {
                 host.add_container(&prefix)?;
@@ -274,6 +281,39 @@ impl Cluster {
                 .map(|p| (p.subnet(), p.uplink_addr))
                 .collect();
             host.recipe(&peers)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the segment behave like a wire: frames leave the switch with
+    /// full checksums and at most MTU size (no offload metadata crosses a
+    /// wire), as dr's XDP fast path on a real NIC would see them.
+    pub fn emulate_wire(&self) -> Result<()> {
+        let ports: Vec<String> = self.hosts.iter().map(|h| format!("p{}", h.id)).collect();
+        for port in ports
+            .iter()
+            .map(String::as_str)
+            .chain(self.router.as_ref().map(|_| "prtr"))
+        {
+            self.switch.exec(
+                "ethtool",
+                &["-K", port, "tx", "off", "tso", "off", "gso", "off"],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Lets the hosts learn their containers (a ping to the gateway fills the
+    /// neighbour table and the bridge FDB), then `dr-ctl sync` on each.
+    pub fn sync_endpoints(&self) -> Result<()> {
+        for host in &self.hosts {
+            for c in &host.containers {
+                c.ns.exec(
+                    "ping",
+                    &["-c", "1", "-W", "1", &format!("10.0.{}.1", host.id)],
+                )?;
+            }
+            host.dr(&["sync"])?;
         }
         Ok(())
     }

@@ -9,13 +9,44 @@ fn cluster(tag: &str) -> Cluster {
     c
 }
 
+/// A cluster with the XDP fast path on every host, on a segment that behaves
+/// like a wire, with the hosts' container endpoints learned.
+fn xdp_cluster(tag: &str) -> Cluster {
+    require_root();
+    let mut c = Cluster::new(tag, 3, &dr_ctl_path()).expect("cluster");
+    c.emulate_wire().unwrap();
+    c.up_all_with(2, &["--xdp"])
+        .expect("dr up --xdp on all hosts");
+    c.sync_endpoints().unwrap();
+    c
+}
+
 fn status(host: &dr_tests::Host) -> Value {
     serde_json::from_str(&host.dr(&["status", "--json"]).unwrap()).unwrap()
 }
 
 #[test]
 fn ping_tcp_udp_across_three_hosts_without_routes_or_forwarding() {
-    let c = cluster("drfwd");
+    cross_host_traffic(&cluster("drfwd"));
+}
+
+#[test]
+fn ping_tcp_udp_across_three_hosts_with_the_xdp_fast_path() {
+    let c = xdp_cluster("drfwdx");
+    cross_host_traffic(&c);
+    for host in &c.hosts {
+        let s = status(host);
+        assert!(
+            ["native", "generic"].contains(&s["xdp"].as_str().unwrap()),
+            "{s}"
+        );
+        assert_eq!(s["endpoints"], 2);
+        let redirected = s["counters"]["xdp_redirect"]["packets"].as_u64().unwrap();
+        assert!(redirected > 100, "{}", s["counters"]);
+    }
+}
+
+fn cross_host_traffic(c: &Cluster) {
     for host in &c.hosts {
         let routes = host.ns.ip(&["route", "show"]).unwrap();
         for peer in c.hosts.iter().filter(|p| p.id != host.id) {

@@ -15,6 +15,9 @@ fn cluster(tag: &str, extra_up: &[&str]) -> Cluster {
     require_root();
     let mut c = Cluster::new(tag, 2, &dr_ctl_path()).expect("cluster");
     c.add_external().expect("external network");
+    if extra_up.contains(&"--xdp") {
+        c.emulate_wire().unwrap();
+    }
     let prefix = c.prefix.clone();
     for host in &mut c.hosts {
         host.up_with(extra_up).expect("dr-ctl up");
@@ -56,7 +59,27 @@ fn assert_no_netfilter_nat(host: &Host) {
 
 #[test]
 fn external_server_sees_the_host_address_for_tcp_udp_and_ping() {
-    let c = cluster("drnat", &[]);
+    external_traffic(&cluster("drnat", &[]));
+}
+
+#[test]
+fn snat_works_alongside_the_xdp_fast_path() {
+    let c = cluster("drnatx", &["--xdp"]);
+    c.sync_endpoints().unwrap();
+    external_traffic(&c);
+    // Cross-host traffic still takes the fast path.
+    let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
+    traffic::tcp_transfer(
+        &h0.containers[0].ns,
+        &h1.containers[0].ns,
+        h1.containers[0].addr,
+        1 << 20,
+    )
+    .unwrap();
+    assert!(counter(h1, "xdp_redirect") > 10);
+}
+
+fn external_traffic(c: &Cluster) {
     let ext = c.external.as_ref().unwrap();
     let h0 = &c.hosts[0];
     let container = &h0.containers[0];

@@ -29,6 +29,8 @@ pub enum Mode {
     Recipe,
     /// dr, TC programs only.
     Tc,
+    /// dr, TC programs plus the XDP fast path on the uplink.
+    Xdp,
 }
 
 impl Mode {
@@ -36,6 +38,7 @@ impl Mode {
         match self {
             Mode::Recipe => "recipe",
             Mode::Tc => "dr-tc",
+            Mode::Xdp => "dr-xdp",
         }
     }
 }
@@ -83,9 +86,13 @@ impl Bench {
         });
     }
 
+    /// Every mode runs on a segment that behaves like a wire (see
+    /// `Cluster::emulate_wire`): what dr meets on real NICs, and what its
+    /// XDP path needs.
     fn cluster(&self) -> Result<Cluster> {
         let mut c = Cluster::new("drbench", 2, &self.dr_ctl)?;
         c.add_external()?;
+        c.emulate_wire()?;
         Ok(c)
     }
 
@@ -95,6 +102,10 @@ impl Bench {
         match mode {
             Mode::Recipe => c.recipe_all(2)?,
             Mode::Tc => c.up_all(2)?,
+            Mode::Xdp => {
+                c.up_all_with(2, &["--xdp"])?;
+                c.sync_endpoints()?;
+            }
         }
         let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
         let (a, b) = (&h0.containers[0], &h1.containers[0]);
@@ -332,7 +343,7 @@ fn markdown(rows: &[Row], machine: &str, opts_line: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# dr benchmark\n\n{machine}\n\n{opts_line}\n");
     let _ = writeln!(md, "Median over rounds, [min - max] in brackets; the ratio is dr's median over the recipe's (for CPU-s/GB, lower is better, so a ratio below 1 favours dr).\n");
-    let _ = writeln!(md, "## dr against the recipe\n\n| workload | unit | recipe | dr-tc | dr-tc / recipe |\n|---|---|---|---|---|");
+    let _ = writeln!(md, "## dr against the recipe\n\n| workload | unit | recipe | dr-tc | dr-xdp | dr-tc / recipe | dr-xdp / recipe |\n|---|---|---|---|---|---|---|");
     let find = |g: &str, w: &str, m: &str| rows.iter().find(|r| r.0 == g && r.1 == w && r.3 == m);
     let mut workloads: Vec<&str> = rows
         .iter()
@@ -346,16 +357,19 @@ fn markdown(rows: &[Row], machine: &str, opts_line: &str) -> String {
                 format!("{} [{} - {}]", fmt_num(r.4), fmt_num(r.5), fmt_num(r.6))
             })
         };
-        let ratio = match (find("modes", w, "dr-tc"), find("modes", w, "recipe")) {
+        let ratio = |m: &str| match (find("modes", w, m), find("modes", w, "recipe")) {
             (Some(d), Some(r)) if r.4 > 0.0 => format!("{:.2}x", d.4 / r.4),
             _ => "-".into(),
         };
         let unit = find("modes", w, "recipe").map_or("", |r| r.2.as_str());
         let _ = writeln!(
             md,
-            "| {w} | {unit} | {} | {} | {ratio} |",
+            "| {w} | {unit} | {} | {} | {} | {} | {} |",
             cell("recipe"),
-            cell("dr-tc")
+            cell("dr-tc"),
+            cell("dr-xdp"),
+            ratio("dr-tc"),
+            ratio("dr-xdp")
         );
     }
     for (group, title) in [
@@ -416,10 +430,8 @@ pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
     for round in 1..=opts.rounds {
         println!("round {round}/{}", opts.rounds);
         // Alternate the order of modes so neither always runs first.
-        let mut modes = [Mode::Recipe, Mode::Tc];
-        if round % 2 == 0 {
-            modes.reverse();
-        }
+        let mut modes = [Mode::Recipe, Mode::Tc, Mode::Xdp];
+        modes.rotate_left(round % 3);
         for mode in modes {
             bench
                 .modes_round(mode, round)
