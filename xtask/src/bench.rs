@@ -53,7 +53,7 @@ pub struct Options {
 struct Sample {
     group: &'static str,
     mode: String,
-    workload: &'static str,
+    workload: String,
     unit: &'static str,
     round: usize,
     value: f64,
@@ -71,7 +71,7 @@ impl Bench {
         group: &'static str,
         mode: &str,
         round: usize,
-        workload: &'static str,
+        workload: &str,
         unit: &'static str,
         value: f64,
     ) {
@@ -79,7 +79,7 @@ impl Bench {
         self.samples.push(Sample {
             group,
             mode: mode.to_string(),
-            workload,
+            workload: workload.to_string(),
             unit,
             round,
             value,
@@ -203,9 +203,8 @@ impl Bench {
             self.duration,
         )?;
         let mode = format!("{peers} peers");
-        let mode: &'static str = Box::leak(mode.into_boxed_str());
-        self.record("scale", mode, round, "tcp_rr_4_conns", "trans/s", rr);
-        self.record("scale", mode, round, "udp_small_rate", "pkt/s", udp);
+        self.record("scale", &mode, round, "tcp_rr_4_conns", "trans/s", rr);
+        self.record("scale", &mode, round, "udp_small_rate", "pkt/s", udp);
         Ok(())
     }
 
@@ -248,21 +247,20 @@ impl Bench {
         let start = Instant::now();
         ip_host.ip(&["-batch", routes.to_str().context("path")?])?;
         let ip_secs = start.elapsed().as_secs_f64();
-        let label = |what: &str| -> &'static str { Box::leak(format!("{what}").into_boxed_str()) };
-        let workload: &'static str = Box::leak(format!("install_{n}_peers").into_boxed_str());
+        let workload = format!("install_{n}_peers");
         self.record(
             "install",
-            label("dr-ctl peer add --file"),
+            "dr-ctl peer add --file",
             round,
-            workload,
+            &workload,
             "s",
             dr_secs,
         );
         self.record(
             "install",
-            label("ip -batch route add"),
+            "ip -batch route add",
             round,
-            workload,
+            &workload,
             "s",
             ip_secs,
         );
@@ -309,7 +307,7 @@ fn summarize(samples: &[Sample]) -> Vec<Row> {
         groups
             .entry((
                 format!("{}{}", order(s.group), s.group),
-                s.workload.to_string(),
+                s.workload.clone(),
                 s.unit.to_string(),
                 s.mode.clone(),
             ))
