@@ -133,6 +133,9 @@ pub struct DatapathConfig {
     /// How the XDP program is attached: `XDP_OFF`, `XDP_NATIVE` or `XDP_GENERIC`.
     pub xdp_mode: u8,
     pub _pad: u8,
+    /// Hash of the eBPF object that dr-ctl attached: a different binary's
+    /// `up` swaps the programs in place (upgrade without a traffic gap).
+    pub object_hash: u64,
 }
 
 pub const XDP_OFF: u8 = 0;

@@ -82,6 +82,26 @@ pub enum Command {
     Peer(PeerCommand),
     /// Show programs, interfaces, local subnet, peers and counters.
     Status,
+    /// Apply the cluster plan to this host: validate the whole file, find this
+    /// host's entry (by --host or by a local address), bring dr up with it and
+    /// make the peers match, without ever dropping a peer that stays.
+    Apply {
+        /// The cluster plan (TOML), the same file on every host.
+        #[arg(long, short = 'f', value_name = "PATH")]
+        file: PathBuf,
+        /// This host's entry in the plan [default: the entry whose address is local].
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+        /// Print the difference against what is live; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Serve the counters in the Prometheus text format (or print them once).
+    Metrics {
+        /// Address to serve `GET /metrics` on, e.g. 127.0.0.1:9464; without it, print once.
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Refresh what dr learns from the kernel (the local containers the XDP
     /// path delivers to); safe to run any time, e.g. from a timer.
     Sync,
@@ -196,6 +216,24 @@ pub async fn run(cli: Cli) -> Result<String> {
             let r = commands::status().await?;
             render(output::status(&r), output::json(&r))
         }
+        Command::Apply {
+            file,
+            host,
+            dry_run,
+        } => {
+            let r = commands::apply(&commands::ApplyArgs {
+                file,
+                host,
+                dry_run,
+            })
+            .await?;
+            render(output::apply(&r), output::json(&r))
+        }
+        Command::Metrics { listen: None } => crate::metrics::render()?,
+        Command::Metrics { listen: Some(addr) } => {
+            crate::metrics::serve(addr).await?;
+            String::new()
+        }
         Command::Sync => {
             let r = commands::sync().await?;
             render(
@@ -222,4 +260,53 @@ pub async fn run(cli: Cli) -> Result<String> {
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+    use crate::plan::Plan;
+
+    const UNITS: [(&str, &str); 3] = [
+        ("dr.service", include_str!("../../dist/dr.service")),
+        (
+            "dr-sync.service",
+            include_str!("../../dist/dr-sync.service"),
+        ),
+        (
+            "dr-metrics.service",
+            include_str!("../../dist/dr-metrics.service"),
+        ),
+    ];
+
+    #[test]
+    fn shipped_units_run_valid_commands() {
+        for (name, unit) in UNITS {
+            let commands: Vec<&str> = unit
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("ExecStart=")
+                        .or_else(|| l.strip_prefix("ExecReload="))
+                })
+                .collect();
+            assert!(!commands.is_empty(), "{name} runs nothing");
+            for line in commands {
+                let args: Vec<&str> = line.split_whitespace().collect();
+                assert!(args[0].ends_with("/dr-ctl"), "{name}: {line}");
+                Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{name}: {line}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_plan_is_valid() {
+        let plan = Plan::parse(
+            "cluster.toml.example",
+            include_str!("../../dist/cluster.toml.example"),
+        )
+        .unwrap();
+        assert_eq!(plan.hosts.len(), 3);
+    }
 }

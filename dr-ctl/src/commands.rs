@@ -19,6 +19,7 @@ use crate::{
     maps::{self, Maps},
     nat_plan::NatPlan,
     netlink::{Interface, Netlink},
+    plan::{PeerDiff, Plan},
     subnet::{
         check_peers, from_map_addr, overlaps, parse_peer_subnet, to_map_addr, LocalSubnet,
         PeerChange,
@@ -239,6 +240,7 @@ fn desired_config(
         bridge_mac,
         xdp_mode,
         _pad: 0,
+        object_hash: datapath::object_hash(),
     }
 }
 
@@ -791,4 +793,95 @@ pub fn nat_gc() -> Result<NatRemoved> {
     Ok(NatRemoved {
         removed: maps.nat_gc(&config.nat_timeouts)?,
     })
+}
+
+/// Inputs of `dr-ctl apply`.
+#[derive(Clone, Debug)]
+pub struct ApplyArgs {
+    pub file: PathBuf,
+    pub host: Option<String>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApplyReport {
+    pub host: String,
+    pub address: Ipv4Addr,
+    pub subnet: String,
+    pub dry_run: bool,
+    /// What `up` did (or, dry, whether dr is up with this host's subnet).
+    pub up: &'static str,
+    pub peers: PeerDiff,
+}
+
+/// Applies the cluster plan to this host: validates the whole file, finds
+/// this host's entry, brings dr up with it, then writes new and switched
+/// peers before removing stale ones, so no peer that stays is ever missing.
+pub async fn apply(args: &ApplyArgs) -> Result<ApplyReport> {
+    let file = args.file.display().to_string();
+    let text =
+        std::fs::read_to_string(&args.file).map_err(io_context(format!("reading {file}")))?;
+    let plan = Plan::parse(&file, &text)?;
+    let nl = Netlink::connect()?;
+    let me = plan.this_host(&file, args.host.as_deref(), &nl.all_ipv4_addresses().await?)?;
+    let wanted = plan.peers_of(me);
+    let uplink = nl.require_interface(&me.uplink).await?;
+    let uplink_nets = nl.ipv4_addresses(uplink.index).await?;
+    check_peers(&wanted, &me.subnet, &uplink_nets, &[])
+        .map_err(|e| Error::Invalid(format!("{file}: host {:?}: {e}", me.name)))?;
+    let up_args = UpArgs {
+        xdp: plan.xdp,
+        bridge: plan.bridge.clone(),
+        subnet: me.subnet,
+        uplink: me.uplink.clone(),
+        docker_config: None,
+        nat: NatPlan {
+            cluster_cidr: Some(plan.cluster_cidr),
+            no_masquerade: plan.no_masquerade.clone(),
+            ..NatPlan::default()
+        },
+    };
+    let mut report = ApplyReport {
+        host: me.name.clone(),
+        address: me.address,
+        subnet: me.subnet.bip(),
+        dry_run: args.dry_run,
+        up: "unchanged",
+        peers: PeerDiff::default(),
+    };
+    if args.dry_run {
+        let pins = PinDir::locate()?;
+        let maps = if maps::pinned(pins.path()) {
+            Some(Maps::open(pins.path())?)
+        } else {
+            None
+        };
+        let (config, live) = match &maps {
+            Some(m) => (
+                Some(m.config()?),
+                m.peers()?.iter().map(|p| (p.subnet, p.via)).collect(),
+            ),
+            None => (None, Vec::new()),
+        };
+        report.up = match config.filter(|c| c.enabled != 0) {
+            Some(c) if same_subnet(&c, &me.subnet) => "up with this subnet",
+            Some(_) => "up with ANOTHER subnet: apply would fail; run `dr-ctl down` first",
+            None => "would be brought up",
+        };
+        report.peers = PeerDiff::between(&live, &wanted);
+        return Ok(report);
+    }
+    report.up = if up(&up_args).await?.changed {
+        "changed"
+    } else {
+        "unchanged"
+    };
+    let (_pins, _lock, mut maps, _) = open_up()?;
+    let current: Vec<_> = maps.peers()?.iter().map(|p| (p.subnet, p.via)).collect();
+    report.peers = PeerDiff::between(&current, &wanted);
+    maps.upsert_peers(&report.peers.upserts())?;
+    for (net, _) in &report.peers.remove {
+        maps.remove_peer(*net)?;
+    }
+    Ok(report)
 }

@@ -21,6 +21,14 @@ use crate::{
 /// The eBPF object built from `dr-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dr"));
 
+/// FNV-1a hash of the embedded object: tells `up` whether the attached
+/// programs came from another build.
+pub fn object_hash() -> u64 {
+    EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// Which program goes where, and the name of its link pin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {

@@ -96,13 +96,34 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every IPv4 address of this network namespace.
+    pub async fn all_ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>> {
+        let mut addrs = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = addrs.try_next().await? {
+            out.extend(ipv4_of(&msg));
+        }
+        Ok(out)
+    }
+
+        /// Creates a bridge whose MAC address stays fixed: a bridge otherwise
+    /// takes the lowest MAC of its ports, which changes as containers come
+    /// and go (and the XDP path writes docker0's MAC into frames).
     pub async fn create_bridge(&self, name: &str) -> Result<Interface> {
         self.handle
             .link()
             .add(LinkBridge::new(name).build())
             .execute()
             .await?;
-        self.require_interface(name).await
+        let bridge = self.require_interface(name).await?;
+        if let Some(mac) = bridge.mac {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(bridge.index).address(mac.to_vec()).build())
+                .execute()
+                .await?;
+        }
+        Ok(bridge)
     }
 
     pub async fn add_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
 use crate::{
-    commands::{Counts, DownReport, NatEntry, PeerReport, PeerStatus, Status, Tuple, UpReport},
+    commands::{
+        ApplyReport, Counts, DownReport, NatEntry, PeerReport, PeerStatus, Status, Tuple, UpReport,
+    },
     docker_config::BipChange,
 };
 
@@ -104,6 +106,28 @@ pub fn peer_batch(b: &PeerBatch) -> String {
         "peers: {} added, {} replaced, {} unchanged\n",
         b.added, b.replaced, b.unchanged
     )
+}
+
+pub fn apply(r: &ApplyReport) -> String {
+    let mut out = format!(
+        "host {} ({}): subnet {}\nup: {}\n",
+        r.host, r.address, r.subnet, r.up
+    );
+    let d = &r.peers;
+    for (net, via) in &d.add {
+        let _ = writeln!(out, "+ peer {net} via {via}");
+    }
+    for (net, old, new) in &d.change {
+        let _ = writeln!(out, "~ peer {net} via {old} -> {new}");
+    }
+    for (net, via) in &d.remove {
+        let _ = writeln!(out, "- peer {net} via {via}");
+    }
+    let _ = writeln!(out, "= {} peers unchanged", d.unchanged);
+    if r.dry_run {
+        out.push_str("(dry run: nothing changed)\n");
+    }
+    out
 }
 
 pub fn peers(peers: &[PeerStatus]) -> String {

@@ -85,6 +85,7 @@ fn config() -> DatapathConfig {
         bridge_mac: BRIDGE_MAC,
         xdp_mode: 0,
         _pad: 0,
+        object_hash: 0,
     }
 }
 

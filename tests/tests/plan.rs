@@ -1,0 +1,246 @@
+//! The cluster plan (`dr-ctl apply`) and the Prometheus metrics, through the
+//! real dr-ctl in emulated hosts.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use dr_tests::{dr_ctl_path, netns::unique_prefix, require_root, traffic, Cluster, Host};
+use serde_json::Value;
+
+/// A plan for `hosts`, written to a fresh file.
+fn plan_file(hosts: &[&Host], extra: &str) -> std::path::PathBuf {
+    let mut text = String::from("cluster_cidr = \"10.0.0.0/16\"\nuplink = \"eth0\"\n");
+    for h in hosts {
+        text += &format!(
+            "[[host]]\nname = \"h{}\"\naddress = \"{}\"\nsubnet = \"{}\"\n",
+            h.id,
+            h.uplink_addr,
+            h.bip()
+        );
+    }
+    text += extra;
+    let path = std::env::temp_dir().join(format!("{}.toml", unique_prefix("dr-plan-")));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn apply(host: &Host, path: &std::path::Path, extra: &[&str]) -> Value {
+    let mut args = vec!["apply", "-f", path.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&host.dr(&args).unwrap()).unwrap()
+}
+
+fn peers(host: &Host) -> Vec<String> {
+    let v: Value = serde_json::from_str(&host.dr(&["peer", "list", "--json"]).unwrap()).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{} via {}",
+                p["subnet"].as_str().unwrap(),
+                p["via"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn one_plan_file_brings_up_the_whole_cluster_and_follows_its_changes() {
+    require_root();
+    let mut c = Cluster::new("drplan", 3, &dr_ctl_path()).unwrap();
+    let prefix = c.prefix.clone();
+    let all: Vec<&Host> = c.hosts.iter().collect();
+    let path = plan_file(&all, "");
+    for host in &mut c.hosts {
+        // Dry run first: it would bring dr up and add two peers, and changes nothing.
+        let dry = apply(host, &path, &["--dry-run"]);
+        assert_eq!(dry["up"], "would be brought up");
+        assert_eq!(dry["peers"]["add"].as_array().unwrap().len(), 2);
+        assert!(
+            host.ns.ip(&["link", "show", "docker0"]).is_err(),
+            "dry run changed the host"
+        );
+        let r = apply(host, &path, &[]);
+        assert_eq!(r["host"], format!("h{}", host.id));
+        assert_eq!(r["peers"]["add"].as_array().unwrap().len(), 2);
+        host.add_container(&prefix).unwrap();
+    }
+    let (h0, h1, h2) = (&c.hosts[0], &c.hosts[1], &c.hosts[2]);
+    traffic::ping(&h0.containers[0].ns, h2.containers[0].addr, 2).unwrap();
+    assert!(
+        !h0.ns.ip(&["route"]).unwrap().contains("10.0.130.0"),
+        "no kernel routes"
+    );
+
+    // Applying again changes nothing.
+    let again = apply(h0, &path, &[]);
+    assert_eq!(
+        (again["up"].as_str(), again["peers"]["unchanged"].as_u64()),
+        (Some("unchanged"), Some(2))
+    );
+    assert!(
+        again["peers"]["add"].as_array().unwrap().is_empty()
+            && again["peers"]["remove"].as_array().unwrap().is_empty()
+    );
+
+    // Host 130 leaves the plan and host 129 moves to another address, while
+    // host 128 keeps pinging host 129's container: no packet may be lost.
+    h1.ns
+        .ip(&["addr", "add", "192.168.91.140/24", "dev", "eth0"])
+        .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace(
+        "address = \"192.168.91.129\"",
+        "address = \"192.168.91.140\"",
+    );
+    let cut = text.find("[[host]]\nname = \"h130\"").unwrap();
+    std::fs::write(&path, &text[..cut]).unwrap();
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h0.containers[0].ns.name,
+            "ping",
+            "-n",
+            "-q",
+            "-i",
+            "0.01",
+            "-c",
+            "200",
+        ])
+        .arg(h1.containers[0].addr.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let dry = apply(h0, &path, &["--dry-run"]);
+    assert_eq!(dry["peers"]["change"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(dry["peers"]["remove"].as_array().unwrap().len(), 1, "{dry}");
+    let r = apply(h0, &path, &[]);
+    assert_eq!(r["peers"]["change"][0][2], "192.168.91.140");
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("200 packets transmitted, 200 received"),
+        "{text}"
+    );
+    assert_eq!(
+        peers(h0),
+        vec!["10.0.129.0/24 via 192.168.91.140".to_string()]
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn bad_plans_are_refused_naming_file_host_and_field() {
+    require_root();
+    let c = Cluster::new("drplanbad", 2, &dr_ctl_path()).unwrap();
+    let all: Vec<&Host> = c.hosts.iter().collect();
+    let h0 = &c.hosts[0];
+    let overlap =
+        "[[host]]\nname = \"x\"\naddress = \"192.168.91.200\"\nsubnet = \"10.0.128.129/25\"\n";
+    let cases = [
+        (plan_file(&all, overlap), vec![], "host \"x\": subnet: 10.0.128.128/25 overlaps host \"h128\""),
+        (plan_file(&all, "[[host]]\nname = \"h128\"\naddress = \"192.168.91.201\"\nsubnet = \"10.0.200.1/24\"\n"), vec![], "host \"h128\": name: given twice"),
+        (plan_file(&all, ""), vec!["--host", "h129"], "host \"h129\": address: 192.168.91.129 is not an address of this machine"),
+        (plan_file(&all[1..], ""), vec![], "no host entry has an address of this machine"),
+    ];
+    for (path, extra, expect) in cases {
+        let mut args = vec!["apply", "-f", path.to_str().unwrap()];
+        args.extend(extra.iter().copied());
+        let out = h0.dr_output(&args).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(path.to_str().unwrap()) && stderr.contains(expect),
+            "{stderr}"
+        );
+        assert!(
+            h0.ns.ip(&["link", "show", "docker0"]).is_err(),
+            "a refused plan changed the host"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// Parses the Prometheus text format into (series, value).
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            (
+                series.to_string(),
+                value
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad value in {l:?}")),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_are_served_in_the_prometheus_text_format() {
+    require_root();
+    let mut c = Cluster::new("drmetrics", 2, &dr_ctl_path()).unwrap();
+    c.up_all(1).unwrap();
+    let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
+    traffic::ping(&h0.containers[0].ns, h1.containers[0].addr, 3).unwrap();
+
+    let once = parse_metrics(&h0.dr(&["metrics"]).unwrap());
+    let get =
+        |m: &[(String, f64)], series: &str| m.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
+    assert!(get(&once, "dr_packets_total{verdict=\"to_peer\"}").unwrap() >= 3.0);
+    assert_eq!(get(&once, "dr_peers"), Some(1.0));
+
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &h0.ns.name])
+        .arg(dr_ctl_path())
+        .args(["metrics", "--listen", "127.0.0.1:19464"])
+        .spawn()
+        .unwrap();
+    let scrape = || -> Option<String> {
+        let mut conn = h0
+            .ns
+            .enter(|| TcpStream::connect("127.0.0.1:19464"))
+            .ok()?
+            .ok()?;
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: dr\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response).ok()?;
+        Some(response)
+    };
+    let response = (0..50)
+        .find_map(|_| {
+            scrape().or_else(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            })
+        })
+        .expect("metrics endpoint answers");
+    let _ = server.kill();
+    let _ = server.wait();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("text/plain"),
+        "{head}"
+    );
+    let m = parse_metrics(body);
+    let peer = format!(
+        "dr_peer_packets_total{{subnet=\"{}\",via=\"{}\",direction=\"to_peer\"}}",
+        h1.subnet(),
+        h1.uplink_addr
+    );
+    assert!(get(&m, &peer).unwrap() >= 3.0, "{body}");
+    assert!(get(&m, "dr_packets_total{verdict=\"drop_spoofed_source\"}").is_some());
+    assert_eq!(get(&m, "dr_xdp_info{mode=\"off\"}"), Some(1.0));
+    assert!(body.contains("# TYPE dr_packets_total counter"));
+}
