@@ -113,8 +113,10 @@ pub struct Timeouts {
     pub tcp_established: u32,
     pub tcp_closing: u32,
     pub tcp_closed: u32,
+    pub tcp_time_wait: u32,
     pub udp: u32,
     pub icmp: u32,
+    pub _pad: u32,
 }
 
 impl Default for Timeouts {
@@ -124,9 +126,11 @@ impl Default for Timeouts {
             tcp_syn: 60,
             tcp_established: 7440,
             tcp_closing: 120,
-            tcp_closed: 10,
+            tcp_closed: 2,
+            tcp_time_wait: 60,
             udp: 60,
             icmp: 30,
+            _pad: 0,
         }
     }
 }
@@ -142,11 +146,15 @@ pub enum State {
     TcpFinOut = 3,
     /// TCP: the remote sent FIN; the container may still send.
     TcpFinIn = 4,
-    /// TCP: FIN both ways, or a RST. Kept briefly for the last ACKs and
-    /// retransmissions; the port then becomes free for new flows.
+    /// TCP: FIN both ways with the container closing first, or a RST. The
+    /// remote holds no TIME_WAIT for the translated tuple, so the port is
+    /// free again after a short grace for the last ACKs.
     TcpClosed = 5,
     Udp = 6,
     Icmp = 7,
+    /// TCP: FIN both ways with the remote closing first: the remote holds
+    /// TIME_WAIT for the translated tuple, so the port is kept as long.
+    TcpTimeWait = 8,
 }
 
 /// TCP flag bits (byte 13 of the header).
@@ -165,6 +173,7 @@ impl State {
             5 => State::TcpClosed,
             6 => State::Udp,
             7 => State::Icmp,
+            8 => State::TcpTimeWait,
             _ => return None,
         })
     }
@@ -176,6 +185,7 @@ impl State {
             State::TcpFinOut => "fin_out",
             State::TcpFinIn => "fin_in",
             State::TcpClosed => "closed",
+            State::TcpTimeWait => "time_wait",
             State::Udp => "udp",
             State::Icmp => "icmp",
         }
@@ -199,18 +209,18 @@ impl State {
         } else {
             State::TcpFinOut
         };
-        let fin_there = if reply {
-            State::TcpFinOut
-        } else {
-            State::TcpFinIn
-        };
+        let closed = matches!(self, State::TcpClosed | State::TcpTimeWait);
         match self {
             State::Udp | State::Icmp => self,
             // A new SYN after a close reopens the flow (the same 4-tuple reused).
-            State::TcpClosed if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => State::TcpSynSent,
+            _ if closed && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 && !reply => {
+                State::TcpSynSent
+            }
             _ if flags & TCP_RST != 0 => State::TcpClosed,
-            s if flags & TCP_FIN != 0 && s == fin_there => State::TcpClosed,
-            State::TcpClosed => State::TcpClosed,
+            // The second FIN: whoever sent the first one holds TIME_WAIT.
+            State::TcpFinOut if flags & TCP_FIN != 0 && reply => State::TcpClosed,
+            State::TcpFinIn if flags & TCP_FIN != 0 && !reply => State::TcpTimeWait,
+            _ if closed => self,
             s if flags & TCP_FIN != 0 && s != fin_here => fin_here,
             State::TcpSynSent if reply || flags & TCP_SYN == 0 => State::TcpEstablished,
             other => other,
@@ -225,6 +235,7 @@ impl State {
             State::TcpEstablished => t.tcp_established,
             State::TcpFinOut | State::TcpFinIn => t.tcp_closing,
             State::TcpClosed => t.tcp_closed,
+            State::TcpTimeWait => t.tcp_time_wait,
             State::Udp => t.udp,
             State::Icmp => t.icmp,
         }
@@ -263,7 +274,8 @@ mod tests {
             State::TcpFinIn,
             "retransmitted FIN"
         );
-        assert_eq!(half.next(TCP_FIN | TCP_ACK, false), State::TcpClosed);
+        assert_eq!(half.next(TCP_FIN | TCP_ACK, false), State::TcpTimeWait);
+        assert_eq!(State::TcpTimeWait.next(TCP_ACK, true), State::TcpTimeWait);
         // Container closes first.
         assert_eq!(s.next(TCP_FIN, false).next(TCP_FIN, true), State::TcpClosed);
         assert_eq!(State::TcpClosed.next(TCP_ACK, false), State::TcpClosed);
@@ -288,7 +300,8 @@ mod tests {
         };
         assert!(!flow.expired(3_000_000_000, &t));
         assert!(flow.expired(3_000_000_001, &t));
-        assert_eq!(State::TcpClosed.timeout_secs(&t), 10);
+        assert_eq!(State::TcpClosed.timeout_secs(&t), 2);
+        assert_eq!(State::TcpTimeWait.timeout_secs(&t), 60);
         assert_eq!(State::TcpFinOut.timeout_secs(&t), 120);
     }
 

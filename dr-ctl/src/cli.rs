@@ -71,7 +71,8 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         nat_table_size: Option<u32>,
         /// Idle timeout, repeatable: tcp-syn, tcp-established, tcp-closing (one FIN seen),
-        /// tcp-closed (FIN both ways, or RST), udp or icmp [defaults: 60, 7440, 120, 10, 60, 30].
+        /// tcp-closed (the container closed first, or RST), tcp-time-wait (the remote closed
+        /// first), udp or icmp [defaults: 60, 7440, 120, 2, 60, 60, 30].
         #[arg(long, value_name = "KIND=SECONDS")]
         nat_timeout: Vec<String>,
     },

@@ -101,6 +101,7 @@ pub struct TimeoutsReport {
     pub tcp_established: u32,
     pub tcp_closing: u32,
     pub tcp_closed: u32,
+    pub tcp_time_wait: u32,
     pub udp: u32,
     pub icmp: u32,
 }
@@ -112,6 +113,7 @@ impl From<Timeouts> for TimeoutsReport {
             tcp_established: t.tcp_established,
             tcp_closing: t.tcp_closing,
             tcp_closed: t.tcp_closed,
+            tcp_time_wait: t.tcp_time_wait,
             udp: t.udp,
             icmp: t.icmp,
         }

@@ -52,7 +52,7 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
 }
 
 /// `udp=30`: sets one timeout (seconds). Kinds: tcp-syn, tcp-established,
-/// tcp-closing, tcp-closed, udp, icmp.
+/// tcp-closing, tcp-closed, tcp-time-wait, udp, icmp.
 pub fn parse_timeout(s: &str, t: &mut Timeouts) -> Result<()> {
     let bad = |why: &str| Error::Invalid(format!("invalid --nat-timeout {s:?}: {why}"));
     let (kind, secs) = s
@@ -68,12 +68,13 @@ pub fn parse_timeout(s: &str, t: &mut Timeouts) -> Result<()> {
         "tcp-syn" => &mut t.tcp_syn,
         "tcp-established" => &mut t.tcp_established,
         "tcp-closing" => &mut t.tcp_closing,
-        "tcp-closed" => &mut t.tcp_closed,
+                "tcp-closed" => &mut t.tcp_closed,
+        "tcp-time-wait" => &mut t.tcp_time_wait,
         "udp" => &mut t.udp,
         "icmp" => &mut t.icmp,
         _ => {
             return Err(bad(
-                "KIND is one of tcp-syn, tcp-established, tcp-closing, tcp-closed, udp, icmp",
+                "KIND is one of tcp-syn, tcp-established, tcp-closing, tcp-closed, tcp-time-wait, udp, icmp",
             ))
         }
     };

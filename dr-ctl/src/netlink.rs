@@ -106,7 +106,7 @@ impl Netlink {
         Ok(out)
     }
 
-        /// Creates a bridge whose MAC address stays fixed: a bridge otherwise
+    /// Creates a bridge whose MAC address stays fixed: a bridge otherwise
     /// takes the lowest MAC of its ports, which changes as containers come
     /// and go (and the XDP path writes docker0's MAC into frames).
     pub async fn create_bridge(&self, name: &str) -> Result<Interface> {
@@ -119,7 +119,11 @@ impl Netlink {
         if let Some(mac) = bridge.mac {
             self.handle
                 .link()
-                .set(LinkUnspec::new_with_index(bridge.index).address(mac.to_vec()).build())
+                .set(
+                    LinkUnspec::new_with_index(bridge.index)
+                        .address(mac.to_vec())
+                        .build(),
+                )
                 .execute()
                 .await?;
         }

@@ -183,7 +183,18 @@ fn allocate(key: &FlowKey, cfg: &DatapathConfig, now: u64, tcp_flags: u8) -> Res
         .checked_rem(range)
         .unwrap_or(0);
     for i in 0..PORT_TRIES {
-        let offset = start.wrapping_add(i).checked_rem(range).unwrap_or(0);
+        // A small range is scanned whole; in a large one, independent random
+        // candidates avoid the clusters a linear probe runs into when busy.
+        let offset = if range <= PORT_TRIES {
+            start.wrapping_add(i).checked_rem(range).unwrap_or(0)
+        } else if i == 0 {
+            start
+        } else {
+            // SAFETY: no arguments.
+            unsafe { bpf_get_prandom_u32() }
+                .checked_rem(range)
+                .unwrap_or(0)
+        };
         let port = (cfg.nat_port_min.wrapping_add(offset) as u16).to_be();
         let rkey = key.reverse(port);
         if NAT_REVERSE

@@ -161,7 +161,7 @@ pub fn parallel(streams: usize, f: impl Fn() -> Result<f64> + Sync) -> Result<f6
     })
 }
 
-/// Connections per second: connect, one byte each way, close.
+/// Connections per second: connect, one byte each way, close (with RST).
 pub fn tcp_crr(client: &Netns, target: SocketAddr, duration: Duration) -> Result<f64> {
     // Sockets are created in the namespace once per connection; keep a
     // thread there instead of entering it each time.
@@ -176,6 +176,9 @@ pub fn tcp_crr(client: &Netns, target: SocketAddr, duration: Duration) -> Result
             conn.set_read_timeout(Some(Duration::from_secs(2)))?;
             conn.write_all(&byte)?;
             conn.read_exact(&mut byte)?;
+            // Close with RST: no TIME_WAIT piles up, so the rate measures the
+            // path and not the client's ephemeral port space running out.
+            socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO))?;
             drop(conn);
             n += 1;
         }

@@ -270,6 +270,50 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Applying a plan of `n` hosts on one of them: the first apply (dr up,
+    /// n-1 peers) and a repeated one (nothing to change).
+    fn apply_round(&mut self, n: usize, round: usize) -> Result<()> {
+        let mut plan = String::from("cluster_cidr = \"10.0.0.0/8\"\n");
+        for i in 0..n {
+            let _ = writeln!(
+                plan,
+                "[[host]]\nname = \"n{i}\"\naddress = \"172.16.{}.{}\"\nsubnet = \"10.{}.{}.1/24\"",
+                i / 250,
+                i % 250 + 1,
+                i / 256,
+                i % 256
+            );
+        }
+        let path = std::env::temp_dir().join(format!("{}.toml", unique_prefix("dr-bench-plan-")));
+        std::fs::write(&path, plan)?;
+        let ns = Netns::add(&unique_prefix("drapply"))?;
+        ns.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ])?;
+        ns.ip(&["addr", "add", "172.16.0.1/16", "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        let dr_ctl = self.dr_ctl.to_str().context("path")?.to_string();
+        let file = path.to_str().context("path")?;
+        for what in ["first", "repeated"] {
+            let start = Instant::now();
+            ns.exec(&dr_ctl, &["apply", "-f", file, "--host", "n0"])?;
+            let secs = start.elapsed().as_secs_f64();
+            self.record(
+                "install",
+                &format!("dr-ctl apply ({what})"),
+                round,
+                &format!("apply_{n}_host_plan"),
+                "s",
+                secs,
+            );
+        }
+        ns.exec(&dr_ctl, &["down"])?;
+        std::fs::remove_file(path)?;
+        Ok(())
+    }
+}
+
 /// `n` disjoint /24 peer subnets outside the cluster (100.64.0.0/10 onward).
 fn peer_file(n: usize, via: std::net::Ipv4Addr) -> Result<PathBuf> {
     let path = std::env::temp_dir().join(unique_prefix("dr-peers-"));
@@ -373,7 +417,7 @@ fn markdown(rows: &[Row], machine: &str, opts_line: &str) -> String {
     for (group, title) in [
         ("ceiling", "Ceilings (no dr, no recipe)"),
         ("scale", "dr-tc with many peer subnets in the map"),
-        ("install", "Installing peers"),
+        ("install", "Installing peers and applying plans"),
     ] {
         let part: Vec<&Row> = rows.iter().filter(|r| r.0 == group).collect();
         if part.is_empty() {
@@ -416,7 +460,7 @@ pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
     let started = Instant::now();
     let mut bench = Bench {
         dr_ctl: dr_ctl.to_path_buf(),
-        duration: Duration::from_secs_f64(if opts.quick { 1.0 } else { 3.0 }),
+        duration: Duration::from_secs_f64(if opts.quick { 0.5 } else { 3.0 }),
         samples: Vec::new(),
     };
     let scales: &[usize] = if opts.quick {
@@ -440,6 +484,7 @@ pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
             bench.scale_round(n, round)?;
         }
         bench.install_round(install, round)?;
+        bench.apply_round(if opts.quick { 100 } else { 1000 }, round)?;
     }
     let rows = summarize(&bench.samples);
     let opts_line = format!(

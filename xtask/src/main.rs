@@ -30,7 +30,7 @@ enum Task {
         /// A short run for smoke testing (about two minutes).
         #[arg(long)]
         quick: bool,
-        /// Rounds; modes are interleaved within each round [default: 5, quick: 2].
+        /// Rounds; modes are interleaved within each round [default: 5, quick: 1].
         #[arg(long)]
         rounds: Option<usize>,
     },
@@ -89,7 +89,7 @@ fn main() -> Result<()> {
             run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])?;
             let opts = bench::Options {
                 quick,
-                rounds: rounds.unwrap_or(if quick { 2 } else { 5 }),
+                rounds: rounds.unwrap_or(if quick { 1 } else { 5 }),
                 results: workspace_root().join("results"),
             };
             bench::run_bench(&dr_ctl("release"), &opts)
