@@ -23,8 +23,9 @@ if [ -z "$LLVM" ]; then
   exit 1
 fi
 
+# protobuf-compiler builds the etcd client; etcd-server runs in the agent tests.
 PKGS="llvm-${LLVM}-dev libpolly-${LLVM}-dev iproute2 iputils-ping iperf3 bpftool \
-iptables nftables conntrack tcpdump socat ethtool procps kmod"
+iptables nftables conntrack tcpdump socat ethtool procps kmod protobuf-compiler etcd-server"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -33,8 +34,15 @@ if [ -n "$missing" ]; then
   echo "bootstrap: installing$missing"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Packages must not start services (etcd-server would): tests start their own.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
+  fi
   # shellcheck disable=SC2086
   apt-get install -y -qq $missing >/dev/null
+  [ -z "$own_policy" ] || rm -f "$policy"
 fi
 
 if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then

@@ -878,12 +878,20 @@ pub async fn apply(args: &ApplyArgs) -> Result<ApplyReport> {
     } else {
         "unchanged"
     };
+    report.peers = reconcile_peers(&wanted)?;
+    Ok(report)
+}
+
+/// Makes the peer map exactly `wanted` (already validated): new and switched
+/// peers are written before stale ones are removed, so a peer that stays is
+/// never missing. Returns what changed.
+pub fn reconcile_peers(wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<PeerDiff> {
     let (_pins, _lock, mut maps, _) = open_up()?;
     let current: Vec<_> = maps.peers()?.iter().map(|p| (p.subnet, p.via)).collect();
-    report.peers = PeerDiff::between(&current, &wanted);
-    maps.upsert_peers(&report.peers.upserts())?;
-    for (net, _) in &report.peers.remove {
+    let diff = PeerDiff::between(&current, wanted);
+    maps.upsert_peers(&diff.upserts())?;
+    for (net, _) in &diff.remove {
         maps.remove_peer(*net)?;
     }
-    Ok(report)
+    Ok(diff)
 }

@@ -1,4 +1,5 @@
 //! dr-ctl: the control plane of dr. See ARCHITECTURE.md.
+pub mod agent;
 pub mod bpffs;
 pub mod cli;
 pub mod commands;

@@ -8,6 +8,7 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_env("DR_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()

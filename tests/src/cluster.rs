@@ -181,21 +181,27 @@ impl Cluster {
             router: None,
             switch,
         };
-        for i in 0..hosts {
-            let id = FIRST_HOST + i as u8;
-            let ns = Netns::add(&format!("{}-h{id}", cluster.prefix))?;
-            let uplink_addr = Ipv4Addr::new(192, 168, 91, id);
-            cluster.plug(&ns, &format!("p{id}"), uplink_addr)?;
-            cluster.hosts.push(Host {
-                id,
-                uplink_addr,
-                containers: Vec::new(),
-                pin_inode: ns.inode()?,
-                dr_ctl: dr_ctl.to_path_buf(),
-                ns,
-            });
+        for _ in 0..hosts {
+            cluster.add_host(dr_ctl)?;
         }
         Ok(cluster)
+    }
+
+    /// Adds a host on the segment (the next id: 128, 129, ...), without dr.
+    pub fn add_host(&mut self, dr_ctl: &Path) -> Result<&mut Host> {
+        let id = FIRST_HOST + self.hosts.len() as u8;
+        let ns = Netns::add(&format!("{}-h{id}", self.prefix))?;
+        let uplink_addr = Ipv4Addr::new(192, 168, 91, id);
+        self.plug(&ns, &format!("p{id}"), uplink_addr)?;
+        self.hosts.push(Host {
+            id,
+            uplink_addr,
+            containers: Vec::new(),
+            pin_inode: ns.inode()?,
+            dr_ctl: dr_ctl.to_path_buf(),
+            ns,
+        });
+        Ok(self.hosts.last_mut().expect("just pushed"))
     }
 
     /// Connects `ns` to the segment as eth0 with `addr`/24.

@@ -1,0 +1,337 @@
+//! `dr-ctl agent`: keeps this host's peers in step with the cluster through
+//! etcd, in place of editing a plan by hand.
+//!
+//! Each host registers `<prefix>subnets/<network>-<len>` → `{name, address,
+//! subnet}` under a lease that it keeps alive; the key vanishes when the host
+//! (or its agent) dies. A subnet is claimed with a transaction that succeeds
+//! only if the key does not exist, so two agents never get the same subnet.
+//! The agent watches the prefix and reconciles the peer map on every change
+//! (upserts before removals). Lost connections, an expired lease or an etcd
+//! restart end the session; the next one reconnects, re-registers (keeping
+//! the same subnet) and resynchronises. The datapath never waits on etcd:
+//! while it is away, the peers last applied keep forwarding.
+use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    commands::{self, UpArgs},
+    error::{Error, Result},
+    nat_plan::NatPlan,
+    netlink::Netlink,
+    subnet::{check_peers, LocalSubnet},
+};
+
+/// What the agent needs besides `up`'s arguments.
+#[derive(Clone, Debug)]
+pub struct AgentArgs {
+    pub etcd: Vec<String>,
+    /// Key prefix, ending in `/`.
+    pub prefix: String,
+    /// This host's name in the registry; None: the uplink's address.
+    pub name: Option<String>,
+    pub bridge: String,
+    pub uplink: String,
+    pub xdp: bool,
+    /// SNAT settings; the cluster CIDR is also where subnets are leased from.
+    pub nat: NatPlan,
+    /// A fixed subnet to register; None leases a free one from the cluster CIDR.
+    pub subnet: Option<LocalSubnet>,
+    pub subnet_prefix: u8,
+    pub lease_ttl: i64,
+}
+
+/// One host's entry in etcd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub name: String,
+    pub address: Ipv4Addr,
+    /// docker0's address with the prefix (Docker's bip).
+    pub subnet: String,
+}
+
+fn etcd_err(e: etcd_client::Error) -> Error {
+    Error::Invalid(format!("etcd: {e}"))
+}
+
+fn subnet_key(prefix: &str, net: &Ipv4Net) -> String {
+    format!("{prefix}subnets/{}-{}", net.network(), net.prefix_len())
+}
+
+/// The subnets a leasing agent tries, in order: its previous one, then every
+/// `/len` of the cluster CIDR.
+fn candidates(args: &AgentArgs, previous: Option<LocalSubnet>) -> Result<Vec<LocalSubnet>> {
+    if let Some(fixed) = args.subnet {
+        return Ok(vec![fixed]);
+    }
+    let cluster = args
+        .nat
+        .cluster_cidr
+        .ok_or_else(|| Error::Invalid("the agent needs --cluster-cidr".into()))?;
+    let mut out: Vec<LocalSubnet> = previous.into_iter().collect();
+    let subnets = cluster.subnets(args.subnet_prefix).map_err(|_| {
+        Error::Invalid(format!(
+            "--subnet-prefix {} is shorter than the cluster CIDR",
+            args.subnet_prefix
+        ))
+    })?;
+    for net in subnets {
+        let gateway = Ipv4Addr::from(u32::from(net.network()) + 1);
+        out.push(LocalSubnet { gateway, net });
+    }
+    Ok(out)
+}
+
+/// Registers this host under `lease`, on its previous subnet if it still
+/// can. Returns the subnet.
+async fn claim(
+    client: &mut Client,
+    args: &AgentArgs,
+    name: &str,
+    address: Ipv4Addr,
+    lease: i64,
+    previous: Option<LocalSubnet>,
+) -> Result<LocalSubnet> {
+    let registered = registrations(client, &args.prefix).await?.1;
+    // After a restart of ours, our own entry (if its lease still lives) wins.
+    let mine = registered
+        .values()
+        .find(|r| r.name == name)
+        .and_then(|r| LocalSubnet::parse(&r.subnet).ok());
+    for subnet in mine.into_iter().chain(candidates(args, previous)?) {
+        let key = subnet_key(&args.prefix, &subnet.net);
+        let record = Registration {
+            name: name.to_string(),
+            address,
+            subnet: subnet.bip(),
+        };
+        let value = serde_json::to_string(&record).expect("serializable");
+        let put = TxnOp::put(
+            key.clone(),
+            value.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        let created = client
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([put.clone()]),
+            )
+            .await
+            .map_err(etcd_err)?;
+        if created.succeeded() {
+            return Ok(subnet);
+        }
+        // Taken: ours (re-registration under a new lease) or another host's.
+        let current = client.get(key.clone(), None).await.map_err(etcd_err)?;
+        let owner: Option<Registration> = current
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice(kv.value()).ok());
+        if owner.as_ref().is_some_and(|o| o.name == name) {
+            let old = current.kvs()[0].value().to_vec();
+            let moved = client
+                .txn(
+                    Txn::new()
+                        .when([Compare::value(key.clone(), CompareOp::Equal, old)])
+                        .and_then([put]),
+                )
+                .await
+                .map_err(etcd_err)?;
+            if moved.succeeded() {
+                return Ok(subnet);
+            }
+        } else if args.subnet.is_some() {
+            return Err(Error::Conflict(format!(
+                "subnet {} is registered by host {:?}",
+                subnet.net,
+                owner.map_or_else(|| "?".to_string(), |o| o.name)
+            )));
+        }
+    }
+    Err(Error::Conflict(
+        "no free subnet left in the cluster CIDR".into(),
+    ))
+}
+
+/// Every registration under the prefix, by key, and the store's revision.
+async fn registrations(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<(i64, HashMap<String, Registration>)> {
+    let resp = client
+        .get(
+            format!("{prefix}subnets/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(etcd_err)?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let mut out = HashMap::new();
+    for kv in resp.kvs() {
+        match (
+            kv.key_str(),
+            serde_json::from_slice::<Registration>(kv.value()),
+        ) {
+            (Ok(k), Ok(r)) => {
+                out.insert(k.to_string(), r);
+            }
+            _ => warn!("ignoring an unreadable registration"),
+        }
+    }
+    Ok((revision, out))
+}
+
+/// Makes the peer map match the registrations of the other hosts. An entry
+/// that does not fit this host (bad subnet, address off the uplink's
+/// network, overlap) is skipped with a warning rather than failing the rest.
+async fn reconcile(
+    nl: &Netlink,
+    args: &AgentArgs,
+    name: &str,
+    me: &LocalSubnet,
+    regs: &HashMap<String, Registration>,
+) -> Result<()> {
+    let uplink = nl.require_interface(&args.uplink).await?;
+    let uplink_nets = nl.ipv4_addresses(uplink.index).await?;
+    let mut wanted: Vec<(Ipv4Net, Ipv4Addr)> = Vec::new();
+    let mut others: Vec<&Registration> = regs.values().filter(|r| r.name != name).collect();
+    others.sort_by(|a, b| a.subnet.cmp(&b.subnet));
+    for r in others {
+        let Ok(s) = LocalSubnet::parse(&r.subnet) else {
+            warn!("host {:?}: bad subnet {:?}", r.name, r.subnet);
+            continue;
+        };
+        let mut next = wanted.clone();
+        next.push((s.net, r.address));
+        match check_peers(&next, me, &uplink_nets, &[]) {
+            Ok(_) => wanted = next,
+            Err(e) => warn!("host {:?}: {e}", r.name),
+        }
+    }
+    let diff = commands::reconcile_peers(&wanted)?;
+    if !diff.is_empty() {
+        info!(
+            "peers: +{} ~{} -{}",
+            diff.add.len(),
+            diff.change.len(),
+            diff.remove.len()
+        );
+    }
+    Ok(())
+}
+
+/// One connection's worth of work: register, sync, then follow changes.
+/// Returns (with the subnet held) when the connection or the lease is lost.
+async fn session(
+    client: &mut Client,
+    nl: &Netlink,
+    args: &AgentArgs,
+    held: &mut Option<LocalSubnet>,
+) -> Result<()> {
+    let uplink = nl.require_interface(&args.uplink).await?;
+    let address = nl
+        .ipv4_addresses(uplink.index)
+        .await?
+        .first()
+        .map(|n| n.addr())
+        .ok_or_else(|| Error::Invalid(format!("uplink {} has no IPv4 address", args.uplink)))?;
+    let name = args.name.clone().unwrap_or_else(|| address.to_string());
+    let lease = client
+        .lease_grant(args.lease_ttl, None)
+        .await
+        .map_err(etcd_err)?
+        .id();
+    let subnet = claim(client, args, &name, address, lease, *held).await?;
+    if *held != Some(subnet) {
+        let up = UpArgs {
+            xdp: args.xdp,
+            bridge: args.bridge.clone(),
+            subnet,
+            uplink: args.uplink.clone(),
+            docker_config: None,
+            nat: args.nat.clone(),
+        };
+        commands::up(&up).await?;
+        info!(
+            "registered {} as {name:?} (lease ttl {} s)",
+            subnet.bip(),
+            args.lease_ttl
+        );
+        *held = Some(subnet);
+    }
+    let (mut keeper, mut keep_alive) = client.lease_keep_alive(lease).await.map_err(etcd_err)?;
+    let (revision, mut regs) = registrations(client, &args.prefix).await?;
+    reconcile(nl, args, &name, &subnet, &regs).await?;
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut watch = client
+        .watch(format!("{}subnets/", args.prefix), Some(options))
+        .await
+        .map_err(etcd_err)?;
+    let mut refresh = tokio::time::interval(Duration::from_millis(
+        (args.lease_ttl as u64 * 1000 / 3).max(200),
+    ));
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = refresh.tick() => {
+                keeper.keep_alive().await.map_err(etcd_err)?;
+                match keep_alive.message().await.map_err(etcd_err)? {
+                    Some(r) if r.ttl() > 0 => {}
+                    _ => return Err(Error::Conflict("lease lost".into())),
+                }
+            }
+            message = watch.message() => {
+                let Some(resp) = message.map_err(etcd_err)? else {
+                    return Err(Error::Conflict("watch closed".into()));
+                };
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let Ok(key) = kv.key_str() else { continue };
+                    match event.event_type() {
+                        EventType::Put => match serde_json::from_slice(kv.value()) {
+                            Ok(r) => { regs.insert(key.to_string(), r); }
+                            Err(_) => warn!("ignoring an unreadable registration at {key}"),
+                        },
+                        EventType::Delete => { regs.remove(key); }
+                    }
+                }
+                                reconcile(nl, args, &name, &subnet, &regs).await?;
+            }
+            _ = housekeeping.tick() => {
+                // The XDP path's endpoints and expired translations; failures
+                // here never end the session.
+                if let Err(e) = commands::sync().await { warn!("sync: {e}"); }
+                if let Err(e) = commands::nat_gc() { warn!("nat gc: {e}"); }
+            }
+        }
+    }
+}
+
+/// Runs until killed, reconnecting to etcd as needed.
+pub async fn run(args: &AgentArgs) -> Result<()> {
+    let nl = Netlink::connect()?;
+    nl.require_interface(&args.uplink).await?;
+    let mut held = None;
+    loop {
+        match Client::connect(&args.etcd, None).await {
+            Ok(mut client) => {
+                if let Err(e) = session(&mut client, &nl, args, &mut held).await {
+                    if matches!(e, Error::Conflict(ref m) if m.starts_with("subnet ")) {
+                        return Err(e);
+                    }
+                    warn!("etcd session ended: {e}; reconnecting");
+                }
+            }
+            Err(e) => warn!("connecting to etcd {:?}: {e}", args.etcd),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

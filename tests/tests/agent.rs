@@ -1,0 +1,261 @@
+//! The etcd-backed agent: Debian's etcd-server runs in the switch namespace,
+//! each emulated host runs `dr-ctl agent`.
+use std::{
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use dr_tests::{dr_ctl_path, netns::unique_prefix, require_root, traffic, Cluster, Host};
+use serde_json::Value;
+
+const ETCD_ADDR: &str = "192.168.91.250";
+
+/// etcd in the switch namespace, with its data in a directory of ours.
+struct Etcd {
+    child: Option<Child>,
+    data: PathBuf,
+    ns: String,
+}
+
+impl Etcd {
+    fn start(c: &Cluster, data: Option<PathBuf>) -> Etcd {
+        if data.is_none() {
+            c.switch
+                .ip(&["addr", "add", &format!("{ETCD_ADDR}/24"), "dev", "br0"])
+                .unwrap();
+        }
+        let data = data.unwrap_or_else(|| std::env::temp_dir().join(unique_prefix("dr-etcd-")));
+        let url = format!("http://{ETCD_ADDR}:2379");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &c.switch.name, "etcd", "--name", "dr-test"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+            ])
+            .args(["--initial-cluster", "dr-test=http://127.0.0.1:2380"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server)");
+        let etcd = Etcd {
+            child: Some(child),
+            data,
+            ns: c.switch.name.clone(),
+        };
+        let ready = wait_for(Duration::from_secs(20), || {
+            c.switch
+                .enter(|| TcpStream::connect((ETCD_ADDR, 2379)).is_ok())
+                .unwrap_or(false)
+        });
+        assert!(ready, "etcd did not start in {}", etcd.ns);
+        etcd
+    }
+
+    /// Kills etcd and returns its data directory, for a restart.
+    fn kill(mut self) -> PathBuf {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::mem::take(&mut self.data)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !self.data.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.data);
+        }
+    }
+}
+
+fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// `dr-ctl agent` on `host` with its own subnet (or a leased one).
+fn agent(host: &Host, own_subnet: bool) -> Child {
+    let mut args = vec![
+        "agent".to_string(),
+        "--etcd".into(),
+        format!("http://{ETCD_ADDR}:2379"),
+        "--cluster-cidr".into(),
+        "10.0.0.0/16".into(),
+        "--uplink".into(),
+        "eth0".into(),
+        "--name".into(),
+        format!("h{}", host.id),
+        "--lease-ttl".into(),
+        "2".into(),
+    ];
+    if own_subnet {
+        args.extend(["--subnet".into(), host.bip()]);
+    }
+    Command::new("ip")
+        .args(["netns", "exec", &host.ns.name])
+        .arg(dr_ctl_path())
+        .args(&args)
+        .stdout(Stdio::null())
+        // Reconnection warnings while etcd restarts are expected.
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dr-ctl agent")
+}
+
+struct Agents(Vec<Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for a in &mut self.0 {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+fn peers(host: &Host) -> Vec<String> {
+    let Ok(out) = host.dr(&["peer", "list", "--json"]) else {
+        return Vec::new();
+    };
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let mut p: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["subnet"].as_str().unwrap().to_string())
+        .collect();
+    p.sort();
+    p
+}
+
+fn converged(c: &Cluster, live: &[usize]) -> bool {
+    live.iter().all(|&i| {
+        let mut want: Vec<String> = live
+            .iter()
+            .filter(|&&j| j != i)
+            .map(|&j| c.hosts[j].subnet())
+            .collect();
+        want.sort();
+        peers(&c.hosts[i]) == want
+    })
+}
+
+#[test]
+fn agents_converge_follow_joins_and_deaths_and_survive_an_etcd_restart() {
+    require_root();
+    let mut c = Cluster::new("dragent", 3, &dr_ctl_path()).unwrap();
+    let etcd = Etcd::start(&c, None);
+    let mut agents = Agents(c.hosts.iter().map(|h| agent(h, true)).collect());
+    assert!(
+        wait_for(Duration::from_secs(15), || converged(&c, &[0, 1, 2])),
+        "three agents did not converge"
+    );
+    let prefix = c.prefix.clone();
+    for host in &mut c.hosts {
+        host.add_container(&prefix).unwrap();
+    }
+    traffic::ping(
+        &c.hosts[0].containers[0].ns,
+        c.hosts[2].containers[0].addr,
+        2,
+    )
+    .unwrap();
+
+    // A new host joins: everyone reaches it.
+    let dr_ctl = dr_ctl_path();
+    c.add_host(&dr_ctl).unwrap();
+    agents.0.push(agent(&c.hosts[3], true));
+    assert!(
+        wait_for(Duration::from_secs(10), || converged(&c, &[0, 1, 2, 3])),
+        "the new host was not seen"
+    );
+    c.hosts[3].add_container(&prefix).unwrap();
+    traffic::ping(
+        &c.hosts[0].containers[0].ns,
+        c.hosts[3].containers[0].addr,
+        2,
+    )
+    .unwrap();
+
+    // Host 129's agent dies: its lease expires and the others drop its subnet.
+    let mut dead = agents.0.remove(1);
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || converged(&c, &[0, 2, 3])),
+        "the dead host's entry stayed"
+    );
+    // Its own datapath keeps what it had: a dead agent changes nothing locally.
+    assert_eq!(peers(&c.hosts[1]).len(), 3);
+
+    // etcd restarts under the agents: they reconnect, nothing is lost, and
+    // they follow changes again.
+    let data = etcd.kill();
+    traffic::ping(
+        &c.hosts[0].containers[0].ns,
+        c.hosts[3].containers[0].addr,
+        2,
+    )
+    .unwrap();
+    let _etcd = Etcd::start(&c, Some(data));
+    agents.0.insert(1, agent(&c.hosts[1], true));
+    assert!(
+        wait_for(Duration::from_secs(15), || converged(&c, &[0, 1, 2, 3])),
+        "agents did not reconnect"
+    );
+    traffic::ping(
+        &c.hosts[1].containers[0].ns,
+        c.hosts[3].containers[0].addr,
+        2,
+    )
+    .unwrap();
+}
+
+#[test]
+fn leased_subnets_are_never_shared() {
+    require_root();
+    let c = Cluster::new("drlease", 3, &dr_ctl_path()).unwrap();
+    let _etcd = Etcd::start(&c, None);
+    // Started together, all racing for the first free subnet.
+    let _agents = Agents(c.hosts.iter().map(|h| agent(h, false)).collect());
+    let subnets = |h: &Host| -> Option<String> {
+        let s: Value = serde_json::from_str(&h.dr(&["status", "--json"]).ok()?).ok()?;
+        Some(s["local_subnet"].as_str()?.to_string())
+    };
+    assert!(wait_for(Duration::from_secs(15), || c
+        .hosts
+        .iter()
+        .all(|h| subnets(h).is_some() && peers(h).len() == 2)));
+    let mut all: Vec<String> = c.hosts.iter().map(|h| subnets(h).unwrap()).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 3, "two hosts got the same subnet: {all:?}");
+    assert!(
+        all.iter()
+            .all(|s| s.starts_with("10.0.") && s.ends_with("/24")),
+        "{all:?}"
+    );
+}
