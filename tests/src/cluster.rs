@@ -46,6 +46,11 @@ impl Host {
         format!("10.0.{}.0/24", self.id)
     }
 
+    /// The dr-ctl binary this host runs.
+    pub fn dr_ctl(&self) -> &Path {
+        &self.dr_ctl
+    }
+
     /// Runs dr-ctl in the host, failing on a non-zero exit.
     pub fn dr(&self, args: &[&str]) -> Result<String> {
         self.ns.exec(path_str(&self.dr_ctl), args)

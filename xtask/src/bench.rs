@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use dr_tests::{
     cluster::EXTERNAL_ADDR,
+    etcd::{agent, wait_for, Agents, Etcd},
     load::{self, Server},
     netns::{run, unique_prefix, Netns},
     Cluster,
@@ -314,6 +315,48 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// How long the agents take to see a new host: two agents run, a third
+    /// starts, and the time until both others have its subnet is recorded.
+    fn agent_round(&mut self, round: usize) -> Result<()> {
+        let mut c = Cluster::new("drbagent", 2, &self.dr_ctl)?;
+        let _etcd = Etcd::start(&c, None);
+        let mut agents = Agents(c.hosts.iter().map(|h| agent(h, true)).collect());
+        let has = |h: &dr_tests::Host, n: usize| {
+            h.dr(&["peer", "list", "--json"])
+                .ok()
+                .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+                .and_then(|v| v.as_array().map(Vec::len))
+                == Some(n)
+        };
+        if !wait_for(Duration::from_secs(20), || {
+            c.hosts.iter().all(|h| has(h, 1))
+        }) {
+            anyhow::bail!("two agents did not converge");
+        }
+        let dr_ctl = self.dr_ctl.clone();
+        c.add_host(&dr_ctl)?;
+        let start = Instant::now();
+        agents.0.push(agent(&c.hosts[2], true));
+        let seen = wait_for(Duration::from_secs(20), || {
+            c.hosts[..2].iter().all(|h| has(h, 2))
+        });
+        let secs = start.elapsed().as_secs_f64();
+        if !seen {
+            anyhow::bail!("the new host was not seen");
+        }
+        self.record(
+            "install",
+            "dr-ctl agent (etcd)",
+            round,
+            "new_host_seen_by_all",
+            "s",
+            secs,
+        );
+        Ok(())
+    }
+}
+
 /// `n` disjoint /24 peer subnets outside the cluster (100.64.0.0/10 onward).
 fn peer_file(n: usize, via: std::net::Ipv4Addr) -> Result<PathBuf> {
     let path = std::env::temp_dir().join(unique_prefix("dr-peers-"));
@@ -485,6 +528,7 @@ pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
         }
         bench.install_round(install, round)?;
         bench.apply_round(if opts.quick { 100 } else { 1000 }, round)?;
+        bench.agent_round(round)?;
     }
     let rows = summarize(&bench.samples);
     let opts_line = format!(
