@@ -108,6 +108,7 @@ impl ReverseKey {
 /// Idle timeouts in seconds (part of `DatapathConfig`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct Timeouts {
     pub tcp_syn: u32,
     pub tcp_established: u32,
@@ -116,6 +117,7 @@ pub struct Timeouts {
     pub tcp_time_wait: u32,
     pub udp: u32,
     pub icmp: u32,
+    #[cfg_attr(feature = "user", serde(skip))]
     pub _pad: u32,
 }
 

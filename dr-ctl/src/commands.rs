@@ -92,32 +92,7 @@ pub struct NatStatus {
     pub ports: String,
     pub table_size: u32,
     pub entries: usize,
-    pub timeouts: TimeoutsReport,
-}
-
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct TimeoutsReport {
-    pub tcp_syn: u32,
-    pub tcp_established: u32,
-    pub tcp_closing: u32,
-    pub tcp_closed: u32,
-    pub tcp_time_wait: u32,
-    pub udp: u32,
-    pub icmp: u32,
-}
-
-impl From<Timeouts> for TimeoutsReport {
-    fn from(t: Timeouts) -> Self {
-        Self {
-            tcp_syn: t.tcp_syn,
-            tcp_established: t.tcp_established,
-            tcp_closing: t.tcp_closing,
-            tcp_closed: t.tcp_closed,
-            tcp_time_wait: t.tcp_time_wait,
-            udp: t.udp,
-            icmp: t.icmp,
-        }
-    }
+    pub timeouts: Timeouts,
 }
 
 /// One side of a translation.
@@ -670,7 +645,7 @@ pub async fn status() -> Result<Status> {
             ports: format!("{}-{}", config.nat_port_min, config.nat_port_max),
             table_size: maps::nat_table_size(pins.path())?,
             entries: live_translations(&maps, &config)?.len(),
-            timeouts: config.nat_timeouts.into(),
+            timeouts: config.nat_timeouts,
         },
         counters: maps
             .counters()?

@@ -3,9 +3,9 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use dr_common::Counter;
 
 use crate::{
-    maps::{config, peer_for, peer_traffic},
+    maps::{peer_for, peer_traffic},
     nat::snat_out,
-    packet::{drop, dst_addr, forward, parse, pass, src_addr, Frame},
+    packet::{drop, dst_addr, forward, ipv4_frame, pass, src_addr},
 };
 
 /// A container's packet for a peer subnet goes straight out of the uplink to
@@ -15,13 +15,9 @@ use crate::{
 #[classifier]
 pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
     let bytes = ctx.len() as u64;
-    let Some(cfg) = config() else {
-        return pass(Counter::Passed, bytes);
-    };
-    let ip = match parse(&ctx) {
-        Frame::NotIpv4 => return pass(Counter::Passed, bytes),
-        Frame::Malformed => return pass(Counter::Malformed, bytes),
-        Frame::Ipv4(ip) => ip,
+    let (cfg, ip) = match ipv4_frame(&ctx, bytes) {
+        Ok(frame) => frame,
+        Err(verdict) => return verdict,
     };
     if !cfg.is_local(src_addr(ip)) {
         return drop(Counter::DropSpoofed, bytes);

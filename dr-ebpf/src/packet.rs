@@ -6,13 +6,13 @@ use aya_ebpf::{
     helpers::generated::bpf_redirect_neigh,
     programs::TcContext,
 };
-use dr_common::{checksum, Counter};
+use dr_common::{checksum, Counter, DatapathConfig};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
 };
 
-use crate::maps::count;
+use crate::maps::{config, count};
 
 const AF_INET: u32 = 2;
 
@@ -116,6 +116,24 @@ pub fn redirect_neigh(ifindex: u32, next_hop: Option<u32>) -> i32 {
         None => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) },
     };
     ret as i32
+}
+
+/// The configuration and the IPv4 header of a frame the TC programs act on,
+/// or the verdict (counted) for any other frame: dr not enabled, not IPv4,
+/// or a malformed header.
+#[inline(always)]
+pub fn ipv4_frame(
+    ctx: &TcContext,
+    bytes: u64,
+) -> Result<(&'static DatapathConfig, &'static mut Ipv4Hdr), i32> {
+    let Some(cfg) = config() else {
+        return Err(pass(Counter::Passed, bytes));
+    };
+    match parse(ctx) {
+        Frame::NotIpv4 => Err(pass(Counter::Passed, bytes)),
+        Frame::Malformed => Err(pass(Counter::Malformed, bytes)),
+        Frame::Ipv4(ip) => Ok((cfg, ip)),
+    }
 }
 
 /// Leaves the frame to the kernel stack, counted.

@@ -3,9 +3,9 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use dr_common::Counter;
 
 use crate::{
-    maps::{config, peer_for, peer_traffic},
+    maps::{peer_for, peer_traffic},
     nat::snat_reply,
-    packet::{dst_addr, forward, parse, pass, src_addr, Frame},
+    packet::{dst_addr, forward, ipv4_frame, pass, src_addr},
 };
 
 /// A packet from a known peer subnet to a local container is delivered to
@@ -14,13 +14,9 @@ use crate::{
 #[classifier]
 pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
     let bytes = ctx.len() as u64;
-    let Some(cfg) = config() else {
-        return pass(Counter::Passed, bytes);
-    };
-    let ip = match parse(&ctx) {
-        Frame::NotIpv4 => return pass(Counter::Passed, bytes),
-        Frame::Malformed => return pass(Counter::Malformed, bytes),
-        Frame::Ipv4(ip) => ip,
+    let (cfg, ip) = match ipv4_frame(&ctx, bytes) {
+        Ok(frame) => frame,
+        Err(verdict) => return verdict,
     };
     let dst = dst_addr(ip);
     if dst == cfg.uplink_addr && cfg.nat_enabled != 0 {

@@ -42,6 +42,49 @@ pub fn ping(from: &Netns, to: Ipv4Addr, count: u32) -> Result<()> {
     Ok(())
 }
 
+/// A ping running in the background, one packet every 10 ms.
+pub struct ContinuousPing {
+    child: std::process::Child,
+    count: u32,
+}
+
+impl ContinuousPing {
+    /// Starts `count` pings from `from` to `to`.
+    pub fn start(from: &Netns, to: Ipv4Addr, count: u32) -> Result<Self> {
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &from.name,
+                "ping",
+                "-n",
+                "-q",
+                "-i",
+                "0.01",
+                "-c",
+                &count.to_string(),
+            ])
+            .arg(to.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting ping")?;
+        Ok(Self { child, count })
+    }
+
+    /// Waits for the last ping; Ok only if not one packet was lost.
+    pub fn finish_without_loss(self) -> Result<()> {
+        let out = self.child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let count = self.count;
+        ensure!(
+            text.contains(&format!("{count} packets transmitted, {count} received")),
+            "packets lost: {}",
+            text.trim()
+        );
+        Ok(())
+    }
+}
+
 /// Whether a single ping from `from` to `to` gets an answer within a second.
 pub fn reachable(from: &Netns, to: Ipv4Addr) -> Result<bool> {
     let out = from.exec_output("ping", &["-n", "-q", "-c", "1", "-W", "1", &to.to_string()])?;
@@ -63,22 +106,36 @@ fn bound_socket(ns: &Netns, ty: Type, src_port: u16) -> Result<Socket> {
     })?
 }
 
-/// A TCP server in a namespace that checks every byte of each connection and
-/// answers with the byte count.
-pub struct TcpSink {
+/// A bounded test server in a namespace that records the client addresses
+/// it saw: a TCP sink that checks every byte, or a UDP echo.
+pub struct TestServer {
     pub addr: SocketAddr,
     peers: Arc<Mutex<Vec<SocketAddr>>>,
     handle: JoinHandle<Result<()>>,
 }
 
-impl TcpSink {
-    /// Listens on `addr` (port chosen by the kernel) in `ns` for `connections` connections.
-    pub fn start(ns: &Netns, addr: Ipv4Addr, connections: usize) -> Result<Self> {
-        let listener = ns.enter(|| TcpListener::bind((addr, 0)))??;
-        let addr = listener.local_addr()?;
+impl TestServer {
+    fn spawn<S: Send + 'static>(
+        socket: S,
+        addr: SocketAddr,
+        serve: impl FnOnce(S, &Mutex<Vec<SocketAddr>>) -> Result<()> + Send + 'static,
+    ) -> Self {
         let peers = Arc::new(Mutex::new(Vec::new()));
         let seen = peers.clone();
-        let handle = std::thread::spawn(move || -> Result<()> {
+        let handle = std::thread::spawn(move || serve(socket, &seen));
+        Self {
+            addr,
+            peers,
+            handle,
+        }
+    }
+
+    /// Accepts `connections` TCP connections on `addr` (kernel-chosen port)
+    /// in `ns`; checks every byte of each and answers with the byte count.
+    pub fn tcp_sink(ns: &Netns, addr: Ipv4Addr, connections: usize) -> Result<Self> {
+        let listener = ns.enter(|| TcpListener::bind((addr, 0)))??;
+        let addr = listener.local_addr()?;
+        Ok(Self::spawn(listener, addr, move |listener, seen| {
             let mut workers = Vec::new();
             for _ in 0..connections {
                 let (conn, peer) = listener.accept()?;
@@ -90,19 +147,33 @@ impl TcpSink {
                     .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
             }
             Ok(())
-        });
-        Ok(Self {
-            addr,
-            peers,
-            handle,
-        })
+        }))
     }
 
-    /// Waits for all connections; returns the client addresses the server saw.
+    /// Echoes `datagrams` UDP datagrams on `addr` (kernel-chosen port) in `ns`.
+    pub fn udp_echo(ns: &Netns, addr: Ipv4Addr, datagrams: u32) -> Result<Self> {
+        let sock = ns.enter(|| UdpSocket::bind((addr, 0)))??;
+        sock.set_read_timeout(Some(IO_TIMEOUT))?;
+        let addr = sock.local_addr()?;
+        Ok(Self::spawn(sock, addr, move |sock, seen| {
+            let mut buf = [0u8; 1500];
+            for _ in 0..datagrams {
+                let (n, from) = sock.recv_from(&mut buf)?;
+                sock.send_to(&buf[..n], from)?;
+                let mut seen = seen.lock().unwrap();
+                if !seen.contains(&from) {
+                    seen.push(from);
+                }
+            }
+            Ok(())
+        }))
+    }
+
+    /// Waits for the server to finish; returns the distinct clients it saw.
     pub fn finish(self) -> Result<Vec<SocketAddr>> {
         self.handle
             .join()
-            .map_err(|_| anyhow::anyhow!("sink panicked"))??;
+            .map_err(|_| anyhow::anyhow!("server panicked"))??;
         Ok(self.peers.lock().unwrap().clone())
     }
 }
@@ -170,53 +241,10 @@ pub fn tcp_transfer(
     addr: Ipv4Addr,
     bytes: usize,
 ) -> Result<(Duration, SocketAddr)> {
-    let sink = TcpSink::start(server, addr, 1)?;
+    let sink = TestServer::tcp_sink(server, addr, 1)?;
     let elapsed = tcp_send(client, 0, sink.addr, bytes)?;
     let seen = sink.finish()?;
     Ok((elapsed, seen[0]))
-}
-
-/// A UDP echo server in a namespace; remembers who it answered.
-pub struct UdpEcho {
-    pub addr: SocketAddr,
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
-    handle: JoinHandle<Result<()>>,
-}
-
-impl UdpEcho {
-    /// Echoes `datagrams` datagrams on `addr` (kernel-chosen port) in `ns`.
-    pub fn start(ns: &Netns, addr: Ipv4Addr, datagrams: u32) -> Result<Self> {
-        let sock = ns.enter(|| UdpSocket::bind((addr, 0)))??;
-        sock.set_read_timeout(Some(IO_TIMEOUT))?;
-        let addr = sock.local_addr()?;
-        let peers = Arc::new(Mutex::new(Vec::new()));
-        let seen = peers.clone();
-        let handle = std::thread::spawn(move || -> Result<()> {
-            let mut buf = [0u8; 1500];
-            for _ in 0..datagrams {
-                let (n, from) = sock.recv_from(&mut buf)?;
-                sock.send_to(&buf[..n], from)?;
-                let mut seen = seen.lock().unwrap();
-                if !seen.contains(&from) {
-                    seen.push(from);
-                }
-            }
-            Ok(())
-        });
-        Ok(Self {
-            addr,
-            peers,
-            handle,
-        })
-    }
-
-    /// Waits for all datagrams; returns the distinct sources the server saw.
-    pub fn finish(self) -> Result<Vec<SocketAddr>> {
-        self.handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("echo server panicked"))??;
-        Ok(self.peers.lock().unwrap().clone())
-    }
 }
 
 /// `count` request/response exchanges from `client` (source port `src_port`,
@@ -244,7 +272,7 @@ pub fn udp_exchange(
     addr: Ipv4Addr,
     count: u32,
 ) -> Result<SocketAddr> {
-    let echo = UdpEcho::start(server, addr, count)?;
+    let echo = TestServer::udp_echo(server, addr, count)?;
     udp_requests(client, 0, echo.addr, count)?;
     let seen = echo.finish()?;
     ensure!(seen.len() == 1, "expected one source, saw {seen:?}");

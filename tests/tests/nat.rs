@@ -6,7 +6,7 @@ use std::{net::IpAddr, time::Duration};
 use dr_tests::{
     cluster::{EXTERNAL_ADDR, ROUTER_ADDR},
     dr_ctl_path, require_root,
-    traffic::{self, TcpSink, UdpEcho},
+    traffic::{self, TestServer},
     Cluster, Host,
 };
 use serde_json::Value;
@@ -153,7 +153,7 @@ fn two_containers_with_the_same_source_port_to_the_same_destination() {
     let h0 = &c.hosts[0];
     let (a, b) = (&h0.containers[0], &h0.containers[1]);
 
-    let sink = TcpSink::start(ext, EXTERNAL_ADDR, 2).unwrap();
+    let sink = TestServer::tcp_sink(ext, EXTERNAL_ADDR, 2).unwrap();
     let target = sink.addr;
     std::thread::scope(|s| {
         let ta = s.spawn(|| traffic::tcp_send(&a.ns, 40000, target, 2 << 20));
@@ -169,7 +169,7 @@ fn two_containers_with_the_same_source_port_to_the_same_destination() {
         "both flows got the same port: {seen:?}"
     );
 
-    let echo = UdpEcho::start(ext, EXTERNAL_ADDR, 20).unwrap();
+    let echo = TestServer::udp_echo(ext, EXTERNAL_ADDR, 20).unwrap();
     let target = echo.addr;
     std::thread::scope(|s| {
         let ta = s.spawn(|| traffic::udp_requests(&a.ns, 40000, target, 10));

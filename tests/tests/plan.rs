@@ -3,11 +3,17 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
-use dr_tests::{dr_ctl_path, netns::unique_prefix, require_root, traffic, Cluster, Host};
+use dr_tests::{
+    dr_ctl_path,
+    netns::unique_prefix,
+    require_root,
+    traffic::{self, ContinuousPing},
+    Cluster, Host,
+};
 use serde_json::Value;
 
 /// A plan for `hosts`, written to a fresh file.
@@ -99,35 +105,14 @@ fn one_plan_file_brings_up_the_whole_cluster_and_follows_its_changes() {
     );
     let cut = text.find("[[host]]\nname = \"h130\"").unwrap();
     std::fs::write(&path, &text[..cut]).unwrap();
-    let ping = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &h0.containers[0].ns.name,
-            "ping",
-            "-n",
-            "-q",
-            "-i",
-            "0.01",
-            "-c",
-            "200",
-        ])
-        .arg(h1.containers[0].addr.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let ping = ContinuousPing::start(&h0.containers[0].ns, h1.containers[0].addr, 200).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let dry = apply(h0, &path, &["--dry-run"]);
     assert_eq!(dry["peers"]["change"].as_array().unwrap().len(), 1, "{dry}");
     assert_eq!(dry["peers"]["remove"].as_array().unwrap().len(), 1, "{dry}");
     let r = apply(h0, &path, &[]);
     assert_eq!(r["peers"]["change"][0][2], "192.168.91.140");
-    let out = ping.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("200 packets transmitted, 200 received"),
-        "{text}"
-    );
+    ping.finish_without_loss().unwrap();
     assert_eq!(
         peers(h0),
         vec!["10.0.129.0/24 via 192.168.91.140".to_string()]

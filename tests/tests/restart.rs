@@ -8,7 +8,13 @@ use std::{
 
 use dr_common::DatapathConfig;
 use dr_ctl::maps::Maps;
-use dr_tests::{dr_ctl_path, netns::unique_prefix, require_root, traffic, Cluster, Host};
+use dr_tests::{
+    dr_ctl_path,
+    netns::unique_prefix,
+    require_root,
+    traffic::{self, ContinuousPing},
+    Cluster, Host,
+};
 use serde_json::Value;
 
 fn cluster(tag: &str) -> Cluster {
@@ -19,34 +25,9 @@ fn cluster(tag: &str) -> Cluster {
 }
 
 /// A ping of `count` packets every 10 ms from host 0's container to host 1's.
-fn continuous_ping(c: &Cluster, count: u32) -> Child {
+fn continuous_ping(c: &Cluster, count: u32) -> ContinuousPing {
     let (from, to) = (&c.hosts[0].containers[0], &c.hosts[1].containers[0]);
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &from.ns.name,
-            "ping",
-            "-n",
-            "-q",
-            "-i",
-            "0.01",
-            "-c",
-            &count.to_string(),
-        ])
-        .arg(to.addr.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ping")
-}
-
-fn assert_no_loss(ping: Child, count: u32) {
-    let out = ping.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("{count} packets transmitted, {count} received")),
-        "packets lost: {text}"
-    );
+    ContinuousPing::start(&from.ns, to.addr, count).unwrap()
 }
 
 fn dr_child(host: &Host, args: &[&str]) -> Child {
@@ -95,7 +76,7 @@ fn killing_dr_ctl_at_any_moment_never_drops_traffic() {
         // The next run adopts the pins and reconciles.
         h0.up().unwrap();
     }
-    assert_no_loss(ping, count);
+    ping.finish_without_loss().unwrap();
     // The state is whole and usable: the real peer is there, and a batch completes.
     h0.dr(&["peer", "add", "--file", file]).unwrap();
     let peers: Value = serde_json::from_str(&h0.dr(&["peer", "list", "--json"]).unwrap()).unwrap();
@@ -127,7 +108,7 @@ fn up_with_another_build_swaps_programs_in_place_without_a_gap() {
     let up: Value = serde_json::from_str(&h0.up_with(&["--json"]).unwrap()).unwrap();
     assert_eq!(up["attached"]["dr_bridge_ingress"], "replaced", "{up}");
     assert_eq!(up["attached"]["dr_uplink_ingress"], "replaced", "{up}");
-    assert_no_loss(ping, count);
+    ping.finish_without_loss().unwrap();
     let after = status();
     for i in 0..2 {
         let (b, a) = (&before["hooks"][i], &after["hooks"][i]);
