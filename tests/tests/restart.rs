@@ -60,13 +60,30 @@ fn killing_dr_ctl_at_any_moment_never_drops_traffic() {
     let file = path.to_str().unwrap();
 
     let count = 1500;
+    // The cluster's plan, as `apply` would be run from it.
+    let plan_path = std::env::temp_dir().join(format!("{}.toml", unique_prefix("dr-kill-plan-")));
+    let plan: String =
+        c.hosts
+            .iter()
+            .fold(String::from("cluster_cidr = \"10.0.0.0/16\"\n"), |p, h| {
+                p + &format!(
+                    "[[host]]\nname = \"h{}\"\naddress = \"{}\"\nsubnet = \"{}\"\n",
+                    h.id,
+                    h.uplink_addr,
+                    h.bip()
+                )
+            });
+    std::fs::write(&plan_path, plan).unwrap();
+    let plan = plan_path.to_str().unwrap();
+
     let ping = continuous_ping(&c, count);
     let up_args = h0.up_args();
     let up_args: Vec<&str> = up_args.iter().map(String::as_str).collect();
     for i in 0..24u64 {
-        let args: &[&str] = match i % 3 {
+        let args: &[&str] = match i % 4 {
             0 => &["peer", "add", "--file", file],
             1 => &up_args,
+            2 => &["apply", "-f", plan],
             _ => &["peer", "del", "100.64.0.0/24"],
         };
         let mut child = dr_child(h0, args);
@@ -83,6 +100,7 @@ fn killing_dr_ctl_at_any_moment_never_drops_traffic() {
     assert_eq!(peers.as_array().unwrap().len(), 20_001);
     traffic::ping(&h0.containers[0].ns, h1.containers[0].addr, 2).unwrap();
     std::fs::remove_file(path).unwrap();
+    std::fs::remove_file(plan_path).unwrap();
 }
 
 #[test]
