@@ -29,7 +29,7 @@ use crate::{
     },
 };
 
-const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_ECHO: u8 = 8;
 const ICMP_TIME_EXCEEDED: u8 = 11;
@@ -313,6 +313,40 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
     send(cfg.uplink_ifindex, None, Counter::NatOut, bytes).0
 }
 
+/// The container end of a reply to a live translation, and its flow entry.
+/// None when the reply's port is outside the NAT range or no live
+/// translation matches (then the packet is the host's own traffic). A dead
+/// or half-evicted translation is never used: a stale mapping must not
+/// deliver to a container.
+#[inline(always)]
+pub fn live_reply(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, &'static mut Flow)> {
+    let host_port = u16::from_be(rkey.nat_port) as u32;
+    if host_port < cfg.nat_port_min || host_port > cfg.nat_port_max {
+        return None;
+    }
+    // SAFETY: map value, copied out.
+    let origin: Origin = unsafe { NAT_REVERSE.get(rkey) }.copied()?;
+    let flow = NAT_FLOWS.get_ptr_mut(rkey.forward(&origin))?;
+    // SAFETY: map value pointer, valid for this program run.
+    let flow = unsafe { &mut *flow };
+    if flow.nat_port != rkey.nat_port {
+        count(Counter::NatEvicted, 0);
+        return None;
+    }
+    if flow.expired(now(), &cfg.nat_timeouts) {
+        count(Counter::NatExpired, 0);
+        return None;
+    }
+    Some((origin, flow))
+}
+
+/// Records a reply on its flow: time and TCP state.
+#[inline(always)]
+pub fn touch_reply(flow: &mut Flow, tcp_flags: u8) {
+    flow.last_seen_ns = now();
+    flow.state = State::from_u8(flow.state).map_or(flow.state, |s| s.next(tcp_flags, true) as u8);
+}
+
 /// External -> container: a packet to the uplink address that answers a
 /// translation is translated back and delivered to docker0. None when it is
 /// not for a translation (the host's own traffic).
@@ -344,10 +378,6 @@ pub fn snat_reply(
     } else {
         (remote_port, nat_port)
     };
-    let host_port = u16::from_be(nat_port) as u32;
-    if host_port < cfg.nat_port_min || host_port > cfg.nat_port_max {
-        return None;
-    }
     let rkey = ReverseKey {
         remote_addr: src_addr(ip),
         remote_port,
@@ -355,23 +385,8 @@ pub fn snat_reply(
         proto,
         _pad: [0; 3],
     };
-    // SAFETY: map value, copied out.
-    let origin: Origin = unsafe { NAT_REVERSE.get(rkey) }.copied()?;
-    let now = now();
-    let flow = NAT_FLOWS.get_ptr_mut(rkey.forward(&origin))?;
-    // SAFETY: map value pointer, valid for this program run.
-    let flow = unsafe { &mut *flow };
-    if flow.nat_port != nat_port {
-        count(Counter::NatEvicted, 0);
-        return None;
-    }
-    if flow.expired(now, &cfg.nat_timeouts) {
-        // Not translated: a stale mapping must never deliver to a container.
-        count(Counter::NatExpired, 0);
-        return None;
-    }
-    flow.last_seen_ns = now;
-    flow.state = State::from_u8(flow.state).map_or(flow.state, |s| s.next(tcp_flags, true) as u8);
+    let (origin, flow) = live_reply(cfg, &rkey)?;
+    touch_reply(flow, tcp_flags);
     if !decrement_ttl(ip) {
         return Some(drop(Counter::DropTtlExceeded, bytes));
     }

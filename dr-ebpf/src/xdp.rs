@@ -1,37 +1,180 @@
 //! XDP on the uplink: the fast path for traffic from peers to local
-//! containers. It delivers straight into the container's veth when it knows
-//! the container (`ENDPOINTS`), and leaves everything else to the TC
-//! programs (`XDP_PASS`), which handle all cases.
+//! containers and for replies to SNAT translations. It delivers straight into
+//! the container's veth when it knows the container (`ENDPOINTS`), and leaves
+//! everything else to the TC programs (`XDP_PASS`), which handle all cases.
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS, helpers::bpf_redirect, macros::xdp, programs::XdpContext,
 };
-use dr_common::Counter;
-use network_types::eth::EthHdr;
+use dr_common::{
+    checksum,
+    nat::{ReverseKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    Counter, DatapathConfig, Endpoint,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     maps::{config, count, peer_for, peer_traffic, ENDPOINTS},
-    packet::{decrement_ttl, dst_addr, parse_frame, ptr_at, src_addr, Frame},
+    nat::{live_reply, touch_reply, ICMP_ECHO_REPLY},
+    packet::{
+        decrement_ttl, dst_addr, is_fragment, l4_offset, parse_frame, ptr_at, src_addr, Frame,
+    },
 };
 
 #[xdp]
 pub fn dr_uplink_xdp(ctx: XdpContext) -> u32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let bytes = (data_end - data) as u64;
-    let verdict = deliver_from_peer(data, data_end);
+    let verdict = deliver(data, data_end);
     if verdict == XDP_PASS {
         count(Counter::XdpPass, bytes);
     }
     verdict
 }
 
+/// Peer traffic and SNAT replies for known local containers go straight to
+/// them; everything else is TC's.
 #[inline(always)]
-fn deliver_from_peer(data: usize, data_end: usize) -> u32 {
+fn deliver(data: usize, data_end: usize) -> u32 {
     let Some(cfg) = config() else {
         return XDP_PASS;
     };
     let Frame::Ipv4(ip) = parse_frame(data, data_end, data_end - data) else {
         return XDP_PASS;
     };
+    if dst_addr(ip) == cfg.uplink_addr && cfg.nat_enabled != 0 {
+        return deliver_reply(data, data_end, cfg, ip);
+    }
+    deliver_from_peer(data, data_end, cfg, ip)
+}
+
+/// Sets the MACs of a frame from docker0 to `endpoint`, counts it and
+/// redirects it into the endpoint's veth.
+#[inline(always)]
+fn redirect_to(
+    data: usize,
+    data_end: usize,
+    cfg: &DatapathConfig,
+    endpoint: &Endpoint,
+    counter: Counter,
+) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
+        return XDP_PASS;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        (*eth).dst_addr = endpoint.mac;
+        (*eth).src_addr = cfg.bridge_mac;
+    }
+    let bytes = (data_end - data) as u64;
+    count(counter, bytes);
+    count(Counter::XdpRedirect, bytes);
+    // SAFETY: no pointers passed.
+    unsafe { bpf_redirect(endpoint.ifindex, 0) as u32 }
+}
+
+/// A reply to a translated TCP/UDP flow or ping, translated back with
+/// checksums fixed arithmetically (frames from the wire carry complete
+/// checksums). ICMP errors and anything unknown are TC's.
+#[inline(always)]
+fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
+    let proto = ip.proto;
+    if is_fragment(ip) || ip.ttl <= 1 {
+        return XDP_PASS;
+    }
+    let l4 = l4_offset(ip);
+    // (remote port, nat port, TCP flags, offset of the nat port, of the checksum)
+    let (remote_port, nat_port, flags, port_at, check_at) = match proto {
+        IPPROTO_TCP => {
+            let Some(h) = ptr_at::<[u8; 20]>(data, data_end, l4) else {
+                return XDP_PASS;
+            };
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { &*h };
+            (
+                u16::from_ne_bytes([h[0], h[1]]),
+                u16::from_ne_bytes([h[2], h[3]]),
+                h[13],
+                2,
+                16,
+            )
+        }
+        IPPROTO_UDP => {
+            let Some(h) = ptr_at::<[u8; 8]>(data, data_end, l4) else {
+                return XDP_PASS;
+            };
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { &*h };
+            (
+                u16::from_ne_bytes([h[0], h[1]]),
+                u16::from_ne_bytes([h[2], h[3]]),
+                0,
+                2,
+                6,
+            )
+        }
+        IPPROTO_ICMP => {
+            let Some(h) = ptr_at::<[u8; 8]>(data, data_end, l4) else {
+                return XDP_PASS;
+            };
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { &*h };
+            if h[0] != ICMP_ECHO_REPLY {
+                return XDP_PASS;
+            }
+            (0, u16::from_ne_bytes([h[4], h[5]]), 0, 4, 2)
+        }
+        _ => return XDP_PASS,
+    };
+    let rkey = ReverseKey {
+        remote_addr: src_addr(ip),
+        remote_port,
+        nat_port,
+        proto,
+        _pad: [0; 3],
+    };
+    let Some((origin, flow)) = live_reply(cfg, &rkey) else {
+        return XDP_PASS;
+    };
+    // SAFETY: map value, copied out.
+    let Some(endpoint) = (unsafe { ENDPOINTS.get(origin.addr) }).copied() else {
+        return XDP_PASS;
+    };
+    let (Some(port), Some(check)) = (
+        ptr_at::<[u8; 2]>(data, data_end, l4 + port_at),
+        ptr_at::<[u8; 2]>(data, data_end, l4 + check_at),
+    ) else {
+        return XDP_PASS;
+    };
+    touch_reply(flow, flags);
+    decrement_ttl(ip);
+    ip.dst_addr = origin.addr.to_ne_bytes();
+    ip.check = checksum::replace_u32(u16::from_ne_bytes(ip.check), cfg.uplink_addr, origin.addr)
+        .to_ne_bytes();
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        *port = origin.port.to_ne_bytes();
+        let old = u16::from_ne_bytes(*check);
+        let new = match proto {
+            IPPROTO_ICMP => checksum::replace_u16(old, nat_port, origin.port),
+            IPPROTO_UDP if old == 0 => 0,
+            _ => {
+                let c = checksum::replace_u32(old, cfg.uplink_addr, origin.addr);
+                let c = checksum::replace_u16(c, nat_port, origin.port);
+                if proto == IPPROTO_UDP && c == 0 {
+                    0xffff
+                } else {
+                    c
+                }
+            }
+        };
+        *check = new.to_ne_bytes();
+    }
+    redirect_to(data, data_end, cfg, &endpoint, Counter::NatIn)
+}
+
+/// Traffic from a peer subnet to a local container.
+#[inline(always)]
+fn deliver_from_peer(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
     let dst = dst_addr(ip);
     if !cfg.is_local(dst) || dst == cfg.gateway || dst == cfg.local_net | !cfg.local_mask {
         return XDP_PASS;
@@ -47,21 +190,9 @@ fn deliver_from_peer(data: usize, data_end: usize) -> u32 {
     if ip.ttl <= 1 {
         return XDP_PASS;
     }
-    let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
-        return XDP_PASS;
-    };
     decrement_ttl(ip);
-    // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        (*eth).dst_addr = endpoint.mac;
-        (*eth).src_addr = cfg.bridge_mac;
-    }
-    let bytes = (data_end - data) as u64;
-    count(Counter::FromPeer, bytes);
-    count(Counter::XdpRedirect, bytes);
     if let Some(traffic) = peer_traffic(peer) {
-        traffic.from_peer.add(bytes);
+        traffic.from_peer.add((data_end - data) as u64);
     }
-    // SAFETY: no pointers passed.
-    unsafe { bpf_redirect(endpoint.ifindex, 0) as u32 }
+    redirect_to(data, data_end, cfg, &endpoint, Counter::FromPeer)
 }

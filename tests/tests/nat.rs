@@ -67,6 +67,13 @@ fn snat_works_alongside_the_xdp_fast_path() {
     let c = cluster("drnatx", &["--xdp"]);
     c.sync_endpoints().unwrap();
     external_traffic(&c);
+    // The replies took the fast path: XDP translated and redirected them all.
+    let h0 = &c.hosts[0];
+    let (nat_in, xdp) = (counter(h0, "nat_in"), counter(h0, "xdp_redirect"));
+    assert!(
+        nat_in > 50 && xdp >= nat_in,
+        "nat_in {nat_in}, xdp_redirect {xdp}"
+    );
     // Cross-host traffic still takes the fast path.
     let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
     traffic::tcp_transfer(

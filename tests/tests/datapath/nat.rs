@@ -13,7 +13,7 @@ const ROUTER: [u8; 4] = [192, 168, 91, 254];
 const NOT_A_PEER: [u8; 4] = [10, 0, 200, 5];
 const EXCLUDED: [u8; 4] = [172, 16, 3, 4];
 
-fn nat_config() -> DatapathConfig {
+pub(super) fn nat_config() -> DatapathConfig {
     DatapathConfig {
         nat_enabled: 1,
         ..config()
@@ -21,7 +21,7 @@ fn nat_config() -> DatapathConfig {
 }
 
 /// A datapath with SNAT on, the cluster 10.0.0.0/16 and 172.16.0.0/12 excluded.
-fn nat_datapath(config: DatapathConfig, table_size: u32) -> Datapath {
+pub(super) fn nat_datapath(config: DatapathConfig, table_size: u32) -> Datapath {
     let mut dp = datapath_sized(config, table_size);
     dp.maps
         .set_exclusions(&[
@@ -61,7 +61,13 @@ impl Datapath {
     }
 
     /// Sends a container packet out; returns the allocated port.
-    fn translate_out(&mut self, src: [u8; 4], dst: [u8; 4], l4: L4, ports: (u16, u16)) -> u16 {
+    pub(super) fn translate_out(
+        &mut self,
+        src: [u8; 4],
+        dst: [u8; 4],
+        l4: L4,
+        ports: (u16, u16),
+    ) -> u16 {
         let packet = frame_ports(src, dst, 64, l4, ports.0, ports.1);
         let (verdict, out) = self.run(Hook::BridgeIngress, &packet);
         assert_eq!(verdict, TC_ACT_REDIRECT, "{src:?}:{ports:?} -> {dst:?}");
@@ -85,7 +91,14 @@ fn proto(l4: L4) -> u8 {
 }
 
 /// The remote's answer to the translated flow.
-fn reply(from: [u8; 4], to: [u8; 4], l4: L4, nat_port: u16, remote_port: u16, ttl: u8) -> Vec<u8> {
+pub(super) fn reply(
+    from: [u8; 4],
+    to: [u8; 4],
+    l4: L4,
+    nat_port: u16,
+    remote_port: u16,
+    ttl: u8,
+) -> Vec<u8> {
     let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 1]);
     let ip = eth.ipv4(from, to, ttl);
     let mut out = Vec::new();

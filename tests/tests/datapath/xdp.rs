@@ -83,6 +83,42 @@ fn everything_else_is_left_to_tc_unchanged() {
 }
 
 #[test]
+fn snat_replies_to_a_known_container_are_translated_and_redirected() {
+    let mut dp = super::nat::nat_datapath(super::nat::nat_config(), DEFAULT_TABLE_SIZE);
+    let ep = Endpoint {
+        ifindex: CONTAINER_VETH,
+        mac: CONTAINER_MAC,
+        _pad: [0; 2],
+    };
+    dp.maps.set_endpoints(&[(CONTAINER.into(), ep)]).unwrap();
+    for l4 in ALL_L4 {
+        let ports = default_ports(l4);
+        let port = dp.translate_out(CONTAINER, EXTERNAL, l4, ports);
+        let (verdict, out) = dp.run_xdp(&super::nat::reply(
+            EXTERNAL,
+            UPLINK_ADDR,
+            l4,
+            port,
+            ports.1,
+            50,
+        ));
+        assert_eq!(verdict, XDP_REDIRECT, "{l4:?}");
+        // The same bytes TC would produce, with the MACs of a frame from docker0.
+        let mut expected = super::nat::reply(EXTERNAL, CONTAINER, l4, ports.0, ports.1, 49);
+        expected[..6].copy_from_slice(&CONTAINER_MAC);
+        expected[6..12].copy_from_slice(&BRIDGE_MAC);
+        assert_eq!(out, expected, "{l4:?}");
+    }
+    assert_eq!(dp.counter(Counter::NatIn).packets, 3);
+    // A reply for another container (no endpoint) or to an unknown port is TC's.
+    let port = dp.translate_out(OTHER_CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53));
+    let other = super::nat::reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 53, 50);
+    assert_eq!(dp.run_xdp(&other), (XDP_PASS, other.clone()));
+    let unknown = super::nat::reply(EXTERNAL, UPLINK_ADDR, L4::Udp, 20000, 53, 50);
+    assert_eq!(dp.run_xdp(&unknown), (XDP_PASS, unknown.clone()));
+}
+
+#[test]
 fn disabled_config_passes_everything() {
     let mut dp = datapath(DatapathConfig {
         enabled: 0,
