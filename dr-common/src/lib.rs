@@ -132,7 +132,9 @@ pub struct DatapathConfig {
     pub bridge_mac: [u8; 6],
     /// How the XDP program is attached: `XDP_OFF`, `XDP_NATIVE` or `XDP_GENERIC`.
     pub xdp_mode: u8,
-    pub _pad: u8,
+    /// Level of the datapath's aya-log events (0: off, 1 error .. 5 trace),
+    /// fixed when the programs are loaded (`up --datapath-log`).
+    pub datapath_log: u8,
     /// Hash of the eBPF object that dr-ctl attached: a different binary's
     /// `up` swaps the programs in place (upgrade without a traffic gap).
     pub object_hash: u64,

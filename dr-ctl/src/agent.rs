@@ -38,6 +38,8 @@ pub struct AgentArgs {
     pub bridge: String,
     pub uplink: String,
     pub xdp: bool,
+    /// Level of the datapath's aya-log events.
+    pub datapath_log: u8,
     /// SNAT settings; the cluster CIDR is also where subnets are leased from.
     pub nat: NatPlan,
     /// A fixed subnet to register; None leases a free one from the cluster CIDR.
@@ -251,6 +253,7 @@ async fn session(
     if *held != Some(subnet) {
         let up = UpArgs {
             xdp: args.xdp,
+            datapath_log: args.datapath_log,
             bridge: args.bridge.clone(),
             subnet,
             uplink: args.uplink.clone(),

@@ -11,6 +11,18 @@ use crate::{
     subnet::{self, LocalSubnet},
 };
 
+/// Levels of the datapath's aya-log events; `off` costs one branch per event site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[repr(u8)]
+pub enum DatapathLog {
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
 /// A file's text, or standard input's for `-`.
 fn read_input(path: &std::path::Path) -> Result<String> {
     if path == std::path::Path::new("-") {
@@ -56,6 +68,9 @@ pub enum Command {
         /// driver supports it, generic otherwise) for traffic from peers.
         #[arg(long)]
         xdp: bool,
+        /// Level of the datapath's own events (read them with `dr-ctl monitor`).
+        #[arg(long, value_enum, default_value_t = DatapathLog::Off)]
+        datapath_log: DatapathLog,
         /// Turn on SNAT (in place of MASQUERADE): container traffic to anything
         /// outside this range, the peer subnets and --no-masquerade leaves with
         /// the uplink's address.
@@ -130,10 +145,15 @@ pub enum Command {
         /// Also attach the XDP fast path.
         #[arg(long)]
         xdp: bool,
+        /// Level of the datapath's own events (read them with `dr-ctl monitor`).
+        #[arg(long, value_enum, default_value_t = DatapathLog::Off)]
+        datapath_log: DatapathLog,
         /// Destinations left untranslated besides the cluster (repeatable).
         #[arg(long, value_name = "CIDR")]
         no_masquerade: Vec<String>,
     },
+    /// Print the datapath's events (see `up --datapath-log`) until interrupted.
+    Monitor,
     /// Serve the counters in the Prometheus text format (or print them once).
     Metrics {
         /// Address to serve `GET /metrics` on, e.g. 127.0.0.1:9464; without it, print once.
@@ -191,6 +211,7 @@ pub async fn run(cli: Cli) -> Result<String> {
     Ok(match cli.command {
         Command::Up {
             xdp,
+            datapath_log,
             bridge,
             subnet,
             uplink,
@@ -203,6 +224,7 @@ pub async fn run(cli: Cli) -> Result<String> {
         } => {
             let args = commands::UpArgs {
                 xdp,
+                datapath_log: datapath_log as u8,
                 bridge,
                 subnet: LocalSubnet::parse(&subnet)?,
                 uplink,
@@ -278,6 +300,7 @@ pub async fn run(cli: Cli) -> Result<String> {
             lease_ttl,
             etcd_prefix,
             xdp,
+            datapath_log,
             no_masquerade,
         } => {
             let nat = NatPlan::parse(Some(&cluster_cidr), &no_masquerade, None, None, &[])?;
@@ -312,12 +335,17 @@ pub async fn run(cli: Cli) -> Result<String> {
                 bridge,
                 uplink,
                 xdp,
+                datapath_log: datapath_log as u8,
                 nat,
                 subnet,
                 subnet_prefix,
                 lease_ttl,
             };
             crate::agent::run(&args).await?;
+            String::new()
+        }
+        Command::Monitor => {
+            commands::monitor().await?;
             String::new()
         }
         Command::Metrics { listen: None } => crate::metrics::render()?,

@@ -31,6 +31,8 @@ use crate::{
 pub struct UpArgs {
     /// Also attach the XDP fast path to the uplink.
     pub xdp: bool,
+    /// Level of the datapath's aya-log events (0 off .. 5 trace).
+    pub datapath_log: u8,
     pub bridge: String,
     pub subnet: LocalSubnet,
     pub uplink: String,
@@ -216,7 +218,7 @@ fn desired_config(
         nat_timeouts: args.nat.timeouts,
         bridge_mac,
         xdp_mode,
-        _pad: 0,
+        datapath_log: args.datapath_log,
         object_hash: datapath::object_hash(),
     }
 }
@@ -399,7 +401,7 @@ async fn apply_up(
     if !maps::pinned(pins.path()) {
         undo.push(Undo::RemoveMapPins);
     }
-    let mut ebpf = datapath::load(pins.path(), args.nat.table_size)?;
+    let mut ebpf = datapath::load(pins.path(), args.nat.table_size, args.datapath_log)?;
     let mut maps = Maps::open(pins.path())?;
     // Exclusions first: the datapath must never translate what they cover.
     maps.set_exclusions(&args.nat.exclusions())?;
@@ -808,6 +810,7 @@ pub async fn apply(args: &ApplyArgs) -> Result<ApplyReport> {
         .map_err(|e| Error::Invalid(format!("{file}: host {:?}: {e}", me.name)))?;
     let up_args = UpArgs {
         xdp: plan.xdp,
+        datapath_log: 0,
         bridge: plan.bridge.clone(),
         subnet: me.subnet,
         uplink: me.uplink.clone(),
@@ -869,4 +872,26 @@ pub fn reconcile_peers(wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<PeerDiff> {
         maps.remove_peer(*net)?;
     }
     Ok(diff)
+}
+
+/// Prints the datapath's aya-log events until interrupted. The programs
+/// share one log buffer; it is found through the attached program's id.
+pub async fn monitor() -> Result<()> {
+    let (pins, lock, _, _) = open_up()?;
+    let ids = datapath::link_ids(&pins, Hook::BridgeIngress)?.ok_or(Error::NotUp)?;
+    drop(lock);
+    let logger = aya_log::EbpfLogger::init_from_id(ids.program_id)
+        .map_err(|e| Error::Invalid(format!("reading the datapath's events: {e}")))?;
+    // SAFETY: the registered fd is the logger's ring buffer, and the AsyncFd
+    // owns the logger, so the fd stays open for as long as it is registered.
+    let mut logger = unsafe { tokio::io::unix::AsyncFd::register(logger) }
+        .map_err(|e| Error::Invalid(format!("waiting for datapath events: {e}")))?;
+    loop {
+        let mut ready = logger
+            .readable_mut()
+            .await
+            .map_err(io_context("waiting for datapath events"))?;
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
 }

@@ -106,10 +106,13 @@ pub fn detach_xdp(pins: &PinDir) -> Result<bool> {
 /// Loads the object; its maps are created and pinned in `map_dir` (a bpffs
 /// directory), or adopted from there if already pinned, so state survives
 /// dr-ctl exiting and programs being replaced. New SNAT tables get
-/// `nat_table_size` entries each.
-pub fn load(map_dir: &Path, nat_table_size: u32) -> Result<Ebpf> {
+/// `nat_table_size` entries each; `log_level` is the level of the programs'
+/// aya-log events (0: off).
+pub fn load(map_dir: &Path, nat_table_size: u32, log_level: u8) -> Result<Ebpf> {
     Ok(EbpfLoader::new()
         .default_map_pin_directory(map_dir)
+        // aya-log's level is fixed at load: events below it cost one branch.
+        .override_global(aya_log::LEVEL, &log_level, true)
         .map_max_entries(map_names::NAT_FLOWS, nat_table_size)
         .map_max_entries(map_names::NAT_REVERSE, nat_table_size)
         .load(EBPF_OBJECT)?)

@@ -1,5 +1,6 @@
 //! docker0 ingress: packets from local containers.
 use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_log_ebpf::warn;
 use dr_common::Counter;
 
 use crate::{
@@ -20,6 +21,11 @@ pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
         Err(verdict) => return verdict,
     };
     if !cfg.is_local(src_addr(ip)) {
+        warn!(
+            &ctx,
+            "docker0: dropped a packet from spoofed source {:i}",
+            u32::from_be(src_addr(ip))
+        );
         return drop(Counter::DropSpoofed, bytes);
     }
     let dst = dst_addr(ip);

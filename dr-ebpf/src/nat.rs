@@ -11,6 +11,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
+use aya_log_ebpf::warn;
 use dr_common::{
     checksum,
     nat::{
@@ -292,7 +293,22 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
         }
         None => match allocate(&key, cfg, now, tcp_flags) {
             Ok(port) => port,
-            Err(reason) => return drop(reason, bytes),
+            Err(reason) => {
+                warn!(
+                    ctx,
+                    "snat: no translation for {:i}:{} -> {:i}:{} ({})",
+                    u32::from_be(key.src_addr),
+                    u16::from_be(key.src_port),
+                    u32::from_be(dst),
+                    u16::from_be(key.dst_port),
+                    if reason == Counter::DropNatTableFull {
+                        "table full"
+                    } else {
+                        "no free port"
+                    }
+                );
+                return drop(reason, bytes);
+            }
         },
     };
     let addrs = (key.src_addr, cfg.uplink_addr);

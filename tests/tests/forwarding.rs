@@ -140,6 +140,16 @@ fn spoofed_container_source_is_dropped_and_counted() {
     let c = cluster("drspoof");
     let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
     let container = &h0.containers[0];
+    // Datapath events on, and someone watching them.
+    h0.up_with(&["--datapath-log", "warn"]).unwrap();
+    let monitor = std::process::Command::new("ip")
+        .args(["netns", "exec", &h0.ns.name])
+        .arg(dr_ctl_path())
+        .arg("monitor")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
     // The container claims an address from another host's subnet.
     container
         .ns
@@ -163,6 +173,16 @@ fn spoofed_container_source_is_dropped_and_counted() {
         )
         .unwrap();
     assert!(!out.status.success());
+    // The drops were reported as events.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = std::process::Command::new("kill")
+        .arg(monitor.id().to_string())
+        .status();
+    let events = String::from_utf8_lossy(&monitor.wait_with_output().unwrap().stderr).into_owned();
+    assert!(
+        events.contains("dropped a packet from spoofed source 10.0.130.77"),
+        "{events}"
+    );
     let s = status(h0);
     assert!(
         s["counters"]["drop_spoofed_source"]["packets"]

@@ -84,7 +84,7 @@ fn config() -> DatapathConfig {
         nat_timeouts: Timeouts::default(),
         bridge_mac: BRIDGE_MAC,
         xdp_mode: 0,
-        _pad: 0,
+        datapath_log: 0,
         object_hash: 0,
     }
 }
@@ -98,7 +98,7 @@ fn datapath_sized(config: DatapathConfig, nat_table_size: u32) -> Datapath {
     require_root();
     let dir = PathBuf::from("/sys/fs/bpf").join(unique_prefix("drtest-"));
     std::fs::create_dir_all(&dir).unwrap();
-    let ebpf = datapath::load(&dir, nat_table_size).expect("load eBPF object");
+    let ebpf = datapath::load(&dir, nat_table_size, 0).expect("load eBPF object");
     let mut maps = Maps::open(&dir).unwrap();
     maps.set_config(&config).unwrap();
     maps.upsert_peers(&[("10.0.129.0/24".parse().unwrap(), PEER_HOST.into())])
