@@ -204,16 +204,30 @@ async fn reconcile(
     let mut wanted: Vec<(Ipv4Net, Ipv4Addr)> = Vec::new();
     let mut others: Vec<&Registration> = regs.values().filter(|r| r.name != name).collect();
     others.sort_by(|a, b| a.subnet.cmp(&b.subnet));
+    // Each entry against this host first, then the set as a whole; only if
+    // entries overlap each other is the set built one by one (quadratic, rare).
+    let mut fitting: Vec<(&Registration, (Ipv4Net, Ipv4Addr))> = Vec::new();
     for r in others {
         let Ok(s) = LocalSubnet::parse(&r.subnet) else {
             warn!("host {:?}: bad subnet {:?}", r.name, r.subnet);
             continue;
         };
-        let mut next = wanted.clone();
-        next.push((s.net, r.address));
-        match check_peers(&next, me, &uplink_nets, &[]) {
-            Ok(_) => wanted = next,
+        match check_peers(&[(s.net, r.address)], me, &uplink_nets, &[]) {
+            Ok(_) => fitting.push((r, (s.net, r.address))),
             Err(e) => warn!("host {:?}: {e}", r.name),
+        }
+    }
+    let all: Vec<_> = fitting.iter().map(|(_, p)| *p).collect();
+    if check_peers(&all, me, &uplink_nets, &[]).is_ok() {
+        wanted = all;
+    } else {
+        for (r, peer) in fitting {
+            let mut next = wanted.clone();
+            next.push(peer);
+            match check_peers(&next, me, &uplink_nets, &[]) {
+                Ok(_) => wanted = next,
+                Err(e) => warn!("host {:?}: {e}", r.name),
+            }
         }
     }
     let diff = commands::reconcile_peers(&wanted)?;
