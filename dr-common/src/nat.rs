@@ -6,6 +6,8 @@
 //! address and port. Ports and addresses are stored as in the packet (network
 //! order in memory), except where noted.
 
+use crate::checksum;
+
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -101,6 +103,28 @@ impl ReverseKey {
             dst_port: self.remote_port,
             proto: self.proto,
             _pad: [0; 3],
+        }
+    }
+}
+
+/// The L4 checksum of a TCP/UDP/ICMP header after a translation changed the
+/// pseudo-header address `addrs.0 -> addrs.1` and the port (ICMP: the
+/// identifier) `ports.0 -> ports.1`; values as in the packet. ICMP has no
+/// pseudo-header; a zero UDP checksum means "none" and stays zero, and a
+/// computed zero is sent as 0xffff.
+#[inline(always)]
+pub fn rewritten_l4_checksum(proto: u8, check: u16, addrs: (u32, u32), ports: (u16, u16)) -> u16 {
+    match proto {
+        IPPROTO_ICMP => checksum::replace_u16(check, ports.0, ports.1),
+        IPPROTO_UDP if check == 0 => 0,
+        _ => {
+            let c = checksum::replace_u32(check, addrs.0, addrs.1);
+            let c = checksum::replace_u16(c, ports.0, ports.1);
+            if proto == IPPROTO_UDP && c == 0 {
+                0xffff
+            } else {
+                c
+            }
         }
     }
 }
@@ -305,6 +329,34 @@ mod tests {
         assert_eq!(State::TcpClosed.timeout_secs(&t), 2);
         assert_eq!(State::TcpTimeWait.timeout_secs(&t), 60);
         assert_eq!(State::TcpFinOut.timeout_secs(&t), 120);
+    }
+
+    #[test]
+    fn l4_checksum_rewrites_follow_the_protocol() {
+        let (addrs, ports) = ((1, 2), (3, 4));
+        // ICMP ignores the addresses.
+        assert_eq!(
+            rewritten_l4_checksum(IPPROTO_ICMP, 0x1234, addrs, ports),
+            checksum::replace_u16(0x1234, 3, 4)
+        );
+        let tcp = rewritten_l4_checksum(IPPROTO_TCP, 0x1234, addrs, ports);
+        assert_eq!(
+            tcp,
+            checksum::replace_u16(checksum::replace_u32(0x1234, 1, 2), 3, 4)
+        );
+        assert_eq!(
+            rewritten_l4_checksum(IPPROTO_UDP, 0x1234, addrs, ports),
+            tcp
+        );
+        assert_eq!(rewritten_l4_checksum(IPPROTO_UDP, 0, addrs, ports), 0);
+        // A UDP result of zero is sent as all ones: find an input that gives it.
+        let zero_input = (1..=u16::MAX)
+            .find(|c| rewritten_l4_checksum(IPPROTO_TCP, *c, addrs, ports) == 0)
+            .unwrap();
+        assert_eq!(
+            rewritten_l4_checksum(IPPROTO_UDP, zero_input, addrs, ports),
+            0xffff
+        );
     }
 
     #[test]

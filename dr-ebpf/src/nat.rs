@@ -15,8 +15,8 @@ use aya_log_ebpf::warn;
 use dr_common::{
     checksum,
     nat::{
-        Flow, FlowKey, Origin, ReverseKey, State, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-        PORT_TRIES,
+        rewritten_l4_checksum, Flow, FlowKey, Origin, ReverseKey, State, IPPROTO_ICMP, IPPROTO_TCP,
+        IPPROTO_UDP, PORT_TRIES,
     },
     Counter, DatapathConfig,
 };
@@ -519,19 +519,8 @@ fn translate_icmp_error(
     // The quoted L4 checksum, when the error quotes that far.
     let at = inner_l4 + l4.check;
     if let Ok(old) = ctx.load::<u16>(at) {
-        let new = match proto {
-            IPPROTO_ICMP => checksum::replace_u16(old, nat_port, origin.port),
-            IPPROTO_UDP if old == 0 => 0,
-            _ => {
-                let c = checksum::replace_u32(old, cfg.uplink_addr, origin.addr);
-                let c = checksum::replace_u16(c, nat_port, origin.port);
-                if proto == IPPROTO_UDP && c == 0 {
-                    0xffff
-                } else {
-                    c
-                }
-            }
-        };
+        let addrs = (cfg.uplink_addr, origin.addr);
+        let new = rewritten_l4_checksum(proto, old, addrs, (nat_port, origin.port));
         ctx.store(at, &new, 0)?;
         fold(old as u64, new as u64, 2)?;
     }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use dr_common::{
     checksum,
-    nat::{ReverseKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    nat::{rewritten_l4_checksum, ReverseKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     Counter, DatapathConfig, Endpoint,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -154,20 +154,8 @@ fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ip
     unsafe {
         *port = origin.port.to_ne_bytes();
         let old = u16::from_ne_bytes(*check);
-        let new = match proto {
-            IPPROTO_ICMP => checksum::replace_u16(old, nat_port, origin.port),
-            IPPROTO_UDP if old == 0 => 0,
-            _ => {
-                let c = checksum::replace_u32(old, cfg.uplink_addr, origin.addr);
-                let c = checksum::replace_u16(c, nat_port, origin.port);
-                if proto == IPPROTO_UDP && c == 0 {
-                    0xffff
-                } else {
-                    c
-                }
-            }
-        };
-        *check = new.to_ne_bytes();
+        let addrs = (cfg.uplink_addr, origin.addr);
+        *check = rewritten_l4_checksum(proto, old, addrs, (nat_port, origin.port)).to_ne_bytes();
     }
     redirect_to(data, data_end, cfg, &endpoint, Counter::NatIn)
 }
