@@ -240,6 +240,14 @@ fn ephemeral_ports() -> Result<(u16, u16)> {
     }
 }
 
+/// Sets `"bip"` in the daemon.json `up` was given, if any.
+fn merge_docker_config(args: &UpArgs) -> Result<Option<BipChange>> {
+    args.docker_config
+        .as_ref()
+        .map(|path| docker_config::merge_bip(path, &args.subnet.bip()))
+        .transpose()
+}
+
 pub async fn up(args: &UpArgs) -> Result<UpReport> {
     check_ifname("bridge", &args.bridge)?;
     check_ifname("uplink", &args.uplink)?;
@@ -324,10 +332,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         let all_linked = Hook::ALL.iter().all(|h| pins.join(h.link_pin()).exists())
             && pins.join(datapath::XDP_LINK_PIN).exists() == args.xdp;
         if *config == desired && *exclusions == args.nat.exclusions() && all_linked {
-            let docker_config = match &args.docker_config {
-                Some(path) => Some(docker_config::merge_bip(path, &args.subnet.bip())?),
-                None => None,
-            };
+            let docker_config = merge_docker_config(args)?;
             let changed = matches!(docker_config, Some(BipChange::Written { .. }));
             return Ok(UpReport {
                 changed,
@@ -459,10 +464,7 @@ async fn apply_up(
         XDP_OFF
     };
     maps.set_config(&config(xdp_mode))?;
-    let docker_config = match &args.docker_config {
-        Some(path) => Some(docker_config::merge_bip(path, &args.subnet.bip())?),
-        None => None,
-    };
+    let docker_config = merge_docker_config(args)?;
     Ok(UpReport {
         changed: true,
         pin_dir: pins.display().to_string(),

@@ -305,16 +305,17 @@ fn docker_config_gets_bip_merged_with_backup() {
     )
     .unwrap();
     let p = path.to_str().unwrap();
-    h0.dr(&[
+    let bip = h0.bip();
+    let up = [
         "up",
         "--subnet",
-        &h0.bip(),
+        &bip,
         "--uplink",
         "eth0",
         "--docker-config",
         p,
-    ])
-    .unwrap();
+    ];
+    h0.dr(&up).unwrap();
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(doc["bip"], "10.0.128.1/24");
     assert_eq!(doc["log-driver"], "journald");
@@ -323,17 +324,7 @@ fn docker_config_gets_bip_merged_with_backup() {
     // A broken daemon.json is refused before anything changes.
     h0.dr(&["down"]).unwrap();
     std::fs::write(&path, "{ not json").unwrap();
-    let out = h0
-        .dr_output(&[
-            "up",
-            "--subnet",
-            &h0.bip(),
-            "--uplink",
-            "eth0",
-            "--docker-config",
-            p,
-        ])
-        .unwrap();
+    let out = h0.dr_output(&up).unwrap();
     assert_clean_failure(&out, "daemon.json");
     assert!(
         h0.ns.ip(&["link", "show", "docker0"]).is_err(),
