@@ -181,9 +181,7 @@ impl Netlink {
             let mut master = None;
             for attr in &msg.attributes {
                 match attr {
-                    NeighbourAttribute::LinkLayerAddress(m) => {
-                        mac = <[u8; 6]>::try_from(m.as_slice()).ok()
-                    }
+                    NeighbourAttribute::LinkLayerAddress(m) => mac = mac_of(m),
                     NeighbourAttribute::Controller(c) => master = Some(*c),
                     _ => {}
                 }
@@ -218,9 +216,7 @@ impl Netlink {
             for attr in &msg.attributes {
                 match attr {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(*a),
-                    NeighbourAttribute::LinkLayerAddress(m) => {
-                        mac = <[u8; 6]>::try_from(m.as_slice()).ok()
-                    }
+                    NeighbourAttribute::LinkLayerAddress(m) => mac = mac_of(m),
                     _ => {}
                 }
             }
@@ -243,6 +239,11 @@ impl Netlink {
     }
 }
 
+/// An Ethernet address from a netlink attribute.
+fn mac_of(bytes: &[u8]) -> Option<[u8; 6]> {
+    bytes.try_into().ok()
+}
+
 fn interface_of(link: &LinkMessage) -> Interface {
     let mut iface = Interface {
         index: link.header.index,
@@ -253,7 +254,7 @@ fn interface_of(link: &LinkMessage) -> Interface {
     for attr in &link.attributes {
         match attr {
             LinkAttribute::IfName(name) => iface.name = name.clone(),
-            LinkAttribute::Address(mac) => iface.mac = mac.as_slice().try_into().ok(),
+            LinkAttribute::Address(mac) => iface.mac = mac_of(mac),
             LinkAttribute::LinkInfo(infos) => {
                 iface.is_bridge |= infos
                     .iter()
