@@ -240,6 +240,40 @@ fn ephemeral_ports() -> Result<(u16, u16)> {
     }
 }
 
+/// Refuses a bridge that already serves containers on another subnet (a
+/// running Docker with its own `bip`): their source addresses would be
+/// outside dr's subnet and every packet they send dropped as spoofed.
+async fn refuse_occupied_bridge(
+    nl: &Netlink,
+    bridge: &Interface,
+    subnet: &LocalSubnet,
+) -> Result<()> {
+    let addresses = nl.ipv4_addresses(bridge.index).await?;
+    if addresses.iter().any(|a| a.addr() == subnet.gateway) {
+        // Adopted already (dr's earlier `up`, or Docker started with dr's bip).
+        return Ok(());
+    }
+    let Some(other) = addresses
+        .iter()
+        .find(|a| !overlaps(&a.trunc(), &subnet.net))
+    else {
+        return Ok(());
+    };
+    let ports = nl.bridge_ports(bridge.index).await?;
+    if ports.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Conflict(format!(
+        "{} carries {other} with {} attached interface(s) ({}): their traffic would be dropped as spoofed; \
+         stop those containers, run `dr-ctl up` again (with --docker-config to set Docker's \"bip\" to {}), \
+         then restart dockerd",
+        bridge.name,
+        ports.len(),
+        ports.join(", "),
+        subnet.bip()
+    )))
+}
+
 /// Sets `"bip"` in the daemon.json `up` was given, if any.
 fn merge_docker_config(args: &UpArgs) -> Result<Option<BipChange>> {
     args.docker_config
@@ -285,6 +319,9 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
                 b.name
             )));
         }
+    }
+    if let Some(b) = &bridge {
+        refuse_occupied_bridge(&nl, b, &args.subnet).await?;
     }
     if let Some(path) = &args.docker_config {
         // Refuse a daemon.json we could not merge before touching anything.
@@ -425,18 +462,12 @@ async fn apply_up(
     };
     maps.set_config(&config(old_xdp))?;
     let mut attached = Vec::new();
-    for (hook, iface, old_index) in [
-        (
-            Hook::BridgeIngress,
-            &bridge,
-            existing.map(|c| c.bridge_ifindex),
-        ),
-        (
-            Hook::UplinkIngress,
-            uplink,
-            existing.map(|c| c.uplink_ifindex),
-        ),
-    ] {
+    for hook in Hook::ALL {
+        let (iface, old_index) = if hook.on_uplink() {
+            (uplink, existing.map(|c| c.uplink_ifindex))
+        } else {
+            (&bridge, existing.map(|c| c.bridge_ifindex))
+        };
         if old_index.is_some_and(|old| old != iface.index) {
             // The interface was recreated: its old link is defunct.
             datapath::detach(pins, hook)?;
@@ -587,7 +618,7 @@ pub fn peer_del(subnet: &str) -> Result<PeerReport> {
     let Some(peer) = maps.peers()?.into_iter().find(|p| p.subnet == subnet) else {
         return Err(Error::Invalid(format!("no peer {subnet}")));
     };
-    maps.remove_peer(subnet)?;
+    maps.remove_peers(&[subnet])?;
     Ok(PeerReport {
         subnet,
         via: Some(peer.via),
@@ -620,10 +651,12 @@ pub async fn status() -> Result<Status> {
     let nl = Netlink::connect()?;
     let local = local_subnet(&config)?;
     let mut hooks = Vec::new();
-    for (hook, ifindex) in [
-        (Hook::BridgeIngress, config.bridge_ifindex),
-        (Hook::UplinkIngress, config.uplink_ifindex),
-    ] {
+    for hook in Hook::ALL {
+        let ifindex = if hook.on_uplink() {
+            config.uplink_ifindex
+        } else {
+            config.bridge_ifindex
+        };
         let iface = nl.interface_by_index(ifindex).await?;
         let ids = datapath::link_ids(&pins, hook)?;
         hooks.push(HookStatus {
@@ -870,9 +903,8 @@ pub fn reconcile_peers(wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<PeerDiff> {
     let current: Vec<_> = maps.peers()?.iter().map(|p| (p.subnet, p.via)).collect();
     let diff = PeerDiff::between(&current, wanted);
     maps.upsert_peers(&diff.upserts())?;
-    for (net, _) in &diff.remove {
-        maps.remove_peer(*net)?;
-    }
+    let stale: Vec<_> = diff.remove.iter().map(|(net, _)| *net).collect();
+    maps.remove_peers(&stale)?;
     Ok(diff)
 }
 

@@ -74,6 +74,22 @@ impl Netlink {
         }
     }
 
+    /// Names of the interfaces enslaved to `bridge` (a container's veth each, under Docker).
+    pub async fn bridge_ports(&self, bridge: u32) -> Result<Vec<String>> {
+        let mut links = self.handle.link().get().execute();
+        let mut ports = Vec::new();
+        while let Some(link) = links.try_next().await? {
+            if link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == bridge))
+            {
+                ports.push(interface_of(&link).name);
+            }
+        }
+        Ok(ports)
+    }
+
     /// The interface's IPv4 addresses with their prefix lengths.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
         let mut addrs = self
