@@ -597,6 +597,7 @@ pub async fn peer_add(peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<Vec<PeerReport>> 
         .map(|(p, _)| *p)
         .collect();
     maps.upsert_peers(&to_write)?;
+    resolve_peer_hosts(&nl, &config, to_write.iter().map(|p| p.1)).await;
     Ok(peers
         .iter()
         .zip(changes)
@@ -741,6 +742,7 @@ pub async fn sync() -> Result<SyncReport> {
     let nl = Netlink::connect()?;
     let local = local_subnet(&config)?;
     let endpoints = sync_endpoints(&nl, &mut maps, config.bridge_ifindex, &local.net).await?;
+    resolve_peer_hosts(&nl, &config, maps.peers()?.iter().map(|p| p.via)).await;
     Ok(SyncReport {
         xdp: xdp_mode_name(config.xdp_mode),
         endpoints,
@@ -891,21 +893,40 @@ pub async fn apply(args: &ApplyArgs) -> Result<ApplyReport> {
     } else {
         "unchanged"
     };
-    report.peers = reconcile_peers(&wanted)?;
+    report.peers = reconcile_peers(&wanted).await?;
     Ok(report)
 }
 
 /// Makes the peer map exactly `wanted` (already validated): new and switched
 /// peers are written before stale ones are removed, so a peer that stays is
 /// never missing. Returns what changed.
-pub fn reconcile_peers(wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<PeerDiff> {
-    let (_pins, _lock, mut maps, _) = open_up()?;
+pub async fn reconcile_peers(wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<PeerDiff> {
+    let (_pins, _lock, mut maps, config) = open_up()?;
     let current: Vec<_> = maps.peers()?.iter().map(|p| (p.subnet, p.via)).collect();
     let diff = PeerDiff::between(&current, wanted);
-    maps.upsert_peers(&diff.upserts())?;
+    let upserts = diff.upserts();
+    maps.upsert_peers(&upserts)?;
     let stale: Vec<_> = diff.remove.iter().map(|(net, _)| *net).collect();
     maps.remove_peers(&stale)?;
+    resolve_peer_hosts(&Netlink::connect()?, &config, upserts.iter().map(|p| p.1)).await;
     Ok(diff)
+}
+
+/// Starts the kernel's resolution of peer hosts' MAC addresses on the
+/// uplink, so that the host's own first packet to a peer subnet finds the
+/// peer host in the neighbour table (see `uplink_egress.rs`). Best effort:
+/// a failure only costs that first packet.
+async fn resolve_peer_hosts(
+    nl: &Netlink,
+    config: &DatapathConfig,
+    hosts: impl IntoIterator<Item = Ipv4Addr>,
+) {
+    let unique: std::collections::BTreeSet<Ipv4Addr> = hosts.into_iter().collect();
+    for host in unique {
+        if let Err(e) = nl.resolve_neighbour(config.uplink_ifindex, host).await {
+            warn!("resolving peer host {host}: {e}");
+        }
+    }
 }
 
 /// Prints the datapath's aya-log events until interrupted. The programs

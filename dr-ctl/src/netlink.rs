@@ -7,7 +7,7 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
         AddressFamily,
     },
     Handle, LinkBridge, LinkUnspec,
@@ -247,6 +247,20 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// Has the kernel resolve `addr`'s MAC on `index` (ARP) unless it knows
+    /// it already; returns without waiting for the answer.
+    pub async fn resolve_neighbour(&self, index: u32, addr: Ipv4Addr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(addr))
+            .state(NeighbourState::None)
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await?;
+        Ok(())
     }
 
     pub async fn delete_interface(&self, index: u32) -> Result<()> {

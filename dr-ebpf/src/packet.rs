@@ -18,7 +18,7 @@ use network_types::{
 
 use crate::maps::{config, count};
 
-const AF_INET: u32 = 2;
+pub const AF_INET: u8 = 2;
 
 /// What the start of a frame holds, as far as dr is concerned.
 pub enum Frame {
@@ -111,7 +111,7 @@ pub fn redirect_neigh(ifindex: u32, next_hop: Option<u32>) -> i32 {
     let ret = match next_hop {
         Some(addr) => {
             let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-            nh.nh_family = AF_INET;
+            nh.nh_family = AF_INET.into();
             nh.__bindgen_anon_1.ipv4_nh = addr;
             // SAFETY: nh lives across the call; the size matches the struct.
             unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) }
