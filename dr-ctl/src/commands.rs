@@ -320,9 +320,6 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
             )));
         }
     }
-    if let Some(b) = &bridge {
-        refuse_occupied_bridge(&nl, b, &args.subnet).await?;
-    }
     if let Some(path) = &args.docker_config {
         // Refuse a daemon.json we could not merge before touching anything.
         let current = std::fs::read_to_string(path).ok();
@@ -382,6 +379,9 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         }
     }
 
+    if let Some(b) = &bridge {
+        refuse_occupied_bridge(&nl, b, &args.subnet).await?;
+    }
     let mut undo = Vec::new();
     let existing = existing.map(|(c, _)| c);
     let result = apply_up(

@@ -38,35 +38,6 @@ fn counter(host: &Host, name: &str) -> u64 {
     s["counters"][name]["packets"].as_u64().unwrap()
 }
 
-/// What `docker run -p HOST_PORT:PORT[/udp]` sets up on the host: IP
-/// forwarding and a DNAT of the host's port to the container's.
-fn publish(host: &Host, proto: &str, host_port: u16, to: SocketAddr) {
-    host.ns
-        .exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])
-        .unwrap();
-    host.ns
-        .exec(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                &host.uplink_addr.to_string(),
-                "-p",
-                proto,
-                "--dport",
-                &host_port.to_string(),
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to.to_string(),
-            ],
-        )
-        .unwrap();
-}
-
 #[test]
 fn published_ports_answer_external_clients_and_peer_hosts() {
     published_ports(&cluster("drpub", &[]));
@@ -91,7 +62,7 @@ fn published_ports(c: &Cluster) {
     ];
 
     let sink = TestServer::tcp_sink(&server.ns, server.addr, clients.len()).unwrap();
-    publish(a, "tcp", 8080, sink.addr);
+    a.publish("tcp", 8080, sink.addr).unwrap();
     let published = SocketAddr::from((a.uplink_addr, 8080));
     for client in clients {
         traffic::tcp_send(client, 0, published, 256 << 10)
@@ -102,7 +73,7 @@ fn published_ports(c: &Cluster) {
 
     const DATAGRAMS: u32 = 20;
     let echo = TestServer::udp_echo(&server.ns, server.addr, DATAGRAMS * 3).unwrap();
-    publish(a, "udp", 5353, echo.addr);
+    a.publish("udp", 5353, echo.addr).unwrap();
     let published = SocketAddr::from((a.uplink_addr, 5353));
     for client in clients {
         traffic::udp_requests(client, 0, published, DATAGRAMS)
