@@ -36,6 +36,7 @@ pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
         return snat_out(&ctx, cfg, ip, bytes);
     };
     let (verdict, sent) = forward(
+        &ctx,
         ip,
         cfg.uplink_ifindex,
         Some(peer.via),

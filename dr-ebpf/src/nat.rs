@@ -26,8 +26,8 @@ use crate::{
     inbound::inbound_answered,
     maps::{count, NAT_EXCLUDE, NAT_FLOWS, NAT_REVERSE},
     packet::{
-        decrement_ttl, drop, dst_addr, flow_of, forward, is_fragment, l4_offset, l4_ports,
-        mark_redirect, pass, send, src_addr, IP_CHECK, IP_DST, IP_SRC,
+        decrement_ttl, drop, dst_addr, flow_of, forward, is_fragment, l4_offset, l4_ports, pass,
+        send, src_addr, IP_CHECK, IP_DST, IP_SRC,
     },
 };
 
@@ -280,7 +280,15 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
             match inbound_answered(&key, cfg, now) {
                 Some(DELIVERED_BY_KERNEL) => return pass(Counter::InboundReply, bytes),
                 Some(_) => {
-                    return forward(ip, cfg.uplink_ifindex, Some(dst), Counter::ToPeer, bytes).0
+                    return forward(
+                        ctx,
+                        ip,
+                        cfg.uplink_ifindex,
+                        Some(dst),
+                        Counter::ToPeer,
+                        bytes,
+                    )
+                    .0
                 }
                 None => {}
             }
@@ -334,7 +342,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
     {
         return drop(Counter::DropRedirectFailed, bytes);
     }
-    send(cfg.uplink_ifindex, None, Counter::NatOut, bytes).0
+    send(ctx, cfg.uplink_ifindex, None, Counter::NatOut, bytes).0
 }
 
 /// The container end of a reply to a live translation, and its flow entry.
@@ -430,8 +438,7 @@ pub fn snat_reply(
     {
         return Some(drop(Counter::DropRedirectFailed, bytes));
     }
-    mark_redirect(ctx);
-    Some(send(cfg.bridge_ifindex, None, Counter::NatIn, bytes).0)
+    Some(send(ctx, cfg.bridge_ifindex, None, Counter::NatIn, bytes).0)
 }
 
 /// An ICMP error quoting a translated packet: translate the outer destination
@@ -488,8 +495,16 @@ fn icmp_error_reply(
     {
         return Some(drop(Counter::DropRedirectFailed, bytes));
     }
-    mark_redirect(ctx);
-    Some(send(cfg.bridge_ifindex, None, Counter::NatIcmpErrorIn, bytes).0)
+    Some(
+        send(
+            ctx,
+            cfg.bridge_ifindex,
+            None,
+            Counter::NatIcmpErrorIn,
+            bytes,
+        )
+        .0,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
