@@ -118,6 +118,11 @@ pub struct DatapathConfig {
     pub uplink_ifindex: u32,
     /// The uplink's IPv4 address, network order.
     pub uplink_addr: u32,
+    /// The uplink's MTU: container packets that do not fit it are answered
+    /// with ICMP fragmentation needed (DF) or dropped (no DF) instead of
+    /// being redirected, since `bpf_redirect_neigh` skips the forwarding
+    /// path's MTU check. Written by `dr-ctl up`, refreshed by `dr-ctl sync`.
+    pub uplink_mtu: u32,
     /// `OWNED_*` bits: what `up` created and `down` must remove.
     pub owned: u32,
     /// Non-zero when container traffic to destinations outside the cluster
@@ -135,6 +140,8 @@ pub struct DatapathConfig {
     /// Level of the datapath's aya-log events (0: off, 1 error .. 5 trace),
     /// fixed when the programs are loaded (`up --datapath-log`).
     pub datapath_log: u8,
+    /// Keeps `object_hash` 8-byte aligned with no implicit padding.
+    pub _pad: u32,
     /// Hash of the eBPF object that dr-ctl attached: a different binary's
     /// `up` swaps the programs in place (upgrade without a traffic gap).
     pub object_hash: u64,
@@ -143,6 +150,9 @@ pub struct DatapathConfig {
 pub const XDP_OFF: u8 = 0;
 pub const XDP_NATIVE: u8 = 1;
 pub const XDP_GENERIC: u8 = 2;
+
+// Every field is explicit: the two sides must agree byte for byte.
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 104);
 
 impl DatapathConfig {
     /// Whether `addr` (network order) lies in the local container subnet.
@@ -195,10 +205,16 @@ pub enum Counter {
     XdpRedirect = 17,
     /// Frames the XDP program left to TC (not for a known local endpoint).
     XdpPass = 18,
+    /// Container packets too big for the uplink MTU with DF set, answered
+    /// with ICMP fragmentation needed (the uplink MTU) back to the container.
+    IcmpFragNeeded = 19,
+    /// Dropped: a container packet too big for the uplink MTU without DF
+    /// (dr does not fragment).
+    DropTooBigNoDf = 20,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 21] = [
         Counter::ToPeer,
         Counter::FromPeer,
         Counter::Passed,
@@ -218,6 +234,8 @@ impl Counter {
         Counter::DropNatFragment,
         Counter::XdpRedirect,
         Counter::XdpPass,
+        Counter::IcmpFragNeeded,
+        Counter::DropTooBigNoDf,
     ];
 
     /// Stable name used in `dr-ctl status` and its JSON output.
@@ -242,6 +260,8 @@ impl Counter {
             Counter::DropNatFragment => "drop_nat_fragment",
             Counter::XdpRedirect => "xdp_redirect",
             Counter::XdpPass => "xdp_pass",
+            Counter::IcmpFragNeeded => "icmp_frag_needed",
+            Counter::DropTooBigNoDf => "drop_too_big_no_df",
         }
     }
 }

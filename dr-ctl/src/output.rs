@@ -3,11 +3,8 @@ use std::fmt::Write as _;
 
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
-use crate::{
-    commands::{
-        ApplyReport, Counts, DownReport, NatEntry, PeerReport, PeerStatus, Status, Tuple, UpReport,
-    },
-    docker_config::BipChange,
+use crate::commands::{
+    ApplyReport, Counts, DownReport, NatEntry, PeerReport, PeerStatus, Status, Tuple, UpReport,
 };
 
 /// Serializes `[(name, value)]` as a JSON object, keeping the order.
@@ -45,11 +42,15 @@ pub fn up(r: &UpReport) -> String {
     for (program, how) in &r.attached {
         let _ = writeln!(out, "{program}: {how:?}");
     }
-    if let Some(BipChange::Written { backup }) = &r.docker_config {
+    if let Some(change) = r.docker_config.as_ref().filter(|c| c.written) {
         let _ = writeln!(
             out,
-            "wrote bip to daemon.json{}",
-            backup
+            "wrote bip{} to daemon.json{}",
+            change
+                .mtu
+                .map_or(String::new(), |mtu| format!(" and mtu {mtu}")),
+            change
+                .backup
                 .as_ref()
                 .map_or(String::new(), |b| format!(" (previous file saved as {b})"))
         );

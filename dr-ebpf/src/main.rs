@@ -5,6 +5,7 @@
 
 mod bridge;
 mod maps;
+mod mtu;
 mod nat;
 mod packet;
 mod uplink;

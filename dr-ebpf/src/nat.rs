@@ -24,6 +24,7 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     maps::{count, NAT_EXCLUDE, NAT_FLOWS, NAT_REVERSE},
+    mtu::too_big,
     packet::{
         decrement_ttl, drop, dst_addr, is_fragment, l4_offset, pass, send, src_addr, IP_CHECK,
         IP_DST, IP_SRC,
@@ -278,6 +279,9 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
         proto,
         _pad: [0; 3],
     };
+    if let Some(verdict) = too_big(ctx, cfg, ip, bytes) {
+        return verdict;
+    }
     if !decrement_ttl(ip) {
         return drop(Counter::DropTtlExceeded, bytes);
     }

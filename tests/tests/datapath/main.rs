@@ -2,6 +2,7 @@
 //! verdict, every rewrite compared byte for byte with a frame etherparse
 //! builds (so checksums are checked too), and the counters.
 mod forwarding;
+mod mtu;
 mod nat;
 mod xdp;
 
@@ -42,11 +43,21 @@ fn test_run<P>(prog: &P, packet: &[u8]) -> (u32, Vec<u8>)
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
 {
+    test_run_ctx(prog, packet, None)
+}
+
+/// [`test_run`] with `ctx` as the program's context (for TC, a `__sk_buff`
+/// whose settable fields the kernel copies into the skb).
+fn test_run_ctx<P>(prog: &P, packet: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let mut out = vec![0u8; packet.len() + 256];
     let result = prog
         .test_run(TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             ..Default::default()
         })
         .expect("BPF_PROG_TEST_RUN");
@@ -77,6 +88,7 @@ fn config() -> DatapathConfig {
         bridge_ifindex: 1001,
         uplink_ifindex: 1000,
         uplink_addr: to_map_addr(UPLINK_ADDR.into()),
+        uplink_mtu: 1500,
         owned: 0,
         nat_enabled: 0,
         nat_port_min: 10000,
@@ -85,6 +97,7 @@ fn config() -> DatapathConfig {
         bridge_mac: BRIDGE_MAC,
         xdp_mode: 0,
         datapath_log: 0,
+        _pad: 0,
         object_hash: 0,
     }
 }
