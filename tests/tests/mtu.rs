@@ -172,3 +172,50 @@ fn sync_follows_a_changed_uplink_mtu() {
     let text = ping_1500_df(&h0.containers[0], h1.containers[0].addr.into());
     assert!(text.contains("mtu = 1300"), "{text}");
 }
+
+#[test]
+fn up_gives_docker_the_uplink_mtu_when_it_is_below_1500() {
+    require_root();
+    let c = Cluster::new("drmtudock", 1, &dr_ctl_path()).expect("cluster");
+    c.set_segment_mtu(SEGMENT_MTU).unwrap();
+    let h0 = &c.hosts[0];
+    let dir = TempDir::new(&c.prefix);
+    let path = dir.0.join("daemon.json");
+    std::fs::write(&path, r#"{"log-driver": "journald"}"#).unwrap();
+    let mut up = h0.up_args();
+    up.extend(["--docker-config".into(), path.display().to_string()]);
+    let up: Vec<&str> = up.iter().map(String::as_str).collect();
+    let report: Value =
+        serde_json::from_str(&h0.dr(&[&up[..], &["--json"]].concat()).unwrap()).unwrap();
+    assert_eq!(report["docker_config"]["written"], true, "{report}");
+    assert_eq!(report["docker_config"]["mtu"], SEGMENT_MTU, "{report}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(doc["mtu"], SEGMENT_MTU);
+    assert_eq!(doc["bip"], h0.bip());
+    assert_eq!(doc["log-driver"], "journald");
+    // The text output says so too, once the file needs writing again.
+    h0.ns.ip(&["link", "set", "eth0", "mtu", "1300"]).unwrap();
+    let text = h0.dr(&up).unwrap();
+    assert!(
+        text.contains("wrote bip and mtu 1300 to daemon.json"),
+        "{text}"
+    );
+}
+
+/// A directory under the system's temporary directory, removed on drop
+/// (also when a test fails).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
