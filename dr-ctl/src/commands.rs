@@ -129,6 +129,8 @@ pub struct Status {
     pub local_subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub uplink_address: Ipv4Addr,
+    /// What the datapath checks container packets against (see `sync`).
+    pub uplink_mtu: u32,
     pub hooks: Vec<HookStatus>,
     pub peers: Vec<PeerStatus>,
     pub nat: NatStatus,
@@ -647,6 +649,7 @@ pub async fn status() -> Result<Status> {
         local_subnet: local.net,
         gateway: local.gateway,
         uplink_address: from_map_addr(config.uplink_addr),
+        uplink_mtu: config.uplink_mtu,
         hooks,
         peers: peer_statuses(&maps)?,
         xdp: xdp_mode_name(config.xdp_mode),

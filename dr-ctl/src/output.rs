@@ -156,7 +156,11 @@ pub fn status(s: &Status) -> String {
         "local subnet: {} (gateway {})",
         s.local_subnet, s.gateway
     );
-    let _ = writeln!(out, "uplink address: {}", s.uplink_address);
+    let _ = writeln!(
+        out,
+        "uplink address: {} (mtu {})",
+        s.uplink_address, s.uplink_mtu
+    );
     let _ = writeln!(out, "pins: {}", s.pin_dir);
     out.push_str("programs:\n");
     for h in &s.hooks {

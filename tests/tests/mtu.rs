@@ -104,6 +104,8 @@ fn bulk_with_frag_needed(
 fn path_mtu_is_learned_and_bulk_tcp_completes(c: &Cluster) {
     let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
     for host in [h0, h1] {
+        let status: Value = serde_json::from_str(&host.dr(&["status", "--json"]).unwrap()).unwrap();
+        assert_eq!(status["uplink_mtu"], SEGMENT_MTU, "host {}", host.id);
         assert_eq!(sync(host)["uplink_mtu"], SEGMENT_MTU, "host {}", host.id);
     }
     // ping: the answer comes from docker0's address, with the uplink's MTU.
@@ -169,6 +171,8 @@ fn sync_follows_a_changed_uplink_mtu() {
     let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
     h0.ns.ip(&["link", "set", "eth0", "mtu", "1300"]).unwrap();
     assert_eq!(sync(h0)["uplink_mtu"], 1300);
+    let status = h0.dr(&["status"]).unwrap();
+    assert!(status.contains("(mtu 1300)"), "{status}");
     let text = ping_1500_df(&h0.containers[0], h1.containers[0].addr.into());
     assert!(text.contains("mtu = 1300"), "{text}");
 }
