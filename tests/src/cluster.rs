@@ -84,6 +84,14 @@ impl Host {
         self.up_with(&[])
     }
 
+    /// Packets counted by the datapath under `name` (see `dr-ctl status`).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let status: serde_json::Value = serde_json::from_str(&self.dr(&["status", "--json"])?)?;
+        status["counters"][name]["packets"]
+            .as_u64()
+            .with_context(|| format!("no counter {name:?} in status"))
+    }
+
     /// Creates docker0 with this host's `bip`, as Docker would.
     pub fn create_docker0(&self) -> Result<()> {
         self.ns.ip(&["link", "add", "docker0", "type", "bridge"])?;
@@ -342,6 +350,29 @@ impl Cluster {
                 "ethtool",
                 &["-K", port, "tx", "off", "tso", "off", "gso", "off"],
             )?;
+        }
+        Ok(())
+    }
+
+    /// Sets the MTU of every interface on the hosts' segment (the hosts' and
+    /// the router's eth0, the switch's ports) to `mtu`, below the 1500 of
+    /// docker0 and containers, as on clouds and under tunnels; and turns off
+    /// GRO, TSO and GSO on the hosts' eth0, so the uplinks, like a real NIC's
+    /// wire, carry nothing bigger than the MTU.
+    pub fn set_segment_mtu(&self, mtu: u32) -> Result<()> {
+        let mtu = mtu.to_string();
+        for host in &self.hosts {
+            host.ns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
+            host.ns.exec(
+                "ethtool",
+                &["-K", "eth0", "gro", "off", "tso", "off", "gso", "off"],
+            )?;
+            self.switch
+                .ip(&["link", "set", &format!("p{}", host.id), "mtu", &mtu])?;
+        }
+        if let Some(router) = &self.router {
+            router.ip(&["link", "set", "eth0", "mtu", &mtu])?;
+            self.switch.ip(&["link", "set", "prtr", "mtu", &mtu])?;
         }
         Ok(())
     }

@@ -33,11 +33,6 @@ fn nat_list(host: &Host) -> Vec<Value> {
     v.as_array().unwrap().clone()
 }
 
-fn counter(host: &Host, name: &str) -> u64 {
-    let s: Value = serde_json::from_str(&host.dr(&["status", "--json"]).unwrap()).unwrap();
-    s["counters"][name]["packets"].as_u64().unwrap()
-}
-
 fn assert_no_netfilter_nat(host: &Host) {
     let ipt = host
         .ns
@@ -69,7 +64,10 @@ fn snat_works_alongside_the_xdp_fast_path() {
     external_traffic(&c);
     // The replies took the fast path: XDP translated and redirected them all.
     let h0 = &c.hosts[0];
-    let (nat_in, xdp) = (counter(h0, "nat_in"), counter(h0, "xdp_redirect"));
+    let (nat_in, xdp) = (
+        h0.counter("nat_in").unwrap(),
+        h0.counter("xdp_redirect").unwrap(),
+    );
     assert!(
         nat_in > 50 && xdp >= nat_in,
         "nat_in {nat_in}, xdp_redirect {xdp}"
@@ -83,7 +81,7 @@ fn snat_works_alongside_the_xdp_fast_path() {
         1 << 20,
     )
     .unwrap();
-    assert!(counter(h1, "xdp_redirect") > 10);
+    assert!(h1.counter("xdp_redirect").unwrap() > 10);
 }
 
 fn external_traffic(c: &Cluster) {
@@ -109,8 +107,8 @@ fn external_traffic(c: &Cluster) {
         assert_eq!(e["translated"]["src_addr"], h0.uplink_addr.to_string());
         assert_eq!(e["original"]["dst_addr"], EXTERNAL_ADDR.to_string());
     }
-    assert!(counter(h0, "nat_created") >= 3);
-    assert!(counter(h0, "nat_out") > 50 && counter(h0, "nat_in") > 50);
+    assert!(h0.counter("nat_created").unwrap() >= 3);
+    assert!(h0.counter("nat_out").unwrap() > 50 && h0.counter("nat_in").unwrap() > 50);
 
     // The text table names the same translations.
     let table = h0.dr(&["nat", "list"]).unwrap();
@@ -139,7 +137,7 @@ fn peer_traffic_is_not_translated_and_makes_no_entries() {
         "peer traffic was translated: {:?}",
         nat_list(h0)
     );
-    assert_eq!(counter(h0, "nat_created"), 0);
+    assert_eq!(h0.counter("nat_created").unwrap(), 0);
 }
 
 #[test]
@@ -243,7 +241,7 @@ fn icmp_errors_reach_the_container() {
     assert!(route.contains("mtu 1280"), "{route}");
     let ext_ns = c.external.as_ref().unwrap();
     traffic::tcp_transfer(&container.ns, ext_ns, EXTERNAL_ADDR, 1 << 20).unwrap();
-    assert!(counter(h0, "nat_icmp_error_in") >= 2);
+    assert!(h0.counter("nat_icmp_error_in").unwrap() >= 2);
 }
 
 #[test]
@@ -261,7 +259,7 @@ fn translations_expire_after_their_timeout() {
     assert!(nat_list(h0).is_empty(), "still listed: {:?}", nat_list(h0));
     let gc: Value = serde_json::from_str(&h0.dr(&["nat", "gc", "--json"]).unwrap()).unwrap();
     assert_eq!(gc["removed"], 2);
-    assert_eq!(counter(h0, "nat_expired_gc"), 2);
+    assert_eq!(h0.counter("nat_expired_gc").unwrap(), 2);
     // New traffic starts fresh translations.
     traffic::udp_exchange(&h0.containers[0].ns, ext, EXTERNAL_ADDR, 1).unwrap();
     assert_eq!(nat_list(h0).len(), 1);
