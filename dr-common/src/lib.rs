@@ -122,11 +122,6 @@ pub struct DatapathConfig {
     pub uplink_ifindex: u32,
     /// The uplink's IPv4 address, network order.
     pub uplink_addr: u32,
-    /// The uplink's MTU: container packets that do not fit it are answered
-    /// with ICMP fragmentation needed (DF) or dropped (no DF) instead of
-    /// being redirected, since `bpf_redirect_neigh` skips the forwarding
-    /// path's MTU check. Written by `dr-ctl up`, refreshed by `dr-ctl sync`.
-    pub uplink_mtu: u32,
     /// `OWNED_*` bits: what `up` created and `down` must remove.
     pub owned: u32,
     /// Non-zero when container traffic to destinations outside the cluster
@@ -144,11 +139,19 @@ pub struct DatapathConfig {
     /// Level of the datapath's aya-log events (0: off, 1 error .. 5 trace),
     /// fixed when the programs are loaded (`up --datapath-log`).
     pub datapath_log: u8,
-    /// Keeps `object_hash` 8-byte aligned with no implicit padding.
-    pub _pad: u32,
     /// Hash of the eBPF object that dr-ctl attached: a different binary's
     /// `up` swaps the programs in place (upgrade without a traffic gap).
     pub object_hash: u64,
+    // Fields below were added after the first release: new fields go at the
+    // end, so that an older configuration is a prefix of this one (see
+    // `dr-ctl`'s map migration).
+    /// The uplink's MTU: container packets that do not fit it are answered
+    /// with ICMP fragmentation needed (DF) or dropped (no DF) instead of
+    /// being redirected, since `bpf_redirect_neigh` skips the forwarding
+    /// path's MTU check. Written by `dr-ctl up`, refreshed by `dr-ctl sync`;
+    /// 0 (unknown) checks nothing.
+    pub uplink_mtu: u32,
+    pub _pad: u32,
 }
 
 pub const XDP_OFF: u8 = 0;

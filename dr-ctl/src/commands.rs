@@ -17,6 +17,7 @@ use crate::{
     docker_config::{self, DockerConfigChange, DockerSettings},
     error::{io_context, Error, Result},
     maps::{self, Maps},
+    migrate,
     nat_plan::NatPlan,
     netlink::{Interface, Netlink},
     plan::{PeerDiff, Plan},
@@ -337,8 +338,14 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
     }
     let pins = PinDir::locate()?;
     let existing = if maps::pinned(pins.path()) {
-        let maps = Maps::open(pins.path())?;
-        Some((maps.config()?, maps.exclusions()?)).filter(|(c, _)| c.enabled != 0)
+        // From any version of dr: an older one's maps are migrated below.
+        let config = migrate::pinned_config(pins.path())?;
+        let exclusions = match Maps::open(pins.path()) {
+            Ok(maps) => maps.exclusions()?,
+            Err(Error::Conflict(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Some((config, exclusions)).filter(|(c, _)| c.enabled != 0)
     } else {
         None
     };
@@ -455,6 +462,8 @@ async fn apply_up(
     }
     let mut ebpf = datapath::load(pins.path(), args.nat.table_size, args.datapath_log)?;
     let mut maps = Maps::open(pins.path())?;
+    // A map new in this version starts empty (upgrading from an older dr).
+    maps.sync_peer_hosts()?;
     // Exclusions first: the datapath must never translate what they cover.
     maps.set_exclusions(&args.nat.exclusions())?;
     let bridge_mac = bridge.mac.unwrap_or_default();
@@ -505,6 +514,8 @@ async fn apply_up(
         XDP_OFF
     };
     maps.set_config(&config(xdp_mode))?;
+    // The new programs are attached: an older dr's maps are no longer used.
+    migrate::finish(pins.path())?;
     let docker_config = merge_docker_config(args, uplink)?;
     Ok(UpReport {
         changed: true,
@@ -529,7 +540,7 @@ pub async fn down() -> Result<DownReport> {
     }
     let lock = pins.lock()?;
     let config = if maps::pinned(pins.path()) {
-        Maps::open(pins.path())?.config()?
+        migrate::pinned_config(pins.path())?
     } else {
         DatapathConfig::default()
     };
@@ -552,6 +563,7 @@ pub async fn down() -> Result<DownReport> {
         }
     }
     datapath::remove_map_pins(&pins)?;
+    migrate::discard(pins.path())?;
     drop(lock);
     pins.remove()?;
     Ok(report)

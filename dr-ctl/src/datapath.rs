@@ -16,6 +16,7 @@ use dr_common::{map_names, program_names, XDP_GENERIC, XDP_NATIVE};
 use crate::{
     bpffs::PinDir,
     error::{io_context, Error, Result},
+    migrate,
 };
 
 /// The eBPF object built from `dr-ebpf` by build.rs.
@@ -134,14 +135,19 @@ pub fn detach_xdp(pins: &PinDir) -> Result<bool> {
 /// `nat_table_size` entries each; `log_level` is the level of the programs'
 /// aya-log events (0: off).
 pub fn load(map_dir: &Path, nat_table_size: u32, log_level: u8) -> Result<Ebpf> {
-    Ok(EbpfLoader::new()
+    // Maps an older dr pinned with another layout are created anew and
+    // filled from the old ones (see migrate.rs).
+    migrate::set_aside_outdated(map_dir)?;
+    let ebpf = EbpfLoader::new()
         .default_map_pin_directory(map_dir)
         // aya-log's level is fixed at load: events below it cost one branch.
         .override_global(aya_log::LEVEL, &log_level, true)
         .map_max_entries(map_names::NAT_FLOWS, nat_table_size)
         .map_max_entries(map_names::NAT_REVERSE, nat_table_size)
         .map_max_entries(map_names::INBOUND_FLOWS, nat_table_size)
-        .load(EBPF_OBJECT)?)
+        .load(EBPF_OBJECT)?;
+    migrate::copy_set_aside(map_dir)?;
+    Ok(ebpf)
 }
 
 /// The program of `hook`, loaded into the kernel.

@@ -8,6 +8,7 @@ pub mod docker_config;
 pub mod error;
 pub mod maps;
 pub mod metrics;
+pub mod migrate;
 pub mod nat_plan;
 pub mod netlink;
 pub mod output;

@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 
 use crate::{
     error::{io_context, Error, Result},
+    migrate,
     subnet::{from_map_addr, to_map_addr},
 };
 
@@ -37,9 +38,9 @@ pub struct Maps {
     peer_hosts: HashMap<MapData, u32, u32>,
 }
 
-/// Whether `dir` holds pinned maps at all.
+/// Whether `dir` holds pinned maps at all (of any version of dr).
 pub fn pinned(dir: &Path) -> bool {
-    dir.join(map_names::DATAPATH_CONFIG).exists()
+    dir.join(map_names::DATAPATH_CONFIG).exists() || migrate::pending(dir)
 }
 
 /// The capacity of each pinned SNAT table in `dir`.
@@ -81,6 +82,20 @@ impl Maps {
         if !pinned(dir) {
             return Err(Error::NotUp);
         }
+        let from_another_version = || {
+            Error::Conflict(format!(
+                "the maps pinned in {} come from another version of dr: run `dr-ctl up` \
+                 (or `apply`) with this version to migrate them in place",
+                dir.display()
+            ))
+        };
+        Self::open_typed(dir).map_err(|e| match migrate::outdated(dir) {
+            Ok(names) if !names.is_empty() || migrate::pending(dir) => from_another_version(),
+            _ => e,
+        })
+    }
+
+    fn open_typed(dir: &Path) -> Result<Self> {
         Ok(Self {
             peers: open(dir, map_names::PEER_SUBNETS)?.try_into()?,
             peer_traffic: open(dir, map_names::PEER_TRAFFIC)?.try_into()?,
@@ -166,7 +181,7 @@ impl Maps {
 
     /// Makes `PEER_HOSTS` the set of the peers' `via` addresses, adding
     /// before removing.
-    fn sync_peer_hosts(&mut self) -> Result<()> {
+    pub fn sync_peer_hosts(&mut self) -> Result<()> {
         let wanted: BTreeSet<u32> = self.peers()?.iter().map(|p| to_map_addr(p.via)).collect();
         let current: BTreeSet<u32> = self
             .peer_hosts

@@ -54,7 +54,8 @@ struct FragNeeded {
 /// TTL is decremented, so the error quotes the packet as the container sent it.
 #[inline(always)]
 pub fn too_big(ctx: &TcContext, cfg: &DatapathConfig, ip: &Ipv4Hdr, bytes: u64) -> Option<i32> {
-    if wire_len(ctx, ip) <= cfg.uplink_mtu {
+    // 0: not known yet (a configuration from before dr checked the MTU).
+    if cfg.uplink_mtu == 0 || wire_len(ctx, ip) <= cfg.uplink_mtu {
         return None;
     }
     if u16::from_be_bytes(ip.frags) & IP_DF == 0 {

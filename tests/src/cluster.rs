@@ -51,6 +51,11 @@ impl Host {
         &self.dr_ctl
     }
 
+    /// From now on, runs `dr_ctl` (another build: an upgrade).
+    pub fn use_dr_ctl(&mut self, dr_ctl: &Path) {
+        self.dr_ctl = dr_ctl.to_path_buf();
+    }
+
     /// Runs dr-ctl in the host, failing on a non-zero exit.
     pub fn dr(&self, args: &[&str]) -> Result<String> {
         self.ns.exec(path_str(&self.dr_ctl), args)

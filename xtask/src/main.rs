@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod previous_release;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -99,10 +100,16 @@ fn main() -> Result<()> {
             run("cargo", &["build"], &[])?;
             let dr_ctl = dr_ctl("debug");
             let dr_ctl = dr_ctl.to_str().context("non-UTF-8 path")?;
+            let previous = previous_release::build()?;
+            let previous = previous.to_str().context("non-UTF-8 path")?;
             // Default members: everything but dr-ebpf, which only builds for BPF.
             let mut test_args = vec!["test"];
             test_args.extend(args.iter().map(String::as_str));
-            run("cargo", &test_args, &[("DR_CTL", dr_ctl)])
+            run(
+                "cargo",
+                &test_args,
+                &[("DR_CTL", dr_ctl), ("DR_CTL_PREVIOUS", previous)],
+            )
         }
     }
 }
