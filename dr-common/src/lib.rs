@@ -158,8 +158,24 @@ pub const XDP_OFF: u8 = 0;
 pub const XDP_NATIVE: u8 = 1;
 pub const XDP_GENERIC: u8 = 2;
 
-// Every field is explicit: the two sides must agree byte for byte.
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 104);
+// Types stored in pinned maps are an ABI between versions of dr: every
+// field explicit (no implicit padding), and a type only grows at its end
+// (`dr-ctl` migrates a grown map in place, see migrate.rs). A changed size
+// here must be a deliberate, appended field.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<DatapathConfig>() == 104);
+    assert!(size_of::<PeerEntry>() == 8);
+    assert!(size_of::<Traffic>() == 16);
+    assert!(size_of::<PeerTraffic>() == 32);
+    assert!(size_of::<Endpoint>() == 12);
+    assert!(size_of::<nat::FlowKey>() == 16);
+    assert!(size_of::<nat::Flow>() == 24);
+    assert!(size_of::<nat::ReverseKey>() == 12);
+    assert!(size_of::<nat::Origin>() == 8);
+    assert!(size_of::<nat::InboundFlow>() == 16);
+    assert!(size_of::<nat::Timeouts>() == 32);
+};
 
 impl DatapathConfig {
     /// Whether `addr` (network order) lies in the local container subnet.
