@@ -237,9 +237,10 @@ pub enum Counter {
     /// Container packets too big for the uplink MTU with DF set, answered
     /// with ICMP fragmentation needed (the uplink MTU) back to the container.
     IcmpFragNeeded = 21,
-    /// Dropped: a container packet too big for the uplink MTU without DF
-    /// (dr does not fragment).
-    DropTooBigNoDf = 22,
+    /// Container packets too big for the uplink MTU without DF: dr does not
+    /// fragment; they are answered like the DF ones, and their senders
+    /// fragment to the uplink MTU from then on.
+    IcmpFragNeededNoDf = 22,
 }
 
 impl Counter {
@@ -266,7 +267,7 @@ impl Counter {
         Counter::InboundReply,
         Counter::HostToPeer,
         Counter::IcmpFragNeeded,
-        Counter::DropTooBigNoDf,
+        Counter::IcmpFragNeededNoDf,
     ];
 
     /// Stable name used in `dr-ctl status` and its JSON output.
@@ -294,7 +295,7 @@ impl Counter {
             Counter::InboundReply => "inbound_reply",
             Counter::HostToPeer => "host_to_peer",
             Counter::IcmpFragNeeded => "icmp_frag_needed",
-            Counter::DropTooBigNoDf => "drop_too_big_no_df",
+            Counter::IcmpFragNeededNoDf => "icmp_frag_needed_no_df",
         }
     }
 }

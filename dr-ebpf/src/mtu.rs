@@ -3,7 +3,8 @@
 //! would be dropped by the uplink's device with no word to its sender, and
 //! TCP would stall. dr checks before redirecting and answers as the kernel's
 //! forwarding path would: ICMP fragmentation needed when DF is set. dr does
-//! not fragment: a too-big packet without DF is dropped, counted.
+//! not fragment (see README): a too-big packet without DF gets the same
+//! answer, so that its sender learns the MTU and fragments from then on.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -58,13 +59,15 @@ pub fn too_big(ctx: &TcContext, cfg: &DatapathConfig, ip: &Ipv4Hdr, bytes: u64) 
     if cfg.uplink_mtu == 0 || wire_len(ctx, ip) <= cfg.uplink_mtu {
         return None;
     }
-    if u16::from_be_bytes(ip.frags) & IP_DF == 0 {
-        return Some(drop(Counter::DropTooBigNoDf, bytes));
-    }
+    let counter = if u16::from_be_bytes(ip.frags) & IP_DF == 0 {
+        Counter::IcmpFragNeededNoDf
+    } else {
+        Counter::IcmpFragNeeded
+    };
     if frag_needed(ctx, cfg, src_addr(ip)).is_err() {
         return Some(drop(Counter::DropRedirectFailed, bytes));
     }
-    count(Counter::IcmpFragNeeded, bytes);
+    count(counter, bytes);
     // SAFETY: no memory access. Out of docker0, whose bridge delivers the
     // frame to the container's port by its destination MAC.
     Some(unsafe { bpf_redirect(cfg.bridge_ifindex, 0) } as i32)

@@ -175,13 +175,14 @@ fn packet_of_exactly_the_uplink_mtu_is_translated_and_sent() {
 }
 
 #[test]
-fn too_big_packet_without_df_is_dropped_counted_on_both_paths() {
+fn too_big_packet_without_df_gets_frag_needed_too_on_both_paths() {
     let mut dp = nat_datapath(mtu_config(nat_config()), DEFAULT_TABLE_SIZE);
     for (i, dst) in [PEER_CONTAINER, EXTERNAL].into_iter().enumerate() {
         let packet = sized_frame(dst, L4::Udp, 1401, false, 64);
-        let (verdict, _) = dp.run(Hook::BridgeIngress, &packet);
-        assert_eq!(verdict, TC_ACT_SHOT, "{dst:?}");
-        dp.assert_only(Counter::DropTooBigNoDf, i as u64 + 1);
+        let (verdict, out) = dp.run(Hook::BridgeIngress, &packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{dst:?}");
+        assert_frag_needed(&out, &packet);
+        dp.assert_only(Counter::IcmpFragNeededNoDf, i as u64 + 1);
     }
     assert!(dp.maps.nat_flows().unwrap().is_empty());
 }
