@@ -28,16 +28,6 @@ fn cluster(tag: &str, extra_up: &[&str]) -> Cluster {
     c
 }
 
-fn nat_list(host: &Host) -> Vec<Value> {
-    let v: Value = serde_json::from_str(&host.dr(&["nat", "list", "--json"]).unwrap()).unwrap();
-    v.as_array().unwrap().clone()
-}
-
-fn counter(host: &Host, name: &str) -> u64 {
-    let s: Value = serde_json::from_str(&host.dr(&["status", "--json"]).unwrap()).unwrap();
-    s["counters"][name]["packets"].as_u64().unwrap()
-}
-
 fn assert_no_netfilter_nat(host: &Host) {
     let ipt = host
         .ns
@@ -69,7 +59,10 @@ fn snat_works_alongside_the_xdp_fast_path() {
     external_traffic(&c);
     // The replies took the fast path: XDP translated and redirected them all.
     let h0 = &c.hosts[0];
-    let (nat_in, xdp) = (counter(h0, "nat_in"), counter(h0, "xdp_redirect"));
+    let (nat_in, xdp) = (
+        h0.counter("nat_in").unwrap(),
+        h0.counter("xdp_redirect").unwrap(),
+    );
     assert!(
         nat_in > 50 && xdp >= nat_in,
         "nat_in {nat_in}, xdp_redirect {xdp}"
@@ -83,7 +76,7 @@ fn snat_works_alongside_the_xdp_fast_path() {
         1 << 20,
     )
     .unwrap();
-    assert!(counter(h1, "xdp_redirect") > 10);
+    assert!(h1.counter("xdp_redirect").unwrap() > 10);
 }
 
 fn external_traffic(c: &Cluster) {
@@ -99,7 +92,7 @@ fn external_traffic(c: &Cluster) {
     let seen = traffic::udp_exchange(&container.ns, ext, EXTERNAL_ADDR, 50).unwrap();
     assert_eq!(seen.ip(), IpAddr::V4(h0.uplink_addr));
 
-    let entries = nat_list(h0);
+    let entries = h0.nat_list().unwrap();
     for proto in ["icmp", "tcp", "udp"] {
         let e = entries
             .iter()
@@ -109,8 +102,8 @@ fn external_traffic(c: &Cluster) {
         assert_eq!(e["translated"]["src_addr"], h0.uplink_addr.to_string());
         assert_eq!(e["original"]["dst_addr"], EXTERNAL_ADDR.to_string());
     }
-    assert!(counter(h0, "nat_created") >= 3);
-    assert!(counter(h0, "nat_out") > 50 && counter(h0, "nat_in") > 50);
+    assert!(h0.counter("nat_created").unwrap() >= 3);
+    assert!(h0.counter("nat_out").unwrap() > 50 && h0.counter("nat_in").unwrap() > 50);
 
     // The text table names the same translations.
     let table = h0.dr(&["nat", "list"]).unwrap();
@@ -135,11 +128,11 @@ fn peer_traffic_is_not_translated_and_makes_no_entries() {
     assert_eq!(seen.ip(), IpAddr::V4(h0.containers[0].addr));
     traffic::ping(&h0.containers[1].ns, h1.containers[1].addr, 2).unwrap();
     assert!(
-        nat_list(h0).is_empty(),
+        h0.nat_list().unwrap().is_empty(),
         "peer traffic was translated: {:?}",
-        nat_list(h0)
+        h0.nat_list().unwrap()
     );
-    assert_eq!(counter(h0, "nat_created"), 0);
+    assert_eq!(h0.counter("nat_created").unwrap(), 0);
 }
 
 #[test]
@@ -149,7 +142,7 @@ fn no_masquerade_ranges_keep_the_container_address() {
     let c = cluster("drnatexcl", &["--no-masquerade", "192.168.91.0/24"]);
     let h0 = &c.hosts[0];
     assert!(!traffic::reachable(&h0.containers[0].ns, ROUTER_ADDR).unwrap());
-    assert!(nat_list(h0).is_empty());
+    assert!(h0.nat_list().unwrap().is_empty());
     traffic::ping(&h0.containers[0].ns, EXTERNAL_ADDR, 1).unwrap();
 }
 
@@ -188,7 +181,9 @@ fn two_containers_with_the_same_source_port_to_the_same_destination() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen.iter().all(|s| s.ip() == IpAddr::V4(h0.uplink_addr)));
 
-    let same_port: Vec<_> = nat_list(h0)
+    let same_port: Vec<_> = h0
+        .nat_list()
+        .unwrap()
         .into_iter()
         .filter(|e| e["original"]["src_port"] == 40000)
         .collect();
@@ -243,7 +238,7 @@ fn icmp_errors_reach_the_container() {
     assert!(route.contains("mtu 1280"), "{route}");
     let ext_ns = c.external.as_ref().unwrap();
     traffic::tcp_transfer(&container.ns, ext_ns, EXTERNAL_ADDR, 1 << 20).unwrap();
-    assert!(counter(h0, "nat_icmp_error_in") >= 2);
+    assert!(h0.counter("nat_icmp_error_in").unwrap() >= 2);
 }
 
 #[test]
@@ -256,17 +251,21 @@ fn translations_expire_after_their_timeout() {
     let h0 = &c.hosts[0];
     traffic::udp_exchange(&h0.containers[0].ns, ext, EXTERNAL_ADDR, 3).unwrap();
     traffic::ping(&h0.containers[1].ns, EXTERNAL_ADDR, 1).unwrap();
-    assert_eq!(nat_list(h0).len(), 2);
+    assert_eq!(h0.nat_list().unwrap().len(), 2);
     std::thread::sleep(Duration::from_millis(3500));
-    assert!(nat_list(h0).is_empty(), "still listed: {:?}", nat_list(h0));
+    assert!(
+        h0.nat_list().unwrap().is_empty(),
+        "still listed: {:?}",
+        h0.nat_list().unwrap()
+    );
     let gc: Value = serde_json::from_str(&h0.dr(&["nat", "gc", "--json"]).unwrap()).unwrap();
     assert_eq!(gc["removed"], 2);
-    assert_eq!(counter(h0, "nat_expired_gc"), 2);
+    assert_eq!(h0.counter("nat_expired_gc").unwrap(), 2);
     // New traffic starts fresh translations.
     traffic::udp_exchange(&h0.containers[0].ns, ext, EXTERNAL_ADDR, 1).unwrap();
-    assert_eq!(nat_list(h0).len(), 1);
+    assert_eq!(h0.nat_list().unwrap().len(), 1);
     let flushed: Value =
         serde_json::from_str(&h0.dr(&["nat", "flush", "--json"]).unwrap()).unwrap();
     assert_eq!(flushed["removed"], 1);
-    assert!(nat_list(h0).is_empty());
+    assert!(h0.nat_list().unwrap().is_empty());
 }
