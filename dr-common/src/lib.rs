@@ -26,6 +26,8 @@ pub mod map_names {
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
     pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const PEER_HOSTS: &str = "PEER_HOSTS";
+    pub const INBOUND_FLOWS: &str = "INBOUND_FLOWS";
 }
 
 /// Capacity of the local container endpoint table (XDP fast path).
@@ -36,6 +38,8 @@ pub mod program_names {
     pub const BRIDGE_INGRESS: &str = "dr_bridge_ingress";
     pub const UPLINK_INGRESS: &str = "dr_uplink_ingress";
     pub const UPLINK_XDP: &str = "dr_uplink_xdp";
+    pub const BRIDGE_EGRESS: &str = "dr_bridge_egress";
+    pub const UPLINK_EGRESS: &str = "dr_uplink_egress";
 }
 
 /// Value of `ENDPOINTS` (keyed by a local container's IPv4 address): where
@@ -195,10 +199,16 @@ pub enum Counter {
     XdpRedirect = 17,
     /// Frames the XDP program left to TC (not for a known local endpoint).
     XdpPass = 18,
+    /// Container packets answering a connection the container did not start
+    /// (a published port, a connection routed in): left to the kernel, whose
+    /// conntrack undoes its own translation.
+    InboundReply = 19,
+    /// The host's own packets for a peer subnet, sent to the peer host.
+    HostToPeer = 20,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 21] = [
         Counter::ToPeer,
         Counter::FromPeer,
         Counter::Passed,
@@ -218,6 +228,8 @@ impl Counter {
         Counter::DropNatFragment,
         Counter::XdpRedirect,
         Counter::XdpPass,
+        Counter::InboundReply,
+        Counter::HostToPeer,
     ];
 
     /// Stable name used in `dr-ctl status` and its JSON output.
@@ -242,6 +254,8 @@ impl Counter {
             Counter::DropNatFragment => "drop_nat_fragment",
             Counter::XdpRedirect => "xdp_redirect",
             Counter::XdpPass => "xdp_pass",
+            Counter::InboundReply => "inbound_reply",
+            Counter::HostToPeer => "host_to_peer",
         }
     }
 }
@@ -261,4 +275,5 @@ mod pod {
     unsafe impl aya::Pod for super::nat::Flow {}
     unsafe impl aya::Pod for super::nat::ReverseKey {}
     unsafe impl aya::Pod for super::nat::Origin {}
+    unsafe impl aya::Pod for super::nat::InboundFlow {}
 }

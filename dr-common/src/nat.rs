@@ -90,6 +90,58 @@ impl FlowKey {
             _pad: 0,
         }
     }
+
+    /// The same flow seen from its other end: what answers this packet
+    /// carry. An ICMP echo reply carries the request's identifier.
+    #[inline(always)]
+    pub fn answer(&self) -> FlowKey {
+        let (src_port, dst_port) = if self.proto == IPPROTO_ICMP {
+            (self.src_port, self.dst_port)
+        } else {
+            (self.dst_port, self.src_port)
+        };
+        FlowKey {
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+            src_port,
+            dst_port,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// `InboundFlow::delivered_by`: the kernel delivered the flow (a published
+/// port's DNAT, a route to the container); answers go back to the kernel.
+pub const DELIVERED_BY_KERNEL: u8 = 1;
+/// `InboundFlow::delivered_by`: dr delivered the flow from a peer host's own
+/// address; answers go straight back to that host.
+pub const DELIVERED_FROM_PEER_HOST: u8 = 2;
+
+/// Value of `INBOUND_FLOWS`, keyed by the container's answer as it leaves
+/// the container: a flow into a local container that the container did not
+/// start, so that its answers are never translated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboundFlow {
+    /// `bpf_ktime_get_ns` of the flow's last packet, either way.
+    pub last_seen_ns: u64,
+    /// `DELIVERED_BY_KERNEL` or `DELIVERED_FROM_PEER_HOST`.
+    pub delivered_by: u8,
+    pub _pad: [u8; 7],
+}
+
+impl InboundFlow {
+    /// Idle past the timeout of an established flow of `proto`.
+    #[inline(always)]
+    pub fn expired(&self, proto: u8, now_ns: u64, t: &Timeouts) -> bool {
+        let timeout = match proto {
+            IPPROTO_TCP => t.tcp_established,
+            IPPROTO_UDP => t.udp,
+            _ => t.icmp,
+        };
+        now_ns.saturating_sub(self.last_seen_ns) > timeout as u64 * 1_000_000_000
+    }
 }
 
 impl ReverseKey {
@@ -357,6 +409,47 @@ mod tests {
             rewritten_l4_checksum(IPPROTO_UDP, zero_input, addrs, ports),
             0xffff
         );
+    }
+
+    #[test]
+    fn inbound_flows_expire_by_protocol() {
+        let t = Timeouts::default();
+        let flow = InboundFlow {
+            last_seen_ns: 1_000_000_000,
+            delivered_by: DELIVERED_BY_KERNEL,
+            _pad: [0; 7],
+        };
+        let after = |secs: u64| flow.last_seen_ns + secs * 1_000_000_000;
+        assert!(!flow.expired(IPPROTO_UDP, after(60), &t));
+        assert!(flow.expired(IPPROTO_UDP, after(61), &t));
+        assert!(!flow.expired(IPPROTO_TCP, after(7440), &t));
+        assert!(flow.expired(IPPROTO_TCP, after(7441), &t));
+        assert!(flow.expired(IPPROTO_ICMP, after(31), &t));
+    }
+
+    #[test]
+    fn an_answer_swaps_the_ends() {
+        let k = FlowKey {
+            src_addr: 1,
+            dst_addr: 2,
+            src_port: 3,
+            dst_port: 4,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let a = k.answer();
+        assert_eq!(
+            (a.src_addr, a.dst_addr, a.src_port, a.dst_port),
+            (2, 1, 4, 3)
+        );
+        assert_eq!(a.answer(), k);
+        let ping = FlowKey {
+            proto: IPPROTO_ICMP,
+            dst_port: 0,
+            ..k
+        };
+        let pong = ping.answer();
+        assert_eq!((pong.src_addr, pong.src_port, pong.dst_port), (2, 3, 0));
     }
 
     #[test]

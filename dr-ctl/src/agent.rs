@@ -230,7 +230,7 @@ async fn reconcile(
             }
         }
     }
-    let diff = commands::reconcile_peers(&wanted)?;
+    let diff = commands::reconcile_peers(&wanted).await?;
     if !diff.is_empty() {
         info!(
             "peers: +{} ~{} -{}",

@@ -240,6 +240,40 @@ fn ephemeral_ports() -> Result<(u16, u16)> {
     }
 }
 
+/// Refuses a bridge that already serves containers on another subnet (a
+/// running Docker with its own `bip`): their source addresses would be
+/// outside dr's subnet and every packet they send dropped as spoofed.
+async fn refuse_occupied_bridge(
+    nl: &Netlink,
+    bridge: &Interface,
+    subnet: &LocalSubnet,
+) -> Result<()> {
+    let addresses = nl.ipv4_addresses(bridge.index).await?;
+    if addresses.iter().any(|a| a.addr() == subnet.gateway) {
+        // Adopted already (dr's earlier `up`, or Docker started with dr's bip).
+        return Ok(());
+    }
+    let Some(other) = addresses
+        .iter()
+        .find(|a| !overlaps(&a.trunc(), &subnet.net))
+    else {
+        return Ok(());
+    };
+    let ports = nl.bridge_ports(bridge.index).await?;
+    if ports.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Conflict(format!(
+        "{} carries {other} with {} attached interface(s) ({}): their traffic would be dropped as spoofed; \
+         stop those containers, run `dr-ctl up` again (with --docker-config to set Docker's \"bip\" to {}), \
+         then restart dockerd",
+        bridge.name,
+        ports.len(),
+        ports.join(", "),
+        subnet.bip()
+    )))
+}
+
 /// Sets `"bip"` in the daemon.json `up` was given, if any.
 fn merge_docker_config(args: &UpArgs) -> Result<Option<BipChange>> {
     args.docker_config
@@ -345,6 +379,9 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         }
     }
 
+    if let Some(b) = &bridge {
+        refuse_occupied_bridge(&nl, b, &args.subnet).await?;
+    }
     let mut undo = Vec::new();
     let existing = existing.map(|(c, _)| c);
     let result = apply_up(
@@ -425,18 +462,12 @@ async fn apply_up(
     };
     maps.set_config(&config(old_xdp))?;
     let mut attached = Vec::new();
-    for (hook, iface, old_index) in [
-        (
-            Hook::BridgeIngress,
-            &bridge,
-            existing.map(|c| c.bridge_ifindex),
-        ),
-        (
-            Hook::UplinkIngress,
-            uplink,
-            existing.map(|c| c.uplink_ifindex),
-        ),
-    ] {
+    for hook in Hook::ALL {
+        let (iface, old_index) = if hook.on_uplink() {
+            (uplink, existing.map(|c| c.uplink_ifindex))
+        } else {
+            (&bridge, existing.map(|c| c.bridge_ifindex))
+        };
         if old_index.is_some_and(|old| old != iface.index) {
             // The interface was recreated: its old link is defunct.
             datapath::detach(pins, hook)?;
@@ -566,6 +597,7 @@ pub async fn peer_add(peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<Vec<PeerReport>> 
         .map(|(p, _)| *p)
         .collect();
     maps.upsert_peers(&to_write)?;
+    resolve_peer_hosts(&nl, &config, to_write.iter().map(|p| p.1)).await;
     Ok(peers
         .iter()
         .zip(changes)
@@ -587,7 +619,7 @@ pub fn peer_del(subnet: &str) -> Result<PeerReport> {
     let Some(peer) = maps.peers()?.into_iter().find(|p| p.subnet == subnet) else {
         return Err(Error::Invalid(format!("no peer {subnet}")));
     };
-    maps.remove_peer(subnet)?;
+    maps.remove_peers(&[subnet])?;
     Ok(PeerReport {
         subnet,
         via: Some(peer.via),
@@ -620,10 +652,12 @@ pub async fn status() -> Result<Status> {
     let nl = Netlink::connect()?;
     let local = local_subnet(&config)?;
     let mut hooks = Vec::new();
-    for (hook, ifindex) in [
-        (Hook::BridgeIngress, config.bridge_ifindex),
-        (Hook::UplinkIngress, config.uplink_ifindex),
-    ] {
+    for hook in Hook::ALL {
+        let ifindex = if hook.on_uplink() {
+            config.uplink_ifindex
+        } else {
+            config.bridge_ifindex
+        };
         let iface = nl.interface_by_index(ifindex).await?;
         let ids = datapath::link_ids(&pins, hook)?;
         hooks.push(HookStatus {
@@ -708,6 +742,7 @@ pub async fn sync() -> Result<SyncReport> {
     let nl = Netlink::connect()?;
     let local = local_subnet(&config)?;
     let endpoints = sync_endpoints(&nl, &mut maps, config.bridge_ifindex, &local.net).await?;
+    resolve_peer_hosts(&nl, &config, maps.peers()?.iter().map(|p| p.via)).await;
     Ok(SyncReport {
         xdp: xdp_mode_name(config.xdp_mode),
         endpoints,
@@ -858,22 +893,40 @@ pub async fn apply(args: &ApplyArgs) -> Result<ApplyReport> {
     } else {
         "unchanged"
     };
-    report.peers = reconcile_peers(&wanted)?;
+    report.peers = reconcile_peers(&wanted).await?;
     Ok(report)
 }
 
 /// Makes the peer map exactly `wanted` (already validated): new and switched
 /// peers are written before stale ones are removed, so a peer that stays is
 /// never missing. Returns what changed.
-pub fn reconcile_peers(wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<PeerDiff> {
-    let (_pins, _lock, mut maps, _) = open_up()?;
+pub async fn reconcile_peers(wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<PeerDiff> {
+    let (_pins, _lock, mut maps, config) = open_up()?;
     let current: Vec<_> = maps.peers()?.iter().map(|p| (p.subnet, p.via)).collect();
     let diff = PeerDiff::between(&current, wanted);
-    maps.upsert_peers(&diff.upserts())?;
-    for (net, _) in &diff.remove {
-        maps.remove_peer(*net)?;
-    }
+    let upserts = diff.upserts();
+    maps.upsert_peers(&upserts)?;
+    let stale: Vec<_> = diff.remove.iter().map(|(net, _)| *net).collect();
+    maps.remove_peers(&stale)?;
+    resolve_peer_hosts(&Netlink::connect()?, &config, upserts.iter().map(|p| p.1)).await;
     Ok(diff)
+}
+
+/// Starts the kernel's resolution of peer hosts' MAC addresses on the
+/// uplink, so that the host's own first packet to a peer subnet finds the
+/// peer host in the neighbour table (see `uplink_egress.rs`). Best effort:
+/// a failure only costs that first packet.
+async fn resolve_peer_hosts(
+    nl: &Netlink,
+    config: &DatapathConfig,
+    hosts: impl IntoIterator<Item = Ipv4Addr>,
+) {
+    let unique: std::collections::BTreeSet<Ipv4Addr> = hosts.into_iter().collect();
+    for host in unique {
+        if let Err(e) = nl.resolve_neighbour(config.uplink_ifindex, host).await {
+            warn!("resolving peer host {host}: {e}");
+        }
+    }
 }
 
 /// Prints the datapath's aya-log events until interrupted. The programs

@@ -34,15 +34,24 @@ pub fn object_hash() -> u64 {
 pub enum Hook {
     BridgeIngress,
     UplinkIngress,
+    BridgeEgress,
+    UplinkEgress,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 2] = [Hook::BridgeIngress, Hook::UplinkIngress];
+    pub const ALL: [Hook; 4] = [
+        Hook::BridgeIngress,
+        Hook::UplinkIngress,
+        Hook::BridgeEgress,
+        Hook::UplinkEgress,
+    ];
 
     pub const fn program(self) -> &'static str {
         match self {
             Hook::BridgeIngress => program_names::BRIDGE_INGRESS,
             Hook::UplinkIngress => program_names::UPLINK_INGRESS,
+            Hook::BridgeEgress => program_names::BRIDGE_EGRESS,
+            Hook::UplinkEgress => program_names::UPLINK_EGRESS,
         }
     }
 
@@ -50,11 +59,25 @@ impl Hook {
         match self {
             Hook::BridgeIngress => "link_bridge_ingress",
             Hook::UplinkIngress => "link_uplink_ingress",
+            Hook::BridgeEgress => "link_bridge_egress",
+            Hook::UplinkEgress => "link_uplink_egress",
         }
+    }
+
+    pub const fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::BridgeIngress | Hook::UplinkIngress => TcAttachType::Ingress,
+            Hook::BridgeEgress | Hook::UplinkEgress => TcAttachType::Egress,
+        }
+    }
+
+    /// Whether the hook is on the uplink (otherwise on the bridge).
+    pub const fn on_uplink(self) -> bool {
+        matches!(self, Hook::UplinkIngress | Hook::UplinkEgress)
     }
 }
 
-pub const MAP_PINS: [&str; 8] = [
+pub const MAP_PINS: [&str; 10] = [
     map_names::PEER_SUBNETS,
     map_names::PEER_TRAFFIC,
     map_names::DATAPATH_CONFIG,
@@ -63,6 +86,8 @@ pub const MAP_PINS: [&str; 8] = [
     map_names::NAT_FLOWS,
     map_names::NAT_REVERSE,
     map_names::ENDPOINTS,
+    map_names::PEER_HOSTS,
+    map_names::INBOUND_FLOWS,
 ];
 
 /// Pin of the XDP program's link on the uplink.
@@ -115,6 +140,7 @@ pub fn load(map_dir: &Path, nat_table_size: u32, log_level: u8) -> Result<Ebpf> 
         .override_global(aya_log::LEVEL, &log_level, true)
         .map_max_entries(map_names::NAT_FLOWS, nat_table_size)
         .map_max_entries(map_names::NAT_REVERSE, nat_table_size)
+        .map_max_entries(map_names::INBOUND_FLOWS, nat_table_size)
         .load(EBPF_OBJECT)?)
 }
 
@@ -140,7 +166,7 @@ pub enum Attached {
     Replaced,
 }
 
-/// Attaches `hook`'s program to `iface` ingress and pins the link; when a link
+/// Attaches `hook`'s program to `iface` and pins the link; when a link
 /// is already pinned, swaps its program in place so traffic never sees a gap.
 pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, hook: Hook, iface: &str) -> Result<Attached> {
     let path = pins.join(hook.link_pin());
@@ -155,7 +181,7 @@ pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, hook: Hook, iface: &str) -> Result
     }
     let id = prog.attach_with_options(
         iface,
-        TcAttachType::Ingress,
+        hook.attach_type(),
         TcAttachOptions::TcxOrder(LinkOrder::default()),
     )?;
     let link: FdLink = prog.take_link(id)?.try_into()?;

@@ -1,5 +1,5 @@
 //! Typed access to the pinned maps of one network namespace.
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
@@ -34,6 +34,7 @@ pub struct Maps {
     nat_flows: HashMap<MapData, FlowKey, Flow>,
     nat_reverse: HashMap<MapData, ReverseKey, Origin>,
     endpoints: HashMap<MapData, u32, Endpoint>,
+    peer_hosts: HashMap<MapData, u32, u32>,
 }
 
 /// Whether `dir` holds pinned maps at all.
@@ -89,6 +90,7 @@ impl Maps {
             nat_flows: open(dir, map_names::NAT_FLOWS)?.try_into()?,
             nat_reverse: open(dir, map_names::NAT_REVERSE)?.try_into()?,
             endpoints: open(dir, map_names::ENDPOINTS)?.try_into()?,
+            peer_hosts: open(dir, map_names::PEER_HOSTS)?.try_into()?,
         })
     }
 
@@ -152,11 +154,31 @@ impl Maps {
             };
             self.peers.insert(&key(subnet), entry, 0)?;
         }
-        Ok(())
+        self.sync_peer_hosts()
     }
 
-    pub fn remove_peer(&mut self, subnet: Ipv4Net) -> Result<()> {
-        Ok(self.peers.remove(&key(subnet))?)
+    pub fn remove_peers(&mut self, subnets: &[Ipv4Net]) -> Result<()> {
+        for subnet in subnets {
+            self.peers.remove(&key(*subnet))?;
+        }
+        self.sync_peer_hosts()
+    }
+
+    /// Makes `PEER_HOSTS` the set of the peers' `via` addresses, adding
+    /// before removing.
+    fn sync_peer_hosts(&mut self) -> Result<()> {
+        let wanted: BTreeSet<u32> = self.peers()?.iter().map(|p| to_map_addr(p.via)).collect();
+        let current: BTreeSet<u32> = self
+            .peer_hosts
+            .keys()
+            .collect::<std::result::Result<_, _>>()?;
+        for addr in wanted.difference(&current) {
+            self.peer_hosts.insert(addr, 1, 0)?;
+        }
+        for addr in current.difference(&wanted) {
+            ignore_missing(self.peer_hosts.remove(addr))?;
+        }
+        Ok(())
     }
 
     /// A peer's traffic summed over CPUs.

@@ -7,7 +7,7 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
         AddressFamily,
     },
     Handle, LinkBridge, LinkUnspec,
@@ -72,6 +72,22 @@ impl Netlink {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Names of the interfaces enslaved to `bridge` (a container's veth each, under Docker).
+    pub async fn bridge_ports(&self, bridge: u32) -> Result<Vec<String>> {
+        let mut links = self.handle.link().get().execute();
+        let mut ports = Vec::new();
+        while let Some(link) = links.try_next().await? {
+            if link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == bridge))
+            {
+                ports.push(interface_of(&link).name);
+            }
+        }
+        Ok(ports)
     }
 
     /// The interface's IPv4 addresses with their prefix lengths.
@@ -231,6 +247,20 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// Has the kernel resolve `addr`'s MAC on `index` (ARP) unless it knows
+    /// it already; returns without waiting for the answer.
+    pub async fn resolve_neighbour(&self, index: u32, addr: Ipv4Addr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(addr))
+            .state(NeighbourState::None)
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await?;
+        Ok(())
     }
 
     pub async fn delete_interface(&self, index: u32) -> Result<()> {

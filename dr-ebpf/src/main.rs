@@ -1,13 +1,17 @@
-//! dr's datapath: TC programs on docker0 and uplink ingress.
+//! dr's datapath: TC programs on docker0 and the uplink (ingress and
+//! egress) and an XDP program on the uplink.
 //! See ARCHITECTURE.md for the packet's way through them.
 #![no_std]
 #![no_main]
 
 mod bridge;
+mod bridge_egress;
+mod inbound;
 mod maps;
 mod nat;
 mod packet;
 mod uplink;
+mod uplink_egress;
 mod xdp;
 
 #[cfg(not(test))]

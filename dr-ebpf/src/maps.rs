@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dr_common::{
-    nat::{Flow, FlowKey, Origin, ReverseKey, DEFAULT_TABLE_SIZE},
+    nat::{Flow, FlowKey, InboundFlow, Origin, ReverseKey, DEFAULT_TABLE_SIZE},
     Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, COUNTER_COUNT,
     MAX_ENDPOINTS, MAX_EXCLUSIONS, MAX_PEERS,
 };
@@ -45,6 +45,19 @@ pub static NAT_REVERSE: LruHashMap<ReverseKey, Origin> = LruHashMap::pinned(DEFA
 #[map]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
+/// Peer hosts' own addresses (the `via` of some peer subnet): their
+/// processes reach local containers, and containers answer them, directly.
+/// Kept by dr-ctl alongside `PEER_SUBNETS`.
+#[map]
+pub static PEER_HOSTS: HashMap<u32, u32> = HashMap::pinned(MAX_PEERS, 0);
+
+/// Flows into local containers that the containers did not start, keyed by
+/// their answers as they leave the container: see `inbound.rs`. Sized like
+/// the SNAT tables by dr-ctl.
+#[map]
+pub static INBOUND_FLOWS: LruHashMap<FlowKey, InboundFlow> =
+    LruHashMap::pinned(DEFAULT_TABLE_SIZE, 0);
+
 /// The configuration, once `dr-ctl up` has enabled it.
 #[inline(always)]
 pub fn config() -> Option<&'static DatapathConfig> {
@@ -63,6 +76,13 @@ pub fn count(counter: Counter, bytes: u64) {
         // SAFETY: per-CPU value, no other writer on this CPU while we run.
         unsafe { (*t).add(bytes) }
     }
+}
+
+/// Whether `addr` (network order) is a peer host's own address.
+#[inline(always)]
+pub fn is_peer_host(addr: u32) -> bool {
+    // SAFETY: only the presence of the value is read.
+    unsafe { PEER_HOSTS.get(addr) }.is_some()
 }
 
 /// Per-peer traffic slot, for the caller to add to one direction.

@@ -15,18 +15,19 @@ use aya_log_ebpf::warn;
 use dr_common::{
     checksum,
     nat::{
-        rewritten_l4_checksum, Flow, FlowKey, Origin, ReverseKey, State, IPPROTO_ICMP, IPPROTO_TCP,
-        IPPROTO_UDP, PORT_TRIES,
+        rewritten_l4_checksum, Flow, FlowKey, Origin, ReverseKey, State, DELIVERED_BY_KERNEL,
+        IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_TRIES, TCP_ACK, TCP_SYN,
     },
     Counter, DatapathConfig,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
+    inbound::inbound_answered,
     maps::{count, NAT_EXCLUDE, NAT_FLOWS, NAT_REVERSE},
     packet::{
-        decrement_ttl, drop, dst_addr, is_fragment, l4_offset, pass, send, src_addr, IP_CHECK,
-        IP_DST, IP_SRC,
+        decrement_ttl, drop, dst_addr, flow_of, forward, is_fragment, l4_offset, l4_ports,
+        mark_redirect, pass, send, src_addr, IP_CHECK, IP_DST, IP_SRC,
     },
 };
 
@@ -109,15 +110,15 @@ fn rewrite(
 }
 
 #[inline(always)]
-fn now() -> u64 {
+pub fn now() -> u64 {
     // SAFETY: no arguments, no memory access.
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Whether `dst` must keep the container's source address.
+/// Whether container traffic to `addr` keeps the container's source address.
 #[inline(always)]
-fn excluded(cfg: &DatapathConfig, dst: u32) -> bool {
-    dst == cfg.uplink_addr || dst == cfg.gateway || NAT_EXCLUDE.get(Key::new(32, dst)).is_some()
+pub fn excluded(cfg: &DatapathConfig, addr: u32) -> bool {
+    addr == cfg.uplink_addr || addr == cfg.gateway || NAT_EXCLUDE.get(Key::new(32, addr)).is_some()
 }
 
 /// The live translation of `key`, or None. Drops an expired one, and one
@@ -226,63 +227,47 @@ fn allocate(key: &FlowKey, cfg: &DatapathConfig, now: u64, tcp_flags: u8) -> Res
     Err(Counter::DropNatPortsExhausted)
 }
 
-/// The ports (or ICMP identifier, 0) and TCP flags of a TCP/UDP/ICMP packet,
-/// read at `l4` for `proto`; None if the header is cut short.
-#[inline(always)]
-fn ports(ctx: &TcContext, l4: usize, proto: u8) -> Option<(u16, u16, u8)> {
-    match proto {
-        IPPROTO_TCP => {
-            let p: [u16; 2] = ctx.load(l4).ok()?;
-            let flags: u8 = ctx.load(l4 + 13).ok()?;
-            Some((p[0], p[1], flags))
-        }
-        IPPROTO_UDP => {
-            let p: [u16; 2] = ctx.load(l4).ok()?;
-            Some((p[0], p[1], 0))
-        }
-        _ => {
-            let id: u16 = ctx.load(l4 + 4).ok()?;
-            Some((id, 0, 0))
-        }
-    }
-}
-
-/// Container -> external: translate the source and send it out of the uplink.
-/// Called for IPv4 from the local subnet whose destination is no peer's.
+/// A container's packet for neither the local subnet nor a peer subnet.
+/// An answer to an inbound flow leaves the way the flow came (to the kernel,
+/// or straight to the peer host); a packet for an external destination is
+/// translated to the uplink's address (SNAT) and sent out of the uplink;
+/// everything else goes to the stack.
 #[inline(always)]
 pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: u64) -> i32 {
     let dst = dst_addr(ip);
-    if cfg.nat_enabled == 0 || excluded(cfg, dst) {
-        return pass(Counter::Passed, bytes);
-    }
+    let translates = cfg.nat_enabled != 0 && !excluded(cfg, dst);
     let proto = ip.proto;
     let Some(l4) = layout(proto) else {
         return pass(Counter::Passed, bytes);
     };
     if is_fragment(ip) {
-        return drop(Counter::DropNatFragment, bytes);
-    }
-    let l4_at = l4_offset(ip);
-    if proto == IPPROTO_ICMP && ctx.load::<u8>(l4_at).ok() != Some(ICMP_ECHO) {
-        // Only echo requests start translations; other ICMP goes to the stack.
+        if translates {
+            return drop(Counter::DropNatFragment, bytes);
+        }
         return pass(Counter::Passed, bytes);
     }
-    let Some((src_port, dst_port, tcp_flags)) = ports(ctx, l4_at, proto) else {
+    let l4_at = l4_offset(ip);
+    // Echo requests start translations and echo replies answer inbound
+    // pings; other ICMP goes to the stack.
+    let icmp_type = if proto == IPPROTO_ICMP {
+        match ctx.load::<u8>(l4_at) {
+            Ok(t @ (ICMP_ECHO | ICMP_ECHO_REPLY)) => t,
+            _ => return pass(Counter::Passed, bytes),
+        }
+    } else {
+        ICMP_ECHO
+    };
+    let Some((key, tcp_flags)) = flow_of(ctx, ip) else {
         return pass(Counter::Malformed, bytes);
     };
-    let key = FlowKey {
-        src_addr: src_addr(ip),
-        dst_addr: dst,
-        src_port,
-        dst_port,
-        proto,
-        _pad: [0; 3],
-    };
-    if !decrement_ttl(ip) {
-        return drop(Counter::DropTtlExceeded, bytes);
-    }
     let now = now();
-    let nat_port = match live_flow(&key, cfg, now) {
+    let starts = icmp_type == ICMP_ECHO;
+    let live = if translates && starts {
+        live_flow(&key, cfg, now)
+    } else {
+        None
+    };
+    let nat_port = match live {
         Some(flow) => {
             // SAFETY: map value pointer, valid for this program run.
             let flow = unsafe { &mut *flow };
@@ -291,26 +276,49 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
                 State::from_u8(flow.state).map_or(flow.state, |s| s.next(tcp_flags, false) as u8);
             flow.nat_port
         }
-        None => match allocate(&key, cfg, now, tcp_flags) {
-            Ok(port) => port,
-            Err(reason) => {
-                warn!(
-                    ctx,
-                    "snat: no translation for {:i}:{} -> {:i}:{} ({})",
-                    u32::from_be(key.src_addr),
-                    u16::from_be(key.src_port),
-                    u32::from_be(dst),
-                    u16::from_be(key.dst_port),
-                    if reason == Counter::DropNatTableFull {
-                        "table full"
-                    } else {
-                        "no free port"
-                    }
-                );
-                return drop(reason, bytes);
+        None => {
+            match inbound_answered(&key, cfg, now) {
+                Some(DELIVERED_BY_KERNEL) => return pass(Counter::InboundReply, bytes),
+                Some(_) => {
+                    return forward(ip, cfg.uplink_ifindex, Some(dst), Counter::ToPeer, bytes).0
+                }
+                None => {}
             }
-        },
+            if !translates || !starts {
+                return pass(Counter::Passed, bytes);
+            }
+            // Only a SYN opens a TCP translation: any other segment answers a
+            // connection the kernel knows (or one long gone).
+            if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                return pass(Counter::InboundReply, bytes);
+            }
+            if ip.ttl <= 1 {
+                return drop(Counter::DropTtlExceeded, bytes);
+            }
+            match allocate(&key, cfg, now, tcp_flags) {
+                Ok(port) => port,
+                Err(reason) => {
+                    warn!(
+                        ctx,
+                        "snat: no translation for {:i}:{} -> {:i}:{} ({})",
+                        u32::from_be(key.src_addr),
+                        u16::from_be(key.src_port),
+                        u32::from_be(dst),
+                        u16::from_be(key.dst_port),
+                        if reason == Counter::DropNatTableFull {
+                            "table full"
+                        } else {
+                            "no free port"
+                        }
+                    );
+                    return drop(reason, bytes);
+                }
+            }
+        }
     };
+    if !decrement_ttl(ip) {
+        return drop(Counter::DropTtlExceeded, bytes);
+    }
     let addrs = (key.src_addr, cfg.uplink_addr);
     let port_at = l4_at + l4.port;
     if rewrite(
@@ -320,7 +328,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
         IP_SRC,
         addrs,
         port_at,
-        (src_port, nat_port),
+        (key.src_port, nat_port),
     )
     .is_err()
     {
@@ -388,7 +396,7 @@ pub fn snat_reply(
             _ => return None,
         }
     }
-    let (remote_port, nat_port, tcp_flags) = ports(ctx, l4_at, proto)?;
+    let (remote_port, nat_port, tcp_flags) = l4_ports(ctx, l4_at, proto)?;
     let (remote_port, nat_port) = if proto == IPPROTO_ICMP {
         (0, remote_port)
     } else {
@@ -422,6 +430,7 @@ pub fn snat_reply(
     {
         return Some(drop(Counter::DropRedirectFailed, bytes));
     }
+    mark_redirect(ctx);
     Some(send(cfg.bridge_ifindex, None, Counter::NatIn, bytes).0)
 }
 
@@ -479,6 +488,7 @@ fn icmp_error_reply(
     {
         return Some(drop(Counter::DropRedirectFailed, bytes));
     }
+    mark_redirect(ctx);
     Some(send(cfg.bridge_ifindex, None, Counter::NatIcmpErrorIn, bytes).0)
 }
 

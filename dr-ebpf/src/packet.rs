@@ -6,7 +6,11 @@ use aya_ebpf::{
     helpers::generated::bpf_redirect_neigh,
     programs::TcContext,
 };
-use dr_common::{checksum, Counter, DatapathConfig};
+use dr_common::{
+    checksum,
+    nat::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    Counter, DatapathConfig,
+};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -14,7 +18,7 @@ use network_types::{
 
 use crate::maps::{config, count};
 
-const AF_INET: u32 = 2;
+pub const AF_INET: u8 = 2;
 
 /// What the start of a frame holds, as far as dr is concerned.
 pub enum Frame {
@@ -107,7 +111,7 @@ pub fn redirect_neigh(ifindex: u32, next_hop: Option<u32>) -> i32 {
     let ret = match next_hop {
         Some(addr) => {
             let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-            nh.nh_family = AF_INET;
+            nh.nh_family = AF_INET.into();
             nh.__bindgen_anon_1.ipv4_nh = addr;
             // SAFETY: nh lives across the call; the size matches the struct.
             unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) }
@@ -133,6 +137,18 @@ pub fn ipv4_frame(
         Frame::NotIpv4 => Err(pass(Counter::Passed, bytes)),
         Frame::Malformed => Err(pass(Counter::Malformed, bytes)),
         Frame::Ipv4(ip) => Ok((cfg, ip)),
+    }
+}
+
+/// The configuration and IPv4 header of a frame an egress program acts on.
+/// Egress programs leave every other frame alone and uncounted: the
+/// ingress side already counts what crosses dr.
+#[inline(always)]
+pub fn egress_frame(ctx: &TcContext) -> Option<(&'static DatapathConfig, &'static mut Ipv4Hdr)> {
+    let cfg = config()?;
+    match parse(ctx) {
+        Frame::Ipv4(ip) => Some((cfg, ip)),
+        _ => None,
     }
 }
 
@@ -194,3 +210,69 @@ pub fn is_fragment(ip: &Ipv4Hdr) -> bool {
 pub const IP_CHECK: usize = EthHdr::LEN + 10;
 pub const IP_SRC: usize = EthHdr::LEN + 12;
 pub const IP_DST: usize = EthHdr::LEN + 16;
+
+/// The ports (or ICMP identifier, 0) and TCP flags of a TCP/UDP/ICMP packet,
+/// read at `l4` for `proto`; None if the header is cut short.
+#[inline(always)]
+pub fn l4_ports(ctx: &TcContext, l4: usize, proto: u8) -> Option<(u16, u16, u8)> {
+    match proto {
+        IPPROTO_TCP => {
+            let p: [u16; 2] = ctx.load(l4).ok()?;
+            let flags: u8 = ctx.load(l4 + 13).ok()?;
+            Some((p[0], p[1], flags))
+        }
+        IPPROTO_UDP => {
+            let p: [u16; 2] = ctx.load(l4).ok()?;
+            Some((p[0], p[1], 0))
+        }
+        _ => {
+            let id: u16 = ctx.load(l4 + 4).ok()?;
+            Some((id, 0, 0))
+        }
+    }
+}
+
+/// The flow of a TCP, UDP or ICMP packet (ICMP: the identifier as source
+/// port) and its TCP flags; None for other protocols, fragments and cut
+/// headers.
+#[inline(always)]
+pub fn flow_of(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
+    if !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) || is_fragment(ip) {
+        return None;
+    }
+    let (src_port, dst_port, tcp_flags) = l4_ports(ctx, l4_offset(ip), ip.proto)?;
+    let key = FlowKey {
+        src_addr: src_addr(ip),
+        dst_addr: dst_addr(ip),
+        src_port,
+        dst_port,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    Some((key, tcp_flags))
+}
+
+/// `skb->mark` bit on a packet dr redirects to the egress of a device where
+/// one of dr's egress programs runs (docker0, or the uplink for the host's
+/// own traffic): that program knows the packet is dr's and leaves it alone.
+/// Set just before the redirect and cleared by the egress program.
+const DR_REDIRECT_MARK: u32 = 1 << 20;
+
+#[inline(always)]
+pub fn mark_redirect(ctx: &TcContext) {
+    // SAFETY: the context's skb is valid for the whole run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    ctx.set_mark(mark | DR_REDIRECT_MARK);
+}
+
+/// Whether dr redirected this packet here; clears the mark.
+#[inline(always)]
+pub fn take_redirect_mark(ctx: &TcContext) -> bool {
+    // SAFETY: the context's skb is valid for the whole run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & DR_REDIRECT_MARK == 0 {
+        return false;
+    }
+    ctx.set_mark(mark & !DR_REDIRECT_MARK);
+    true
+}

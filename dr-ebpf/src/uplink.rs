@@ -1,15 +1,16 @@
 //! Uplink ingress: packets from the shared segment.
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use dr_common::Counter;
+use dr_common::{nat::DELIVERED_FROM_PEER_HOST, Counter};
 
 use crate::{
-    maps::{peer_for, peer_traffic},
-    nat::snat_reply,
-    packet::{dst_addr, forward, ipv4_frame, pass, src_addr},
+    inbound::record_inbound,
+    maps::{is_peer_host, peer_for, peer_traffic},
+    nat::{now, snat_reply},
+    packet::{dst_addr, flow_of, forward, ipv4_frame, mark_redirect, pass, src_addr},
 };
 
-/// A packet from a known peer subnet to a local container is delivered to
-/// docker0 directly; a reply to a translated flow (or an ICMP error about
+/// A packet from a known peer subnet, or from a peer host itself, to a local
+/// container is delivered to docker0 directly; a reply to a translated flow (or an ICMP error about
 /// one) is translated back and delivered; everything else goes to the stack.
 #[classifier]
 pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
@@ -26,9 +27,19 @@ pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
     if !cfg.is_local(dst) || dst == cfg.gateway || dst == cfg.local_net | !cfg.local_mask {
         return pass(Counter::Passed, bytes);
     }
-    let Some(peer) = peer_for(src_addr(ip)) else {
-        return pass(Counter::Passed, bytes);
+    let src = src_addr(ip);
+    let Some(peer) = peer_for(src) else {
+        if !is_peer_host(src) {
+            return pass(Counter::Passed, bytes);
+        }
+        // A peer host's own process: its container answers go straight back.
+        if let Some((flow, _)) = flow_of(&ctx, ip) {
+            record_inbound(&flow.answer(), DELIVERED_FROM_PEER_HOST, now());
+        }
+        mark_redirect(&ctx);
+        return forward(ip, cfg.bridge_ifindex, None, Counter::FromPeer, bytes).0;
     };
+    mark_redirect(&ctx);
     let (verdict, sent) = forward(ip, cfg.bridge_ifindex, None, Counter::FromPeer, bytes);
     if sent {
         if let Some(traffic) = peer_traffic(peer) {

@@ -2,7 +2,7 @@
 //! namespace), each with docker0 and containers, plus an optional external
 //! namespace on the same segment.
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Output,
 };
@@ -143,6 +143,38 @@ impl Host {
             self.ns
                 .ip(&["route", "add", peer_subnet, "via", &via.to_string()])?;
         }
+        Ok(())
+    }
+
+    /// What `docker run -p HOST_PORT:PORT[/udp]` sets up on the host: IP
+    /// forwarding and a DNAT of the host's port to the container's.
+    pub fn publish(&self, proto: &str, host_port: u16, to: SocketAddr) -> Result<()> {
+        self.ns
+            .exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])?;
+        let (addr, port, to) = (
+            self.uplink_addr.to_string(),
+            host_port.to_string(),
+            to.to_string(),
+        );
+        self.ns.exec(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                &addr,
+                "-p",
+                proto,
+                "--dport",
+                &port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
+        )?;
         Ok(())
     }
 

@@ -332,3 +332,32 @@ fn docker_config_gets_bip_merged_with_backup() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn up_refuses_a_docker0_still_serving_containers_on_another_subnet() {
+    let mut c = hosts("drocc", 1);
+    let prefix = c.prefix.clone();
+    let h = &mut c.hosts[0];
+    // A running Docker with its default bip and one container.
+    h.ns.ip(&["link", "add", "docker0", "type", "bridge"])
+        .unwrap();
+    h.ns.ip(&["addr", "add", "172.17.0.1/16", "dev", "docker0"])
+        .unwrap();
+    h.ns.ip(&["link", "set", "docker0", "up"]).unwrap();
+    h.add_container(&prefix).unwrap();
+    let before = snapshot(h);
+    let args = h.up_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = h.dr_output(&args).unwrap();
+    assert_clean_failure(
+        &out,
+        "docker0 carries 172.17.0.1/16 with 1 attached interface(s) (veth0)",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop those containers"));
+    assert_eq!(snapshot(h), before, "host changed by a refused up");
+    // Once the containers are gone, dr adopts the bridge.
+    h.ns.ip(&["link", "del", "veth0"]).unwrap();
+    h.up().unwrap();
+    let addrs = h.ns.ip(&["-4", "addr", "show", "docker0"]).unwrap();
+    assert!(addrs.contains("10.0.128.1/24"), "{addrs}");
+}

@@ -118,6 +118,35 @@ pub fn run(dr_ctl: &Path) -> Result<()> {
     );
     dr(h0, &["nat", "list"])?;
 
+    banner("The hosts' own processes reach containers on other hosts (no route, no forwarding)");
+    let target = &h1.containers[1];
+    traffic::ping(&h0.ns, target.addr, 2)?;
+    println!(
+        "host {} -> {} (host {}): 2/2 replies",
+        h0.id, target.addr, h1.id
+    );
+    let (_, seen) = traffic::tcp_transfer(&h0.ns, &target.ns, target.addr, 1 << 20)?;
+    println!(
+        "TCP host {} -> {}: the container saw {seen}",
+        h0.id, target.addr
+    );
+
+    banner(&format!(
+        "A published port on host {} (Docker's DNAT for `docker run -p 8080:...`) answers outside clients",
+        h1.id
+    ));
+    let server = &h1.containers[0];
+    let sink = traffic::TestServer::tcp_sink(&server.ns, server.addr, 1)?;
+    h1.publish("tcp", 8080, sink.addr)?;
+    let published = std::net::SocketAddr::from((h1.uplink_addr, 8080));
+    traffic::tcp_send(ext, 0, published, 1 << 20)?;
+    let seen = sink.finish()?;
+    println!(
+        "TCP {EXTERNAL_ADDR} -> {published} -> {}: the container saw {}, dr left its answers to conntrack",
+        server.addr,
+        seen[0]
+    );
+
     banner(&format!("dr-ctl status on host {}", h0.id));
     dr(h0, &["status"])?;
 

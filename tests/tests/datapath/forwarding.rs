@@ -1,5 +1,5 @@
 //! Forwarding verdicts: to peers, from peers, pass, drops, malformed input.
-use super::*;
+use super::{nat::nat_config, *};
 
 #[test]
 fn bridge_redirects_container_traffic_to_peer_with_ttl_and_checksum_fixed() {
@@ -101,7 +101,7 @@ fn expiring_ttl_is_dropped_on_both_hooks() {
 
 #[test]
 fn non_ipv4_passes_and_malformed_ipv4_is_counted_and_passed_unchanged() {
-    for hook in Hook::ALL {
+    for hook in [Hook::BridgeIngress, Hook::UplinkIngress] {
         let mut dp = datapath(config());
         let non_ipv4 = non_ipv4_frames();
         for packet in &non_ipv4 {
@@ -124,6 +124,26 @@ fn non_ipv4_passes_and_malformed_ipv4_is_counted_and_passed_unchanged() {
 }
 
 #[test]
+fn egress_programs_leave_what_is_not_theirs_unchanged_and_uncounted() {
+    let mut dp = datapath(nat_config());
+    let mut frames = non_ipv4_frames();
+    frames.extend(malformed_frames());
+    for l4 in ALL_L4 {
+        // Another source than the uplink's own, and traffic to the cluster.
+        frames.push(frame(PEER_HOST, PEER_CONTAINER, 64, l4));
+        frames.push(frame(PEER_CONTAINER, CONTAINER, 64, l4));
+    }
+    for hook in [Hook::BridgeEgress, Hook::UplinkEgress] {
+        for packet in &frames {
+            let (verdict, out) = dp.run(hook, packet);
+            assert_eq!(verdict, TC_ACT_OK, "{hook:?} {packet:02x?}");
+            assert_eq!(&out, packet);
+        }
+    }
+    dp.assert_only(Counter::Passed, 0);
+}
+
+#[test]
 fn uplink_delivers_peer_traffic_to_local_containers() {
     let mut dp = datapath(config());
     for (i, l4) in ALL_L4.into_iter().enumerate() {
@@ -143,7 +163,6 @@ fn uplink_passes_what_is_not_from_a_peer_to_a_container() {
     let mut dp = datapath(config());
     let cases = [
         (EXTERNAL, CONTAINER),         // unknown source
-        (PEER_HOST, CONTAINER),        // the peer host itself, not its containers
         (PEER_CONTAINER, GATEWAY),     // the host's own bridge address
         (PEER_CONTAINER, BROADCAST),   // the local subnet's broadcast
         (PEER_CONTAINER, UPLINK_ADDR), // the host itself
@@ -183,7 +202,7 @@ fn disabled_config_passes_everything() {
 fn removed_peer_is_no_longer_forwarded() {
     let mut dp = datapath(config());
     dp.maps
-        .remove_peer("10.0.129.0/24".parse().unwrap())
+        .remove_peers(&["10.0.129.0/24".parse().unwrap()])
         .unwrap();
     let packet = frame(CONTAINER, PEER_CONTAINER, 64, L4::Udp);
     assert_eq!(

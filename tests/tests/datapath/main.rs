@@ -2,6 +2,7 @@
 //! verdict, every rewrite compared byte for byte with a frame etherparse
 //! builds (so checksums are checked too), and the counters.
 mod forwarding;
+mod inbound;
 mod nat;
 mod xdp;
 
@@ -52,6 +53,35 @@ where
         .expect("BPF_PROG_TEST_RUN");
     out.truncate(result.data_size_out as usize);
     (result.return_value, out)
+}
+
+/// Offset of `mark` in `struct __sk_buff`; the fields before it must be zero
+/// in a test run's context.
+const SKB_MARK_AT: usize = 8;
+
+/// [`test_run`] with the skb's mark set to `mark`; also returns the mark
+/// as the program left it.
+fn test_run_marked<P>(prog: &P, packet: &[u8], mark: u32) -> (u32, Vec<u8>, u32)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut ctx_in = [0u8; SKB_MARK_AT + 4];
+    ctx_in[SKB_MARK_AT..].copy_from_slice(&mark.to_ne_bytes());
+    // At least sizeof(struct __sk_buff), or the kernel reports ENOSPC.
+    let mut ctx_out = [0u8; 256];
+    let mut out = vec![0u8; packet.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    let mark_out = u32::from_ne_bytes(ctx_out[SKB_MARK_AT..SKB_MARK_AT + 4].try_into().unwrap());
+    (result.return_value, out, mark_out)
 }
 
 /// A loaded datapath with private pinned maps, removed on drop.
@@ -112,6 +142,15 @@ impl Datapath {
         test_run(datapath::program(&mut self.ebpf, hook).unwrap(), packet)
     }
 
+    /// [`Self::run`] with the skb's mark: returns the mark as it left too.
+    fn run_marked(&mut self, hook: Hook, packet: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+        test_run_marked(
+            datapath::program(&mut self.ebpf, hook).unwrap(),
+            packet,
+            mark,
+        )
+    }
+
     fn counter(&self, which: Counter) -> Traffic {
         self.maps
             .counters()
@@ -139,7 +178,7 @@ enum L4 {
 }
 
 /// An Ethernet/IPv4 frame with valid checksums, built by etherparse.
-/// ICMP frames are echo requests with identifier `src_port`.
+/// ICMP frames are echo requests with identifier `src_port`, TCP frames SYNs.
 fn frame_ports(
     src: [u8; 4],
     dst: [u8; 4],
@@ -154,9 +193,10 @@ fn frame_ports(
     match l4 {
         L4::Icmp => ip.icmpv4_echo_request(src_port, 7).write(&mut out, PAYLOAD),
         L4::Udp => ip.udp(src_port, dst_port).write(&mut out, PAYLOAD),
+        // A SYN: the first segment of a connection the container opens.
         L4::Tcp => ip
             .tcp(src_port, dst_port, 1000, 65535)
-            .ack(1)
+            .syn()
             .write(&mut out, PAYLOAD),
     }
     .unwrap();

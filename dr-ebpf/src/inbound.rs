@@ -1,0 +1,43 @@
+//! Flows into local containers that the containers did not start: a
+//! published port's DNAT or a route to the container (the kernel delivered
+//! them), or a peer host's own process (dr delivered them). Their answers
+//! must leave the way the flow came in, never with a translation of dr's.
+use dr_common::{
+    nat::{FlowKey, InboundFlow},
+    DatapathConfig,
+};
+
+use crate::maps::INBOUND_FLOWS;
+
+/// Records (or refreshes) the flow whose answers are `answer`.
+#[inline(always)]
+pub fn record_inbound(answer: &FlowKey, delivered_by: u8, now: u64) {
+    if let Some(flow) = INBOUND_FLOWS.get_ptr_mut(answer) {
+        // SAFETY: map value pointer, valid for this program run.
+        let flow = unsafe { &mut *flow };
+        flow.last_seen_ns = now;
+        flow.delivered_by = delivered_by;
+        return;
+    }
+    let flow = InboundFlow {
+        last_seen_ns: now,
+        delivered_by,
+        _pad: [0; 7],
+    };
+    // A full table evicts its least recently used flow: best effort.
+    let _ = INBOUND_FLOWS.insert(answer, flow, 0);
+}
+
+/// Who delivered the live inbound flow that `answer` answers, if any
+/// (`DELIVERED_*`); refreshes it.
+#[inline(always)]
+pub fn inbound_answered(answer: &FlowKey, cfg: &DatapathConfig, now: u64) -> Option<u8> {
+    let flow = INBOUND_FLOWS.get_ptr_mut(answer)?;
+    // SAFETY: map value pointer, valid for this program run.
+    let flow = unsafe { &mut *flow };
+    if flow.expired(answer.proto, now, &cfg.nat_timeouts) {
+        return None;
+    }
+    flow.last_seen_ns = now;
+    Some(flow.delivered_by)
+}

@@ -1,0 +1,94 @@
+//! Uplink egress: the host's own packets leaving by the uplink.
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_OUTPUT,
+        TC_ACT_OK,
+    },
+    helpers::generated::bpf_fib_lookup,
+    macros::classifier,
+    programs::TcContext,
+};
+use dr_common::Counter;
+
+use crate::{
+    maps::{count, peer_for, peer_traffic},
+    packet::{
+        drop, dst_addr, egress_frame, mark_redirect, send, src_addr, take_redirect_mark, AF_INET,
+    },
+};
+
+/// A packet of the host's own for a peer subnet (a process reaching a
+/// container on another host: the kernel has no route for the subnet and sent
+/// it toward its default gateway) goes to the peer host instead, with the
+/// uplink address as its source. Everything else leaves as the kernel sent it.
+#[classifier]
+pub fn dr_uplink_egress(ctx: TcContext) -> i32 {
+    // A redirect below leaves by this same device: the packet comes back once.
+    if take_redirect_mark(&ctx) {
+        return TC_ACT_OK;
+    }
+    let Some((cfg, ip)) = egress_frame(&ctx) else {
+        return TC_ACT_OK;
+    };
+    if src_addr(ip) != cfg.uplink_addr {
+        return TC_ACT_OK;
+    }
+    let Some(peer) = peer_for(dst_addr(ip)) else {
+        return TC_ACT_OK;
+    };
+    let bytes = ctx.len() as u64;
+    let verdict = match neighbour_mac(&ctx, cfg.uplink_ifindex, peer.via) {
+        // Same device: only the next hop's MAC changes.
+        Some((src, dst)) => {
+            if ctx.store(0, &dst, 0).is_err() || ctx.store(6, &src, 0).is_err() {
+                return drop(Counter::DropRedirectFailed, bytes);
+            }
+            count(Counter::HostToPeer, bytes);
+            TC_ACT_OK
+        }
+        // The peer host is not in the neighbour table yet: the kernel resolves
+        // it. The packet still carries its route toward the default gateway,
+        // and a packet queued for resolution leaves by that route's next hop,
+        // so this one may be lost; the following ones find the neighbour.
+        None => {
+            mark_redirect(&ctx);
+            match send(
+                cfg.uplink_ifindex,
+                Some(peer.via),
+                Counter::HostToPeer,
+                bytes,
+            ) {
+                (verdict, true) => verdict,
+                (dropped, false) => return dropped,
+            }
+        }
+    };
+    if let Some(traffic) = peer_traffic(peer) {
+        traffic.to_peer.add(bytes);
+    }
+    verdict
+}
+
+/// The uplink's and the neighbour `addr`'s MAC addresses, if the kernel
+/// has resolved `addr` on `ifindex`.
+#[inline(always)]
+fn neighbour_mac(ctx: &TcContext, ifindex: u32, addr: u32) -> Option<([u8; 6], [u8; 6])> {
+    // SAFETY: plain data, zero is a valid value.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.ifindex = ifindex;
+    fib.__bindgen_anon_4.ipv4_dst = addr;
+    // SAFETY: the parameter block lives across the call; its size matches.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_OUTPUT,
+        )
+    };
+    (ret == BPF_FIB_LKUP_RET_SUCCESS as i64 && fib.ifindex == ifindex)
+        .then_some((fib.smac, fib.dmac))
+}
