@@ -228,12 +228,25 @@ fn published_tcp_and_udp_ports_answer_peer_hosts_and_the_external_network() {
             }
         }
     }
+    // The answers went back through the kernel's conntrack, untranslated.
+    let translated: Vec<_> = a
+        .nat_list()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["original"]["src_addr"] == web.addr.to_string())
+        .collect();
+    if !translated.is_empty() {
+        failures.push(format!("dr translated the answers: {translated:?}"));
+    }
+    let inbound_replies = a.counter("inbound_reply").unwrap();
+    if inbound_replies == 0 {
+        failures.push("no inbound_reply counted on A".into());
+    }
     assert!(
         failures.is_empty(),
-        "published ports of {} (`docker run -p 8080:80 -p 5353:53/udp`):\n{}\nnat list on A: {:?}",
+        "published ports of {} (`docker run -p 8080:80 -p 5353:53/udp`):\n{}",
         web.addr,
         failures.join("\n"),
-        a.nat_list().unwrap()
     );
 }
 
@@ -305,8 +318,8 @@ fn start_with_docker_defaults(env: &mut DockerCluster, name: &str) -> Container 
     container
 }
 
-// Depends on the lead's change to `up` (issue 8): today `up` adds its
-// address to the bridge, and the container's packets are dropped as spoofed.
+// Before `up` refused this, it added its address to the bridge and dropped
+// the container's packets as spoofed.
 #[test]
 fn up_refuses_a_docker0_with_another_address_and_leaves_its_containers_alone() {
     let mut env = DockerCluster::without_dr_on_a("drdkadopt");
@@ -347,12 +360,11 @@ fn switch_over_from_dockers_default_bridge_as_the_readme_says() {
     let mut env = DockerCluster::without_dr_on_a("drdkswitch");
     drop(start_with_docker_defaults(&mut env, "app"));
 
-    // Stop the containers and dockerd, let dr make docker0 and write the
-    // bip, start dockerd and the containers again.
+    // What `up`'s refusal says: stop the containers, `up --docker-config`,
+    // restart dockerd; then start the containers again.
     env.dockerd.docker(&["stop", "-t", "1", "app"]).unwrap();
-    env.dockerd.stop().unwrap();
-    env.a().ns.ip(&["link", "del", "docker0"]).unwrap();
     env.adopt_docker0();
+    env.dockerd.stop().unwrap();
     env.dockerd.start().unwrap();
     env.dockerd.docker(&["start", "app"]).unwrap();
 
