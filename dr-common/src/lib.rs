@@ -122,6 +122,11 @@ pub struct DatapathConfig {
     pub uplink_ifindex: u32,
     /// The uplink's IPv4 address, network order.
     pub uplink_addr: u32,
+    /// The uplink's MTU: container packets that do not fit it are answered
+    /// with ICMP fragmentation needed (DF) or dropped (no DF) instead of
+    /// being redirected, since `bpf_redirect_neigh` skips the forwarding
+    /// path's MTU check. Written by `dr-ctl up`, refreshed by `dr-ctl sync`.
+    pub uplink_mtu: u32,
     /// `OWNED_*` bits: what `up` created and `down` must remove.
     pub owned: u32,
     /// Non-zero when container traffic to destinations outside the cluster
@@ -139,6 +144,8 @@ pub struct DatapathConfig {
     /// Level of the datapath's aya-log events (0: off, 1 error .. 5 trace),
     /// fixed when the programs are loaded (`up --datapath-log`).
     pub datapath_log: u8,
+    /// Keeps `object_hash` 8-byte aligned with no implicit padding.
+    pub _pad: u32,
     /// Hash of the eBPF object that dr-ctl attached: a different binary's
     /// `up` swaps the programs in place (upgrade without a traffic gap).
     pub object_hash: u64,
@@ -147,6 +154,9 @@ pub struct DatapathConfig {
 pub const XDP_OFF: u8 = 0;
 pub const XDP_NATIVE: u8 = 1;
 pub const XDP_GENERIC: u8 = 2;
+
+// Every field is explicit: the two sides must agree byte for byte.
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 104);
 
 impl DatapathConfig {
     /// Whether `addr` (network order) lies in the local container subnet.
@@ -205,10 +215,16 @@ pub enum Counter {
     InboundReply = 19,
     /// The host's own packets for a peer subnet, sent to the peer host.
     HostToPeer = 20,
+    /// Container packets too big for the uplink MTU with DF set, answered
+    /// with ICMP fragmentation needed (the uplink MTU) back to the container.
+    IcmpFragNeeded = 21,
+    /// Dropped: a container packet too big for the uplink MTU without DF
+    /// (dr does not fragment).
+    DropTooBigNoDf = 22,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 23] = [
         Counter::ToPeer,
         Counter::FromPeer,
         Counter::Passed,
@@ -230,6 +246,8 @@ impl Counter {
         Counter::XdpPass,
         Counter::InboundReply,
         Counter::HostToPeer,
+        Counter::IcmpFragNeeded,
+        Counter::DropTooBigNoDf,
     ];
 
     /// Stable name used in `dr-ctl status` and its JSON output.
@@ -256,6 +274,8 @@ impl Counter {
             Counter::XdpPass => "xdp_pass",
             Counter::InboundReply => "inbound_reply",
             Counter::HostToPeer => "host_to_peer",
+            Counter::IcmpFragNeeded => "icmp_frag_needed",
+            Counter::DropTooBigNoDf => "drop_too_big_no_df",
         }
     }
 }

@@ -161,7 +161,7 @@ pub enum Command {
         listen: Option<std::net::SocketAddr>,
     },
     /// Refresh what dr learns from the kernel (the local containers the XDP
-    /// path delivers to); safe to run any time, e.g. from a timer.
+    /// path delivers to, the uplink's MTU); safe to run any time, e.g. from a timer.
     Sync,
     /// Inspect and manage SNAT translations.
     #[command(subcommand)]
@@ -356,7 +356,10 @@ pub async fn run(cli: Cli) -> Result<String> {
         Command::Sync => {
             let r = commands::sync().await?;
             render(
-                format!("xdp {}; {} local endpoints\n", r.xdp, r.endpoints),
+                format!(
+                    "xdp {}; {} local endpoints; uplink mtu {}\n",
+                    r.xdp, r.endpoints, r.uplink_mtu
+                ),
                 output::json(&r),
             )
         }

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use crate::{
     bpffs::PinDir,
     datapath::{self, Attached, Hook, LinkIds},
-    docker_config::{self, BipChange},
+    docker_config::{self, DockerConfigChange, DockerSettings},
     error::{io_context, Error, Result},
     maps::{self, Maps},
     nat_plan::NatPlan,
@@ -48,7 +48,7 @@ pub struct UpReport {
     pub added_address: bool,
     #[serde(serialize_with = "crate::output::pairs_as_map")]
     pub attached: Vec<(&'static str, Attached)>,
-    pub docker_config: Option<BipChange>,
+    pub docker_config: Option<DockerConfigChange>,
 }
 
 /// Packet and byte counts, as reported.
@@ -129,6 +129,8 @@ pub struct Status {
     pub local_subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub uplink_address: Ipv4Addr,
+    /// What the datapath checks container packets against (see `sync`).
+    pub uplink_mtu: u32,
     pub hooks: Vec<HookStatus>,
     pub peers: Vec<PeerStatus>,
     pub nat: NatStatus,
@@ -195,7 +197,7 @@ async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
 fn desired_config(
     args: &UpArgs,
     bridge_ifindex: u32,
-    uplink_ifindex: u32,
+    uplink: &Interface,
     uplink_addr: Ipv4Addr,
     owned: u32,
     bridge_mac: [u8; 6],
@@ -209,8 +211,9 @@ fn desired_config(
         local_prefix_len: args.subnet.net.prefix_len().into(),
         gateway: to_map_addr(args.subnet.gateway),
         bridge_ifindex,
-        uplink_ifindex,
+        uplink_ifindex: uplink.index,
         uplink_addr: to_map_addr(uplink_addr),
+        uplink_mtu: uplink.mtu,
         owned,
         nat_enabled: args.nat.cluster_cidr.is_some().into(),
         nat_port_min: nat_port_min.into(),
@@ -219,6 +222,7 @@ fn desired_config(
         bridge_mac,
         xdp_mode,
         datapath_log: args.datapath_log,
+        _pad: 0,
         object_hash: datapath::object_hash(),
     }
 }
@@ -274,11 +278,17 @@ async fn refuse_occupied_bridge(
     )))
 }
 
-/// Sets `"bip"` in the daemon.json `up` was given, if any.
-fn merge_docker_config(args: &UpArgs) -> Result<Option<BipChange>> {
+/// What `up` sets in daemon.json, given the uplink.
+fn docker_settings(args: &UpArgs, uplink: &Interface) -> DockerSettings {
+    DockerSettings::new(args.subnet.bip(), uplink.mtu)
+}
+
+/// Sets `"bip"` (and `"mtu"` for a small uplink MTU) in the daemon.json
+/// `up` was given, if any.
+fn merge_docker_config(args: &UpArgs, uplink: &Interface) -> Result<Option<DockerConfigChange>> {
     args.docker_config
         .as_ref()
-        .map(|path| docker_config::merge_bip(path, &args.subnet.bip()))
+        .map(|path| docker_config::merge(path, &docker_settings(args, uplink)))
         .transpose()
 }
 
@@ -323,7 +333,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
     if let Some(path) = &args.docker_config {
         // Refuse a daemon.json we could not merge before touching anything.
         let current = std::fs::read_to_string(path).ok();
-        docker_config::merged(path, current.as_deref(), &args.subnet.bip())?;
+        docker_config::merged(path, current.as_deref(), &docker_settings(args, &uplink))?;
     }
     let pins = PinDir::locate()?;
     let existing = if maps::pinned(pins.path()) {
@@ -357,7 +367,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         let desired = desired_config(
             args,
             bridge_index,
-            uplink.index,
+            &uplink,
             uplink_addr,
             config.owned,
             bridge_mac,
@@ -366,8 +376,8 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         let all_linked = Hook::ALL.iter().all(|h| pins.join(h.link_pin()).exists())
             && pins.join(datapath::XDP_LINK_PIN).exists() == args.xdp;
         if *config == desired && *exclusions == args.nat.exclusions() && all_linked {
-            let docker_config = merge_docker_config(args)?;
-            let changed = matches!(docker_config, Some(BipChange::Written { .. }));
+            let docker_config = merge_docker_config(args, &uplink)?;
+            let changed = docker_config.as_ref().is_some_and(|c| c.written);
             return Ok(UpReport {
                 changed,
                 pin_dir: pins.display().to_string(),
@@ -453,7 +463,7 @@ async fn apply_up(
         desired_config(
             args,
             bridge.index,
-            uplink.index,
+            uplink,
             uplink_addr,
             owned,
             bridge_mac,
@@ -495,7 +505,7 @@ async fn apply_up(
         XDP_OFF
     };
     maps.set_config(&config(xdp_mode))?;
-    let docker_config = merge_docker_config(args)?;
+    let docker_config = merge_docker_config(args, uplink)?;
     Ok(UpReport {
         changed: true,
         pin_dir: pins.display().to_string(),
@@ -673,6 +683,7 @@ pub async fn status() -> Result<Status> {
         local_subnet: local.net,
         gateway: local.gateway,
         uplink_address: from_map_addr(config.uplink_addr),
+        uplink_mtu: config.uplink_mtu,
         hooks,
         peers: peer_statuses(&maps)?,
         xdp: xdp_mode_name(config.xdp_mode),
@@ -733,19 +744,33 @@ async fn sync_endpoints(
 pub struct SyncReport {
     pub xdp: &'static str,
     pub endpoints: usize,
+    /// The uplink MTU the datapath checks container packets against.
+    pub uplink_mtu: u32,
 }
 
 /// Refreshes what the datapath learns from the kernel: the local container
-/// endpoints of the XDP fast path. Safe to run at any time (e.g. from a timer).
+/// endpoints of the XDP fast path, and the uplink's MTU (which may change
+/// after `up`). Safe to run at any time (e.g. from a timer).
 pub async fn sync() -> Result<SyncReport> {
     let (_pins, _lock, mut maps, config) = open_up()?;
     let nl = Netlink::connect()?;
     let local = local_subnet(&config)?;
     let endpoints = sync_endpoints(&nl, &mut maps, config.bridge_ifindex, &local.net).await?;
     resolve_peer_hosts(&nl, &config, maps.peers()?.iter().map(|p| p.via)).await;
+    let uplink_mtu = nl
+        .interface_by_index(config.uplink_ifindex)
+        .await?
+        .map_or(config.uplink_mtu, |uplink| uplink.mtu);
+    if uplink_mtu != config.uplink_mtu {
+        maps.set_config(&DatapathConfig {
+            uplink_mtu,
+            ..config
+        })?;
+    }
     Ok(SyncReport {
         xdp: xdp_mode_name(config.xdp_mode),
         endpoints,
+        uplink_mtu,
     })
 }
 

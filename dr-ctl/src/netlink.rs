@@ -22,6 +22,7 @@ pub struct Interface {
     pub name: String,
     pub is_bridge: bool,
     pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
 }
 
 /// A local container as the kernel knows it: its address, MAC and the
@@ -280,10 +281,12 @@ fn interface_of(link: &LinkMessage) -> Interface {
         name: String::new(),
         is_bridge: false,
         mac: None,
+        mtu: 0,
     };
     for attr in &link.attributes {
         match attr {
             LinkAttribute::IfName(name) => iface.name = name.clone(),
+            LinkAttribute::Mtu(mtu) => iface.mtu = *mtu,
             LinkAttribute::Address(mac) => iface.mac = mac_of(mac),
             LinkAttribute::LinkInfo(infos) => {
                 iface.is_bridge |= infos

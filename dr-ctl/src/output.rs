@@ -3,11 +3,8 @@ use std::fmt::Write as _;
 
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
-use crate::{
-    commands::{
-        ApplyReport, Counts, DownReport, NatEntry, PeerReport, PeerStatus, Status, Tuple, UpReport,
-    },
-    docker_config::BipChange,
+use crate::commands::{
+    ApplyReport, Counts, DownReport, NatEntry, PeerReport, PeerStatus, Status, Tuple, UpReport,
 };
 
 /// Serializes `[(name, value)]` as a JSON object, keeping the order.
@@ -45,11 +42,15 @@ pub fn up(r: &UpReport) -> String {
     for (program, how) in &r.attached {
         let _ = writeln!(out, "{program}: {how:?}");
     }
-    if let Some(BipChange::Written { backup }) = &r.docker_config {
+    if let Some(change) = r.docker_config.as_ref().filter(|c| c.written) {
         let _ = writeln!(
             out,
-            "wrote bip to daemon.json{}",
-            backup
+            "wrote bip{} to daemon.json{}",
+            change
+                .mtu
+                .map_or(String::new(), |mtu| format!(" and mtu {mtu}")),
+            change
+                .backup
                 .as_ref()
                 .map_or(String::new(), |b| format!(" (previous file saved as {b})"))
         );
@@ -155,7 +156,11 @@ pub fn status(s: &Status) -> String {
         "local subnet: {} (gateway {})",
         s.local_subnet, s.gateway
     );
-    let _ = writeln!(out, "uplink address: {}", s.uplink_address);
+    let _ = writeln!(
+        out,
+        "uplink address: {} (mtu {})",
+        s.uplink_address, s.uplink_mtu
+    );
     let _ = writeln!(out, "pins: {}", s.pin_dir);
     out.push_str("programs:\n");
     for h in &s.hooks {

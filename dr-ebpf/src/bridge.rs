@@ -5,6 +5,7 @@ use dr_common::Counter;
 
 use crate::{
     maps::{peer_for, peer_traffic},
+    mtu::too_big,
     nat::snat_out,
     packet::{drop, dst_addr, forward, ipv4_frame, pass, src_addr},
 };
@@ -35,7 +36,11 @@ pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
     let Some(peer) = peer_for(dst) else {
         return snat_out(&ctx, cfg, ip, bytes);
     };
+    if let Some(verdict) = too_big(&ctx, cfg, ip, bytes) {
+        return verdict;
+    }
     let (verdict, sent) = forward(
+        &ctx,
         ip,
         cfg.uplink_ifindex,
         Some(peer.via),

@@ -8,6 +8,7 @@ mod bridge;
 mod bridge_egress;
 mod inbound;
 mod maps;
+mod mtu;
 mod nat;
 mod packet;
 mod uplink;

@@ -25,9 +25,10 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     inbound::inbound_answered,
     maps::{count, NAT_EXCLUDE, NAT_FLOWS, NAT_REVERSE},
+    mtu::too_big,
     packet::{
-        decrement_ttl, drop, dst_addr, flow_of, forward, is_fragment, l4_offset, l4_ports,
-        mark_redirect, pass, send, src_addr, IP_CHECK, IP_DST, IP_SRC,
+        decrement_ttl, drop, dst_addr, flow_of, forward, is_fragment, l4_offset, l4_ports, pass,
+        send, src_addr, IP_CHECK, IP_DST, IP_SRC,
     },
 };
 
@@ -267,6 +268,38 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
     } else {
         None
     };
+    if live.is_none() {
+        match inbound_answered(&key, cfg, now) {
+            Some(DELIVERED_BY_KERNEL) => return pass(Counter::InboundReply, bytes),
+            Some(_) => {
+                if let Some(verdict) = too_big(ctx, cfg, ip, bytes) {
+                    return verdict;
+                }
+                return forward(
+                    ctx,
+                    ip,
+                    cfg.uplink_ifindex,
+                    Some(dst),
+                    Counter::ToPeer,
+                    bytes,
+                )
+                .0;
+            }
+            None => {}
+        }
+        if !translates || !starts {
+            return pass(Counter::Passed, bytes);
+        }
+        // Only a SYN opens a TCP translation: any other segment answers a
+        // connection the kernel knows (or one long gone).
+        if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            return pass(Counter::InboundReply, bytes);
+        }
+    }
+    // Before any translation is made: a packet refused here creates none.
+    if let Some(verdict) = too_big(ctx, cfg, ip, bytes) {
+        return verdict;
+    }
     let nat_port = match live {
         Some(flow) => {
             // SAFETY: map value pointer, valid for this program run.
@@ -277,21 +310,6 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
             flow.nat_port
         }
         None => {
-            match inbound_answered(&key, cfg, now) {
-                Some(DELIVERED_BY_KERNEL) => return pass(Counter::InboundReply, bytes),
-                Some(_) => {
-                    return forward(ip, cfg.uplink_ifindex, Some(dst), Counter::ToPeer, bytes).0
-                }
-                None => {}
-            }
-            if !translates || !starts {
-                return pass(Counter::Passed, bytes);
-            }
-            // Only a SYN opens a TCP translation: any other segment answers a
-            // connection the kernel knows (or one long gone).
-            if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-                return pass(Counter::InboundReply, bytes);
-            }
             if ip.ttl <= 1 {
                 return drop(Counter::DropTtlExceeded, bytes);
             }
@@ -334,7 +352,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
     {
         return drop(Counter::DropRedirectFailed, bytes);
     }
-    send(cfg.uplink_ifindex, None, Counter::NatOut, bytes).0
+    send(ctx, cfg.uplink_ifindex, None, Counter::NatOut, bytes).0
 }
 
 /// The container end of a reply to a live translation, and its flow entry.
@@ -430,8 +448,7 @@ pub fn snat_reply(
     {
         return Some(drop(Counter::DropRedirectFailed, bytes));
     }
-    mark_redirect(ctx);
-    Some(send(cfg.bridge_ifindex, None, Counter::NatIn, bytes).0)
+    Some(send(ctx, cfg.bridge_ifindex, None, Counter::NatIn, bytes).0)
 }
 
 /// An ICMP error quoting a translated packet: translate the outer destination
@@ -488,8 +505,16 @@ fn icmp_error_reply(
     {
         return Some(drop(Counter::DropRedirectFailed, bytes));
     }
-    mark_redirect(ctx);
-    Some(send(cfg.bridge_ifindex, None, Counter::NatIcmpErrorIn, bytes).0)
+    Some(
+        send(
+            ctx,
+            cfg.bridge_ifindex,
+            None,
+            Counter::NatIcmpErrorIn,
+            bytes,
+        )
+        .0,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -168,8 +168,16 @@ pub fn drop(counter: Counter, bytes: u64) -> i32 {
 
 /// Sends the frame out of `ifindex` (see [`redirect_neigh`]) and counts the
 /// verdict under `counter`. Returns the TC verdict and whether it was sent.
+/// The frame carries dr's mark to the egress program there.
 #[inline(always)]
-pub fn send(ifindex: u32, next_hop: Option<u32>, counter: Counter, bytes: u64) -> (i32, bool) {
+pub fn send(
+    ctx: &TcContext,
+    ifindex: u32,
+    next_hop: Option<u32>,
+    counter: Counter,
+    bytes: u64,
+) -> (i32, bool) {
+    mark_redirect(ctx);
     let verdict = redirect_neigh(ifindex, next_hop);
     if verdict == TC_ACT_SHOT {
         return (drop(Counter::DropRedirectFailed, bytes), false);
@@ -181,6 +189,7 @@ pub fn send(ifindex: u32, next_hop: Option<u32>, counter: Counter, bytes: u64) -
 /// Forwards an IPv4 packet unchanged but for its TTL: see [`send`].
 #[inline(always)]
 pub fn forward(
+    ctx: &TcContext,
     ip: &mut Ipv4Hdr,
     ifindex: u32,
     next_hop: Option<u32>,
@@ -190,7 +199,7 @@ pub fn forward(
     if !decrement_ttl(ip) {
         return (drop(Counter::DropTtlExceeded, bytes), false);
     }
-    send(ifindex, next_hop, counter, bytes)
+    send(ctx, ifindex, next_hop, counter, bytes)
 }
 
 /// Offset of the L4 header (after IPv4 options).
@@ -252,14 +261,13 @@ pub fn flow_of(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
     Some((key, tcp_flags))
 }
 
-/// `skb->mark` bit on a packet dr redirects to the egress of a device where
-/// one of dr's egress programs runs (docker0, or the uplink for the host's
-/// own traffic): that program knows the packet is dr's and leaves it alone.
-/// Set just before the redirect and cleared by the egress program.
+/// `skb->mark` bit on a packet dr redirects: it goes to the egress of docker0
+/// or of the uplink, where dr's egress program knows the packet is dr's,
+/// clears the bit and leaves the packet alone. Set just before the redirect.
 const DR_REDIRECT_MARK: u32 = 1 << 20;
 
 #[inline(always)]
-pub fn mark_redirect(ctx: &TcContext) {
+fn mark_redirect(ctx: &TcContext) {
     // SAFETY: the context's skb is valid for the whole run.
     let mark = unsafe { (*ctx.skb.skb).mark };
     ctx.set_mark(mark | DR_REDIRECT_MARK);

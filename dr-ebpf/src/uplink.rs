@@ -6,7 +6,7 @@ use crate::{
     inbound::record_inbound,
     maps::{is_peer_host, peer_for, peer_traffic},
     nat::{now, snat_reply},
-    packet::{dst_addr, flow_of, forward, ipv4_frame, mark_redirect, pass, src_addr},
+    packet::{dst_addr, flow_of, forward, ipv4_frame, pass, src_addr},
 };
 
 /// A packet from a known peer subnet, or from a peer host itself, to a local
@@ -36,11 +36,9 @@ pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
         if let Some((flow, _)) = flow_of(&ctx, ip) {
             record_inbound(&flow.answer(), DELIVERED_FROM_PEER_HOST, now());
         }
-        mark_redirect(&ctx);
-        return forward(ip, cfg.bridge_ifindex, None, Counter::FromPeer, bytes).0;
+        return forward(&ctx, ip, cfg.bridge_ifindex, None, Counter::FromPeer, bytes).0;
     };
-    mark_redirect(&ctx);
-    let (verdict, sent) = forward(ip, cfg.bridge_ifindex, None, Counter::FromPeer, bytes);
+    let (verdict, sent) = forward(&ctx, ip, cfg.bridge_ifindex, None, Counter::FromPeer, bytes);
     if sent {
         if let Some(traffic) = peer_traffic(peer) {
             traffic.from_peer.add(bytes);

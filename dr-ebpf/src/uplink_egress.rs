@@ -14,9 +14,7 @@ use dr_common::Counter;
 
 use crate::{
     maps::{count, peer_for, peer_traffic},
-    packet::{
-        drop, dst_addr, egress_frame, mark_redirect, send, src_addr, take_redirect_mark, AF_INET,
-    },
+    packet::{drop, dst_addr, egress_frame, send, src_addr, take_redirect_mark, AF_INET},
 };
 
 /// A packet of the host's own for a peer subnet (a process reaching a
@@ -53,8 +51,8 @@ pub fn dr_uplink_egress(ctx: TcContext) -> i32 {
         // and a packet queued for resolution leaves by that route's next hop,
         // so this one may be lost; the following ones find the neighbour.
         None => {
-            mark_redirect(&ctx);
             match send(
+                &ctx,
                 cfg.uplink_ifindex,
                 Some(peer.via),
                 Counter::HostToPeer,

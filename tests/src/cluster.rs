@@ -67,14 +67,6 @@ impl Host {
         Ok(serde_json::from_str(&self.dr(&["status", "--json"])?)?)
     }
 
-    /// The packets counted under `name` in `status` (e.g. `nat_out`).
-    pub fn counter(&self, name: &str) -> Result<u64> {
-        let status = self.status()?;
-        status["counters"][name]["packets"]
-            .as_u64()
-            .with_context(|| format!("no counter {name} in {}", status["counters"]))
-    }
-
     /// The live translations of `dr-ctl nat list --json`.
     pub fn nat_list(&self) -> Result<Vec<Value>> {
         let list: Value = serde_json::from_str(&self.dr(&["nat", "list", "--json"])?)?;
@@ -105,6 +97,14 @@ impl Host {
     /// `dr-ctl up` with this host's plan.
     pub fn up(&self) -> Result<String> {
         self.up_with(&[])
+    }
+
+    /// Packets counted by the datapath under `name` (see `dr-ctl status`).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let status = self.status()?;
+        status["counters"][name]["packets"]
+            .as_u64()
+            .with_context(|| format!("no counter {name:?} in status"))
     }
 
     /// Creates docker0 with this host's `bip`, as Docker would.
@@ -365,6 +365,29 @@ impl Cluster {
                 "ethtool",
                 &["-K", port, "tx", "off", "tso", "off", "gso", "off"],
             )?;
+        }
+        Ok(())
+    }
+
+    /// Sets the MTU of every interface on the hosts' segment (the hosts' and
+    /// the router's eth0, the switch's ports) to `mtu`, below the 1500 of
+    /// docker0 and containers, as on clouds and under tunnels; and turns off
+    /// GRO, TSO and GSO on the hosts' eth0, so the uplinks, like a real NIC's
+    /// wire, carry nothing bigger than the MTU.
+    pub fn set_segment_mtu(&self, mtu: u32) -> Result<()> {
+        let mtu = mtu.to_string();
+        for host in &self.hosts {
+            host.ns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
+            host.ns.exec(
+                "ethtool",
+                &["-K", "eth0", "gro", "off", "tso", "off", "gso", "off"],
+            )?;
+            self.switch
+                .ip(&["link", "set", &format!("p{}", host.id), "mtu", &mtu])?;
+        }
+        if let Some(router) = &self.router {
+            router.ip(&["link", "set", "eth0", "mtu", &mtu])?;
+            self.switch.ip(&["link", "set", "prtr", "mtu", &mtu])?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! builds (so checksums are checked too), and the counters.
 mod forwarding;
 mod inbound;
+mod mtu;
 mod nat;
 mod xdp;
 
@@ -43,46 +44,36 @@ fn test_run<P>(prog: &P, packet: &[u8]) -> (u32, Vec<u8>)
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
 {
+    let (verdict, out, _) = test_run_ctx(prog, packet, None);
+    (verdict, out)
+}
+
+/// [`test_run`] with `ctx` as the program's context (for TC, the start of a
+/// `__sk_buff` whose settable fields the kernel copies into the skb); also
+/// returns the context as the program left it.
+fn test_run_ctx<P>(prog: &P, packet: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let mut out = vec![0u8; packet.len() + 256];
+    // At least sizeof(struct __sk_buff), or the kernel reports ENOSPC.
+    let mut ctx_out = vec![0u8; if ctx.is_some() { 256 } else { 0 }];
     let result = prog
         .test_run(TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
+            ctx_in: ctx,
+            ctx_out: ctx.map(|_| ctx_out.as_mut_slice()),
             ..Default::default()
         })
         .expect("BPF_PROG_TEST_RUN");
     out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    (result.return_value, out, ctx_out)
 }
 
 /// Offset of `mark` in `struct __sk_buff`; the fields before it must be zero
 /// in a test run's context.
 const SKB_MARK_AT: usize = 8;
-
-/// [`test_run`] with the skb's mark set to `mark`; also returns the mark
-/// as the program left it.
-fn test_run_marked<P>(prog: &P, packet: &[u8], mark: u32) -> (u32, Vec<u8>, u32)
-where
-    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
-{
-    let mut ctx_in = [0u8; SKB_MARK_AT + 4];
-    ctx_in[SKB_MARK_AT..].copy_from_slice(&mark.to_ne_bytes());
-    // At least sizeof(struct __sk_buff), or the kernel reports ENOSPC.
-    let mut ctx_out = [0u8; 256];
-    let mut out = vec![0u8; packet.len() + 256];
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx_in),
-            ctx_out: Some(&mut ctx_out),
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    let mark_out = u32::from_ne_bytes(ctx_out[SKB_MARK_AT..SKB_MARK_AT + 4].try_into().unwrap());
-    (result.return_value, out, mark_out)
-}
 
 /// A loaded datapath with private pinned maps, removed on drop.
 struct Datapath {
@@ -107,6 +98,7 @@ fn config() -> DatapathConfig {
         bridge_ifindex: 1001,
         uplink_ifindex: 1000,
         uplink_addr: to_map_addr(UPLINK_ADDR.into()),
+        uplink_mtu: 1500,
         owned: 0,
         nat_enabled: 0,
         nat_port_min: 10000,
@@ -115,6 +107,7 @@ fn config() -> DatapathConfig {
         bridge_mac: BRIDGE_MAC,
         xdp_mode: 0,
         datapath_log: 0,
+        _pad: 0,
         object_hash: 0,
     }
 }
@@ -144,11 +137,12 @@ impl Datapath {
 
     /// [`Self::run`] with the skb's mark: returns the mark as it left too.
     fn run_marked(&mut self, hook: Hook, packet: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
-        test_run_marked(
-            datapath::program(&mut self.ebpf, hook).unwrap(),
-            packet,
-            mark,
-        )
+        let mut ctx = [0u8; SKB_MARK_AT + 4];
+        ctx[SKB_MARK_AT..].copy_from_slice(&mark.to_ne_bytes());
+        let prog = datapath::program(&mut self.ebpf, hook).unwrap();
+        let (verdict, out, ctx_out) = test_run_ctx(prog, packet, Some(&ctx));
+        let mark_out = u32::from_ne_bytes(ctx_out[SKB_MARK_AT..][..4].try_into().unwrap());
+        (verdict, out, mark_out)
     }
 
     fn counter(&self, which: Counter) -> Traffic {
