@@ -134,7 +134,7 @@ fn exchange_with_peer(local: &Container, remote: &Container) {
 }
 
 #[test]
-fn docker_containers_reach_peer_containers_through_forward_drop_and_docker_user() {
+fn docker_containers_reach_peers_and_peer_hosts_through_forward_drop_and_docker_user() {
     let env = DockerCluster::new("drdkfwd");
     let (a, b) = (env.a(), env.b());
     let web = env.run("web", &[]);
@@ -153,6 +153,20 @@ fn docker_containers_reach_peer_containers_through_forward_drop_and_docker_user(
     a.ns.exec("iptables", &["-I", "DOCKER-USER", "-j", "DROP"])
         .unwrap();
     exchange_with_peer(&web, peer);
+    // Nor for the hosts' own processes: each side sees the other host's
+    // uplink address.
+    let (_, seen) = traffic::tcp_transfer(&b.ns, &web.ns, web.addr, 1 << 20).unwrap();
+    assert_eq!(
+        seen.ip(),
+        IpAddr::V4(b.uplink_addr),
+        "A's container saw B's host as"
+    );
+    let (_, seen) = traffic::tcp_transfer(&a.ns, &peer.ns, peer.addr, 1 << 20).unwrap();
+    assert_eq!(
+        seen.ip(),
+        IpAddr::V4(a.uplink_addr),
+        "B's container saw A's host as"
+    );
     let dropped = rule_packets(&a.ns, "filter", "DOCKER-USER", "DROP", "0.0.0.0/0").unwrap();
     assert_eq!(dropped, 0, "DOCKER-USER's DROP saw dr's traffic");
 
