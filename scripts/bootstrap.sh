@@ -23,9 +23,12 @@ if [ -z "$LLVM" ]; then
   exit 1
 fi
 
-# protobuf-compiler builds the etcd client; etcd-server runs in the agent tests.
+# protobuf-compiler builds the etcd client; etcd-server runs in the agent tests;
+# docker.io (dockerd, containerd, runc) and busybox-static (the image's only
+# binary) run in the real-dockerd tests; util-linux brings nsenter.
 PKGS="llvm-${LLVM}-dev libpolly-${LLVM}-dev iproute2 iputils-ping iperf3 bpftool \
-iptables nftables conntrack tcpdump socat ethtool procps kmod protobuf-compiler etcd-server"
+iptables nftables conntrack tcpdump socat ethtool procps kmod protobuf-compiler etcd-server \
+docker.io busybox-static util-linux"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -43,6 +46,22 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
   apt-get install -y -qq $missing >/dev/null
   [ -z "$own_policy" ] || rm -f "$policy"
+fi
+
+# The tests start their own dockerd and containerd, each in an emulated host:
+# docker.io's postinst enables the system's units (the policy above only keeps
+# them from starting now), which would start at boot on the host's own
+# namespace and iptables. Disabling works without a running systemd; stopping
+# needs one.
+units="docker.socket docker.service containerd.service"
+for unit in $units; do
+  if systemctl is-enabled -q "$unit" 2>/dev/null; then
+    systemctl disable -q "$unit" 2>/dev/null
+  fi
+done
+if [ -d /run/systemd/system ]; then
+  # shellcheck disable=SC2086
+  systemctl stop $units
 fi
 
 if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then

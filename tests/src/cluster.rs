@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use serde_json::Value;
 
 use crate::netns::{unique_prefix, Netns};
 
@@ -66,6 +67,20 @@ impl Host {
         self.ns.exec_output(path_str(&self.dr_ctl), args)
     }
 
+    /// `dr-ctl status --json`.
+    pub fn status(&self) -> Result<Value> {
+        Ok(serde_json::from_str(&self.dr(&["status", "--json"])?)?)
+    }
+
+    /// The live translations of `dr-ctl nat list --json`.
+    pub fn nat_list(&self) -> Result<Vec<Value>> {
+        let list: Value = serde_json::from_str(&self.dr(&["nat", "list", "--json"])?)?;
+        match list {
+            Value::Array(entries) => Ok(entries),
+            other => anyhow::bail!("nat list is not an array: {other}"),
+        }
+    }
+
     /// The arguments of `dr-ctl up` with this host's plan (SNAT on).
     pub fn up_args(&self) -> Vec<String> {
         let bip = self.bip();
@@ -91,7 +106,7 @@ impl Host {
 
     /// Packets counted by the datapath under `name` (see `dr-ctl status`).
     pub fn counter(&self, name: &str) -> Result<u64> {
-        let status: serde_json::Value = serde_json::from_str(&self.dr(&["status", "--json"])?)?;
+        let status = self.status()?;
         status["counters"][name]["packets"]
             .as_u64()
             .with_context(|| format!("no counter {name:?} in status"))

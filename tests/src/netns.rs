@@ -41,7 +41,8 @@ pub fn unique_prefix(tag: &str) -> String {
     )
 }
 
-/// A named network namespace, deleted on drop.
+/// A named network namespace. Drop deletes the name, and with it the
+/// namespace unless processes still live in it (an attached container's).
 #[derive(Debug)]
 pub struct Netns {
     pub name: String,
@@ -55,6 +56,16 @@ impl Netns {
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Names the network namespace of process `pid` (a container's, made by
+    /// someone else), so the helpers here work in it. Drop removes only the
+    /// name; the namespace lives on with its processes.
+    pub fn attach(name: &str, pid: u32) -> Result<Self> {
+        run("ip", &["netns", "attach", name, &pid.to_string()])?;
+        Ok(Self {
+            name: name.to_string(),
+        })
     }
 
     /// Runs `program` inside the namespace via `ip netns exec`.

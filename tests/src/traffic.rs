@@ -132,13 +132,22 @@ impl TestServer {
 
     /// Accepts `connections` TCP connections on `addr` (kernel-chosen port)
     /// in `ns`; checks every byte of each and answers with the byte count.
+    /// Gives up (and frees the port) when no connection comes for
+    /// `IO_TIMEOUT`, as the UDP echo does when no datagram comes.
     pub fn tcp_sink(ns: &Netns, addr: Ipv4Addr, connections: usize) -> Result<Self> {
-        let listener = ns.enter(|| TcpListener::bind((addr, 0)))??;
+        Self::tcp_sink_at(ns, (addr, 0).into(), connections)
+    }
+
+    /// [`Self::tcp_sink`] on a given port (0: kernel-chosen), e.g. a
+    /// container port that Docker publishes.
+    pub fn tcp_sink_at(ns: &Netns, addr: SocketAddr, connections: usize) -> Result<Self> {
+        let listener = ns.enter(|| TcpListener::bind(addr))??;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         Ok(Self::spawn(listener, addr, move |listener, seen| {
             let mut workers = Vec::new();
             for _ in 0..connections {
-                let (conn, peer) = listener.accept()?;
+                let (conn, peer) = accept_within(&listener, IO_TIMEOUT)?;
                 seen.lock().unwrap().push(peer);
                 workers.push(std::thread::spawn(move || receive(conn)));
             }
@@ -152,7 +161,12 @@ impl TestServer {
 
     /// Echoes `datagrams` UDP datagrams on `addr` (kernel-chosen port) in `ns`.
     pub fn udp_echo(ns: &Netns, addr: Ipv4Addr, datagrams: u32) -> Result<Self> {
-        let sock = ns.enter(|| UdpSocket::bind((addr, 0)))??;
+        Self::udp_echo_at(ns, (addr, 0).into(), datagrams)
+    }
+
+    /// [`Self::udp_echo`] on a given port (0: kernel-chosen).
+    pub fn udp_echo_at(ns: &Netns, addr: SocketAddr, datagrams: u32) -> Result<Self> {
+        let sock = ns.enter(|| UdpSocket::bind(addr))??;
         sock.set_read_timeout(Some(IO_TIMEOUT))?;
         let addr = sock.local_addr()?;
         Ok(Self::spawn(sock, addr, move |sock, seen| {
@@ -175,6 +189,24 @@ impl TestServer {
             .join()
             .map_err(|_| anyhow::anyhow!("server panicked"))??;
         Ok(self.peers.lock().unwrap().clone())
+    }
+}
+
+/// The next connection on a non-blocking `listener`, as a blocking stream.
+fn accept_within(listener: &TcpListener, limit: Duration) -> Result<(TcpStream, SocketAddr)> {
+    let start = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((conn, peer)) => {
+                conn.set_nonblocking(false)?;
+                return Ok((conn, peer));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                ensure!(start.elapsed() < limit, "no connection within {limit:?}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -248,7 +280,8 @@ pub fn tcp_transfer(
 }
 
 /// `count` request/response exchanges from `client` (source port `src_port`,
-/// 0: any) with the echo server at `target`.
+/// 0: any) with the echo server at `target`; every reply must come from
+/// `target`.
 pub fn udp_requests(client: &Netns, src_port: u16, target: SocketAddr, count: u32) -> Result<()> {
     let sock: UdpSocket = bound_socket(client, Type::DGRAM, src_port)?.into();
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -256,9 +289,15 @@ pub fn udp_requests(client: &Netns, src_port: u16, target: SocketAddr, count: u3
         let msg = format!("dr udp {i} from {}", client.name);
         sock.send_to(msg.as_bytes(), target)?;
         let mut buf = [0u8; 1500];
-        let (n, _) = sock
+        let (n, from) = sock
             .recv_from(&mut buf)
             .with_context(|| format!("no UDP reply {i} from {target}"))?;
+        // A connected client (a resolver, say) would drop a reply from
+        // another address or port.
+        ensure!(
+            from == target,
+            "UDP reply {i} came from {from}, not {target}"
+        );
         ensure!(&buf[..n] == msg.as_bytes(), "UDP reply {i} differs");
     }
     Ok(())

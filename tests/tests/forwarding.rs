@@ -1,6 +1,5 @@
 //! Cross-host forwarding through the real dr-ctl in emulated hosts.
 use dr_tests::{dr_ctl_path, require_root, traffic, Cluster};
-use serde_json::Value;
 
 fn cluster(tag: &str) -> Cluster {
     require_root();
@@ -21,10 +20,6 @@ fn xdp_cluster(tag: &str) -> Cluster {
     c
 }
 
-fn status(host: &dr_tests::Host) -> Value {
-    serde_json::from_str(&host.dr(&["status", "--json"]).unwrap()).unwrap()
-}
-
 #[test]
 fn ping_tcp_udp_across_three_hosts_without_routes_or_forwarding() {
     cross_host_traffic(&cluster("drfwd"));
@@ -35,7 +30,7 @@ fn ping_tcp_udp_across_three_hosts_with_the_xdp_fast_path() {
     let c = xdp_cluster("drfwdx");
     cross_host_traffic(&c);
     for host in &c.hosts {
-        let s = status(host);
+        let s = host.status().unwrap();
         assert!(
             ["native", "generic"].contains(&s["xdp"].as_str().unwrap()),
             "{s}"
@@ -97,7 +92,7 @@ fn cross_host_traffic(c: &Cluster) {
     );
 
     // The datapath, not the kernel, moved the traffic: counters show it.
-    let s = status(h0);
+    let s = h0.status().unwrap();
     // (Packets are GSO aggregates on veth: count bytes.)
     assert!(s["counters"]["to_peer"]["bytes"].as_u64().unwrap() > 8 << 20);
     assert!(s["counters"]["from_peer"]["bytes"].as_u64().unwrap() > 8 << 20);
@@ -183,7 +178,7 @@ fn spoofed_container_source_is_dropped_and_counted() {
         events.contains("dropped a packet from spoofed source 10.0.130.77"),
         "{events}"
     );
-    let s = status(h0);
+    let s = h0.status().unwrap();
     assert!(
         s["counters"]["drop_spoofed_source"]["packets"]
             .as_u64()

@@ -28,11 +28,6 @@ fn cluster(tag: &str, extra_up: &[&str]) -> Cluster {
     c
 }
 
-fn nat_list(host: &Host) -> Vec<Value> {
-    let v: Value = serde_json::from_str(&host.dr(&["nat", "list", "--json"]).unwrap()).unwrap();
-    v.as_array().unwrap().clone()
-}
-
 fn assert_no_netfilter_nat(host: &Host) {
     let ipt = host
         .ns
@@ -97,7 +92,7 @@ fn external_traffic(c: &Cluster) {
     let seen = traffic::udp_exchange(&container.ns, ext, EXTERNAL_ADDR, 50).unwrap();
     assert_eq!(seen.ip(), IpAddr::V4(h0.uplink_addr));
 
-    let entries = nat_list(h0);
+    let entries = h0.nat_list().unwrap();
     for proto in ["icmp", "tcp", "udp"] {
         let e = entries
             .iter()
@@ -133,9 +128,9 @@ fn peer_traffic_is_not_translated_and_makes_no_entries() {
     assert_eq!(seen.ip(), IpAddr::V4(h0.containers[0].addr));
     traffic::ping(&h0.containers[1].ns, h1.containers[1].addr, 2).unwrap();
     assert!(
-        nat_list(h0).is_empty(),
+        h0.nat_list().unwrap().is_empty(),
         "peer traffic was translated: {:?}",
-        nat_list(h0)
+        h0.nat_list().unwrap()
     );
     assert_eq!(h0.counter("nat_created").unwrap(), 0);
 }
@@ -147,7 +142,7 @@ fn no_masquerade_ranges_keep_the_container_address() {
     let c = cluster("drnatexcl", &["--no-masquerade", "192.168.91.0/24"]);
     let h0 = &c.hosts[0];
     assert!(!traffic::reachable(&h0.containers[0].ns, ROUTER_ADDR).unwrap());
-    assert!(nat_list(h0).is_empty());
+    assert!(h0.nat_list().unwrap().is_empty());
     traffic::ping(&h0.containers[0].ns, EXTERNAL_ADDR, 1).unwrap();
 }
 
@@ -186,7 +181,9 @@ fn two_containers_with_the_same_source_port_to_the_same_destination() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen.iter().all(|s| s.ip() == IpAddr::V4(h0.uplink_addr)));
 
-    let same_port: Vec<_> = nat_list(h0)
+    let same_port: Vec<_> = h0
+        .nat_list()
+        .unwrap()
         .into_iter()
         .filter(|e| e["original"]["src_port"] == 40000)
         .collect();
@@ -254,17 +251,21 @@ fn translations_expire_after_their_timeout() {
     let h0 = &c.hosts[0];
     traffic::udp_exchange(&h0.containers[0].ns, ext, EXTERNAL_ADDR, 3).unwrap();
     traffic::ping(&h0.containers[1].ns, EXTERNAL_ADDR, 1).unwrap();
-    assert_eq!(nat_list(h0).len(), 2);
+    assert_eq!(h0.nat_list().unwrap().len(), 2);
     std::thread::sleep(Duration::from_millis(3500));
-    assert!(nat_list(h0).is_empty(), "still listed: {:?}", nat_list(h0));
+    assert!(
+        h0.nat_list().unwrap().is_empty(),
+        "still listed: {:?}",
+        h0.nat_list().unwrap()
+    );
     let gc: Value = serde_json::from_str(&h0.dr(&["nat", "gc", "--json"]).unwrap()).unwrap();
     assert_eq!(gc["removed"], 2);
     assert_eq!(h0.counter("nat_expired_gc").unwrap(), 2);
     // New traffic starts fresh translations.
     traffic::udp_exchange(&h0.containers[0].ns, ext, EXTERNAL_ADDR, 1).unwrap();
-    assert_eq!(nat_list(h0).len(), 1);
+    assert_eq!(h0.nat_list().unwrap().len(), 1);
     let flushed: Value =
         serde_json::from_str(&h0.dr(&["nat", "flush", "--json"]).unwrap()).unwrap();
     assert_eq!(flushed["removed"], 1);
-    assert!(nat_list(h0).is_empty());
+    assert!(h0.nat_list().unwrap().is_empty());
 }
