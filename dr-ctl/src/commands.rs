@@ -13,9 +13,10 @@ use tracing::{debug, warn};
 
 use crate::{
     bpffs::PinDir,
-    datapath::{self, Attached, Hook, LinkIds},
+    datapath::{self, Attached, Hook, HookIds, Side},
     docker_config::{self, BipChange},
     error::{io_context, Error, Result},
+    kernel::{self, AttachMode},
     maps::{self, Maps},
     nat_plan::NatPlan,
     netlink::{Interface, Netlink},
@@ -38,6 +39,8 @@ pub struct UpArgs {
     pub uplink: String,
     pub docker_config: Option<PathBuf>,
     pub nat: NatPlan,
+    /// How to attach the TC programs; None: TCX where the kernel has it.
+    pub attach: Option<AttachMode>,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,6 +49,10 @@ pub struct UpReport {
     pub pin_dir: String,
     pub created_bridge: bool,
     pub added_address: bool,
+    pub attach_mode: AttachMode,
+    /// Why the attach mode is not TCX, when the kernel chose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach_note: Option<String>,
     #[serde(serialize_with = "crate::output::pairs_as_map")]
     pub attached: Vec<(&'static str, Attached)>,
     pub docker_config: Option<BipChange>,
@@ -80,9 +87,10 @@ pub struct HookStatus {
     pub interface: String,
     pub ifindex: u32,
     pub program: &'static str,
+    pub direction: &'static str,
     pub attached: bool,
     #[serde(flatten)]
-    pub ids: Option<LinkIds>,
+    pub ids: Option<HookIds>,
 }
 
 /// SNAT settings and table use, as reported.
@@ -129,6 +137,8 @@ pub struct Status {
     pub local_subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub uplink_address: Ipv4Addr,
+    /// How the TC programs are attached ("tcx" or "netlink"), if they are.
+    pub attach_mode: Option<AttachMode>,
     pub hooks: Vec<HookStatus>,
     pub peers: Vec<PeerStatus>,
     pub nat: NatStatus,
@@ -171,7 +181,7 @@ enum Undo {
     DeleteAddress(u32, Ipv4Net),
     RemoveDir,
     RemoveMapPins,
-    Detach(Hook),
+    Detach(Hook, String),
     DetachXdp,
 }
 
@@ -182,7 +192,7 @@ async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
             Undo::DeleteAddress(index, addr) => nl.delete_address(index, addr).await,
             Undo::RemoveDir => pins.remove(),
             Undo::RemoveMapPins => datapath::remove_map_pins(pins),
-            Undo::Detach(hook) => datapath::detach(pins, hook).map(|_| ()),
+            Undo::Detach(hook, iface) => datapath::detach(pins, hook, Some(&iface)).map(|_| ()),
             Undo::DetachXdp => datapath::detach_xdp(pins).map(|_| ()),
         };
         if let Err(e) = result {
@@ -248,7 +258,16 @@ fn merge_docker_config(args: &UpArgs) -> Result<Option<BipChange>> {
         .transpose()
 }
 
+/// The ifindex of `side`'s interface in `config`.
+fn side_ifindex(config: &DatapathConfig, side: Side) -> u32 {
+    match side {
+        Side::Bridge => config.bridge_ifindex,
+        Side::Uplink => config.uplink_ifindex,
+    }
+}
+
 pub async fn up(args: &UpArgs) -> Result<UpReport> {
+    let kernel = kernel::check_supported(&kernel::running_release()?)?;
     check_ifname("bridge", &args.bridge)?;
     check_ifname("uplink", &args.uplink)?;
     if args.bridge == args.uplink {
@@ -298,6 +317,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
     } else {
         None
     };
+    let attach = kernel::choose_attach(args.attach, datapath::attached_mode(&pins), kernel)?;
     if let Some((config, exclusions)) = &existing {
         if !same_subnet(config, &args.subnet) {
             return Err(Error::Conflict(format!(
@@ -329,7 +349,9 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
             bridge_mac,
             xdp_mode,
         );
-        let all_linked = Hook::ALL.iter().all(|h| pins.join(h.link_pin()).exists())
+        let all_linked = Hook::ALL
+            .iter()
+            .all(|&h| datapath::is_attached(&pins, h, attach.mode))
             && pins.join(datapath::XDP_LINK_PIN).exists() == args.xdp;
         if *config == desired && *exclusions == args.nat.exclusions() && all_linked {
             let docker_config = merge_docker_config(args)?;
@@ -339,6 +361,8 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
                 pin_dir: pins.display().to_string(),
                 created_bridge: false,
                 added_address: false,
+                attach_mode: attach.mode,
+                attach_note: attach.note,
                 attached: Vec::new(),
                 docker_config,
             });
@@ -355,6 +379,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         &uplink,
         uplink_addr,
         existing,
+        attach,
         &mut undo,
     )
     .await;
@@ -373,6 +398,7 @@ async fn apply_up(
     uplink: &Interface,
     uplink_addr: Ipv4Addr,
     existing: Option<DatapathConfig>,
+    attach: kernel::AttachChoice,
     undo: &mut Vec<Undo>,
 ) -> Result<UpReport> {
     let mut owned = existing.map_or(0, |c| c.owned);
@@ -425,25 +451,18 @@ async fn apply_up(
     };
     maps.set_config(&config(old_xdp))?;
     let mut attached = Vec::new();
-    for (hook, iface, old_index) in [
-        (
-            Hook::BridgeIngress,
-            &bridge,
-            existing.map(|c| c.bridge_ifindex),
-        ),
-        (
-            Hook::UplinkIngress,
-            uplink,
-            existing.map(|c| c.uplink_ifindex),
-        ),
-    ] {
-        if old_index.is_some_and(|old| old != iface.index) {
-            // The interface was recreated: its old link is defunct.
-            datapath::detach(pins, hook)?;
+    for hook in Hook::ALL {
+        let iface = match hook.side() {
+            Side::Bridge => &bridge,
+            Side::Uplink => uplink,
+        };
+        if existing.is_some_and(|c| side_ifindex(&c, hook.side()) != iface.index) {
+            // The interface was recreated: its old attachment went with it.
+            datapath::detach(pins, hook, None)?;
         }
-        let how = datapath::attach(&mut ebpf, pins, hook, &iface.name)?;
+        let how = datapath::attach(&mut ebpf, pins, hook, &iface.name, attach.mode)?;
         if how == Attached::New {
-            undo.push(Undo::Detach(hook));
+            undo.push(Undo::Detach(hook, iface.name.clone()));
         }
         debug!("{} on {}: {how:?}", hook.program(), iface.name);
         attached.push((hook.program(), how));
@@ -470,6 +489,8 @@ async fn apply_up(
         pin_dir: pins.display().to_string(),
         created_bridge,
         added_address,
+        attach_mode: attach.mode,
+        attach_note: attach.note,
         attached,
         docker_config,
     })
@@ -493,10 +514,13 @@ pub async fn down() -> Result<DownReport> {
         DatapathConfig::default()
     };
     datapath::detach_xdp(&pins)?;
-    for hook in Hook::ALL {
-        datapath::detach(&pins, hook)?;
-    }
     let nl = Netlink::connect()?;
+    for hook in Hook::ALL {
+        let iface = nl
+            .interface_by_index(side_ifindex(&config, hook.side()))
+            .await?;
+        datapath::detach(&pins, hook, iface.as_ref().map(|i| i.name.as_str()))?;
+    }
     let bridge = nl.interface_by_index(config.bridge_ifindex).await?;
     if let Some(bridge) = bridge.filter(|_| config.enabled != 0) {
         if config.owned & OWNED_BRIDGE != 0 {
@@ -620,16 +644,15 @@ pub async fn status() -> Result<Status> {
     let nl = Netlink::connect()?;
     let local = local_subnet(&config)?;
     let mut hooks = Vec::new();
-    for (hook, ifindex) in [
-        (Hook::BridgeIngress, config.bridge_ifindex),
-        (Hook::UplinkIngress, config.uplink_ifindex),
-    ] {
+    for hook in Hook::ALL {
+        let ifindex = side_ifindex(&config, hook.side());
         let iface = nl.interface_by_index(ifindex).await?;
-        let ids = datapath::link_ids(&pins, hook)?;
+        let ids = datapath::hook_ids(&pins, hook)?;
         hooks.push(HookStatus {
             interface: iface.map_or_else(|| "(gone)".to_string(), |i| i.name),
             ifindex,
             program: hook.program(),
+            direction: hook.direction(),
             attached: ids.is_some(),
             ids,
         });
@@ -639,6 +662,7 @@ pub async fn status() -> Result<Status> {
         local_subnet: local.net,
         gateway: local.gateway,
         uplink_address: from_map_addr(config.uplink_addr),
+        attach_mode: datapath::attached_mode(&pins),
         hooks,
         peers: peer_statuses(&maps)?,
         xdp: xdp_mode_name(config.xdp_mode),
@@ -782,6 +806,8 @@ pub struct ApplyArgs {
     pub file: PathBuf,
     pub host: Option<String>,
     pub dry_run: bool,
+    /// How `up` attaches the TC programs (see [`UpArgs::attach`]).
+    pub attach: Option<AttachMode>,
 }
 
 #[derive(Debug, Serialize)]
@@ -822,6 +848,7 @@ pub async fn apply(args: &ApplyArgs) -> Result<ApplyReport> {
             no_masquerade: plan.no_masquerade.clone(),
             ..NatPlan::default()
         },
+        attach: args.attach,
     };
     let mut report = ApplyReport {
         host: me.name.clone(),
@@ -880,7 +907,7 @@ pub fn reconcile_peers(wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<PeerDiff> {
 /// share one log buffer; it is found through the attached program's id.
 pub async fn monitor() -> Result<()> {
     let (pins, lock, _, _) = open_up()?;
-    let ids = datapath::link_ids(&pins, Hook::BridgeIngress)?.ok_or(Error::NotUp)?;
+    let ids = datapath::hook_ids(&pins, Hook::BridgeIngress)?.ok_or(Error::NotUp)?;
     drop(lock);
     let logger = aya_log::EbpfLogger::init_from_id(ids.program_id)
         .map_err(|e| Error::Invalid(format!("reading the datapath's events: {e}")))?;
