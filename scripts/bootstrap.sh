@@ -23,9 +23,12 @@ if [ -z "$LLVM" ]; then
   exit 1
 fi
 
-# protobuf-compiler builds the etcd client; etcd-server runs in the agent tests.
+# protobuf-compiler builds the etcd client; etcd-server runs in the agent tests;
+# qemu-system-x86, busybox-static and python3-venv (for virtme-ng, below) run
+# scripts/vm.sh, the tests on Debian 12's kernel.
 PKGS="llvm-${LLVM}-dev libpolly-${LLVM}-dev iproute2 iputils-ping iperf3 bpftool \
-iptables nftables conntrack tcpdump socat ethtool procps kmod protobuf-compiler etcd-server"
+iptables nftables conntrack tcpdump socat ethtool procps kmod protobuf-compiler etcd-server \
+qemu-system-x86 busybox-static python3-venv"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -43,6 +46,15 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
   apt-get install -y -qq $missing >/dev/null
   [ -z "$own_policy" ] || rm -f "$policy"
+fi
+
+# virtme-ng boots a kernel with this machine's root filesystem (scripts/vm.sh).
+VIRTME_NG_VERSION=1.42
+VENV=/opt/virtme-ng
+if ! "$VENV/bin/vng" --version 2>/dev/null | grep -q "$VIRTME_NG_VERSION"; then
+  echo "bootstrap: installing virtme-ng $VIRTME_NG_VERSION into $VENV"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "virtme-ng==$VIRTME_NG_VERSION"
 fi
 
 if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
