@@ -50,8 +50,9 @@ fi
 run=$(mktemp -d "$cache/run.XXXXXX")
 trap 'rm -rf "$run"' EXIT
 command=$(printf '%q ' "$@")
+# Kernel messages off the console (the tests' veths and bridges are chatty);
 # bpffs where systemd mounts it; modules load on demand from $kdir.
-guest="mount -t bpf bpf /sys/fs/bpf && cd $(printf '%q' "$root") && $command; echo \$? > $run/status"
+guest="dmesg -n 1; mount -t bpf bpf /sys/fs/bpf && cd $(printf '%q' "$root") && $command; echo \$? > $run/status"
 echo "vm: booting $kver (TCG) to run: $*"
 start=$SECONDS
 PATH="$(dirname "$vng"):$PATH" "$vng" --run "$kdir/boot/vmlinuz-$kver" --disable-kvm --cpus 2 --memory 4G \
