@@ -277,13 +277,21 @@ fn each_namespace_gets_its_own_pins_and_they_outlive_dr_ctl() {
     }
     let (a, b) = (pin_dir(&c.hosts[0]), pin_dir(&c.hosts[1]));
     assert_ne!(a, b);
+    // Each TC hook leaves its TCX link pinned, or in netlink mode its program.
+    let status: Value =
+        serde_json::from_str(&c.hosts[0].dr(&["status", "--json"]).unwrap()).unwrap();
+    let hook_pin = match status["attach_mode"].as_str() {
+        Some("tcx") => "link",
+        Some("netlink") => "prog",
+        other => panic!("attach mode {other:?}"),
+    };
     for dir in [&a, &b] {
         let entries = run("ls", &[dir]).unwrap();
         for pin in [
             "PEER_SUBNETS",
             "DATAPATH_CONFIG",
-            "link_bridge_ingress",
-            "link_uplink_ingress",
+            &format!("{hook_pin}_bridge_ingress"),
+            &format!("{hook_pin}_uplink_ingress"),
         ] {
             assert!(entries.contains(pin), "{pin} missing in {dir}: {entries}");
         }
