@@ -56,7 +56,7 @@ guest="dmesg -n 1; mount -t bpf bpf /sys/fs/bpf && cd $(printf '%q' "$root") && 
 echo "vm: booting $kver (TCG) to run: $*"
 start=$SECONDS
 PATH="$(dirname "$vng"):$PATH" "$vng" --run "$kdir/boot/vmlinuz-$kver" --disable-kvm --cpus 2 --memory 4G \
-  --rwdir "$run" --verbose --exec "$guest" </dev/null 2>&1 | grep -a -v '^\[ *[0-9.]*\] ' || true
+  --rwdir "$run" --verbose --exec "$guest" </dev/null 2>&1 | grep -a --line-buffered -v '^\[ *[0-9.]*\] ' || true
 status=$(cat "$run/status" 2>/dev/null || echo none)
 echo "vm: guest on $kver finished after $((SECONDS - start)) s with status $status"
 [ "$status" = 0 ]
