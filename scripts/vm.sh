@@ -51,8 +51,8 @@ run=$(mktemp -d "$cache/run.XXXXXX")
 trap 'rm -rf "$run"' EXIT
 command=$(printf '%q ' "$@")
 # Kernel messages off the console (the tests' veths and bridges are chatty);
-# bpffs where systemd mounts it; modules load on demand from $kdir.
-guest="dmesg -n 1; mount -t bpf bpf /sys/fs/bpf && cd $(printf '%q' "$root") && $command; echo \$? > $run/status"
+# bpffs where and as systemd mounts it; modules load on demand from $kdir.
+guest="dmesg -n 1; mount -t bpf -o nosuid,nodev,noexec,mode=700 bpf /sys/fs/bpf && cd $(printf '%q' "$root") && $command; echo \$? > $run/status"
 echo "vm: booting $kver (TCG) to run: $*"
 start=$SECONDS
 PATH="$(dirname "$vng"):$PATH" "$vng" --run "$kdir/boot/vmlinuz-$kver" --disable-kvm --cpus 2 --memory 4G \
