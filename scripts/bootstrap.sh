@@ -25,10 +25,12 @@ fi
 
 # protobuf-compiler builds the etcd client; etcd-server runs in the agent tests;
 # docker.io (dockerd, containerd, runc) and busybox-static (the image's only
-# binary) run in the real-dockerd tests; util-linux brings nsenter.
+# binary) run in the real-dockerd tests; util-linux brings nsenter;
+# qemu-system-x86, busybox-static and python3-venv (for virtme-ng, below) run
+# scripts/vm.sh, the tests on Debian 12's kernel.
 PKGS="llvm-${LLVM}-dev libpolly-${LLVM}-dev iproute2 iputils-ping iperf3 bpftool \
 iptables nftables conntrack tcpdump socat ethtool procps kmod protobuf-compiler etcd-server \
-docker.io busybox-static util-linux"
+docker.io busybox-static util-linux qemu-system-x86 python3-venv"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -62,6 +64,15 @@ done
 if [ -d /run/systemd/system ]; then
   # shellcheck disable=SC2086
   systemctl stop $units
+fi
+
+# virtme-ng boots a kernel with this machine's root filesystem (scripts/vm.sh).
+VIRTME_NG_VERSION=1.42
+VENV=/opt/virtme-ng
+if ! "$VENV/bin/vng" --version 2>/dev/null | grep -q "$VIRTME_NG_VERSION"; then
+  echo "bootstrap: installing virtme-ng $VIRTME_NG_VERSION into $VENV"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "virtme-ng==$VIRTME_NG_VERSION"
 fi
 
 if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then

@@ -46,6 +46,8 @@ pub struct AgentArgs {
     pub subnet: Option<LocalSubnet>,
     pub subnet_prefix: u8,
     pub lease_ttl: i64,
+    /// How `up` attaches the TC programs; None: TCX where the kernel has it.
+    pub attach: Option<crate::kernel::AttachMode>,
 }
 
 /// One host's entry in etcd.
@@ -273,6 +275,7 @@ async fn session(
             uplink: args.uplink.clone(),
             docker_config: None,
             nat: args.nat.clone(),
+            attach: args.attach,
         };
         commands::up(&up).await?;
         info!(

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     commands,
     error::{io_context, Error, Result},
+    kernel::AttachMode,
     nat_plan::NatPlan,
     output,
     subnet::{self, LocalSubnet},
@@ -21,6 +22,36 @@ pub enum DatapathLog {
     Info = 3,
     Debug = 4,
     Trace = 5,
+}
+
+/// `--attach` of the commands that bring dr up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attach {
+    /// TCX links where the kernel has them (6.6+), netlink otherwise; a
+    /// datapath that is up keeps its mode.
+    Auto,
+    /// Pinned TCX links (Linux 6.6+).
+    Tcx,
+    /// clsact qdisc and cls_bpf filters (any supported kernel).
+    Netlink,
+}
+
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct AttachArg {
+    /// How to attach the TC programs. A datapath that is up changes mode
+    /// only after `dr-ctl down`.
+    #[arg(long = "attach", value_enum, env = "DR_ATTACH", default_value_t = Attach::Auto)]
+    pub attach: Attach,
+}
+
+impl AttachArg {
+    fn mode(self) -> Option<AttachMode> {
+        match self.attach {
+            Attach::Auto => None,
+            Attach::Tcx => Some(AttachMode::Tcx),
+            Attach::Netlink => Some(AttachMode::Netlink),
+        }
+    }
 }
 
 /// A file's text, or standard input's for `-`.
@@ -85,6 +116,8 @@ pub enum Command {
         /// Entries in each translation table [default: 65536]; a change needs `down` first.
         #[arg(long, value_name = "N")]
         nat_table_size: Option<u32>,
+        #[command(flatten)]
+        attach: AttachArg,
         /// Idle timeout, repeatable: tcp-syn, tcp-established, tcp-closing (one FIN seen),
         /// tcp-closed (the container closed first, or RST), tcp-time-wait (the remote closed
         /// first), udp or icmp [defaults: 60, 7440, 120, 2, 60, 60, 30].
@@ -111,6 +144,8 @@ pub enum Command {
         /// Print the difference against what is live; change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        attach: AttachArg,
     },
     /// Run the agent: register this host's subnet in etcd (leased, or the one
     /// given), keep it alive, and follow the other hosts' entries into the
@@ -151,6 +186,8 @@ pub enum Command {
         /// Destinations left untranslated besides the cluster (repeatable).
         #[arg(long, value_name = "CIDR")]
         no_masquerade: Vec<String>,
+        #[command(flatten)]
+        attach: AttachArg,
     },
     /// Print the datapath's events (see `up --datapath-log`) until interrupted.
     Monitor,
@@ -221,6 +258,7 @@ pub async fn run(cli: Cli) -> Result<String> {
             nat_ports,
             nat_table_size,
             nat_timeout,
+            attach,
         } => {
             let args = commands::UpArgs {
                 xdp,
@@ -236,6 +274,7 @@ pub async fn run(cli: Cli) -> Result<String> {
                     nat_table_size,
                     &nat_timeout,
                 )?,
+                attach: attach.mode(),
             };
             let r = commands::up(&args).await?;
             render(output::up(&r), output::json(&r))
@@ -280,11 +319,13 @@ pub async fn run(cli: Cli) -> Result<String> {
             file,
             host,
             dry_run,
+            attach,
         } => {
             let r = commands::apply(&commands::ApplyArgs {
                 file,
                 host,
                 dry_run,
+                attach: attach.mode(),
             })
             .await?;
             render(output::apply(&r), output::json(&r))
@@ -302,6 +343,7 @@ pub async fn run(cli: Cli) -> Result<String> {
             xdp,
             datapath_log,
             no_masquerade,
+            attach,
         } => {
             let nat = NatPlan::parse(Some(&cluster_cidr), &no_masquerade, None, None, &[])?;
             let subnet = subnet.as_deref().map(LocalSubnet::parse).transpose()?;
@@ -340,6 +382,7 @@ pub async fn run(cli: Cli) -> Result<String> {
                 subnet,
                 subnet_prefix,
                 lease_ttl,
+                attach: attach.mode(),
             };
             crate::agent::run(&args).await?;
             String::new()

@@ -13,9 +13,10 @@ use tracing::{debug, warn};
 
 use crate::{
     bpffs::PinDir,
-    datapath::{self, Attached, Hook, LinkIds},
+    datapath::{self, Attached, Hook, HookIds, Side},
     docker_config::{self, DockerConfigChange, DockerSettings},
     error::{io_context, Error, Result},
+    kernel::{self, AttachMode},
     maps::{self, Maps},
     migrate,
     nat_plan::NatPlan,
@@ -39,6 +40,8 @@ pub struct UpArgs {
     pub uplink: String,
     pub docker_config: Option<PathBuf>,
     pub nat: NatPlan,
+    /// How to attach the TC programs; None: TCX where the kernel has it.
+    pub attach: Option<AttachMode>,
 }
 
 #[derive(Debug, Serialize)]
@@ -47,6 +50,10 @@ pub struct UpReport {
     pub pin_dir: String,
     pub created_bridge: bool,
     pub added_address: bool,
+    pub attach_mode: AttachMode,
+    /// Why the attach mode is not TCX, when the kernel chose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach_note: Option<String>,
     #[serde(serialize_with = "crate::output::pairs_as_map")]
     pub attached: Vec<(&'static str, Attached)>,
     pub docker_config: Option<DockerConfigChange>,
@@ -81,9 +88,10 @@ pub struct HookStatus {
     pub interface: String,
     pub ifindex: u32,
     pub program: &'static str,
+    pub direction: &'static str,
     pub attached: bool,
     #[serde(flatten)]
-    pub ids: Option<LinkIds>,
+    pub ids: Option<HookIds>,
 }
 
 /// SNAT settings and table use, as reported.
@@ -132,6 +140,8 @@ pub struct Status {
     pub uplink_address: Ipv4Addr,
     /// What the datapath checks container packets against (see `sync`).
     pub uplink_mtu: u32,
+    /// How the TC programs are attached ("tcx" or "netlink"), if they are.
+    pub attach_mode: Option<AttachMode>,
     pub hooks: Vec<HookStatus>,
     pub peers: Vec<PeerStatus>,
     pub nat: NatStatus,
@@ -174,7 +184,7 @@ enum Undo {
     DeleteAddress(u32, Ipv4Net),
     RemoveDir,
     RemoveMapPins,
-    Detach(Hook),
+    Detach(Hook, String),
     DetachXdp,
 }
 
@@ -185,7 +195,7 @@ async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
             Undo::DeleteAddress(index, addr) => nl.delete_address(index, addr).await,
             Undo::RemoveDir => pins.remove(),
             Undo::RemoveMapPins => datapath::remove_map_pins(pins),
-            Undo::Detach(hook) => datapath::detach(pins, hook).map(|_| ()),
+            Undo::Detach(hook, iface) => datapath::detach(pins, hook, Some(&iface)).map(|_| ()),
             Undo::DetachXdp => datapath::detach_xdp(pins).map(|_| ()),
         };
         if let Err(e) = result {
@@ -293,7 +303,16 @@ fn merge_docker_config(args: &UpArgs, uplink: &Interface) -> Result<Option<Docke
         .transpose()
 }
 
+/// The ifindex of `side`'s interface in `config`.
+fn side_ifindex(config: &DatapathConfig, side: Side) -> u32 {
+    match side {
+        Side::Bridge => config.bridge_ifindex,
+        Side::Uplink => config.uplink_ifindex,
+    }
+}
+
 pub async fn up(args: &UpArgs) -> Result<UpReport> {
+    let kernel = kernel::check_supported(&kernel::running_release()?)?;
     check_ifname("bridge", &args.bridge)?;
     check_ifname("uplink", &args.uplink)?;
     if args.bridge == args.uplink {
@@ -349,6 +368,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
     } else {
         None
     };
+    let attach = kernel::choose_attach(args.attach, datapath::attached_mode(&pins), kernel)?;
     if let Some((config, exclusions)) = &existing {
         if !same_subnet(config, &args.subnet) {
             return Err(Error::Conflict(format!(
@@ -380,7 +400,9 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
             bridge_mac,
             xdp_mode,
         );
-        let all_linked = Hook::ALL.iter().all(|h| pins.join(h.link_pin()).exists())
+        let all_linked = Hook::ALL
+            .iter()
+            .all(|&h| datapath::is_attached(&pins, h, attach.mode))
             && pins.join(datapath::XDP_LINK_PIN).exists() == args.xdp;
         if *config == desired && *exclusions == args.nat.exclusions() && all_linked {
             let docker_config = merge_docker_config(args, &uplink)?;
@@ -390,6 +412,8 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
                 pin_dir: pins.display().to_string(),
                 created_bridge: false,
                 added_address: false,
+                attach_mode: attach.mode,
+                attach_note: attach.note,
                 attached: Vec::new(),
                 docker_config,
             });
@@ -409,6 +433,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         &uplink,
         uplink_addr,
         existing,
+        attach,
         &mut undo,
     )
     .await;
@@ -427,6 +452,7 @@ async fn apply_up(
     uplink: &Interface,
     uplink_addr: Ipv4Addr,
     existing: Option<DatapathConfig>,
+    attach: kernel::AttachChoice,
     undo: &mut Vec<Undo>,
 ) -> Result<UpReport> {
     let mut owned = existing.map_or(0, |c| c.owned);
@@ -482,18 +508,17 @@ async fn apply_up(
     maps.set_config(&config(old_xdp))?;
     let mut attached = Vec::new();
     for hook in Hook::ALL {
-        let (iface, old_index) = if hook.on_uplink() {
-            (uplink, existing.map(|c| c.uplink_ifindex))
-        } else {
-            (&bridge, existing.map(|c| c.bridge_ifindex))
+        let iface = match hook.side() {
+            Side::Bridge => &bridge,
+            Side::Uplink => uplink,
         };
-        if old_index.is_some_and(|old| old != iface.index) {
-            // The interface was recreated: its old link is defunct.
-            datapath::detach(pins, hook)?;
+        if existing.is_some_and(|c| side_ifindex(&c, hook.side()) != iface.index) {
+            // The interface was recreated: its old attachment went with it.
+            datapath::detach(pins, hook, None)?;
         }
-        let how = datapath::attach(&mut ebpf, pins, hook, &iface.name)?;
+        let how = datapath::attach(&mut ebpf, pins, hook, &iface.name, attach.mode)?;
         if how == Attached::New {
-            undo.push(Undo::Detach(hook));
+            undo.push(Undo::Detach(hook, iface.name.clone()));
         }
         debug!("{} on {}: {how:?}", hook.program(), iface.name);
         attached.push((hook.program(), how));
@@ -522,6 +547,8 @@ async fn apply_up(
         pin_dir: pins.display().to_string(),
         created_bridge,
         added_address,
+        attach_mode: attach.mode,
+        attach_note: attach.note,
         attached,
         docker_config,
     })
@@ -545,10 +572,13 @@ pub async fn down() -> Result<DownReport> {
         DatapathConfig::default()
     };
     datapath::detach_xdp(&pins)?;
-    for hook in Hook::ALL {
-        datapath::detach(&pins, hook)?;
-    }
     let nl = Netlink::connect()?;
+    for hook in Hook::ALL {
+        let iface = nl
+            .interface_by_index(side_ifindex(&config, hook.side()))
+            .await?;
+        datapath::detach(&pins, hook, iface.as_ref().map(|i| i.name.as_str()))?;
+    }
     let bridge = nl.interface_by_index(config.bridge_ifindex).await?;
     if let Some(bridge) = bridge.filter(|_| config.enabled != 0) {
         if config.owned & OWNED_BRIDGE != 0 {
@@ -675,17 +705,14 @@ pub async fn status() -> Result<Status> {
     let local = local_subnet(&config)?;
     let mut hooks = Vec::new();
     for hook in Hook::ALL {
-        let ifindex = if hook.on_uplink() {
-            config.uplink_ifindex
-        } else {
-            config.bridge_ifindex
-        };
+        let ifindex = side_ifindex(&config, hook.side());
         let iface = nl.interface_by_index(ifindex).await?;
-        let ids = datapath::link_ids(&pins, hook)?;
+        let ids = datapath::hook_ids(&pins, hook)?;
         hooks.push(HookStatus {
             interface: iface.map_or_else(|| "(gone)".to_string(), |i| i.name),
             ifindex,
             program: hook.program(),
+            direction: hook.direction(),
             attached: ids.is_some(),
             ids,
         });
@@ -696,6 +723,7 @@ pub async fn status() -> Result<Status> {
         gateway: local.gateway,
         uplink_address: from_map_addr(config.uplink_addr),
         uplink_mtu: config.uplink_mtu,
+        attach_mode: datapath::attached_mode(&pins),
         hooks,
         peers: peer_statuses(&maps)?,
         xdp: xdp_mode_name(config.xdp_mode),
@@ -854,6 +882,8 @@ pub struct ApplyArgs {
     pub file: PathBuf,
     pub host: Option<String>,
     pub dry_run: bool,
+    /// How `up` attaches the TC programs (see [`UpArgs::attach`]).
+    pub attach: Option<AttachMode>,
 }
 
 #[derive(Debug, Serialize)]
@@ -894,6 +924,7 @@ pub async fn apply(args: &ApplyArgs) -> Result<ApplyReport> {
             no_masquerade: plan.no_masquerade.clone(),
             ..NatPlan::default()
         },
+        attach: args.attach,
     };
     let mut report = ApplyReport {
         host: me.name.clone(),
@@ -970,7 +1001,7 @@ async fn resolve_peer_hosts(
 /// share one log buffer; it is found through the attached program's id.
 pub async fn monitor() -> Result<()> {
     let (pins, lock, _, _) = open_up()?;
-    let ids = datapath::link_ids(&pins, Hook::BridgeIngress)?.ok_or(Error::NotUp)?;
+    let ids = datapath::hook_ids(&pins, Hook::BridgeIngress)?.ok_or(Error::NotUp)?;
     drop(lock);
     let logger = aya_log::EbpfLogger::init_from_id(ids.program_id)
         .map_err(|e| Error::Invalid(format!("reading the datapath's events: {e}")))?;

@@ -1,25 +1,31 @@
-//! Loading the embedded eBPF object, attaching its programs with pinned TCX
-//! links (a TCX link dies with its process unless pinned), and detaching.
+//! Loading the embedded eBPF object, attaching its programs so they outlive
+//! dr-ctl, and detaching. TC programs attach in one of two modes
+//! ([`AttachMode`]): pinned TCX links (a TCX link dies with its process
+//! unless pinned), or cls_bpf filters on a clsact qdisc, which the kernel
+//! keeps until they are deleted; their programs are pinned so later runs
+//! can name them.
 use std::path::{Path, PathBuf};
 
 use aya::{
     programs::{
-        links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
+        links::{FdLink, Link, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
         xdp::XdpLink,
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
 use dr_common::{map_names, program_names, XDP_GENERIC, XDP_NATIVE};
+use serde::Serialize;
 
 use crate::{
     bpffs::PinDir,
     error::{io_context, Error, Result},
+    kernel::AttachMode,
     migrate,
 };
 
-/// The eBPF object built from `dr-ebpf` by build.rs.
+/// The embedded eBPF object, built from `dr-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dr"));
 
 /// FNV-1a hash of the embedded object: tells `up` whether the attached
@@ -30,7 +36,16 @@ pub fn object_hash() -> u64 {
     })
 }
 
-/// Which program goes where, and the name of its link pin.
+/// The interface a hook's program is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The container bridge (docker0).
+    Bridge,
+    /// The interface toward the other hosts.
+    Uplink,
+}
+
+/// Which program goes where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     BridgeIngress,
@@ -38,6 +53,13 @@ pub enum Hook {
     BridgeEgress,
     UplinkEgress,
 }
+
+/// cls_bpf priority of every dr filter in netlink mode. Filters without an
+/// explicit priority get 49152 and below from the kernel, and tools that
+/// pick one (Cilium, Calico, tc users) pick small numbers; 0x6472 ("dr")
+/// is far from both. A hook is identified by its interface and direction
+/// plus this priority and its [`Hook::tc_handle`].
+pub const TC_PRIORITY: u16 = 0x6472;
 
 impl Hook {
     pub const ALL: [Hook; 4] = [
@@ -56,12 +78,20 @@ impl Hook {
         }
     }
 
-    pub const fn link_pin(self) -> &'static str {
+    /// The part of its pins' names that names the hook.
+    const fn name(self) -> &'static str {
         match self {
-            Hook::BridgeIngress => "link_bridge_ingress",
-            Hook::UplinkIngress => "link_uplink_ingress",
-            Hook::BridgeEgress => "link_bridge_egress",
-            Hook::UplinkEgress => "link_uplink_egress",
+            Hook::BridgeIngress => "bridge_ingress",
+            Hook::UplinkIngress => "uplink_ingress",
+            Hook::BridgeEgress => "bridge_egress",
+            Hook::UplinkEgress => "uplink_egress",
+        }
+    }
+
+    pub const fn side(self) -> Side {
+        match self {
+            Hook::BridgeIngress | Hook::BridgeEgress => Side::Bridge,
+            Hook::UplinkIngress | Hook::UplinkEgress => Side::Uplink,
         }
     }
 
@@ -72,9 +102,32 @@ impl Hook {
         }
     }
 
-    /// Whether the hook is on the uplink (otherwise on the bridge).
-    pub const fn on_uplink(self) -> bool {
-        matches!(self, Hook::UplinkIngress | Hook::UplinkEgress)
+    pub const fn direction(self) -> &'static str {
+        match self.attach_type() {
+            TcAttachType::Egress => "egress",
+            _ => "ingress",
+        }
+    }
+
+    /// The cls_bpf filter handle of this hook in netlink mode ("dr" and a
+    /// number per hook, shown by `tc filter show` as `0x6472000N`).
+    pub const fn tc_handle(self) -> TcHandle {
+        let number = match self {
+            Hook::BridgeIngress => 1,
+            Hook::UplinkIngress => 2,
+            Hook::BridgeEgress => 3,
+            Hook::UplinkEgress => 4,
+        };
+        TcHandle::new(TC_PRIORITY, number)
+    }
+
+    /// What this hook's attachment leaves pinned in `mode`: the TCX link,
+    /// or (netlink) the program the filter runs.
+    pub fn pin(self, mode: AttachMode) -> String {
+        match mode {
+            AttachMode::Tcx => format!("link_{}", self.name()),
+            AttachMode::Netlink => format!("prog_{}", self.name()),
+        }
     }
 }
 
@@ -163,20 +216,38 @@ pub fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {
 }
 
 /// What [`attach`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Attached {
-    /// A new link was created and pinned.
+    /// The program was attached where none of dr's was.
     New,
-    /// A pinned link existed: its program was swapped atomically.
+    /// dr's attachment existed: its program was swapped atomically.
     Replaced,
 }
 
-/// Attaches `hook`'s program to `iface` and pins the link; when a link
-/// is already pinned, swaps its program in place so traffic never sees a gap.
-pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, hook: Hook, iface: &str) -> Result<Attached> {
-    let path = pins.join(hook.link_pin());
+/// Attaches `hook`'s program to `iface` in `mode`. Where dr's attachment
+/// exists, swaps its program in place so traffic never sees a gap.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    hook: Hook,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<Attached> {
     let prog = program(ebpf, hook)?;
+    match mode {
+        AttachMode::Tcx => attach_tcx(prog, pins, hook, iface),
+        AttachMode::Netlink => attach_netlink(prog, pins, hook, iface),
+    }
+}
+
+fn attach_tcx(
+    prog: &mut SchedClassifier,
+    pins: &PinDir,
+    hook: Hook,
+    iface: &str,
+) -> Result<Attached> {
+    let path = pins.join(&hook.pin(AttachMode::Tcx));
     if path.exists() {
         let pinned = PinnedLink::from_pin(&path)?;
         let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
@@ -198,9 +269,104 @@ pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, hook: Hook, iface: &str) -> Result
     Ok(Attached::New)
 }
 
-/// Removes the link pin of `hook`, which detaches the program.
-pub fn detach(pins: &PinDir, hook: Hook) -> Result<bool> {
-    remove_pin(pins.join(hook.link_pin()))
+/// The netlink error number behind a TC operation's failure, if any.
+fn tc_errno(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::TcError(TcError::NetlinkError(e)) => e.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// dr's filter for `hook` on `iface`, as a link object (nothing is sent).
+fn netlink_link(hook: Hook, iface: &str) -> Result<SchedClassifierLink> {
+    SchedClassifierLink::attached(
+        iface,
+        hook.attach_type(),
+        TC_PRIORITY,
+        hook.tc_handle(),
+        None,
+    )
+    .map_err(io_context(format!("finding interface {iface}")))
+}
+
+fn attach_netlink(
+    prog: &mut SchedClassifier,
+    pins: &PinDir,
+    hook: Hook,
+    iface: &str,
+) -> Result<Attached> {
+    match tc::qdisc_add_clsact(iface) {
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        result => result.map_err(ProgramError::from)?,
+    }
+    let options = NlOptions {
+        priority: TC_PRIORITY,
+        handle: hook.tc_handle(),
+        ..NlOptions::default()
+    };
+    // Create exclusively; if dr's filter is there (also when a killed run
+    // left it without its program pin), replace its program in place:
+    // cls_bpf swaps it at the same priority and handle.
+    let (id, how) = match prog.attach_with_options(
+        iface,
+        hook.attach_type(),
+        TcAttachOptions::Netlink(options),
+    ) {
+        Ok(id) => (id, Attached::New),
+        Err(e) if tc_errno(&e) == Some(libc::EEXIST) => (
+            prog.attach_to_link(netlink_link(hook, iface)?)?,
+            Attached::Replaced,
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    // Dropping the link object would delete the filter: the kernel keeps
+    // it, attached, after we exit.
+    std::mem::forget(prog.take_link(id)?);
+    // Pin the program under a temporary name and rename it over the old
+    // pin, so the pin always names an attached program. (bpffs refuses
+    // dots in names.)
+    let path = pins.join(&hook.pin(AttachMode::Netlink));
+    let fresh = pins.join(&format!("new_{}", hook.pin(AttachMode::Netlink)));
+    remove_pin(fresh.clone())?;
+    prog.pin(&fresh).map_err(|source| Error::Pin {
+        path: fresh.clone(),
+        source,
+    })?;
+    std::fs::rename(&fresh, &path).map_err(io_context(format!("renaming {}", fresh.display())))?;
+    Ok(how)
+}
+
+/// The mode dr's TC programs are attached in here, if any are.
+pub fn attached_mode(pins: &PinDir) -> Option<AttachMode> {
+    [AttachMode::Tcx, AttachMode::Netlink]
+        .into_iter()
+        .find(|&mode| Hook::ALL.iter().any(|h| pins.join(&h.pin(mode)).exists()))
+}
+
+/// Whether `hook` is attached in `mode`.
+pub fn is_attached(pins: &PinDir, hook: Hook, mode: AttachMode) -> bool {
+    pins.join(&hook.pin(mode)).exists()
+}
+
+/// Detaches `hook` in whichever mode it is attached: removes the TCX link
+/// pin, or deletes exactly dr's filter (its priority and handle) on
+/// `iface` and the program pin. `iface` is None when the interface is
+/// gone, and its filters with it. Other filters and the clsact qdisc stay.
+pub fn detach(pins: &PinDir, hook: Hook, iface: Option<&str>) -> Result<bool> {
+    let mut detached = remove_pin(pins.join(&hook.pin(AttachMode::Tcx)))?;
+    let prog_pin = pins.join(&hook.pin(AttachMode::Netlink));
+    if prog_pin.exists() {
+        if let Some(iface) = iface {
+            match netlink_link(hook, iface)?.detach() {
+                Ok(()) => detached = true,
+                // Deleted already (ENOENT), or its qdisc with it (EINVAL).
+                Err(e) if matches!(tc_errno(&e), Some(libc::ENOENT | libc::EINVAL)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        detached |= remove_pin(prog_pin)?;
+    }
+    Ok(detached)
 }
 
 /// Removes the map pins (the maps go when their last user does).
@@ -219,22 +385,43 @@ fn remove_pin(path: PathBuf) -> Result<bool> {
     }
 }
 
-/// Kernel ids of an attached hook, if its link is pinned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct LinkIds {
-    pub link_id: u32,
+/// Kernel ids of an attached hook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HookIds {
+    pub attach: AttachMode,
+    /// The TCX link (tcx mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_id: Option<u32>,
     pub program_id: u32,
+    /// The cls_bpf filter's priority and handle (netlink mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tc_priority: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tc_handle: Option<String>,
 }
 
-pub fn link_ids(pins: &PinDir, hook: Hook) -> Result<Option<LinkIds>> {
-    let path = pins.join(hook.link_pin());
-    if !path.exists() {
-        return Ok(None);
+/// The ids of `hook`'s attachment, from its pin; None if not attached.
+pub fn hook_ids(pins: &PinDir, hook: Hook) -> Result<Option<HookIds>> {
+    let link = pins.join(&hook.pin(AttachMode::Tcx));
+    if link.exists() {
+        let info = FdLink::from(PinnedLink::from_pin(&link)?).info()?;
+        return Ok(Some(HookIds {
+            attach: AttachMode::Tcx,
+            link_id: Some(info.id()),
+            program_id: info.program_id(),
+            tc_priority: None,
+            tc_handle: None,
+        }));
     }
-    let link = FdLink::from(PinnedLink::from_pin(&path)?);
-    let info = link.info()?;
-    Ok(Some(LinkIds {
-        link_id: info.id(),
-        program_id: info.program_id(),
-    }))
+    let prog = pins.join(&hook.pin(AttachMode::Netlink));
+    if prog.exists() {
+        return Ok(Some(HookIds {
+            attach: AttachMode::Netlink,
+            link_id: None,
+            program_id: ProgramInfo::from_pin(&prog)?.id(),
+            tc_priority: Some(TC_PRIORITY),
+            tc_handle: Some(format!("{:#x}", u32::from(hook.tc_handle()))),
+        }));
+    }
+    Ok(None)
 }

@@ -14,6 +14,9 @@ pub enum Error {
     NotUp,
     #[error("{0}")]
     Conflict(String),
+    /// The running kernel lacks what was asked for.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("netlink")]
     Netlink(#[from] rtnetlink::Error),
     #[error("{context}")]

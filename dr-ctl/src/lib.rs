@@ -6,6 +6,7 @@ pub mod commands;
 pub mod datapath;
 pub mod docker_config;
 pub mod error;
+pub mod kernel;
 pub mod maps;
 pub mod metrics;
 pub mod migrate;

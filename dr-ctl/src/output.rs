@@ -3,8 +3,11 @@ use std::fmt::Write as _;
 
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
-use crate::commands::{
-    ApplyReport, Counts, DownReport, NatEntry, PeerReport, PeerStatus, Status, Tuple, UpReport,
+use crate::{
+    commands::{
+        ApplyReport, Counts, DownReport, NatEntry, PeerReport, PeerStatus, Status, Tuple, UpReport,
+    },
+    datapath::HookIds,
 };
 
 /// Serializes `[(name, value)]` as a JSON object, keeping the order.
@@ -39,8 +42,11 @@ pub fn up(r: &UpReport) -> String {
     if r.added_address {
         out.push_str("added bridge address\n");
     }
+    if let Some(note) = &r.attach_note {
+        let _ = writeln!(out, "note: {note}");
+    }
     for (program, how) in &r.attached {
-        let _ = writeln!(out, "{program}: {how:?}");
+        let _ = writeln!(out, "{program}: {how:?} ({})", r.attach_mode.name());
     }
     if let Some(change) = r.docker_config.as_ref().filter(|c| c.written) {
         let _ = writeln!(
@@ -162,16 +168,33 @@ pub fn status(s: &Status) -> String {
         s.uplink_address, s.uplink_mtu
     );
     let _ = writeln!(out, "pins: {}", s.pin_dir);
-    out.push_str("programs:\n");
+    let _ = writeln!(
+        out,
+        "programs: attached with {}",
+        s.attach_mode.map_or("nothing", |m| m.name())
+    );
     for h in &s.hooks {
-        let state = match (&h.ids, h.attached) {
-            (Some(ids), _) => format!("attached (link {}, prog {})", ids.link_id, ids.program_id),
+        let state = match &h.ids {
+            Some(HookIds {
+                link_id: Some(link),
+                program_id,
+                ..
+            }) => format!("attached (tcx link {link}, prog {program_id})"),
+            Some(HookIds {
+                tc_handle: Some(handle),
+                tc_priority,
+                program_id,
+                ..
+            }) => format!(
+                "attached (netlink filter pref {} handle {handle}, prog {program_id})",
+                tc_priority.unwrap_or_default()
+            ),
             _ => "NOT ATTACHED".to_string(),
         };
         let _ = writeln!(
             out,
-            "  {:<18} {} ingress (ifindex {}): {state}",
-            h.program, h.interface, h.ifindex
+            "  {:<18} {} {} (ifindex {}): {state}",
+            h.program, h.interface, h.direction, h.ifindex
         );
     }
     let _ = writeln!(out, "peers: {}", s.peers.len());

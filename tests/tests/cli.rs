@@ -217,11 +217,11 @@ fn down_removes_everything_up_created_and_nothing_else() {
         1,
     )
     .unwrap();
-    let mut link_ids = Vec::new();
+    let mut program_ids = Vec::new();
     for host in &c.hosts {
         let s: Value = serde_json::from_str(&host.dr(&["status", "--json"]).unwrap()).unwrap();
         for hook in s["hooks"].as_array().unwrap() {
-            link_ids.push(hook["link_id"].as_u64().unwrap());
+            program_ids.push(hook["program_id"].as_u64().unwrap());
         }
     }
     for host in &c.hosts {
@@ -238,10 +238,20 @@ fn down_removes_everything_up_created_and_nothing_else() {
         // Repeating down is fine.
         assert!(host.dr(&["down"]).unwrap().contains("not up"));
     }
-    for id in link_ids {
-        let out =
-            dr_tests::netns::output("bpftool", &["link", "show", "id", &id.to_string()]).unwrap();
-        assert!(!out.status.success(), "link {id} still exists");
+    // Nothing holds the programs any more (TCX link or cls_bpf filter, and
+    // pins): the kernel frees them, after an RCU grace period.
+    for id in program_ids {
+        let gone = || {
+            !dr_tests::netns::output("bpftool", &["prog", "show", "id", &id.to_string()])
+                .unwrap()
+                .status
+                .success()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !gone() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(gone(), "program {id} still loaded");
     }
     // dr created docker0 on host 0 and removed it; host 1's docker0 stays with its own address only.
     assert!(c.hosts[0].ns.ip(&["link", "show", "docker0"]).is_err());
@@ -267,13 +277,21 @@ fn each_namespace_gets_its_own_pins_and_they_outlive_dr_ctl() {
     }
     let (a, b) = (pin_dir(&c.hosts[0]), pin_dir(&c.hosts[1]));
     assert_ne!(a, b);
+    // Each TC hook leaves its TCX link pinned, or in netlink mode its program.
+    let status: Value =
+        serde_json::from_str(&c.hosts[0].dr(&["status", "--json"]).unwrap()).unwrap();
+    let hook_pin = match status["attach_mode"].as_str() {
+        Some("tcx") => "link",
+        Some("netlink") => "prog",
+        other => panic!("attach mode {other:?}"),
+    };
     for dir in [&a, &b] {
         let entries = run("ls", &[dir]).unwrap();
         for pin in [
             "PEER_SUBNETS",
             "DATAPATH_CONFIG",
-            "link_bridge_ingress",
-            "link_uplink_ingress",
+            &format!("{hook_pin}_bridge_ingress"),
+            &format!("{hook_pin}_uplink_ingress"),
         ] {
             assert!(entries.contains(pin), "{pin} missing in {dir}: {entries}");
         }

@@ -130,7 +130,10 @@ fn up_with_another_build_swaps_programs_in_place_without_a_gap() {
     let after = status();
     for i in 0..2 {
         let (b, a) = (&before["hooks"][i], &after["hooks"][i]);
+        // The attachment stays: the same TCX link, or the same cls_bpf filter.
+        assert!(a["link_id"].is_u64() || a["tc_handle"].is_string(), "{a}");
         assert_eq!(a["link_id"], b["link_id"], "the link stays");
+        assert_eq!(a["tc_handle"], b["tc_handle"], "the filter stays");
         assert_ne!(a["program_id"], b["program_id"], "the program is new");
     }
     // The maps are kept: the same peer, its counters still counting.

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod previous_release;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -35,8 +36,19 @@ enum Task {
         #[arg(long)]
         rounds: Option<usize>,
     },
-    /// Bootstrap, build, then run every test: unit, crafted-packet datapath, netns integration.
+    /// Bootstrap, build, then run every test: unit, crafted-packet datapath, netns
+    /// integration; without a filter, then the VM subset on Debian 12's 6.1 kernel.
     Test {
+        /// Skip the VM subset.
+        #[arg(long)]
+        no_vm: bool,
+        /// Run only the VM subset.
+        #[arg(long, conflicts_with = "no_vm")]
+        vm_only: bool,
+        /// How every `dr-ctl up` of the suite attaches its TC programs
+        /// (auto, tcx or netlink; sets DR_ATTACH). The VM subset always runs auto.
+        #[arg(long, value_name = "MODE")]
+        attach: Option<String>,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -95,21 +107,32 @@ fn main() -> Result<()> {
             };
             bench::run_bench(&dr_ctl("release"), &opts)
         }
-        Task::Test { args } => {
+        Task::Test {
+            no_vm,
+            vm_only,
+            attach,
+            args,
+        } => {
             bootstrap()?;
             run("cargo", &["build"], &[])?;
             let dr_ctl = dr_ctl("debug");
             let dr_ctl = dr_ctl.to_str().context("non-UTF-8 path")?;
-            let previous = previous_release::build()?;
-            let previous = previous.to_str().context("non-UTF-8 path")?;
-            // Default members: everything but dr-ebpf, which only builds for BPF.
-            let mut test_args = vec!["test"];
-            test_args.extend(args.iter().map(String::as_str));
-            run(
-                "cargo",
-                &test_args,
-                &[("DR_CTL", dr_ctl), ("DR_CTL_PREVIOUS", previous)],
-            )
+            if !vm_only {
+                let previous = previous_release::build()?;
+                let previous = previous.to_str().context("non-UTF-8 path")?;
+                let mut env = vec![("DR_CTL", dr_ctl), ("DR_CTL_PREVIOUS", previous)];
+                if let Some(mode) = &attach {
+                    env.push(("DR_ATTACH", mode));
+                }
+                // Default members: everything but dr-ebpf, which only builds for BPF.
+                let mut test_args = vec!["test"];
+                test_args.extend(args.iter().map(String::as_str));
+                run("cargo", &test_args, &env)?;
+            }
+            if vm_only || (!no_vm && args.is_empty()) {
+                vm::run_subset(dr_ctl)?;
+            }
+            Ok(())
         }
     }
 }
