@@ -70,7 +70,7 @@ const fn needs(feature: &'static str, major: u32, minor: u32) -> Requirement {
 
 /// What `dr-ctl up` needs (README's kernel table lists the same). The
 /// minimum kernel is the newest of these.
-pub const CORE_REQUIREMENTS: [Requirement; 9] = [
+pub const CORE_REQUIREMENTS: [Requirement; 12] = [
     needs("TC clsact qdisc with direct-action cls_bpf filters", 4, 5),
     needs("BPF_MAP_TYPE_PERCPU_ARRAY (counters)", 4, 6),
     needs("BPF_MAP_TYPE_LRU_HASH (SNAT tables)", 4, 10),
@@ -79,8 +79,15 @@ pub const CORE_REQUIREMENTS: [Requirement; 9] = [
         4,
         11,
     ),
+    needs("bpf_skb_change_tail (ICMP fragmentation needed)", 4, 9),
+    needs(
+        "bpf_fib_lookup with BPF_FIB_LOOKUP_OUTPUT (host traffic to peers)",
+        4,
+        18,
+    ),
     needs("global data in .rodata (aya-log level)", 5, 2),
     needs("bounded loops (SNAT port allocation)", 5, 3),
+    needs("gso_size in __sk_buff (path MTU of GSO packets)", 5, 7),
     needs("BPF_MAP_TYPE_RINGBUF (aya-log event buffer)", 5, 8),
     needs("XDP bpf_link (up --xdp)", 5, 9),
     needs(
