@@ -2,6 +2,7 @@
 use std::{
     fs::File,
     os::unix::fs::MetadataExt,
+    path::Path,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -55,6 +56,22 @@ impl Netns {
             name: name.to_string(),
         };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // Once a dockerd has loaded br_netfilter, every new namespace passes
+        // bridged frames through iptables and conntrack by default: not what
+        // a host without Docker does, and it skews the benchmark. A dockerd
+        // started in a namespace turns it back on there.
+        if Path::new("/proc/sys/net/bridge").exists() {
+            ns.exec(
+                "sysctl",
+                &[
+                    "-q",
+                    "-w",
+                    "net.bridge.bridge-nf-call-iptables=0",
+                    "net.bridge.bridge-nf-call-ip6tables=0",
+                    "net.bridge.bridge-nf-call-arptables=0",
+                ],
+            )?;
+        }
         Ok(ns)
     }
 
