@@ -5,7 +5,7 @@ use dr_common::nat::DELIVERED_BY_KERNEL;
 use crate::{
     inbound::record_inbound,
     nat::{excluded, now},
-    packet::{egress_frame, flow_of, take_redirect_mark},
+    packet::{dst_addr, egress_frame, flow_of, src_addr, take_redirect_mark},
 };
 
 /// Records the flows the kernel delivers to local containers from outside
@@ -21,13 +21,15 @@ pub fn dr_bridge_egress(ctx: TcContext) -> i32 {
     let Some((cfg, ip)) = egress_frame(&ctx) else {
         return TC_ACT_OK;
     };
+    // The host's own traffic and answers to the cluster are never
+    // translated: decided from the IP header, before reading the ports.
+    let (src, dst) = (src_addr(ip), dst_addr(ip));
+    if !cfg.is_local(dst) || cfg.is_local(src) || excluded(cfg, src) {
+        return TC_ACT_OK;
+    }
     let Some((flow, _)) = flow_of(&ctx, ip) else {
         return TC_ACT_OK;
     };
-    // The host's own traffic and answers to the cluster are never translated.
-    if !cfg.is_local(flow.dst_addr) || cfg.is_local(flow.src_addr) || excluded(cfg, flow.src_addr) {
-        return TC_ACT_OK;
-    }
     record_inbound(&flow.answer(), DELIVERED_BY_KERNEL, now());
     TC_ACT_OK
 }
