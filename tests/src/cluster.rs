@@ -252,6 +252,24 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The SNAT topology most tests use: two hosts with dr up (and
+    /// `extra_up`) and two containers each, meshed, plus the router and the
+    /// external namespace. With `--xdp`, the segment behaves like a wire and
+    /// the hosts know their containers.
+    pub fn with_external(tag: &str, extra_up: &[&str], dr_ctl: &Path) -> Result<Self> {
+        let mut c = Self::new(tag, 2, dr_ctl)?;
+        c.add_external()?;
+        let xdp = extra_up.contains(&"--xdp");
+        if xdp {
+            c.emulate_wire()?;
+        }
+        c.up_all_with(2, extra_up)?;
+        if xdp {
+            c.sync_endpoints()?;
+        }
+        Ok(c)
+    }
+
     /// Adds a host on the segment (the next id: 128, 129, ...), without dr.
     pub fn add_host(&mut self, dr_ctl: &Path) -> Result<&mut Host> {
         let id = FIRST_HOST + self.hosts.len() as u8;

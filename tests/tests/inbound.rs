@@ -19,17 +19,7 @@ use dr_tests::{
 
 fn cluster(tag: &str, extra_up: &[&str]) -> Cluster {
     require_root();
-    let mut c = Cluster::new(tag, 2, &dr_ctl_path()).expect("cluster");
-    c.add_external().expect("external network");
-    let xdp = extra_up.contains(&"--xdp");
-    if xdp {
-        c.emulate_wire().unwrap();
-    }
-    c.up_all_with(2, extra_up).expect("dr up on every host");
-    if xdp {
-        c.sync_endpoints().unwrap();
-    }
-    c
+    Cluster::with_external(tag, extra_up, &dr_ctl_path()).expect("cluster with dr up")
 }
 
 #[test]

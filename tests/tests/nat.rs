@@ -13,19 +13,7 @@ use serde_json::Value;
 
 fn cluster(tag: &str, extra_up: &[&str]) -> Cluster {
     require_root();
-    let mut c = Cluster::new(tag, 2, &dr_ctl_path()).expect("cluster");
-    c.add_external().expect("external network");
-    if extra_up.contains(&"--xdp") {
-        c.emulate_wire().unwrap();
-    }
-    let prefix = c.prefix.clone();
-    for host in &mut c.hosts {
-        host.up_with(extra_up).expect("dr-ctl up");
-        host.add_container(&prefix).unwrap();
-        host.add_container(&prefix).unwrap();
-    }
-    c.mesh().unwrap();
-    c
+    Cluster::with_external(tag, extra_up, &dr_ctl_path()).expect("cluster with dr up")
 }
 
 fn assert_no_netfilter_nat(host: &Host) {
@@ -66,7 +54,6 @@ fn external_server_sees_the_host_address_for_tcp_udp_and_ping() {
 #[test]
 fn snat_works_alongside_the_xdp_fast_path() {
     let c = cluster("drnatx", &["--xdp"]);
-    c.sync_endpoints().unwrap();
     external_traffic(&c);
     // The replies took the fast path: XDP translated and redirected them all.
     let h0 = &c.hosts[0];
