@@ -86,9 +86,22 @@ impl ContinuousPing {
 }
 
 /// Whether a single ping from `from` to `to` gets an answer within a second.
+/// Only a ping that sent its request and got nothing back means "no"
+/// (ping exits 1); anything else (a missing namespace, no route, a bad
+/// address: exit 2) is an error, so `!reachable` cannot pass by accident.
 pub fn reachable(from: &Netns, to: Ipv4Addr) -> Result<bool> {
     let out = from.exec_output("ping", &["-n", "-q", "-c", "1", "-W", "1", &to.to_string()])?;
-    Ok(out.status.success())
+    let text = String::from_utf8_lossy(&out.stdout);
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) if text.contains("1 packets transmitted, 0 received") => Ok(false),
+        _ => bail!(
+            "ping {} -> {to} failed: {} {}",
+            from.name,
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
 }
 
 /// A deterministic byte pattern, so corruption is detected.

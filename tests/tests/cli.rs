@@ -194,6 +194,45 @@ fn repeating_up_and_peer_add_changes_nothing() {
     assert_eq!(status["peers"].as_array().unwrap().len(), 1, "peers kept");
 }
 
+/// The attachment `hook` (an entry of `status --json`'s hooks) is gone:
+/// its TCX link id is unknown to the kernel, or no cls_bpf filter with its
+/// handle is left on the uplink.
+fn assert_attachment_gone(host: &Host, hook: &Value) {
+    match hook["attach"].as_str() {
+        Some("tcx") => {
+            let id = hook["link_id"].as_u64().expect("tcx hook without link id");
+            let out = dr_tests::netns::output("bpftool", &["link", "show", "id", &id.to_string()])
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && stderr.contains("No such file"),
+                "TCX link {id} of {hook} still exists: {stderr}"
+            );
+        }
+        Some("netlink") => {
+            let handle = hook["tc_handle"]
+                .as_str()
+                .expect("netlink hook without handle");
+            let (dev, direction) = (
+                hook["interface"].as_str().unwrap(),
+                hook["direction"].as_str().unwrap(),
+            );
+            if host.ns.ip(&["link", "show", "dev", dev]).is_err() {
+                return; // the device went away with its filters
+            }
+            let tc = host
+                .ns
+                .exec("tc", &["filter", "show", "dev", dev, direction])
+                .unwrap();
+            assert!(
+                !tc.contains(&format!("handle {handle} ")),
+                "filter {handle} left on {dev} {direction}: {tc}"
+            );
+        }
+        other => panic!("unknown attach mode {other:?} in {hook}"),
+    }
+}
+
 #[test]
 fn down_removes_everything_up_created_and_nothing_else() {
     let mut c = hosts("drdown", 2);
@@ -218,23 +257,24 @@ fn down_removes_everything_up_created_and_nothing_else() {
     )
     .unwrap();
     let mut program_ids = Vec::new();
+    let mut hooks_by_host = Vec::new();
     for host in &c.hosts {
         let s: Value = serde_json::from_str(&host.dr(&["status", "--json"]).unwrap()).unwrap();
-        for hook in s["hooks"].as_array().unwrap() {
-            program_ids.push(hook["program_id"].as_u64().unwrap());
-        }
+        let hooks = s["hooks"].as_array().unwrap().clone();
+        program_ids.extend(hooks.iter().map(|h| h["program_id"].as_u64().unwrap()));
+        hooks_by_host.push(hooks);
     }
-    for host in &c.hosts {
+    for (host, hooks) in c.hosts.iter().zip(&hooks_by_host) {
         assert!(host.dr(&["down"]).unwrap().contains("dr is down"));
         assert!(
             !std::path::Path::new(&pin_dir(host)).exists(),
             "pin dir left behind"
         );
-        let tc = host
-            .ns
-            .exec("tc", &["filter", "show", "dev", "eth0", "ingress"])
-            .unwrap();
-        assert!(tc.trim().is_empty(), "tc filter left: {tc}");
+        // `tc filter show` lists cls_bpf filters but not TCX links: look
+        // each attachment up by what the kernel knows it by.
+        for hook in hooks {
+            assert_attachment_gone(host, hook);
+        }
         // Repeating down is fine.
         assert!(host.dr(&["down"]).unwrap().contains("not up"));
     }
@@ -264,8 +304,7 @@ fn down_removes_everything_up_created_and_nothing_else() {
         "{addrs}"
     );
     assert!(
-        !traffic::reachable(&c.hosts[0].containers[0].ns, c.hosts[1].containers[0].addr)
-            .unwrap_or(false)
+        !traffic::reachable(&c.hosts[0].containers[0].ns, c.hosts[1].containers[0].addr).unwrap()
     );
 }
 
