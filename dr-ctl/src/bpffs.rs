@@ -8,11 +8,17 @@
 //! (`/proc/<pid>/root/sys/fs/bpf`), mounting it there if needed. The directory
 //! is then held open and addressed as `/proc/self/fd/<fd>`, so the ancestor
 //! may exit while we work. (PID 1's root is not readable on every machine.)
+//!
+//! Whoever can write to the pin directories can unlink a link pin (which
+//! detaches forwarding) or hold its lock forever. So dr mounts bpffs
+//! `mode=0700`, creates its directories 0700, and refuses to use one that is
+//! not a real directory owned by its own (root) user, or that others can
+//! write to: a local user may have created it first.
 use std::{
     fs::{self, File},
     os::{
         fd::{AsRawFd, OwnedFd},
-        unix::fs::MetadataExt,
+        unix::fs::{DirBuilderExt, MetadataExt},
     },
     path::{Path, PathBuf},
 };
@@ -44,18 +50,37 @@ pub struct PinLock {
 
 impl PinDir {
     /// Finds (mounting bpffs if needed) the host bpffs and this namespace's
-    /// directory in it. The directory itself is not created.
+    /// directory in it. The directory itself is not created; if it (or
+    /// `dr/`) exists, it must be one dr can trust.
     pub fn locate() -> Result<Self> {
         let root = open_host_bpffs()?;
         let netns = fs::metadata("/proc/self/ns/net")
             .map_err(io_context("reading /proc/self/ns/net"))?
             .ino();
         let leaf = format!("dr/netns-{netns}");
-        Ok(Self {
+        let dir = Self {
             path: PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd())).join(&leaf),
             display: format!("{BPFFS}/{leaf}"),
             _root: root,
-        })
+        };
+        for (path, display) in dir.levels() {
+            if fs::symlink_metadata(&path).is_ok() {
+                check_trusted(&path, &display)?;
+            }
+        }
+        Ok(dir)
+    }
+
+    /// `dr/` and this namespace's directory below it, with their display names.
+    fn levels(&self) -> [(PathBuf, String); 2] {
+        let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
+        [
+            (
+                parent(&self.path),
+                parent(Path::new(&self.display)).display().to_string(),
+            ),
+            (self.path.clone(), self.display.clone()),
+        ]
     }
 
     pub fn path(&self) -> &Path {
@@ -71,8 +96,19 @@ impl PinDir {
         self.path.is_dir()
     }
 
+    /// Creates `dr/` and this namespace's directory, 0700, or checks the
+    /// ones that exist.
     pub fn create(&self) -> Result<()> {
-        fs::create_dir_all(&self.path).map_err(io_context(format!("creating {}", self.display)))
+        for (path, display) in self.levels() {
+            match fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    check_trusted(&path, &display)?
+                }
+                Err(e) => return Err(io_context(format!("creating {display}"))(e)),
+            }
+        }
+        Ok(())
     }
 
     pub fn join(&self, name: &str) -> PathBuf {
@@ -98,6 +134,29 @@ impl PinDir {
             // Fails harmlessly while other namespaces still have directories.
             let _ = fs::remove_dir(parent);
         }
+        Ok(())
+    }
+}
+
+/// Refuses a pin directory another user could have planted or can modify.
+fn check_trusted(path: &Path, display: &str) -> Result<()> {
+    let meta = fs::symlink_metadata(path).map_err(io_context(format!("reading {display}")))?;
+    let refuse = |why: String| {
+        Err(Error::Conflict(format!(
+            "{display} {why}: refusing to use it (remove it if dr did not create it)"
+        )))
+    };
+    let owner = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_dir() {
+        refuse("is not a directory".into())
+    } else if meta.uid() != owner {
+        refuse(format!("is owned by uid {}, not {owner}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        refuse(format!(
+            "is writable by other users (mode {:o})",
+            meta.mode() & 0o7777
+        ))
+    } else {
         Ok(())
     }
 }
@@ -182,7 +241,7 @@ fn mount_bpffs_in(pid: Option<&str>) -> Result<()> {
             BPFFS,
             Some("bpf"),
             MsFlags::empty(),
-            None::<&str>,
+            Some("mode=0700"),
         )
     })
     .join()

@@ -418,3 +418,58 @@ fn up_refuses_a_docker0_still_serving_containers_on_another_subnet() {
     let addrs = h.ns.ip(&["-4", "addr", "show", "docker0"]).unwrap();
     assert!(addrs.contains("10.0.128.1/24"), "{addrs}");
 }
+
+/// A pin directory planted by another user (or a symlink in its place) is
+/// refused before anything changes: whoever can write there could unlink
+/// the link pins (detaching forwarding) or hold dr's lock. What dr creates
+/// itself is private (0700).
+#[test]
+fn pin_directories_others_could_touch_are_refused() {
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+    let c = hosts("drpinown", 1);
+    let host = &c.hosts[0];
+    let dir = pin_dir(host);
+    let up_args = host.up_args();
+    let up_args: Vec<&str> = up_args.iter().map(String::as_str).collect();
+    let network = || {
+        host.ns.ip(&["-br", "link", "show"]).unwrap() + &host.ns.ip(&["-br", "-4", "addr"]).unwrap()
+    };
+    let before = network();
+    std::fs::create_dir_all("/sys/fs/bpf/dr").unwrap();
+    let elsewhere = format!("/sys/fs/bpf/dr/planted-{}", host.ns.inode().unwrap());
+    /// Removes what the test planted, even when it fails halfway.
+    struct Planted<'a>([&'a str; 2]);
+    impl Drop for Planted<'_> {
+        fn drop(&mut self) {
+            for path in self.0 {
+                let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir(path));
+            }
+        }
+    }
+    let _planted = Planted([&dir, &elsewhere]);
+
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let out = host.dr_output(&up_args).unwrap();
+    assert_clean_failure(&out, "is owned by uid 65534, not 0: refusing to use it");
+    assert_clean_failure(&host.dr_output(&["down"]).unwrap(), "owned by uid 65534");
+
+    std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = host.dr_output(&up_args).unwrap();
+    assert_clean_failure(&out, "is writable by other users (mode 777)");
+    std::fs::remove_dir(&dir).unwrap();
+
+    std::fs::create_dir(&elsewhere).unwrap();
+    symlink(&elsewhere, &dir).unwrap();
+    let out = host.dr_output(&up_args).unwrap();
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::remove_dir(&elsewhere).unwrap();
+    assert_clean_failure(&out, "is not a directory");
+    assert_eq!(network(), before, "a refused up changed the host");
+
+    host.up().unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700, "pin directory mode {mode:o}");
+    host.dr(&["down"]).unwrap();
+}
