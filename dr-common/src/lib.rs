@@ -183,6 +183,16 @@ impl DatapathConfig {
     pub fn is_local(&self, addr: u32) -> bool {
         addr & self.local_mask == self.local_net
     }
+
+    /// Whether `addr` (network order) can be a container's: in the local
+    /// subnet, and not its network, gateway (the host's) or broadcast address.
+    #[inline(always)]
+    pub fn is_container(&self, addr: u32) -> bool {
+        self.is_local(addr)
+            && addr != self.gateway
+            && addr != self.local_net
+            && addr != self.local_net | !self.local_mask
+    }
 }
 
 /// Index into the per-CPU `COUNTERS` array.

@@ -12,8 +12,10 @@ use crate::{
 
 /// A container's packet for a peer subnet goes straight out of the uplink to
 /// the peer host; one for an external destination is translated to the
-/// uplink's address (SNAT) and sent out of the uplink; a packet with a source
-/// outside the local subnet is dropped; everything else goes to the stack.
+/// uplink's address (SNAT) and sent out of the uplink; a packet whose source
+/// is no container address of the local subnet (outside it, or the host's
+/// gateway, network or broadcast address, which the kernel would drop as
+/// martian) is dropped; everything else goes to the stack.
 #[classifier]
 pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
     let bytes = ctx.len() as u64;
@@ -21,7 +23,7 @@ pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
         Ok(frame) => frame,
         Err(verdict) => return verdict,
     };
-    if !cfg.is_local(src_addr(ip)) {
+    if !cfg.is_container(src_addr(ip)) {
         warn!(
             &ctx,
             "docker0: dropped a packet from spoofed source {:i}",

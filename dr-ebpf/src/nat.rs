@@ -20,7 +20,7 @@ use dr_common::{
     },
     Counter, DatapathConfig,
 };
-use network_types::ip::Ipv4Hdr;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     inbound::inbound_answered,
@@ -117,9 +117,15 @@ pub fn now() -> u64 {
 }
 
 /// Whether container traffic to `addr` keeps the container's source address.
+/// Multicast and broadcast never leave by the uplink as one flow's answer
+/// could come back: the stack handles them.
 #[inline(always)]
 pub fn excluded(cfg: &DatapathConfig, addr: u32) -> bool {
-    addr == cfg.uplink_addr || addr == cfg.gateway || NAT_EXCLUDE.get(Key::new(32, addr)).is_some()
+    let first_octet = addr.to_ne_bytes()[0];
+    addr == cfg.uplink_addr
+        || addr == cfg.gateway
+        || first_octet >= 224
+        || NAT_EXCLUDE.get(Key::new(32, addr)).is_some()
 }
 
 /// The live translation of `key`, or None. Drops an expired one, and one
@@ -414,7 +420,7 @@ pub fn snat_reply(
             _ => return None,
         }
     }
-    let (remote_port, nat_port, tcp_flags) = l4_ports(ctx, l4_at, proto)?;
+    let (remote_port, nat_port, tcp_flags) = l4_ports(ctx, ip)?;
     let (remote_port, nat_port) = if proto == IPPROTO_ICMP {
         (0, remote_port)
     } else {
@@ -477,6 +483,12 @@ fn icmp_error_reply(
     }
     let l4 = layout(proto)?;
     let inner_l4 = inner + inner_len;
+    // The quote ends with the outer packet, not with the frame (Ethernet
+    // padding): its ports must lie inside.
+    let packet_end = EthHdr::LEN + u16::from_be_bytes(ip.tot_len) as usize;
+    if inner_l4 + 8 > packet_end {
+        return None;
+    }
     let (nat_port, remote_port) = if proto == IPPROTO_ICMP {
         if ctx.load::<u8>(inner_l4).ok()? != ICMP_ECHO {
             return None;
@@ -499,7 +511,7 @@ fn icmp_error_reply(
         return Some(drop(Counter::DropTtlExceeded, bytes));
     }
     if translate_icmp_error(
-        ctx, cfg, l4_at, inner, inner_l4, proto, l4, &origin, nat_port,
+        ctx, cfg, l4_at, inner, inner_l4, packet_end, proto, l4, &origin, nat_port,
     )
     .is_err()
     {
@@ -525,6 +537,7 @@ fn translate_icmp_error(
     l4_at: usize,
     inner: usize,
     inner_l4: usize,
+    packet_end: usize,
     proto: u8,
     l4: L4Layout,
     origin: &Origin,
@@ -553,6 +566,9 @@ fn translate_icmp_error(
 
     // The quoted L4 checksum, when the error quotes that far.
     let at = inner_l4 + l4.check;
+    if at + 2 > packet_end {
+        return Ok(());
+    }
     if let Ok(old) = ctx.load::<u16>(at) {
         let addrs = (cfg.uplink_addr, origin.addr);
         let new = rewritten_l4_checksum(proto, old, addrs, (nat_port, origin.port));

@@ -220,10 +220,23 @@ pub const IP_CHECK: usize = EthHdr::LEN + 10;
 pub const IP_SRC: usize = EthHdr::LEN + 12;
 pub const IP_DST: usize = EthHdr::LEN + 16;
 
-/// The ports (or ICMP identifier, 0) and TCP flags of a TCP/UDP/ICMP packet,
-/// read at `l4` for `proto`; None if the header is cut short.
+/// Whether the TCP (20 bytes), UDP or ICMP (8) header lies inside the IP
+/// packet's total length; bytes past it, such as Ethernet padding, are not
+/// the packet's.
 #[inline(always)]
-pub fn l4_ports(ctx: &TcContext, l4: usize, proto: u8) -> Option<(u16, u16, u8)> {
+pub fn l4_header_fits(ip: &Ipv4Hdr) -> bool {
+    let header_len = if ip.proto == IPPROTO_TCP { 20 } else { 8 };
+    l4_offset(ip) + header_len <= EthHdr::LEN + u16::from_be_bytes(ip.tot_len) as usize
+}
+
+/// The ports (or ICMP identifier, 0) and TCP flags of a TCP/UDP/ICMP packet;
+/// None if its header is cut short.
+#[inline(always)]
+pub fn l4_ports(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(u16, u16, u8)> {
+    if !l4_header_fits(ip) {
+        return None;
+    }
+    let (l4, proto) = (l4_offset(ip), ip.proto);
     match proto {
         IPPROTO_TCP => {
             let p: [u16; 2] = ctx.load(l4).ok()?;
@@ -249,7 +262,7 @@ pub fn flow_of(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
     if !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) || is_fragment(ip) {
         return None;
     }
-    let (src_port, dst_port, tcp_flags) = l4_ports(ctx, l4_offset(ip), ip.proto)?;
+    let (src_port, dst_port, tcp_flags) = l4_ports(ctx, ip)?;
     let key = FlowKey {
         src_addr: src_addr(ip),
         dst_addr: dst_addr(ip),

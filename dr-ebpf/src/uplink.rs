@@ -23,8 +23,7 @@ pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
     if dst == cfg.uplink_addr && cfg.nat_enabled != 0 {
         return snat_reply(&ctx, cfg, ip, bytes).unwrap_or_else(|| pass(Counter::Passed, bytes));
     }
-    // The gateway and broadcast addresses belong to the host, not to a container.
-    if !cfg.is_local(dst) || dst == cfg.gateway || dst == cfg.local_net | !cfg.local_mask {
+    if !cfg.is_container(dst) {
         return pass(Counter::Passed, bytes);
     }
     let src = src_addr(ip);

@@ -16,7 +16,8 @@ use crate::{
     maps::{config, count, peer_for, peer_traffic, ENDPOINTS},
     nat::{live_reply, touch_reply, ICMP_ECHO_REPLY},
     packet::{
-        decrement_ttl, dst_addr, is_fragment, l4_offset, parse_frame, ptr_at, src_addr, Frame,
+        decrement_ttl, dst_addr, is_fragment, l4_header_fits, l4_offset, parse_frame, ptr_at,
+        src_addr, Frame,
     },
 };
 
@@ -78,7 +79,7 @@ fn redirect_to(
 #[inline(always)]
 fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
     let proto = ip.proto;
-    if is_fragment(ip) || ip.ttl <= 1 {
+    if is_fragment(ip) || ip.ttl <= 1 || !l4_header_fits(ip) {
         return XDP_PASS;
     }
     let l4 = l4_offset(ip);
@@ -164,7 +165,7 @@ fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ip
 #[inline(always)]
 fn deliver_from_peer(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
     let dst = dst_addr(ip);
-    if !cfg.is_local(dst) || dst == cfg.gateway || dst == cfg.local_net | !cfg.local_mask {
+    if !cfg.is_container(dst) {
         return XDP_PASS;
     }
     let Some(peer) = peer_for(src_addr(ip)) else {

@@ -2,6 +2,7 @@
 //! verdict, every rewrite compared byte for byte with a frame etherparse
 //! builds (so checksums are checked too), and the counters.
 mod forwarding;
+mod fuzz;
 mod inbound;
 mod mtu;
 mod nat;
