@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask demo | test | build | bootstrap`.
+//! Project tasks: `cargo xtask demo | test | soak | bench | build | bootstrap`.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -35,6 +35,13 @@ enum Task {
         /// Rounds; modes are interleaved within each round [default: 5, quick: 1].
         #[arg(long)]
         rounds: Option<usize>,
+    },
+    /// Bootstrap, build, then run the NAT soak: many short and long flows
+    /// through SNAT, expiry, gc and a full port range (tests/tests/soak.rs).
+    Soak {
+        /// How long the load runs.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
     },
     /// Bootstrap, build, then run every test: unit, crafted-packet datapath, netns
     /// integration; without a filter, then the VM subset on Debian 12's 6.1 kernel.
@@ -106,6 +113,27 @@ fn main() -> Result<()> {
                 results: workspace_root().join("results"),
             };
             bench::run_bench(&dr_ctl("release"), &opts)
+        }
+        Task::Soak { minutes } => {
+            bootstrap()?;
+            run("cargo", &["build"], &[])?;
+            let dr_ctl = dr_ctl("debug");
+            let secs = (minutes * 60).to_string();
+            let env = [
+                ("DR_CTL", dr_ctl.to_str().context("non-UTF-8 path")?),
+                ("DR_SOAK_SECS", secs.as_str()),
+            ];
+            let args = [
+                "test",
+                "-p",
+                "dr-tests",
+                "--test",
+                "soak",
+                "--",
+                "--ignored",
+                "--nocapture",
+            ];
+            run("cargo", &args, &env)
         }
         Task::Test {
             no_vm,
