@@ -26,6 +26,7 @@ pub mod map_names {
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
     pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const ENDPOINT_PORTS: &str = "ENDPOINT_PORTS";
     pub const PEER_HOSTS: &str = "PEER_HOSTS";
     pub const INBOUND_FLOWS: &str = "INBOUND_FLOWS";
 }

@@ -131,7 +131,7 @@ impl Hook {
     }
 }
 
-pub const MAP_PINS: [&str; 10] = [
+pub const MAP_PINS: [&str; 11] = [
     map_names::PEER_SUBNETS,
     map_names::PEER_TRAFFIC,
     map_names::DATAPATH_CONFIG,
@@ -140,6 +140,7 @@ pub const MAP_PINS: [&str; 10] = [
     map_names::NAT_FLOWS,
     map_names::NAT_REVERSE,
     map_names::ENDPOINTS,
+    map_names::ENDPOINT_PORTS,
     map_names::PEER_HOSTS,
     map_names::INBOUND_FLOWS,
 ];

@@ -70,7 +70,7 @@ const fn needs(feature: &'static str, major: u32, minor: u32) -> Requirement {
 
 /// What `dr-ctl up` needs (README's kernel table lists the same). The
 /// minimum kernel is the newest of these.
-pub const CORE_REQUIREMENTS: [Requirement; 12] = [
+pub const CORE_REQUIREMENTS: [Requirement; 13] = [
     needs("TC clsact qdisc with direct-action cls_bpf filters", 4, 5),
     needs("BPF_MAP_TYPE_PERCPU_ARRAY (counters)", 4, 6),
     needs("BPF_MAP_TYPE_LRU_HASH (SNAT tables)", 4, 10),
@@ -89,6 +89,11 @@ pub const CORE_REQUIREMENTS: [Requirement; 12] = [
     needs("bounded loops (SNAT port allocation)", 5, 3),
     needs("gso_size in __sk_buff (path MTU of GSO packets)", 5, 7),
     needs("BPF_MAP_TYPE_RINGBUF (aya-log event buffer)", 5, 8),
+    needs(
+        "BPF_MAP_TYPE_DEVMAP_HASH with bpf_devmap_val (XDP ports)",
+        5,
+        8,
+    ),
     needs("XDP bpf_link (up --xdp)", 5, 9),
     needs(
         "bpf_redirect_neigh with a next hop (peer forwarding)",

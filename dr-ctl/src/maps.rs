@@ -2,7 +2,11 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        lpm_trie::Key,
+        xdp::{DevMapHash, XdpMapError},
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+    },
     util::nr_cpus,
 };
 use dr_common::{
@@ -35,6 +39,7 @@ pub struct Maps {
     nat_flows: HashMap<MapData, FlowKey, Flow>,
     nat_reverse: HashMap<MapData, ReverseKey, Origin>,
     endpoints: HashMap<MapData, u32, Endpoint>,
+    endpoint_ports: DevMapHash<MapData>,
     peer_hosts: HashMap<MapData, u32, u32>,
 }
 
@@ -105,6 +110,7 @@ impl Maps {
             nat_flows: open(dir, map_names::NAT_FLOWS)?.try_into()?,
             nat_reverse: open(dir, map_names::NAT_REVERSE)?.try_into()?,
             endpoints: open(dir, map_names::ENDPOINTS)?.try_into()?,
+            endpoint_ports: open(dir, map_names::ENDPOINT_PORTS)?.try_into()?,
             peer_hosts: open(dir, map_names::PEER_HOSTS)?.try_into()?,
         })
     }
@@ -263,13 +269,37 @@ impl Maps {
                 "more than {MAX_ENDPOINTS} local containers"
             )));
         }
+        // The port first: XDP delivers only to endpoints whose port is in
+        // `ENDPOINT_PORTS`, from which the kernel removes deleted devices.
+        let mut ports = BTreeSet::new();
         for (addr, ep) in wanted {
+            match self.endpoint_ports.insert(ep.ifindex, ep.ifindex, None, 0) {
+                Ok(()) => {}
+                // Gone since it was read (a container stopping): not an endpoint.
+                Err(XdpMapError::MapError(MapError::SyscallError(e)))
+                    if e.io_error.raw_os_error() == Some(libc::ENODEV) =>
+                {
+                    continue
+                }
+                Err(XdpMapError::MapError(e)) => return Err(e.into()),
+                Err(e) => return Err(Error::Unsupported(e.to_string())),
+            }
+            ports.insert(ep.ifindex);
             self.endpoints.insert(to_map_addr(*addr), ep, 0)?;
         }
-        for (addr, _) in self.endpoints()? {
-            if !wanted.iter().any(|(a, _)| *a == addr) {
+        for (addr, ep) in self.endpoints()? {
+            if !ports.contains(&ep.ifindex) || !wanted.iter().any(|(a, _)| *a == addr) {
                 ignore_missing(self.endpoints.remove(&to_map_addr(addr)))?;
             }
+        }
+        let stale: Vec<u32> = self
+            .endpoint_ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !ports.contains(k))
+            .collect();
+        for ifindex in stale {
+            ignore_missing(self.endpoint_ports.remove(ifindex))?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! and the small accessors the programs use on them.
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dr_common::{
     nat::{Flow, FlowKey, InboundFlow, Origin, ReverseKey, DEFAULT_TABLE_SIZE},
@@ -44,6 +44,23 @@ pub static NAT_REVERSE: LruHashMap<ReverseKey, Origin> = LruHashMap::pinned(DEFA
 /// and MAC. Written by dr-ctl from the neighbour table and the bridge FDB.
 #[map]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// The docker0 ports of `ENDPOINTS`, by ifindex: XDP redirects through this
+/// map, whose entries the kernel deletes with their device. A container
+/// restarted on a new veth is thus never sent to its old, gone port: its
+/// frames go to TC until dr-ctl learns the new one.
+#[map]
+pub static ENDPOINT_PORTS: DevMapHash = DevMapHash::pinned(MAX_ENDPOINTS, 0);
+
+/// The endpoint of local container `addr` (network order), if its docker0
+/// port still exists.
+#[inline(always)]
+pub fn endpoint(addr: u32) -> Option<Endpoint> {
+    // SAFETY: map value, copied out.
+    let endpoint = unsafe { ENDPOINTS.get(addr) }.copied()?;
+    ENDPOINT_PORTS.get_ifindex(endpoint.ifindex)?;
+    Some(endpoint)
+}
 
 /// Peer hosts' own addresses (the `via` of some peer subnet): their
 /// processes reach local containers, and containers answer them, directly.

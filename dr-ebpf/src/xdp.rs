@@ -3,7 +3,9 @@
 //! the container's veth when it knows the container (`ENDPOINTS`), and leaves
 //! everything else to the TC programs (`XDP_PASS`), which handle all cases.
 use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS, helpers::bpf_redirect, macros::xdp, programs::XdpContext,
+    bindings::xdp_action::{XDP_ABORTED, XDP_PASS},
+    macros::xdp,
+    programs::XdpContext,
 };
 use dr_common::{
     checksum,
@@ -13,7 +15,7 @@ use dr_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    maps::{config, count, peer_for, peer_traffic, ENDPOINTS},
+    maps::{config, count, endpoint, peer_for, peer_traffic, ENDPOINT_PORTS},
     nat::{live_reply, touch_reply, ICMP_ECHO_REPLY},
     packet::{
         decrement_ttl, dst_addr, is_fragment, l4_header_fits, l4_offset, parse_frame, ptr_at,
@@ -69,8 +71,11 @@ fn redirect_to(
     let bytes = (data_end - data) as u64;
     count(counter, bytes);
     count(Counter::XdpRedirect, bytes);
-    // SAFETY: no pointers passed.
-    unsafe { bpf_redirect(endpoint.ifindex, 0) as u32 }
+    // The port was there a moment ago (`endpoint`); should it vanish now,
+    // the frame is lost like any frame in flight to a deleted device.
+    ENDPOINT_PORTS
+        .redirect(endpoint.ifindex, 0)
+        .unwrap_or(XDP_ABORTED)
 }
 
 /// A reply to a translated TCP/UDP flow or ping, translated back with
@@ -136,8 +141,7 @@ fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ip
     let Some((origin, flow)) = live_reply(cfg, &rkey) else {
         return XDP_PASS;
     };
-    // SAFETY: map value, copied out.
-    let Some(endpoint) = (unsafe { ENDPOINTS.get(origin.addr) }).copied() else {
+    let Some(endpoint) = endpoint(origin.addr) else {
         return XDP_PASS;
     };
     let (Some(port), Some(check)) = (
@@ -171,8 +175,7 @@ fn deliver_from_peer(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mu
     let Some(peer) = peer_for(src_addr(ip)) else {
         return XDP_PASS;
     };
-    // SAFETY: map value, copied out.
-    let Some(endpoint) = (unsafe { ENDPOINTS.get(dst) }).copied() else {
+    let Some(endpoint) = endpoint(dst) else {
         return XDP_PASS;
     };
     // An expiring TTL is TC's to drop and count.

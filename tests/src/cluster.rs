@@ -208,6 +208,29 @@ impl Host {
         self.containers.push(Container { ns, addr });
         Ok(self.containers.last().expect("just pushed"))
     }
+
+    /// What a container restart does to its link: Docker deletes the veth
+    /// pair and makes a new one (a new ifindex on docker0), with the same
+    /// MAC (Docker derives it from the address) and address.
+    pub fn restart_container_link(&self, n: usize) -> Result<()> {
+        let c = &self.containers[n];
+        let link: Value = serde_json::from_str(&c.ns.ip(&["-j", "link", "show", "eth0"])?)?;
+        let mac = link[0]["address"].as_str().context("eth0 MAC")?.to_string();
+        let port = format!("veth{n}");
+        self.ns.ip(&["link", "del", &port])?;
+        self.ns.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &c.ns.name,
+        ])?;
+        c.ns.ip(&["link", "set", "eth0", "address", &mac])?;
+        self.ns
+            .ip(&["link", "set", &port, "master", "docker0", "up"])?;
+        c.ns.ip(&["addr", "add", &format!("{}/24", c.addr), "dev", "eth0"])?;
+        c.ns.ip(&["link", "set", "eth0", "up"])?;
+        let gateway = format!("10.0.{}.1", self.id);
+        c.ns.ip(&["route", "add", "default", "via", &gateway])?;
+        c.ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
+        Ok(())
+    }
 }
 
 impl Drop for Host {

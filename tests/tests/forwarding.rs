@@ -41,6 +41,41 @@ fn ping_tcp_udp_across_three_hosts_with_the_xdp_fast_path() {
     }
 }
 
+/// A restarted container gets a new docker0 port; until `sync` learns it,
+/// XDP must leave its traffic to TC instead of sending it to the old,
+/// deleted port (the kernel drops its `ENDPOINT_PORTS` entry with it).
+#[test]
+fn xdp_leaves_a_restarted_containers_traffic_to_tc_until_sync() {
+    let c = xdp_cluster("drxrst");
+    let (from, host) = (&c.hosts[0].containers[0], &c.hosts[1]);
+    let to = host.containers[0].addr;
+    traffic::ping(&from.ns, to, 3).unwrap();
+    let before = host.status().unwrap()["counters"]["xdp_pass"]["packets"]
+        .as_u64()
+        .unwrap();
+    host.restart_container_link(0).unwrap();
+    assert_eq!(host.status().unwrap()["endpoints"], 2, "not synced yet");
+    traffic::ping(&from.ns, to, 5).unwrap();
+    let after = host.status().unwrap()["counters"]["xdp_pass"]["packets"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after >= before + 5,
+        "XDP passed {} packets to TC",
+        after - before
+    );
+    // `sync` learns the new port: the fast path takes over again.
+    host.dr(&["sync"]).unwrap();
+    let redirected = || {
+        host.status().unwrap()["counters"]["xdp_redirect"]["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = redirected();
+    traffic::ping(&from.ns, to, 3).unwrap();
+    assert!(redirected() >= before + 3);
+}
+
 fn cross_host_traffic(c: &Cluster) {
     for host in &c.hosts {
         let routes = host.ns.ip(&["route", "show"]).unwrap();

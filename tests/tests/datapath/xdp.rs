@@ -8,7 +8,9 @@ use super::*;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 const CONTAINER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc2];
-const CONTAINER_VETH: u32 = 4242;
+/// The container's docker0 port: `ENDPOINT_PORTS` only takes existing
+/// devices, and a test run never transmits, so loopback stands in.
+const CONTAINER_VETH: u32 = 1;
 
 /// A datapath whose endpoint table knows CONTAINER.
 fn xdp_datapath() -> Datapath {
