@@ -228,6 +228,19 @@ pub fn iperf3(
     addr: Ipv4Addr,
     duration: Duration,
 ) -> Result<(f64, f64)> {
+    let (bps, cpu_secs, bytes) = run_iperf3(client, server, addr, duration, &[])?;
+    Ok((bps, cpu_secs / (bytes / 1e9).max(1e-9)))
+}
+
+/// One iperf3 run with `extra` client options: (bits per second received,
+/// machine-wide CPU seconds during the run, bytes received).
+fn run_iperf3(
+    client: &Netns,
+    server: &Netns,
+    addr: Ipv4Addr,
+    duration: Duration,
+    extra: &[&str],
+) -> Result<(f64, f64, f64)> {
     let port = "5201";
     let mut srv = std::process::Command::new("ip")
         .args([
@@ -248,10 +261,10 @@ pub fn iperf3(
     std::thread::sleep(Duration::from_millis(300));
     let secs = duration.as_secs_f64().max(1.0).to_string();
     let (busy0, _) = cpu_jiffies()?;
-    let out = client.exec_output(
-        "iperf3",
-        &["-c", &addr.to_string(), "-p", port, "-t", &secs, "-J"],
-    );
+    let addr = addr.to_string();
+    let mut args = vec!["-c", &addr, "-p", port, "-t", &secs, "-J"];
+    args.extend_from_slice(extra);
+    let out = client.exec_output("iperf3", &args);
     let (busy1, _) = cpu_jiffies()?;
     let _ = srv.kill();
     let _ = srv.wait();
@@ -263,5 +276,147 @@ pub fn iperf3(
     let bytes = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
     // USER_HZ is 100 on Linux.
     let cpu_secs = (busy1 - busy0) as f64 / 100.0;
-    Ok((bps, cpu_secs / (bytes / 1e9).max(1e-9)))
+    Ok((bps, cpu_secs, bytes))
+}
+
+/// Calls `step` `rate` times a second for `duration`, in 1 ms slots, so an
+/// offered load stays fixed whatever the path costs (as long as it stays
+/// below the path's ceiling). Returns how many calls succeeded.
+fn paced(rate: u64, duration: Duration, mut step: impl FnMut() -> bool) -> u64 {
+    let start = Instant::now();
+    let (mut due, mut done) = (0u64, 0u64);
+    while start.elapsed() < duration {
+        let target = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        while due < target {
+            due += 1;
+            done += u64::from(step());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    done
+}
+
+/// Small UDP datagrams (64-byte payload) at `pps` for `duration` from
+/// `client` to a sink in `server`; returns how many arrived.
+pub fn udp_paced(
+    client: &Netns,
+    server: &Netns,
+    addr: Ipv4Addr,
+    pps: u64,
+    duration: Duration,
+) -> Result<u64> {
+    let sink = Server::udp_sink(server, addr)?;
+    let sock = client.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
+    sock.connect(sink.addr)?;
+    let payload = [0x5au8; 64];
+    paced(pps, duration, || sock.send(&payload).is_ok());
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(sink.received())
+}
+
+/// UDP datagrams at `pps` for `duration` from `client` to `target`, each
+/// followed by nothing: for a target port nobody listens on, every one
+/// comes back as an ICMP port unreachable. Returns how many were sent.
+pub fn udp_paced_to(
+    client: &Netns,
+    target: SocketAddr,
+    pps: u64,
+    duration: Duration,
+) -> Result<u64> {
+    let sock = client.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
+    sock.connect(target)?;
+    let payload = [0x5au8; 64];
+    Ok(paced(pps, duration, || sock.send(&payload).is_ok()))
+}
+
+/// Connect-request-close at `cps` connections a second for `duration`;
+/// returns how many completed.
+pub fn tcp_crr_paced(
+    client: &Netns,
+    target: SocketAddr,
+    cps: u64,
+    duration: Duration,
+) -> Result<u64> {
+    client.enter(|| {
+        let mut byte = [7u8; 1];
+        paced(cps, duration, || {
+            let mut exchange = || -> std::io::Result<()> {
+                let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+                conn.set_nodelay(true)?;
+                conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+                conn.write_all(&byte)?;
+                conn.read_exact(&mut byte)?;
+                socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO))
+            };
+            exchange().is_ok()
+        })
+    })
+}
+
+/// Bulk TCP at a fixed `rate` (bits per second, iperf3's pacing) for
+/// `duration`: the bytes that arrived.
+pub fn iperf3_paced(
+    client: &Netns,
+    server: &Netns,
+    addr: Ipv4Addr,
+    rate: u64,
+    duration: Duration,
+) -> Result<f64> {
+    let bitrate = rate.to_string();
+    let (_, _, bytes) = run_iperf3(client, server, addr, duration, &["-b", &bitrate])?;
+    Ok(bytes)
+}
+
+impl Server {
+    /// Echoes every datagram back to its sender.
+    pub fn udp_echo(ns: &Netns, addr: Ipv4Addr) -> Result<Self> {
+        let sock = ns.enter(|| UdpSocket::bind((addr, 0)))??;
+        sock.set_read_timeout(Some(POLL))?;
+        let addr = sock.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
+        let (stop_flag, count) = (stop.clone(), received.clone());
+        let handle = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop_flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            stop,
+            received,
+            handle: Some(handle),
+        })
+    }
+}
+
+/// UDP request/response at `pps` requests a second for `duration` against
+/// an echo server at `target`; returns the answers that came back.
+pub fn udp_rr_paced(
+    client: &Netns,
+    target: SocketAddr,
+    pps: u64,
+    duration: Duration,
+) -> Result<u64> {
+    let sock = client.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
+    sock.connect(target)?;
+    sock.set_nonblocking(true)?;
+    let payload = [0x5au8; 64];
+    let mut buf = [0u8; 128];
+    let mut answers = 0u64;
+    paced(pps, duration, || {
+        while sock.recv(&mut buf).is_ok() {
+            answers += 1;
+        }
+        sock.send(&payload).is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    while sock.recv(&mut buf).is_ok() {
+        answers += 1;
+    }
+    Ok(answers)
 }

@@ -19,6 +19,8 @@ use dr_tests::{
 };
 use serde_json::json;
 
+mod cost;
+
 /// Concurrent connections in the saturating workloads (two per vCPU here).
 const STREAMS: usize = 4;
 
@@ -47,6 +49,8 @@ impl Mode {
 pub struct Options {
     pub quick: bool,
     pub rounds: usize,
+    /// Only the cost workloads (and the per-program run times).
+    pub cost_only: bool,
     pub results: PathBuf,
 }
 
@@ -385,7 +389,7 @@ type Row = (String, String, String, String, f64, f64, f64, usize);
 fn summarize(samples: &[Sample]) -> Vec<Row> {
     let mut groups: BTreeMap<(String, String, String, String), Vec<f64>> = BTreeMap::new();
     let order = |g: &str| {
-        ["modes", "ceiling", "scale", "install"]
+        ["modes", "cost", "bpf", "ceiling", "scale", "install"]
             .iter()
             .position(|x| *x == g)
             .unwrap_or(9)
@@ -457,6 +461,7 @@ fn markdown(rows: &[Row], machine: &str, opts_line: &str) -> String {
             ratio("dr-xdp")
         );
     }
+    md += &cost::markdown(rows);
     for (group, title) in [
         ("ceiling", "Ceilings (no dr, no recipe)"),
         ("scale", "dr-tc with many peer subnets in the map"),
@@ -514,6 +519,10 @@ pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
     let install = if opts.quick { 1000 } else { 10_000 };
     for round in 1..=opts.rounds {
         println!("round {round}/{}", opts.rounds);
+        bench.cost_round(round)?;
+        if opts.cost_only {
+            continue;
+        }
         // Alternate the order of modes so neither always runs first.
         let mut modes = [Mode::Recipe, Mode::Tc, Mode::Xdp];
         modes.rotate_left(round % 3);
@@ -532,8 +541,9 @@ pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
     }
     let rows = summarize(&bench.samples);
     let opts_line = format!(
-        "`cargo xtask bench{}`: {} rounds, {:.0} s per workload, {:.0} s in all.",
+        "`cargo xtask bench{}{}`: {} rounds, {:.0} s per workload (cost workloads at least 2 s), {:.0} s in all.",
         if opts.quick { " --quick" } else { "" },
+        if opts.cost_only { " --cost-only" } else { "" },
         opts.rounds,
         bench.duration.as_secs_f64(),
         started.elapsed().as_secs_f64()

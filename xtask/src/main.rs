@@ -35,6 +35,10 @@ enum Task {
         /// Rounds; modes are interleaved within each round [default: 5, quick: 1].
         #[arg(long)]
         rounds: Option<usize>,
+        /// Only the cost workloads: CPU per packet, byte and connection at a
+        /// fixed offered load, and each program's run time.
+        #[arg(long)]
+        cost_only: bool,
     },
     /// Bootstrap, build, then run the NAT soak: many short and long flows
     /// through SNAT, expiry, gc and a full port range (tests/tests/soak.rs).
@@ -104,12 +108,17 @@ fn main() -> Result<()> {
             run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])?;
             demo::run(&dr_ctl("release"))
         }
-        Task::Bench { quick, rounds } => {
+        Task::Bench {
+            quick,
+            rounds,
+            cost_only,
+        } => {
             bootstrap()?;
             run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])?;
             let opts = bench::Options {
                 quick,
                 rounds: rounds.unwrap_or(if quick { 1 } else { 5 }),
+                cost_only,
                 results: workspace_root().join("results"),
             };
             bench::run_bench(&dr_ctl("release"), &opts)

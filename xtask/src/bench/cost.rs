@@ -1,0 +1,305 @@
+//! What forwarding costs the host, not how fast it goes: every workload runs
+//! at a fixed offered load (below every mode's ceiling here) and the
+//! machine's CPU time over the run (/proc/stat) is divided by what it
+//! moved. The same workloads between two containers on one bridge give the
+//! floor (no forwarding at all); each mode's overhead is its cost above the
+//! floor. Both kinds of segment: wire-like (no GSO/TSO, as now) and
+//! offloaded (veth defaults, like a NIC doing GRO/TSO). With dr, the
+//! kernel's BPF run-time statistics give each program's ns per run on each
+//! workload's path.
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duration};
+
+use anyhow::{Context as _, Result};
+use dr_tests::{
+    cluster::EXTERNAL_ADDR,
+    load::{self, cpu_jiffies, Server},
+    netns::Netns,
+    Cluster, Host,
+};
+use serde_json::Value;
+
+use super::{fmt_num, Bench, Mode, Row};
+
+/// Offered loads: a fifth or less of the lowest rate any mode reached here.
+const UDP_PPS: u64 = 30_000;
+const TCP_BITS_PER_SEC: u64 = 1_000_000_000;
+const CONNS_PER_SEC: u64 = 1_000;
+const UDP_RR_PER_SEC: u64 = 10_000;
+/// ICMP errors only feed the per-program table (the ICMP error path).
+const ICMP_ERRORS_PER_SEC: u64 = 500;
+
+const SEGMENTS: [(&str, bool); 2] = [("wire", true), ("offloaded", false)];
+
+/// A setup measured: no forwarding (the floor) or one of the modes.
+#[derive(Clone, Copy)]
+enum Setup {
+    Floor,
+    Forwarding(Mode),
+}
+
+impl Setup {
+    fn name(self) -> &'static str {
+        match self {
+            Setup::Floor => "floor",
+            Setup::Forwarding(m) => m.name(),
+        }
+    }
+}
+
+/// A workload's client and server ends for one setup.
+struct Ends<'a> {
+    client: &'a Netns,
+    /// A second client, so NAT workloads do not share a source with others.
+    client2: &'a Netns,
+    server: &'a Netns,
+    server_addr: std::net::Ipv4Addr,
+    /// Where NAT workloads go: the external server, or (floor) the server.
+    nat: &'a Netns,
+    nat_addr: std::net::Ipv4Addr,
+}
+
+/// One program's run count and total run time, as the kernel keeps them.
+type ProgStats = BTreeMap<String, (u64, u64)>;
+
+/// Turns the kernel's BPF run-time statistics on while alive.
+struct BpfStats(String);
+
+impl BpfStats {
+    const SYSCTL: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Result<Self> {
+        let before = std::fs::read_to_string(Self::SYSCTL)?;
+        std::fs::write(Self::SYSCTL, "1")?;
+        Ok(Self(before))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::SYSCTL, self.0.trim());
+    }
+}
+
+/// dr's programs on `host` (`h0 bridge_ingress`, ...) with their ids.
+fn programs(label: &str, host: &Host) -> Result<Vec<(String, u64)>> {
+    let status: Value = serde_json::from_str(&host.dr(&["status", "--json"])?)?;
+    let mut progs = Vec::new();
+    for hook in status["hooks"].as_array().context("hooks")? {
+        let name = hook["program"].as_str().context("program")?;
+        let id = hook["program_id"].as_u64().context("program_id")?;
+        progs.push((format!("{label} {}", name.trim_start_matches("dr_")), id));
+    }
+    let link: Value = serde_json::from_str(&host.ns.ip(&["-j", "link", "show", "eth0"])?)?;
+    if let Some(id) = link[0]["xdp"]["prog"]["id"].as_u64() {
+        progs.push((format!("{label} uplink_xdp"), id));
+    }
+    Ok(progs)
+}
+
+fn prog_stats(progs: &[(String, u64)]) -> Result<ProgStats> {
+    let mut stats = ProgStats::new();
+    for (name, id) in progs {
+        let out = dr_tests::netns::run("bpftool", &["-j", "prog", "show", "id", &id.to_string()])?;
+        let v: Value = serde_json::from_str(&out)?;
+        let field = |f: &str| v[f].as_u64().unwrap_or(0);
+        stats.insert(name.clone(), (field("run_cnt"), field("run_time_ns")));
+    }
+    Ok(stats)
+}
+
+impl Bench {
+    /// Every setup on both segments, the setups in a rotating order.
+    pub(super) fn cost_round(&mut self, round: usize) -> Result<()> {
+        let _stats = BpfStats::enable()?;
+        for (segment, wire) in SEGMENTS {
+            let mut setups = [
+                Setup::Floor,
+                Setup::Forwarding(Mode::Recipe),
+                Setup::Forwarding(Mode::Tc),
+                Setup::Forwarding(Mode::Xdp),
+            ];
+            setups.rotate_left(round % 4);
+            // XDP sees a veth's checksum-offloaded frames before their
+            // checksum is filled in and delivers them unfinished; on a real
+            // NIC's wire every frame is complete. So dr-xdp runs on the
+            // wire-like segment only.
+            let xdp = |s: &Setup| matches!(s, Setup::Forwarding(Mode::Xdp));
+            for setup in setups.into_iter().filter(|s| wire || !xdp(s)) {
+                self.cost_setup(segment, wire, setup, round)
+                    .with_context(|| format!("cost: {} on {segment}", setup.name()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn cost_setup(&mut self, segment: &str, wire: bool, setup: Setup, round: usize) -> Result<()> {
+        let mut c = Cluster::new("drcost", 2, &self.dr_ctl)?;
+        c.add_external()?;
+        if wire {
+            c.emulate_wire()?;
+        }
+        match setup {
+            Setup::Floor => c.bare_all(3)?,
+            Setup::Forwarding(Mode::Recipe) => c.recipe_all(3)?,
+            Setup::Forwarding(Mode::Tc) => c.up_all(3)?,
+            Setup::Forwarding(Mode::Xdp) => {
+                c.up_all_with(3, &["--xdp"])?;
+                c.sync_endpoints()?;
+            }
+        }
+        let ext = c.external.as_ref().context("external")?;
+        // Errors for the ICMP error path come back at the offered rate.
+        ext.exec("sysctl", &["-q", "-w", "net.ipv4.icmp_ratelimit=0"])?;
+        let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
+        let ends = match setup {
+            Setup::Floor => Ends {
+                client: &h0.containers[0].ns,
+                client2: &h0.containers[1].ns,
+                server: &h0.containers[2].ns,
+                server_addr: h0.containers[2].addr,
+                nat: &h0.containers[2].ns,
+                nat_addr: h0.containers[2].addr,
+            },
+            Setup::Forwarding(_) => Ends {
+                client: &h0.containers[0].ns,
+                client2: &h0.containers[1].ns,
+                server: &h1.containers[0].ns,
+                server_addr: h1.containers[0].addr,
+                nat: ext,
+                nat_addr: EXTERNAL_ADDR,
+            },
+        };
+        let progs = match setup {
+            Setup::Forwarding(Mode::Tc | Mode::Xdp) => {
+                let mut p = programs("h0", h0)?;
+                p.extend(programs("h1", h1)?);
+                p
+            }
+            _ => Vec::new(),
+        };
+        let d = self.duration.max(Duration::from_secs(2));
+        let mode = setup.name();
+        let workloads: [(&str, &str); 6] = [
+            ("udp_peer_30k_pps", "us CPU/pkt"),
+            ("tcp_peer_1_gbit", "CPU-s/GB"),
+            ("tcp_crr_peer_1k_per_s", "us CPU/conn"),
+            ("udp_rr_nat_10k_per_s", "us CPU/exchange"),
+            ("tcp_crr_nat_1k_per_s", "us CPU/conn"),
+            ("icmp_errors_nat_500_per_s", "us CPU/error"),
+        ];
+        for (workload, unit) in workloads {
+            let before = prog_stats(&progs)?;
+            let (busy0, _) = cpu_jiffies()?;
+            let done = run_workload(workload, &ends, d)?;
+            let (busy1, _) = cpu_jiffies()?;
+            let after = prog_stats(&progs)?;
+            // USER_HZ is 100 on Linux.
+            let cpu_secs = (busy1 - busy0) as f64 / 100.0;
+            let per_unit = if unit == "CPU-s/GB" { 1.0 } else { 1e6 };
+            let cost = cpu_secs * per_unit / done.max(1e-9);
+            let key = format!("{segment}: {workload}");
+            self.record("cost", mode, round, &key, unit, cost);
+            for (prog, (runs1, ns1)) in &after {
+                let (runs0, ns0) = before[prog];
+                if runs1 - runs0 >= 100 {
+                    let ns = (ns1 - ns0) as f64 / (runs1 - runs0) as f64;
+                    let key = format!("{segment}: {workload}: {prog}");
+                    self.record("bpf", mode, round, &key, "ns/run", ns);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one workload; returns what it moved in its cost's unit
+/// (packets, GB, connections, exchanges, errors).
+fn run_workload(workload: &str, e: &Ends, d: Duration) -> Result<f64> {
+    Ok(match workload {
+        "udp_peer_30k_pps" => {
+            load::udp_paced(e.client, e.server, e.server_addr, UDP_PPS, d)? as f64
+        }
+        "tcp_peer_1_gbit" => {
+            load::iperf3_paced(e.client, e.server, e.server_addr, TCP_BITS_PER_SEC, d)? / 1e9
+        }
+        "tcp_crr_peer_1k_per_s" => {
+            let srv = Server::tcp_echo(e.server, e.server_addr)?;
+            load::tcp_crr_paced(e.client, srv.addr, CONNS_PER_SEC, d)? as f64
+        }
+        "udp_rr_nat_10k_per_s" => {
+            let srv = Server::udp_echo(e.nat, e.nat_addr)?;
+            load::udp_rr_paced(e.client2, srv.addr, UDP_RR_PER_SEC, d)? as f64
+        }
+        "tcp_crr_nat_1k_per_s" => {
+            let srv = Server::tcp_echo(e.nat, e.nat_addr)?;
+            load::tcp_crr_paced(e.client2, srv.addr, CONNS_PER_SEC, d)? as f64
+        }
+        "icmp_errors_nat_500_per_s" => {
+            // A port nobody listens on: each datagram comes back as an error.
+            let closed = SocketAddr::from((e.nat_addr, 9));
+            load::udp_paced_to(e.client2, closed, ICMP_ERRORS_PER_SEC, d)? as f64
+        }
+        other => anyhow::bail!("unknown workload {other}"),
+    })
+}
+
+/// The cost tables: per segment and workload, each setup's cost, each
+/// mode's overhead above the floor and the ratio of dr's overhead to the
+/// recipe's; then the per-program BPF run times.
+pub(super) fn markdown(rows: &[Row]) -> String {
+    let mut md = String::new();
+    let find = |g: &str, w: &str, m: &str| rows.iter().find(|r| r.0 == g && r.1 == w && r.3 == m);
+    let mut workloads: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.0 == "cost")
+        .map(|r| r.1.as_str())
+        .collect();
+    workloads.dedup();
+    if !workloads.is_empty() {
+        let _ = writeln!(md, "\n## Cost at a fixed offered load\n\nMachine CPU per unit moved; overhead = cost above the floor (two containers on one bridge); the last two columns are dr's overhead over the recipe's (below 1 favours dr).\n\n| workload | unit | floor | recipe | dr-tc | dr-xdp | overhead recipe | overhead dr-tc | overhead dr-xdp | dr-tc / recipe | dr-xdp / recipe |\n|---|---|---|---|---|---|---|---|---|---|---|");
+    }
+    for w in workloads {
+        let median = |m: &str| find("cost", w, m).map(|r| r.4);
+        let cell = |m: &str| {
+            find("cost", w, m).map_or("-".into(), |r| {
+                format!("{} [{} - {}]", fmt_num(r.4), fmt_num(r.5), fmt_num(r.6))
+            })
+        };
+        let overhead = |m: &str| Some(median(m)? - median("floor")?);
+        let shown = |v: Option<f64>| v.map_or("-".into(), fmt_num);
+        let ratio = |m: &str| match (overhead(m), overhead("recipe")) {
+            (Some(d), Some(r)) if r > 0.0 => format!("{:.2}x", d / r),
+            _ => "-".into(),
+        };
+        let unit = find("cost", w, "floor").map_or("", |r| r.2.as_str());
+        let _ = writeln!(
+            md,
+            "| {w} | {unit} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell("floor"),
+            cell("recipe"),
+            cell("dr-tc"),
+            cell("dr-xdp"),
+            shown(overhead("recipe")),
+            shown(overhead("dr-tc")),
+            shown(overhead("dr-xdp")),
+            ratio("dr-tc"),
+            ratio("dr-xdp"),
+        );
+    }
+    let progs: Vec<&Row> = rows.iter().filter(|r| r.0 == "bpf").collect();
+    if !progs.is_empty() {
+        let _ = writeln!(md, "\n## BPF run time per program (kernel statistics)\n\nh0 is the sending host (its containers are the clients), h1 the peer.\n\n| segment: workload: program | mode | ns/run median [min - max] |\n|---|---|---|");
+        for r in progs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} [{} - {}] |",
+                r.1,
+                r.3,
+                fmt_num(r.4),
+                fmt_num(r.5),
+                fmt_num(r.6)
+            );
+        }
+    }
+    md
+}
