@@ -156,7 +156,7 @@ pub fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, current_mode: u8)
     let name = program_names::UPLINK_XDP;
     let prog: &mut Xdp = ebpf
         .program_mut(name)
-        .ok_or_else(|| Error::Invalid(format!("program {name} missing from object")))?
+        .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
         .try_into()?;
     prog.load()?;
     let path = pins.join(XDP_LINK_PIN);
@@ -208,7 +208,7 @@ pub fn load(map_dir: &Path, nat_table_size: u32, log_level: u8) -> Result<Ebpf> 
 pub fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(hook.program())
-        .ok_or_else(|| Error::Invalid(format!("program {} missing from object", hook.program())))?
+        .ok_or_else(|| Error::Internal(format!("program {} missing from object", hook.program())))?
         .try_into()?;
     if prog.fd().is_err() {
         prog.load()?;

@@ -91,7 +91,7 @@ fn pinned_layout(path: &Path) -> Result<Layout> {
 /// The layout of every map in this build's eBPF object.
 fn object_layouts() -> Result<HashMap<String, Layout>> {
     let object = aya_obj::Object::parse(EBPF_OBJECT)
-        .map_err(|e| Error::Invalid(format!("parsing the embedded eBPF object: {e}")))?;
+        .map_err(|e| Error::Internal(format!("parsing the embedded eBPF object: {e}")))?;
     Ok(object
         .maps
         .iter()

@@ -8,11 +8,10 @@ use serde::Serialize;
 use super::Report;
 use crate::{
     datapath::{self, Hook},
-    error::{Error, Result},
+    error::Result,
     maps, migrate,
     netlink::Netlink,
-    node::{side_ifindex, NodeDir},
-    subnet::from_map_addr,
+    node::{local_subnet, side_ifindex, NodeDir},
 };
 
 #[derive(Debug, Serialize)]
@@ -70,9 +69,9 @@ pub async fn run() -> Result<DownReport> {
             nl.delete_interface(bridge.index).await?;
             report.removed_bridge = true;
         } else if config.owned & OWNED_ADDRESS != 0 {
-            let prefix = config.local_prefix_len as u8;
-            let bip = Ipv4Net::new(from_map_addr(config.gateway), prefix)
-                .map_err(|_| Error::Invalid(format!("corrupt prefix length {prefix}")))?;
+            let local = local_subnet(&config)?;
+            let bip = Ipv4Net::new(local.gateway, local.net.prefix_len())
+                .expect("a valid prefix length");
             nl.delete_address(bridge.index, bip).await?;
             report.removed_address = true;
         }

@@ -12,11 +12,11 @@ pub async fn run() -> Result<()> {
     let ids = datapath::hook_ids(node.pins(), Hook::BridgeIngress)?.ok_or(Error::NotUp)?;
     node.unlock();
     let logger = aya_log::EbpfLogger::init_from_id(ids.program_id)
-        .map_err(|e| Error::Invalid(format!("reading the datapath's events: {e}")))?;
+        .map_err(|e| Error::Internal(format!("reading the datapath's events: {e}")))?;
     // SAFETY: the registered fd is the logger's ring buffer, and the AsyncFd
     // owns the logger, so the fd stays open for as long as it is registered.
     let mut logger = unsafe { tokio::io::unix::AsyncFd::register(logger) }
-        .map_err(|e| Error::Invalid(format!("waiting for datapath events: {e}")))?;
+        .map_err(|e| Error::Internal(format!("waiting for datapath events: {e}")))?;
     loop {
         let mut ready = logger
             .readable_mut()

@@ -97,7 +97,7 @@ fn ephemeral_ports() -> Result<(u16, u16)> {
     let mut it = text.split_whitespace().filter_map(|p| p.parse().ok());
     match (it.next(), it.next()) {
         (Some(lo), Some(hi)) => Ok((lo, hi)),
-        _ => Err(Error::Invalid(format!("cannot parse {path}: {text:?}"))),
+        _ => Err(Error::Internal(format!("cannot parse {path}: {text:?}"))),
     }
 }
 

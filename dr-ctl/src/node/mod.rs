@@ -130,7 +130,7 @@ impl Node {
 pub fn local_subnet(config: &DatapathConfig) -> Result<LocalSubnet> {
     let prefix = config.local_prefix_len as u8;
     let net = Ipv4Net::new(from_map_addr(config.local_net), prefix)
-        .map_err(|_| Error::Invalid(format!("corrupt prefix length {prefix}")))?;
+        .map_err(|_| Error::Internal(format!("corrupt prefix length {prefix}")))?;
     Ok(LocalSubnet {
         gateway: from_map_addr(config.gateway),
         net,
