@@ -131,20 +131,6 @@ impl Hook {
     }
 }
 
-pub const MAP_PINS: [&str; 11] = [
-    map_names::PEER_SUBNETS,
-    map_names::PEER_TRAFFIC,
-    map_names::DATAPATH_CONFIG,
-    map_names::COUNTERS,
-    map_names::NAT_EXCLUDE,
-    map_names::NAT_FLOWS,
-    map_names::NAT_REVERSE,
-    map_names::ENDPOINTS,
-    map_names::ENDPOINT_PORTS,
-    map_names::PEER_HOSTS,
-    map_names::INBOUND_FLOWS,
-];
-
 /// Pin of the XDP program's link on the uplink.
 pub const XDP_LINK_PIN: &str = "link_uplink_xdp";
 
@@ -372,7 +358,7 @@ pub fn detach(pins: &PinDir, hook: Hook, iface: Option<&str>) -> Result<bool> {
 
 /// Removes the map pins (the maps go when their last user does).
 pub fn remove_map_pins(pins: &PinDir) -> Result<()> {
-    for name in MAP_PINS {
+    for name in map_names::ALL {
         remove_pin(pins.join(name))?;
     }
     Ok(())
@@ -425,4 +411,44 @@ pub fn hook_ids(pins: &PinDir, hook: Hook) -> Result<Option<HookIds>> {
         }));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use aya_obj::maps::PinningType;
+
+    use super::*;
+
+    fn sorted(mut names: Vec<&str>) -> Vec<&str> {
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn the_object_pins_exactly_the_declared_maps() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).unwrap();
+        let pinned = object
+            .maps
+            .iter()
+            .filter(|(_, map)| map.pinning() == PinningType::ByName)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(sorted(pinned), sorted(map_names::ALL.to_vec()));
+    }
+
+    #[test]
+    fn architecture_md_describes_every_map() {
+        let doc = include_str!("../../ARCHITECTURE.md");
+        let section = doc
+            .split("\n## Maps\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("ARCHITECTURE.md has a Maps section");
+        let listed = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|cell| cell.split('`').next())
+            .collect();
+        assert_eq!(sorted(listed), sorted(map_names::ALL.to_vec()));
+    }
 }

@@ -70,8 +70,8 @@ pub async fn run() -> Result<DownReport> {
             report.removed_bridge = true;
         } else if config.owned & OWNED_ADDRESS != 0 {
             let local = local_subnet(&config)?;
-            let bip = Ipv4Net::new(local.gateway, local.net.prefix_len())
-                .expect("a valid prefix length");
+            let bip =
+                Ipv4Net::new(local.gateway, local.net.prefix_len()).expect("a valid prefix length");
             nl.delete_address(bridge.index, bip).await?;
             report.removed_address = true;
         }
