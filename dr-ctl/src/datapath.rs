@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     programs::{
-        links::{FdLink, Link, PinnedLink},
-        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
-        xdp::XdpLink,
+        links::{FdLink, Link, LinkError, PinnedLink},
+        tc::{
+            self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
+            TcHandle,
+        },
+        xdp::{XdpLink, XdpLinkId},
         LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
@@ -145,21 +148,18 @@ pub fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, current_mode: u8)
         .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
         .try_into()?;
     prog.load()?;
-    let path = pins.join(XDP_LINK_PIN);
-    if path.exists() {
-        let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(&path)?))?;
-        let id = prog.attach_to_link(link)?;
-        drop(prog.take_link(id)?);
-        return Ok(current_mode);
-    }
-    let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
-        Ok(id) => (id, XDP_NATIVE),
-        Err(_) => (prog.attach(iface, XdpMode::Skb)?, XDP_GENERIC),
-    };
-    let link: FdLink = prog.take_link(id)?.try_into()?;
-    link.pin(&path).map_err(|source| Error::Pin {
-        path: path.clone(),
-        source,
+    let mut mode = current_mode;
+    attach_pinned(prog, &pins.join(XDP_LINK_PIN), |prog| {
+        match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => {
+                mode = XDP_NATIVE;
+                Ok(id)
+            }
+            Err(_) => {
+                mode = XDP_GENERIC;
+                Ok(prog.attach(iface, XdpMode::Skb)?)
+            }
+        }
     })?;
     Ok(mode)
 }
@@ -234,23 +234,65 @@ fn attach_tcx(
     hook: Hook,
     iface: &str,
 ) -> Result<Attached> {
-    let path = pins.join(&hook.pin(AttachMode::Tcx));
+    attach_pinned(prog, &pins.join(&hook.pin(AttachMode::Tcx)), |prog| {
+        Ok(prog.attach_with_options(
+            iface,
+            hook.attach_type(),
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )?)
+    })
+}
+
+/// A program attached through a link that dr pins (TCX and XDP).
+trait LinkProgram {
+    type Link: TryFrom<FdLink, Error = LinkError> + TryInto<FdLink, Error = LinkError>;
+    type Id;
+    fn attach_to_link(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError>;
+    fn take_link(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError>;
+}
+
+impl LinkProgram for SchedClassifier {
+    type Link = SchedClassifierLink;
+    type Id = SchedClassifierLinkId;
+    fn attach_to_link(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError> {
+        SchedClassifier::attach_to_link(self, link)
+    }
+    fn take_link(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError> {
+        SchedClassifier::take_link(self, id)
+    }
+}
+
+impl LinkProgram for Xdp {
+    type Link = XdpLink;
+    type Id = XdpLinkId;
+    fn attach_to_link(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError> {
+        Xdp::attach_to_link(self, link)
+    }
+    fn take_link(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError> {
+        Xdp::take_link(self, id)
+    }
+}
+
+/// Attach-or-replace through a pinned link, the one path of TCX and XDP:
+/// where dr's link is pinned at `path`, its program is swapped in place
+/// (traffic sees no gap); otherwise `attach` makes a new link, pinned so
+/// that it outlives dr-ctl.
+fn attach_pinned<P: LinkProgram>(
+    prog: &mut P,
+    path: &Path,
+    attach: impl FnOnce(&mut P) -> Result<P::Id>,
+) -> Result<Attached> {
     if path.exists() {
-        let pinned = PinnedLink::from_pin(&path)?;
-        let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+        let link = P::Link::try_from(FdLink::from(PinnedLink::from_pin(path)?))?;
         let id = prog.attach_to_link(link)?;
         // The pin keeps the link; our handle may go.
         drop(prog.take_link(id)?);
         return Ok(Attached::Replaced);
     }
-    let id = prog.attach_with_options(
-        iface,
-        hook.attach_type(),
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    )?;
+    let id = attach(prog)?;
     let link: FdLink = prog.take_link(id)?.try_into()?;
-    link.pin(&path).map_err(|source| Error::Pin {
-        path: path.clone(),
+    link.pin(path).map_err(|source| Error::Pin {
+        path: path.to_path_buf(),
         source,
     })?;
     Ok(Attached::New)
