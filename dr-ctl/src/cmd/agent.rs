@@ -58,7 +58,11 @@ impl Args {
             None,
             &[],
         )?;
-        let subnet = self.subnet.as_deref().map(LocalSubnet::parse).transpose()?;
+        let subnet = self
+            .subnet
+            .as_deref()
+            .map(|s| LocalSubnet::parse_as("--subnet", s))
+            .transpose()?;
         let cluster = nat.cluster_cidr.expect("given");
         if let Some(s) = subnet.filter(|s| !cluster.contains(&s.net)) {
             return Err(Error::Invalid(format!(

@@ -103,7 +103,7 @@ impl Args {
         Ok(UpArgs {
             xdp: self.xdp,
             datapath_log: self.datapath_log as u8,
-            subnet: LocalSubnet::parse(&self.subnet)?,
+            subnet: LocalSubnet::parse_as("--subnet", &self.subnet)?,
             nat: NatPlan::parse(
                 self.cluster_cidr.as_deref(),
                 &self.no_masquerade,
