@@ -1,9 +1,5 @@
-//! Loading the embedded eBPF object, attaching its programs so they outlive
-//! dr-ctl, and detaching. TC programs attach in one of two modes
-//! ([`AttachMode`]): pinned TCX links (a TCX link dies with its process
-//! unless pinned), or cls_bpf filters on a clsact qdisc, which the kernel
-//! keeps until they are deleted; their programs are pinned so later runs
-//! can name them.
+//! Attaching the programs so they outlive dr-ctl, replacing them in place,
+//! detaching them, and reading back what is attached.
 use std::path::{Path, PathBuf};
 
 use aya::{
@@ -11,128 +7,21 @@ use aya::{
         links::{FdLink, Link, LinkError, PinnedLink},
         tc::{
             self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
-            TcHandle,
         },
         xdp::{XdpLink, XdpLinkId},
-        LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramError, ProgramInfo, SchedClassifier, Xdp, XdpMode,
     },
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use dr_common::{map_names, program_names, XDP_GENERIC, XDP_NATIVE};
 use serde::Serialize;
 
+use super::hook::{Hook, TC_PRIORITY};
 use crate::{
     bpffs::PinDir,
     error::{io_context, Error, Result},
     kernel::AttachMode,
-    migrate,
 };
-
-/// The embedded eBPF object, built from `dr-ebpf` by build.rs.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dr"));
-
-/// FNV-1a hash of the embedded object: tells `up` whether the attached
-/// programs came from another build.
-pub fn object_hash() -> u64 {
-    EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-/// The interface a hook's program is attached to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// The container bridge (docker0).
-    Bridge,
-    /// The interface toward the other hosts.
-    Uplink,
-}
-
-/// Which program goes where.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    BridgeIngress,
-    UplinkIngress,
-    BridgeEgress,
-    UplinkEgress,
-}
-
-/// cls_bpf priority of every dr filter in netlink mode. Filters without an
-/// explicit priority get 49152 and below from the kernel, and tools that
-/// pick one (Cilium, Calico, tc users) pick small numbers; 0x6472 ("dr")
-/// is far from both. A hook is identified by its interface and direction
-/// plus this priority and its [`Hook::tc_handle`].
-pub const TC_PRIORITY: u16 = 0x6472;
-
-impl Hook {
-    pub const ALL: [Hook; 4] = [
-        Hook::BridgeIngress,
-        Hook::UplinkIngress,
-        Hook::BridgeEgress,
-        Hook::UplinkEgress,
-    ];
-
-    pub const fn program(self) -> &'static str {
-        match self {
-            Hook::BridgeIngress => program_names::BRIDGE_INGRESS,
-            Hook::UplinkIngress => program_names::UPLINK_INGRESS,
-            Hook::BridgeEgress => program_names::BRIDGE_EGRESS,
-            Hook::UplinkEgress => program_names::UPLINK_EGRESS,
-        }
-    }
-
-    /// The part of its pins' names that names the hook.
-    const fn name(self) -> &'static str {
-        match self {
-            Hook::BridgeIngress => "bridge_ingress",
-            Hook::UplinkIngress => "uplink_ingress",
-            Hook::BridgeEgress => "bridge_egress",
-            Hook::UplinkEgress => "uplink_egress",
-        }
-    }
-
-    pub const fn side(self) -> Side {
-        match self {
-            Hook::BridgeIngress | Hook::BridgeEgress => Side::Bridge,
-            Hook::UplinkIngress | Hook::UplinkEgress => Side::Uplink,
-        }
-    }
-
-    pub const fn attach_type(self) -> TcAttachType {
-        match self {
-            Hook::BridgeIngress | Hook::UplinkIngress => TcAttachType::Ingress,
-            Hook::BridgeEgress | Hook::UplinkEgress => TcAttachType::Egress,
-        }
-    }
-
-    pub const fn direction(self) -> &'static str {
-        match self.attach_type() {
-            TcAttachType::Egress => "egress",
-            _ => "ingress",
-        }
-    }
-
-    /// The cls_bpf filter handle of this hook in netlink mode ("dr" and a
-    /// number per hook, shown by `tc filter show` as `0x6472000N`).
-    pub const fn tc_handle(self) -> TcHandle {
-        let number = match self {
-            Hook::BridgeIngress => 1,
-            Hook::UplinkIngress => 2,
-            Hook::BridgeEgress => 3,
-            Hook::UplinkEgress => 4,
-        };
-        TcHandle::new(TC_PRIORITY, number)
-    }
-
-    /// What this hook's attachment leaves pinned in `mode`: the TCX link,
-    /// or (netlink) the program the filter runs.
-    pub fn pin(self, mode: AttachMode) -> String {
-        match mode {
-            AttachMode::Tcx => format!("link_{}", self.name()),
-            AttachMode::Netlink => format!("prog_{}", self.name()),
-        }
-    }
-}
 
 /// Pin of the XDP program's link on the uplink.
 pub const XDP_LINK_PIN: &str = "link_uplink_xdp";
@@ -167,27 +56,6 @@ pub fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, current_mode: u8)
 /// Removes the XDP link pin, which detaches the program.
 pub fn detach_xdp(pins: &PinDir) -> Result<bool> {
     remove_pin(pins.join(XDP_LINK_PIN))
-}
-
-/// Loads the object; its maps are created and pinned in `map_dir` (a bpffs
-/// directory), or adopted from there if already pinned, so state survives
-/// dr-ctl exiting and programs being replaced. New SNAT tables get
-/// `nat_table_size` entries each; `log_level` is the level of the programs'
-/// aya-log events (0: off).
-pub fn load(map_dir: &Path, nat_table_size: u32, log_level: u8) -> Result<Ebpf> {
-    // Maps an older dr pinned with another layout are created anew and
-    // filled from the old ones (see migrate.rs).
-    migrate::set_aside_outdated(map_dir)?;
-    let ebpf = EbpfLoader::new()
-        .default_map_pin_directory(map_dir)
-        // aya-log's level is fixed at load: events below it cost one branch.
-        .override_global(aya_log::LEVEL, &log_level, true)
-        .map_max_entries(map_names::NAT_FLOWS, nat_table_size)
-        .map_max_entries(map_names::NAT_REVERSE, nat_table_size)
-        .map_max_entries(map_names::INBOUND_FLOWS, nat_table_size)
-        .load(EBPF_OBJECT)?;
-    migrate::copy_set_aside(map_dir)?;
-    Ok(ebpf)
 }
 
 /// The program of `hook`, loaded into the kernel.
@@ -453,44 +321,4 @@ pub fn hook_ids(pins: &PinDir, hook: Hook) -> Result<Option<HookIds>> {
         }));
     }
     Ok(None)
-}
-
-#[cfg(test)]
-mod tests {
-    use aya_obj::maps::PinningType;
-
-    use super::*;
-
-    fn sorted(mut names: Vec<&str>) -> Vec<&str> {
-        names.sort_unstable();
-        names
-    }
-
-    #[test]
-    fn the_object_pins_exactly_the_declared_maps() {
-        let object = aya_obj::Object::parse(EBPF_OBJECT).unwrap();
-        let pinned = object
-            .maps
-            .iter()
-            .filter(|(_, map)| map.pinning() == PinningType::ByName)
-            .map(|(name, _)| name.as_str())
-            .collect();
-        assert_eq!(sorted(pinned), sorted(map_names::ALL.to_vec()));
-    }
-
-    #[test]
-    fn architecture_md_describes_every_map() {
-        let doc = include_str!("../../ARCHITECTURE.md");
-        let section = doc
-            .split("\n## Maps\n")
-            .nth(1)
-            .and_then(|rest| rest.split("\n## ").next())
-            .expect("ARCHITECTURE.md has a Maps section");
-        let listed = section
-            .lines()
-            .filter_map(|line| line.strip_prefix("| `"))
-            .filter_map(|cell| cell.split('`').next())
-            .collect();
-        assert_eq!(sorted(listed), sorted(map_names::ALL.to_vec()));
-    }
 }
