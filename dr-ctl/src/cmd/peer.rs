@@ -38,18 +38,51 @@ pub enum PeerCommand {
     List,
 }
 
+/// What a peer command did to one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerOutcome {
+    Added,
+    /// The subnet was there via another host: switched.
+    Replaced,
+    Unchanged,
+    Deleted,
+}
+
+impl PeerOutcome {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Added => "added",
+            Self::Replaced => "replaced",
+            Self::Unchanged => "unchanged",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+impl From<PeerChange> for PeerOutcome {
+    fn from(change: PeerChange) -> Self {
+        match change {
+            PeerChange::Unchanged => Self::Unchanged,
+            PeerChange::Add => Self::Added,
+            PeerChange::Replace { .. } => Self::Replaced,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct PeerReport {
     pub subnet: Ipv4Net,
     pub via: Option<Ipv4Addr>,
-    pub change: &'static str,
+    pub change: PeerOutcome,
 }
 
 impl Report for PeerReport {
     fn text(&self) -> String {
+        let change = self.change.name();
         match self.via {
-            Some(via) => format!("peer {} via {}: {}\n", self.subnet, via, self.change),
-            None => format!("peer {}: {}\n", self.subnet, self.change),
+            Some(via) => format!("peer {} via {}: {change}\n", self.subnet, via),
+            None => format!("peer {}: {change}\n", self.subnet),
         }
     }
 }
@@ -67,9 +100,9 @@ impl From<&[PeerReport]> for PeerBatch {
         let mut b = Self::default();
         for r in reports {
             match r.change {
-                "added" => b.added += 1,
-                "replaced" => b.replaced += 1,
-                _ => b.unchanged += 1,
+                PeerOutcome::Added => b.added += 1,
+                PeerOutcome::Replaced => b.replaced += 1,
+                PeerOutcome::Unchanged | PeerOutcome::Deleted => b.unchanged += 1,
             }
         }
         b
@@ -188,11 +221,7 @@ async fn add(peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<Vec<PeerReport>> {
         .map(|(&(subnet, via), change)| PeerReport {
             subnet,
             via: Some(via),
-            change: match change {
-                PeerChange::Unchanged => "unchanged",
-                PeerChange::Add => "added",
-                PeerChange::Replace { .. } => "replaced",
-            },
+            change: change.into(),
         })
         .collect())
 }
@@ -206,7 +235,7 @@ fn del(subnet: Ipv4Net) -> Result<PeerReport> {
     Ok(PeerReport {
         subnet,
         via: Some(peer.via),
-        change: "deleted",
+        change: PeerOutcome::Deleted,
     })
 }
 
