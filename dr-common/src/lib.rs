@@ -16,20 +16,32 @@ pub const MAX_PEERS: u32 = 131_072;
 /// Capacity of the SNAT exclusion trie (cluster CIDR and `--no-masquerade`).
 pub const MAX_EXCLUSIONS: u32 = 1024;
 
-/// Names of the pinned maps, as declared in `dr-ebpf` and found under the pin directory.
-pub mod map_names {
-    pub const PEER_SUBNETS: &str = "PEER_SUBNETS";
-    pub const PEER_TRAFFIC: &str = "PEER_TRAFFIC";
-    pub const DATAPATH_CONFIG: &str = "DATAPATH_CONFIG";
-    pub const COUNTERS: &str = "COUNTERS";
-    pub const NAT_EXCLUDE: &str = "NAT_EXCLUDE";
-    pub const NAT_FLOWS: &str = "NAT_FLOWS";
-    pub const NAT_REVERSE: &str = "NAT_REVERSE";
-    pub const ENDPOINTS: &str = "ENDPOINTS";
-    pub const ENDPOINT_PORTS: &str = "ENDPOINT_PORTS";
-    pub const PEER_HOSTS: &str = "PEER_HOSTS";
-    pub const INBOUND_FLOWS: &str = "INBOUND_FLOWS";
+/// Declares the pinned maps once: a name constant each and `ALL`.
+macro_rules! map_names {
+    ($($name:ident),* $(,)?) => {
+        /// Names of the pinned maps, as declared in `dr-ebpf` (the statics'
+        /// names) and found under the pin directory.
+        pub mod map_names {
+            $(pub const $name: &str = stringify!($name);)*
+            /// Every pinned map.
+            pub const ALL: [&str; [$($name),*].len()] = [$($name),*];
+        }
+    };
 }
+
+map_names!(
+    PEER_SUBNETS,
+    PEER_TRAFFIC,
+    DATAPATH_CONFIG,
+    COUNTERS,
+    NAT_EXCLUDE,
+    NAT_FLOWS,
+    NAT_REVERSE,
+    ENDPOINTS,
+    ENDPOINT_PORTS,
+    PEER_HOSTS,
+    INBOUND_FLOWS,
+);
 
 /// Capacity of the local container endpoint table (XDP fast path).
 pub const MAX_ENDPOINTS: u32 = 4096;
@@ -196,120 +208,94 @@ impl DatapathConfig {
     }
 }
 
-/// Index into the per-CPU `COUNTERS` array.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
+/// Declares the counters once: the enum (its values index the per-CPU
+/// `COUNTERS` array, an ABI between versions of dr), `ALL` in index order,
+/// each one's name and `COUNTER_COUNT`.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $variant:ident = $index:literal => $name:literal,)*) => {
+        /// Index into the per-CPU `COUNTERS` array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[$doc])* $variant = $index,)*
+        }
+
+        impl Counter {
+            pub const ALL: [Counter; [$($index),*].len()] = [$(Counter::$variant),*];
+
+            /// Stable name used in `dr-ctl status` and its JSON output.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
     /// Container packets redirected to a peer host.
-    ToPeer = 0,
+    ToPeer = 0 => "to_peer",
     /// Packets from a peer's containers delivered to docker0.
-    FromPeer = 1,
+    FromPeer = 1 => "from_peer",
     /// Packets left to the kernel stack unchanged.
-    Passed = 2,
+    Passed = 2 => "passed",
     /// IPv4 packets with a truncated or malformed header, left to the kernel.
-    Malformed = 3,
+    Malformed = 3 => "malformed",
     /// Dropped: a container sent a source address outside the local subnet.
-    DropSpoofed = 4,
+    DropSpoofed = 4 => "drop_spoofed_source",
     /// Dropped: TTL would reach zero while forwarding.
-    DropTtlExceeded = 5,
+    DropTtlExceeded = 5 => "drop_ttl_exceeded",
     /// Dropped: the redirect helper failed (e.g. the uplink vanished).
-    DropRedirectFailed = 6,
+    DropRedirectFailed = 6 => "drop_redirect_failed",
     /// Container packets translated and sent to an external destination.
-    NatOut = 7,
+    NatOut = 7 => "nat_out",
     /// Replies translated back and delivered to a container.
-    NatIn = 8,
+    NatIn = 8 => "nat_in",
     /// ICMP errors about a translated flow, translated back (inner header too).
-    NatIcmpErrorIn = 9,
+    NatIcmpErrorIn = 9 => "nat_icmp_error_in",
     /// New translations (connection table entries) created.
-    NatCreated = 10,
+    NatCreated = 10 => "nat_created",
     /// Expired translations found and reclaimed by the datapath.
-    NatExpired = 11,
+    NatExpired = 11 => "nat_expired",
     /// Expired translations removed by `dr-ctl nat gc` (written by dr-ctl only).
-    NatExpiredGc = 12,
+    NatExpiredGc = 12 => "nat_expired_gc",
     /// Translations found half-evicted from the full (LRU) table.
-    NatEvicted = 13,
+    NatEvicted = 13 => "nat_evicted",
     /// Dropped: no free source port for the flow's destination within the retries.
-    DropNatPortsExhausted = 14,
+    DropNatPortsExhausted = 14 => "drop_nat_ports_exhausted",
     /// Dropped: the connection table refused an insert.
-    DropNatTableFull = 15,
+    DropNatTableFull = 15 => "drop_nat_table_full",
     /// Dropped: an IP fragment to an external destination (ports unknown).
-    DropNatFragment = 16,
+    DropNatFragment = 16 => "drop_nat_fragment",
     /// Peer traffic the XDP program sent straight to a container's veth
     /// (also counted in `from_peer`).
-    XdpRedirect = 17,
+    XdpRedirect = 17 => "xdp_redirect",
     /// Frames the XDP program left to TC (not for a known local endpoint).
-    XdpPass = 18,
+    XdpPass = 18 => "xdp_pass",
     /// Container packets answering a connection the container did not start
     /// (a published port, a connection routed in): left to the kernel, whose
     /// conntrack undoes its own translation.
-    InboundReply = 19,
+    InboundReply = 19 => "inbound_reply",
     /// The host's own packets for a peer subnet, sent to the peer host.
-    HostToPeer = 20,
+    HostToPeer = 20 => "host_to_peer",
     /// Container packets too big for the uplink MTU with DF set, answered
     /// with ICMP fragmentation needed (the uplink MTU) back to the container.
-    IcmpFragNeeded = 21,
+    IcmpFragNeeded = 21 => "icmp_frag_needed",
     /// Container packets too big for the uplink MTU without DF: dr does not
     /// fragment; they are answered like the DF ones, and their senders
     /// fragment to the uplink MTU from then on.
-    IcmpFragNeededNoDf = 22,
+    IcmpFragNeededNoDf = 22 => "icmp_frag_needed_no_df",
 }
 
-impl Counter {
-    pub const ALL: [Counter; 23] = [
-        Counter::ToPeer,
-        Counter::FromPeer,
-        Counter::Passed,
-        Counter::Malformed,
-        Counter::DropSpoofed,
-        Counter::DropTtlExceeded,
-        Counter::DropRedirectFailed,
-        Counter::NatOut,
-        Counter::NatIn,
-        Counter::NatIcmpErrorIn,
-        Counter::NatCreated,
-        Counter::NatExpired,
-        Counter::NatExpiredGc,
-        Counter::NatEvicted,
-        Counter::DropNatPortsExhausted,
-        Counter::DropNatTableFull,
-        Counter::DropNatFragment,
-        Counter::XdpRedirect,
-        Counter::XdpPass,
-        Counter::InboundReply,
-        Counter::HostToPeer,
-        Counter::IcmpFragNeeded,
-        Counter::IcmpFragNeededNoDf,
-    ];
-
-    /// Stable name used in `dr-ctl status` and its JSON output.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::ToPeer => "to_peer",
-            Counter::FromPeer => "from_peer",
-            Counter::Passed => "passed",
-            Counter::Malformed => "malformed",
-            Counter::DropSpoofed => "drop_spoofed_source",
-            Counter::DropTtlExceeded => "drop_ttl_exceeded",
-            Counter::DropRedirectFailed => "drop_redirect_failed",
-            Counter::NatOut => "nat_out",
-            Counter::NatIn => "nat_in",
-            Counter::NatIcmpErrorIn => "nat_icmp_error_in",
-            Counter::NatCreated => "nat_created",
-            Counter::NatExpired => "nat_expired",
-            Counter::NatExpiredGc => "nat_expired_gc",
-            Counter::NatEvicted => "nat_evicted",
-            Counter::DropNatPortsExhausted => "drop_nat_ports_exhausted",
-            Counter::DropNatTableFull => "drop_nat_table_full",
-            Counter::DropNatFragment => "drop_nat_fragment",
-            Counter::XdpRedirect => "xdp_redirect",
-            Counter::XdpPass => "xdp_pass",
-            Counter::InboundReply => "inbound_reply",
-            Counter::HostToPeer => "host_to_peer",
-            Counter::IcmpFragNeeded => "icmp_frag_needed",
-            Counter::IcmpFragNeededNoDf => "icmp_frag_needed_no_df",
-        }
+// `ALL[i]` is counter `i`: the indices are 0..COUNTER_COUNT without gaps.
+const _: () = {
+    let mut i = 0;
+    while i < Counter::ALL.len() {
+        assert!(Counter::ALL[i] as usize == i);
+        i += 1;
     }
-}
+};
 
 /// Number of entries in `COUNTERS`.
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

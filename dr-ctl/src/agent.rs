@@ -20,10 +20,14 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
-    commands::{self, UpArgs},
+    cmd::{
+        nat, sync,
+        up::{self, UpArgs},
+    },
     error::{Error, Result},
     nat_plan::NatPlan,
     netlink::Netlink,
+    node::Node,
     subnet::{check_peers, LocalSubnet},
 };
 
@@ -232,7 +236,7 @@ async fn reconcile(
             }
         }
     }
-    let diff = commands::reconcile_peers(&wanted).await?;
+    let diff = Node::open()?.reconcile_peers(&wanted).await?;
     if !diff.is_empty() {
         info!(
             "peers: +{} ~{} -{}",
@@ -277,7 +281,7 @@ async fn session(
             nat: args.nat.clone(),
             attach: args.attach,
         };
-        commands::up(&up).await?;
+        up::up(&up).await?;
         info!(
             "registered {} as {name:?} (lease ttl {} s)",
             subnet.bip(),
@@ -328,8 +332,8 @@ async fn session(
             _ = housekeeping.tick() => {
                 // The XDP path's endpoints and expired translations; failures
                 // here never end the session.
-                if let Err(e) = commands::sync().await { warn!("sync: {e}"); }
-                if let Err(e) = commands::nat_gc() { warn!("nat gc: {e}"); }
+                if let Err(e) = sync::run().await { warn!("sync: {e}"); }
+                if let Err(e) = nat::gc() { warn!("nat gc: {e}"); }
             }
         }
     }

@@ -10,7 +10,7 @@
 //! may exit while we work. (PID 1's root is not readable on every machine.)
 //!
 //! Whoever can write to the pin directories can unlink a link pin (which
-//! detaches forwarding) or hold its lock forever. So dr mounts bpffs
+//! detaches forwarding). So dr mounts bpffs
 //! `mode=0700`, creates its directories 0700, and refuses to use one that is
 //! not a real directory owned by its own (root) user, or that others can
 //! write to: a local user may have created it first.
@@ -24,7 +24,7 @@ use std::{
 };
 
 use nix::{
-    fcntl::{Flock, FlockArg, OFlag},
+    fcntl::OFlag,
     mount::{mount, MsFlags},
     sched::{setns, unshare, CloneFlags},
     sys::{stat::Mode, statfs},
@@ -43,21 +43,13 @@ pub struct PinDir {
     display: String,
 }
 
-/// A held exclusive lock on the pin directory: one mutating dr-ctl at a time.
-pub struct PinLock {
-    _flock: Flock<File>,
-}
-
 impl PinDir {
     /// Finds (mounting bpffs if needed) the host bpffs and this namespace's
     /// directory in it. The directory itself is not created; if it (or
     /// `dr/`) exists, it must be one dr can trust.
     pub fn locate() -> Result<Self> {
         let root = open_host_bpffs()?;
-        let netns = fs::metadata("/proc/self/ns/net")
-            .map_err(io_context("reading /proc/self/ns/net"))?
-            .ino();
-        let leaf = format!("dr/netns-{netns}");
+        let leaf = format!("dr/netns-{}", netns_inode()?);
         let dir = Self {
             path: PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd())).join(&leaf),
             display: format!("{BPFFS}/{leaf}"),
@@ -115,18 +107,6 @@ impl PinDir {
         self.path.join(name)
     }
 
-    /// Takes the namespace's lock, waiting for another dr-ctl to finish.
-    pub fn lock(&self) -> Result<PinLock> {
-        let dir =
-            File::open(&self.path).map_err(io_context(format!("opening {}", self.display)))?;
-        Flock::lock(dir, FlockArg::LockExclusive)
-            .map(|flock| PinLock { _flock: flock })
-            .map_err(|(_, e)| Error::Io {
-                context: format!("locking {}", self.display),
-                source: e.into(),
-            })
-    }
-
     /// Removes the (emptied) directory, and `dr/` when no namespace uses it.
     pub fn remove(&self) -> Result<()> {
         fs::remove_dir(&self.path).map_err(io_context(format!("removing {}", self.display)))?;
@@ -159,6 +139,13 @@ fn check_trusted(path: &Path, display: &str) -> Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// This network namespace's inode: what names its pin directory and lock.
+pub fn netns_inode() -> Result<u64> {
+    Ok(fs::metadata("/proc/self/ns/net")
+        .map_err(io_context("reading /proc/self/ns/net"))?
+        .ino())
 }
 
 fn is_bpffs(path: &Path) -> bool {

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A command-line value or plan entry that fails validation.
+    /// Bad input: a command-line value or plan entry that fails validation.
     #[error("{0}")]
     Invalid(String),
+    /// dr's own state or the system broke an assumption: not the input's fault.
+    #[error("{0}")]
+    Internal(String),
     #[error("no interface named {0:?} in this network namespace")]
     NoSuchInterface(String),
     #[error("dr is not up in this network namespace (run `dr-ctl up` first)")]

@@ -2,7 +2,7 @@
 pub mod agent;
 pub mod bpffs;
 pub mod cli;
-pub mod commands;
+pub mod cmd;
 pub mod datapath;
 pub mod docker_config;
 pub mod error;
@@ -12,6 +12,6 @@ pub mod metrics;
 pub mod migrate;
 pub mod nat_plan;
 pub mod netlink;
-pub mod output;
+pub mod node;
 pub mod plan;
 pub mod subnet;

@@ -64,7 +64,7 @@ fn key(subnet: Ipv4Net) -> Key<u32> {
 
 fn subnet_of(k: &Key<u32>) -> Result<Ipv4Net> {
     Ipv4Net::new(from_map_addr(k.data()), k.prefix_len() as u8)
-        .map_err(|_| Error::Invalid(format!("corrupt trie key /{}", k.prefix_len())))
+        .map_err(|_| Error::Internal(format!("corrupt trie key /{}", k.prefix_len())))
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.

@@ -12,10 +12,9 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    bpffs::PinDir,
-    commands::xdp_mode_name,
-    error::{io_context, Error, Result},
-    maps::{self, Maps},
+    error::{io_context, Result},
+    maps,
+    node::{xdp_mode_name, NodeDir},
 };
 
 /// Escapes a label value.
@@ -25,12 +24,9 @@ fn label(v: &str) -> String {
 
 /// The current counters, read from the pinned maps.
 pub fn render() -> Result<String> {
-    let pins = PinDir::locate()?;
-    if !pins.exists() {
-        return Err(Error::NotUp);
-    }
-    let maps = Maps::open(pins.path())?;
-    let config = maps.enabled_config()?;
+    // Without the lock: a scrape never waits behind a long `up`.
+    let node = NodeDir::unlocked()?.open()?;
+    let (maps, config) = (&node.maps, &node.config);
     let mut out = String::new();
     let family = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -107,7 +103,7 @@ pub fn render() -> Result<String> {
         (
             "dr_nat_table_size",
             "Capacity of each SNAT table.",
-            u64::from(maps::nat_table_size(pins.path())?),
+            u64::from(maps::nat_table_size(node.pins().path())?),
         ),
         (
             "dr_xdp_endpoints",

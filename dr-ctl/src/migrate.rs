@@ -27,7 +27,7 @@ use aya::maps::{MapData, MapInfo};
 use dr_common::{map_names, DatapathConfig};
 
 use crate::{
-    datapath::{EBPF_OBJECT, MAP_PINS},
+    datapath::EBPF_OBJECT,
     error::{io_context, Error, Result},
 };
 
@@ -91,7 +91,7 @@ fn pinned_layout(path: &Path) -> Result<Layout> {
 /// The layout of every map in this build's eBPF object.
 fn object_layouts() -> Result<HashMap<String, Layout>> {
     let object = aya_obj::Object::parse(EBPF_OBJECT)
-        .map_err(|e| Error::Invalid(format!("parsing the embedded eBPF object: {e}")))?;
+        .map_err(|e| Error::Internal(format!("parsing the embedded eBPF object: {e}")))?;
     Ok(object
         .maps
         .iter()
@@ -114,7 +114,7 @@ fn set_aside_path(dir: &Path, name: &str) -> PathBuf {
 
 /// Whether a migration was started and not finished (set-aside pins remain).
 pub fn pending(dir: &Path) -> bool {
-    MAP_PINS
+    map_names::ALL
         .iter()
         .any(|name| set_aside_path(dir, name).exists())
 }
@@ -123,7 +123,7 @@ pub fn pending(dir: &Path) -> bool {
 pub fn outdated(dir: &Path) -> Result<Vec<&'static str>> {
     let wanted = object_layouts()?;
     let mut out = Vec::new();
-    for name in MAP_PINS {
+    for name in map_names::ALL {
         let path = dir.join(name);
         let Some(want) = wanted.get(name) else {
             continue;
@@ -161,7 +161,7 @@ pub fn set_aside_outdated(dir: &Path) -> Result<Vec<&'static str>> {
 /// [`finish`] adds them once those are replaced. Returns the maps copied.
 pub fn copy_set_aside(dir: &Path) -> Result<Vec<&'static str>> {
     let mut copied = Vec::new();
-    for name in MAP_PINS {
+    for name in map_names::ALL {
         let old = set_aside_path(dir, name);
         if old.exists() && !is_counters(&pinned_layout(&old)?) {
             copy_entries(&old, &dir.join(name), Merge::Replace)?;
@@ -174,7 +174,7 @@ pub fn copy_set_aside(dir: &Path) -> Result<Vec<&'static str>> {
 /// The new programs are attached and the old maps no longer written: adds
 /// the old counters to the new ones and removes the set-aside pins.
 pub fn finish(dir: &Path) -> Result<()> {
-    for name in MAP_PINS {
+    for name in map_names::ALL {
         let old = set_aside_path(dir, name);
         if old.exists() && is_counters(&pinned_layout(&old)?) {
             copy_entries(&old, &dir.join(name), Merge::AddCounters)?;
@@ -190,7 +190,7 @@ fn is_counters(layout: &Layout) -> bool {
 
 /// Removes the set-aside pins (the maps go with their last user).
 pub fn discard(dir: &Path) -> Result<()> {
-    for name in MAP_PINS {
+    for name in map_names::ALL {
         let old = set_aside_path(dir, name);
         match std::fs::remove_file(&old) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {

@@ -14,23 +14,30 @@ pub struct LocalSubnet {
 }
 
 impl LocalSubnet {
+    /// Parses a subnet given as `bip`.
     pub fn parse(s: &str) -> Result<Self> {
+        Self::parse_as("subnet", s)
+    }
+
+    /// [`LocalSubnet::parse`], with `what` naming the value in errors (the
+    /// caller's option or field).
+    pub fn parse_as(what: &str, s: &str) -> Result<Self> {
         let with_prefix: Ipv4Net = s.parse().map_err(|_| {
             Error::Invalid(format!(
-                "invalid --subnet {s:?}: expected the bridge address with a prefix, like 10.0.128.1/24"
+                "invalid {what} {s:?}: expected the bridge address with a prefix, like 10.0.128.1/24"
             ))
         })?;
         let net = with_prefix.trunc();
         let gateway = with_prefix.addr();
         if with_prefix.prefix_len() > 30 {
             return Err(Error::Invalid(format!(
-                "invalid --subnet {s}: a /{} leaves no room for containers",
+                "invalid {what} {s}: a /{} leaves no room for containers",
                 with_prefix.prefix_len()
             )));
         }
         if gateway == net.network() || gateway == net.broadcast() {
             return Err(Error::Invalid(format!(
-                "invalid --subnet {s}: {gateway} is the {} address of {net}; give the bridge's own address, like {}/{}",
+                "invalid {what} {s}: {gateway} is the {} address of {net}; give the bridge's own address, like {}/{}",
                 if gateway == net.network() { "network" } else { "broadcast" },
                 Ipv4Addr::from(u32::from(net.network()) + 1),
                 net.prefix_len()
@@ -250,7 +257,10 @@ mod tests {
     #[test]
     fn local_subnet_rejects_bad_forms() {
         assert!(err(LocalSubnet::parse("10.0.128.1")).contains("expected the bridge address"));
-        assert!(err(LocalSubnet::parse("10.0.300.1/24")).contains("invalid --subnet"));
+        assert!(err(LocalSubnet::parse("10.0.300.1/24")).contains("invalid subnet"));
+        assert!(
+            err(LocalSubnet::parse_as("--subnet", "10.0.300.1/24")).contains("invalid --subnet")
+        );
         assert!(err(LocalSubnet::parse("10.0.128.0/24")).contains("network address"));
         assert!(err(LocalSubnet::parse("10.0.128.0/24")).contains("10.0.128.1/24"));
         assert!(err(LocalSubnet::parse("10.0.128.255/24")).contains("broadcast"));

@@ -1,149 +1,27 @@
-//! Loading the embedded eBPF object, attaching its programs so they outlive
-//! dr-ctl, and detaching. TC programs attach in one of two modes
-//! ([`AttachMode`]): pinned TCX links (a TCX link dies with its process
-//! unless pinned), or cls_bpf filters on a clsact qdisc, which the kernel
-//! keeps until they are deleted; their programs are pinned so later runs
-//! can name them.
+//! Attaching the programs so they outlive dr-ctl, replacing them in place,
+//! detaching them, and reading back what is attached.
 use std::path::{Path, PathBuf};
 
 use aya::{
     programs::{
-        links::{FdLink, Link, PinnedLink},
-        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
-        xdp::XdpLink,
-        LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, Link, LinkError, PinnedLink},
+        tc::{
+            self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
+        },
+        xdp::{XdpLink, XdpLinkId},
+        LinkOrder, ProgramError, ProgramInfo, SchedClassifier, Xdp, XdpMode,
     },
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use dr_common::{map_names, program_names, XDP_GENERIC, XDP_NATIVE};
 use serde::Serialize;
 
+use super::hook::{Hook, TC_PRIORITY};
 use crate::{
     bpffs::PinDir,
     error::{io_context, Error, Result},
     kernel::AttachMode,
-    migrate,
 };
-
-/// The embedded eBPF object, built from `dr-ebpf` by build.rs.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dr"));
-
-/// FNV-1a hash of the embedded object: tells `up` whether the attached
-/// programs came from another build.
-pub fn object_hash() -> u64 {
-    EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-/// The interface a hook's program is attached to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// The container bridge (docker0).
-    Bridge,
-    /// The interface toward the other hosts.
-    Uplink,
-}
-
-/// Which program goes where.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    BridgeIngress,
-    UplinkIngress,
-    BridgeEgress,
-    UplinkEgress,
-}
-
-/// cls_bpf priority of every dr filter in netlink mode. Filters without an
-/// explicit priority get 49152 and below from the kernel, and tools that
-/// pick one (Cilium, Calico, tc users) pick small numbers; 0x6472 ("dr")
-/// is far from both. A hook is identified by its interface and direction
-/// plus this priority and its [`Hook::tc_handle`].
-pub const TC_PRIORITY: u16 = 0x6472;
-
-impl Hook {
-    pub const ALL: [Hook; 4] = [
-        Hook::BridgeIngress,
-        Hook::UplinkIngress,
-        Hook::BridgeEgress,
-        Hook::UplinkEgress,
-    ];
-
-    pub const fn program(self) -> &'static str {
-        match self {
-            Hook::BridgeIngress => program_names::BRIDGE_INGRESS,
-            Hook::UplinkIngress => program_names::UPLINK_INGRESS,
-            Hook::BridgeEgress => program_names::BRIDGE_EGRESS,
-            Hook::UplinkEgress => program_names::UPLINK_EGRESS,
-        }
-    }
-
-    /// The part of its pins' names that names the hook.
-    const fn name(self) -> &'static str {
-        match self {
-            Hook::BridgeIngress => "bridge_ingress",
-            Hook::UplinkIngress => "uplink_ingress",
-            Hook::BridgeEgress => "bridge_egress",
-            Hook::UplinkEgress => "uplink_egress",
-        }
-    }
-
-    pub const fn side(self) -> Side {
-        match self {
-            Hook::BridgeIngress | Hook::BridgeEgress => Side::Bridge,
-            Hook::UplinkIngress | Hook::UplinkEgress => Side::Uplink,
-        }
-    }
-
-    pub const fn attach_type(self) -> TcAttachType {
-        match self {
-            Hook::BridgeIngress | Hook::UplinkIngress => TcAttachType::Ingress,
-            Hook::BridgeEgress | Hook::UplinkEgress => TcAttachType::Egress,
-        }
-    }
-
-    pub const fn direction(self) -> &'static str {
-        match self.attach_type() {
-            TcAttachType::Egress => "egress",
-            _ => "ingress",
-        }
-    }
-
-    /// The cls_bpf filter handle of this hook in netlink mode ("dr" and a
-    /// number per hook, shown by `tc filter show` as `0x6472000N`).
-    pub const fn tc_handle(self) -> TcHandle {
-        let number = match self {
-            Hook::BridgeIngress => 1,
-            Hook::UplinkIngress => 2,
-            Hook::BridgeEgress => 3,
-            Hook::UplinkEgress => 4,
-        };
-        TcHandle::new(TC_PRIORITY, number)
-    }
-
-    /// What this hook's attachment leaves pinned in `mode`: the TCX link,
-    /// or (netlink) the program the filter runs.
-    pub fn pin(self, mode: AttachMode) -> String {
-        match mode {
-            AttachMode::Tcx => format!("link_{}", self.name()),
-            AttachMode::Netlink => format!("prog_{}", self.name()),
-        }
-    }
-}
-
-pub const MAP_PINS: [&str; 11] = [
-    map_names::PEER_SUBNETS,
-    map_names::PEER_TRAFFIC,
-    map_names::DATAPATH_CONFIG,
-    map_names::COUNTERS,
-    map_names::NAT_EXCLUDE,
-    map_names::NAT_FLOWS,
-    map_names::NAT_REVERSE,
-    map_names::ENDPOINTS,
-    map_names::ENDPOINT_PORTS,
-    map_names::PEER_HOSTS,
-    map_names::INBOUND_FLOWS,
-];
 
 /// Pin of the XDP program's link on the uplink.
 pub const XDP_LINK_PIN: &str = "link_uplink_xdp";
@@ -156,24 +34,21 @@ pub fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, current_mode: u8)
     let name = program_names::UPLINK_XDP;
     let prog: &mut Xdp = ebpf
         .program_mut(name)
-        .ok_or_else(|| Error::Invalid(format!("program {name} missing from object")))?
+        .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
         .try_into()?;
     prog.load()?;
-    let path = pins.join(XDP_LINK_PIN);
-    if path.exists() {
-        let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(&path)?))?;
-        let id = prog.attach_to_link(link)?;
-        drop(prog.take_link(id)?);
-        return Ok(current_mode);
-    }
-    let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
-        Ok(id) => (id, XDP_NATIVE),
-        Err(_) => (prog.attach(iface, XdpMode::Skb)?, XDP_GENERIC),
-    };
-    let link: FdLink = prog.take_link(id)?.try_into()?;
-    link.pin(&path).map_err(|source| Error::Pin {
-        path: path.clone(),
-        source,
+    let mut mode = current_mode;
+    attach_pinned(prog, &pins.join(XDP_LINK_PIN), |prog| {
+        match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => {
+                mode = XDP_NATIVE;
+                Ok(id)
+            }
+            Err(_) => {
+                mode = XDP_GENERIC;
+                Ok(prog.attach(iface, XdpMode::Skb)?)
+            }
+        }
     })?;
     Ok(mode)
 }
@@ -183,32 +58,11 @@ pub fn detach_xdp(pins: &PinDir) -> Result<bool> {
     remove_pin(pins.join(XDP_LINK_PIN))
 }
 
-/// Loads the object; its maps are created and pinned in `map_dir` (a bpffs
-/// directory), or adopted from there if already pinned, so state survives
-/// dr-ctl exiting and programs being replaced. New SNAT tables get
-/// `nat_table_size` entries each; `log_level` is the level of the programs'
-/// aya-log events (0: off).
-pub fn load(map_dir: &Path, nat_table_size: u32, log_level: u8) -> Result<Ebpf> {
-    // Maps an older dr pinned with another layout are created anew and
-    // filled from the old ones (see migrate.rs).
-    migrate::set_aside_outdated(map_dir)?;
-    let ebpf = EbpfLoader::new()
-        .default_map_pin_directory(map_dir)
-        // aya-log's level is fixed at load: events below it cost one branch.
-        .override_global(aya_log::LEVEL, &log_level, true)
-        .map_max_entries(map_names::NAT_FLOWS, nat_table_size)
-        .map_max_entries(map_names::NAT_REVERSE, nat_table_size)
-        .map_max_entries(map_names::INBOUND_FLOWS, nat_table_size)
-        .load(EBPF_OBJECT)?;
-    migrate::copy_set_aside(map_dir)?;
-    Ok(ebpf)
-}
-
 /// The program of `hook`, loaded into the kernel.
 pub fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(hook.program())
-        .ok_or_else(|| Error::Invalid(format!("program {} missing from object", hook.program())))?
+        .ok_or_else(|| Error::Internal(format!("program {} missing from object", hook.program())))?
         .try_into()?;
     if prog.fd().is_err() {
         prog.load()?;
@@ -248,23 +102,65 @@ fn attach_tcx(
     hook: Hook,
     iface: &str,
 ) -> Result<Attached> {
-    let path = pins.join(&hook.pin(AttachMode::Tcx));
+    attach_pinned(prog, &pins.join(&hook.pin(AttachMode::Tcx)), |prog| {
+        Ok(prog.attach_with_options(
+            iface,
+            hook.attach_type(),
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )?)
+    })
+}
+
+/// A program attached through a link that dr pins (TCX and XDP).
+trait LinkProgram {
+    type Link: TryFrom<FdLink, Error = LinkError> + TryInto<FdLink, Error = LinkError>;
+    type Id;
+    fn attach_to_link(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError>;
+    fn take_link(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError>;
+}
+
+impl LinkProgram for SchedClassifier {
+    type Link = SchedClassifierLink;
+    type Id = SchedClassifierLinkId;
+    fn attach_to_link(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError> {
+        SchedClassifier::attach_to_link(self, link)
+    }
+    fn take_link(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError> {
+        SchedClassifier::take_link(self, id)
+    }
+}
+
+impl LinkProgram for Xdp {
+    type Link = XdpLink;
+    type Id = XdpLinkId;
+    fn attach_to_link(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError> {
+        Xdp::attach_to_link(self, link)
+    }
+    fn take_link(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError> {
+        Xdp::take_link(self, id)
+    }
+}
+
+/// Attach-or-replace through a pinned link, the one path of TCX and XDP:
+/// where dr's link is pinned at `path`, its program is swapped in place
+/// (traffic sees no gap); otherwise `attach` makes a new link, pinned so
+/// that it outlives dr-ctl.
+fn attach_pinned<P: LinkProgram>(
+    prog: &mut P,
+    path: &Path,
+    attach: impl FnOnce(&mut P) -> Result<P::Id>,
+) -> Result<Attached> {
     if path.exists() {
-        let pinned = PinnedLink::from_pin(&path)?;
-        let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+        let link = P::Link::try_from(FdLink::from(PinnedLink::from_pin(path)?))?;
         let id = prog.attach_to_link(link)?;
         // The pin keeps the link; our handle may go.
         drop(prog.take_link(id)?);
         return Ok(Attached::Replaced);
     }
-    let id = prog.attach_with_options(
-        iface,
-        hook.attach_type(),
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    )?;
+    let id = attach(prog)?;
     let link: FdLink = prog.take_link(id)?.try_into()?;
-    link.pin(&path).map_err(|source| Error::Pin {
-        path: path.clone(),
+    link.pin(path).map_err(|source| Error::Pin {
+        path: path.to_path_buf(),
         source,
     })?;
     Ok(Attached::New)
@@ -372,7 +268,7 @@ pub fn detach(pins: &PinDir, hook: Hook, iface: Option<&str>) -> Result<bool> {
 
 /// Removes the map pins (the maps go when their last user does).
 pub fn remove_map_pins(pins: &PinDir) -> Result<()> {
-    for name in MAP_PINS {
+    for name in map_names::ALL {
         remove_pin(pins.join(name))?;
     }
     Ok(())

@@ -1,0 +1,188 @@
+//! `dr-ctl status`: programs, interfaces, local subnet, peers and counters.
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use dr_common::{nat::Timeouts, Counter, Traffic};
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::{
+    nat::live_translations,
+    pairs_as_map,
+    peer::{self, PeerStatus, PeerTable},
+    Counts, Report,
+};
+use crate::{
+    datapath::{self, Hook, HookIds},
+    error::Result,
+    kernel::AttachMode,
+    maps,
+    netlink::Netlink,
+    node::{side_ifindex, xdp_mode_name, Node},
+    subnet::from_map_addr,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    pub interface: String,
+    pub ifindex: u32,
+    pub program: &'static str,
+    pub direction: &'static str,
+    pub attached: bool,
+    #[serde(flatten)]
+    pub ids: Option<HookIds>,
+}
+
+/// SNAT settings and table use, as reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct NatStatus {
+    pub enabled: bool,
+    /// Destinations left untranslated (cluster CIDR and --no-masquerade).
+    pub excluded: Vec<Ipv4Net>,
+    pub ports: String,
+    pub table_size: u32,
+    pub entries: usize,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    pub local_subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub uplink_address: Ipv4Addr,
+    /// What the datapath checks container packets against (see `sync`).
+    pub uplink_mtu: u32,
+    /// How the TC programs are attached ("tcx" or "netlink"), if they are.
+    pub attach_mode: Option<AttachMode>,
+    pub hooks: Vec<HookStatus>,
+    pub peers: Vec<PeerStatus>,
+    pub nat: NatStatus,
+    /// The XDP fast path: "native", "generic" or "off".
+    pub xdp: &'static str,
+    /// Local containers the XDP path knows (see `dr-ctl sync`).
+    pub endpoints: usize,
+    #[serde(serialize_with = "pairs_as_map")]
+    pub counters: Vec<(&'static str, Counts)>,
+}
+
+pub async fn run() -> Result<Status> {
+    let node = Node::open()?;
+    let (pins, maps, config) = (node.pins(), &node.maps, &node.config);
+    let nl = Netlink::connect()?;
+    let local = node.local_subnet()?;
+    let mut hooks = Vec::new();
+    for hook in Hook::ALL {
+        let ifindex = side_ifindex(config, hook.side());
+        let iface = nl.interface_by_index(ifindex).await?;
+        let ids = datapath::hook_ids(pins, hook)?;
+        hooks.push(HookStatus {
+            interface: iface.map_or_else(|| "(gone)".to_string(), |i| i.name),
+            ifindex,
+            program: hook.program(),
+            direction: hook.direction(),
+            attached: ids.is_some(),
+            ids,
+        });
+    }
+    Ok(Status {
+        pin_dir: pins.display().to_string(),
+        local_subnet: local.net,
+        gateway: local.gateway,
+        uplink_address: from_map_addr(config.uplink_addr),
+        uplink_mtu: config.uplink_mtu,
+        attach_mode: datapath::attached_mode(pins),
+        hooks,
+        peers: peer::statuses(maps)?,
+        xdp: xdp_mode_name(config.xdp_mode),
+        endpoints: maps.endpoints()?.len(),
+        nat: NatStatus {
+            enabled: config.nat_enabled != 0,
+            excluded: maps.exclusions()?,
+            ports: format!("{}-{}", config.nat_port_min, config.nat_port_max),
+            table_size: maps::nat_table_size(pins.path())?,
+            entries: live_translations(maps, config)?.len(),
+            timeouts: config.nat_timeouts,
+        },
+        counters: maps
+            .counters()?
+            .into_iter()
+            .map(|(c, t): (Counter, Traffic)| (c.name(), t.into()))
+            .collect(),
+    })
+}
+
+impl Report for Status {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "local subnet: {} (gateway {})",
+            self.local_subnet, self.gateway
+        );
+        let _ = writeln!(
+            out,
+            "uplink address: {} (mtu {})",
+            self.uplink_address, self.uplink_mtu
+        );
+        let _ = writeln!(out, "pins: {}", self.pin_dir);
+        let _ = writeln!(
+            out,
+            "programs: attached with {}",
+            self.attach_mode.map_or("nothing", |m| m.name())
+        );
+        for h in &self.hooks {
+            let state = match &h.ids {
+                Some(HookIds {
+                    link_id: Some(link),
+                    program_id,
+                    ..
+                }) => format!("attached (tcx link {link}, prog {program_id})"),
+                Some(HookIds {
+                    tc_handle: Some(handle),
+                    tc_priority,
+                    program_id,
+                    ..
+                }) => format!(
+                    "attached (netlink filter pref {} handle {handle}, prog {program_id})",
+                    tc_priority.unwrap_or_default()
+                ),
+                _ => "NOT ATTACHED".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<18} {} {} (ifindex {}): {state}",
+                h.program, h.interface, h.direction, h.ifindex
+            );
+        }
+        let _ = writeln!(out, "peers: {}", self.peers.len());
+        if !self.peers.is_empty() {
+            for line in PeerTable(self.peers.clone()).text().lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "xdp: {} ({} local endpoints)",
+            self.xdp, self.endpoints
+        );
+        let n = &self.nat;
+        if n.enabled {
+            let excluded: Vec<String> = n.excluded.iter().map(|e| e.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "snat: on, ports {}, {} of {} translations, not translated: {}",
+                n.ports,
+                n.entries,
+                n.table_size,
+                excluded.join(", ")
+            );
+        } else {
+            out.push_str("snat: off (up --cluster-cidr turns it on)\n");
+        }
+        out.push_str("counters:\n");
+        for (name, c) in &self.counters {
+            let _ = writeln!(out, "  {name:<26} {c}");
+        }
+        out
+    }
+}

@@ -1,0 +1,155 @@
+//! `dr-ctl up`'s arguments: as given on the command line, and checked.
+use std::path::PathBuf;
+
+use crate::{
+    docker_config::{self, DockerConfigChange, DockerSettings},
+    error::Result,
+    kernel::AttachMode,
+    nat_plan::NatPlan,
+    netlink::Interface,
+    subnet::LocalSubnet,
+};
+
+/// Levels of the datapath's aya-log events; `off` costs one branch per event site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[repr(u8)]
+pub enum DatapathLog {
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
+/// `--attach` of the commands that bring dr up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attach {
+    /// TCX links where the kernel has them (6.6+), netlink otherwise; a
+    /// datapath that is up keeps its mode.
+    Auto,
+    /// Pinned TCX links (Linux 6.6+).
+    Tcx,
+    /// clsact qdisc and cls_bpf filters (any supported kernel).
+    Netlink,
+}
+
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct AttachArg {
+    /// How to attach the TC programs. A datapath that is up changes mode
+    /// only after `dr-ctl down`.
+    #[arg(long = "attach", value_enum, env = "DR_ATTACH", default_value_t = Attach::Auto)]
+    pub attach: Attach,
+}
+
+impl AttachArg {
+    /// The mode asked for; None: the kernel's best.
+    pub fn mode(self) -> Option<AttachMode> {
+        match self.attach {
+            Attach::Auto => None,
+            Attach::Tcx => Some(AttachMode::Tcx),
+            Attach::Netlink => Some(AttachMode::Netlink),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The container bridge; created if absent.
+    #[arg(long, default_value = "docker0")]
+    bridge: String,
+    /// The bridge's address with the subnet's prefix (Docker's `bip`), e.g. 10.0.128.1/24.
+    #[arg(long)]
+    subnet: String,
+    /// The interface toward the other hosts, e.g. eth0.
+    #[arg(long)]
+    uplink: String,
+    /// Also set "bip" in this Docker daemon.json (other keys kept, backup written).
+    #[arg(long, value_name = "PATH")]
+    docker_config: Option<PathBuf>,
+    /// Also attach the XDP fast path to the uplink (native mode where the
+    /// driver supports it, generic otherwise) for traffic from peers.
+    #[arg(long)]
+    xdp: bool,
+    /// Level of the datapath's own events (read them with `dr-ctl monitor`).
+    #[arg(long, value_enum, default_value_t = DatapathLog::Off)]
+    datapath_log: DatapathLog,
+    /// Turn on SNAT (in place of MASQUERADE): container traffic to anything
+    /// outside this range, the peer subnets and --no-masquerade leaves with
+    /// the uplink's address.
+    #[arg(long, value_name = "CIDR")]
+    cluster_cidr: Option<String>,
+    /// A further destination range to leave untranslated (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    no_masquerade: Vec<String>,
+    /// Source ports for translations [default: 10000-32767, below Linux's ephemeral range].
+    #[arg(long, value_name = "LOW-HIGH")]
+    nat_ports: Option<String>,
+    /// Entries in each translation table [default: 65536]; a change needs `down` first.
+    #[arg(long, value_name = "N")]
+    nat_table_size: Option<u32>,
+    #[command(flatten)]
+    attach: AttachArg,
+    /// Idle timeout, repeatable: tcp-syn, tcp-established, tcp-closing (one FIN seen),
+    /// tcp-closed (the container closed first, or RST), tcp-time-wait (the remote closed
+    /// first), udp or icmp [defaults: 60, 7440, 120, 2, 60, 60, 30].
+    #[arg(long, value_name = "KIND=SECONDS")]
+    nat_timeout: Vec<String>,
+}
+
+impl Args {
+    /// The checked form of the command line.
+    pub(super) fn check(self) -> Result<UpArgs> {
+        Ok(UpArgs {
+            xdp: self.xdp,
+            datapath_log: self.datapath_log as u8,
+            subnet: LocalSubnet::parse_as("--subnet", &self.subnet)?,
+            nat: NatPlan::parse(
+                self.cluster_cidr.as_deref(),
+                &self.no_masquerade,
+                self.nat_ports.as_deref(),
+                self.nat_table_size,
+                &self.nat_timeout,
+            )?,
+            bridge: self.bridge,
+            uplink: self.uplink,
+            docker_config: self.docker_config,
+            attach: self.attach.mode(),
+        })
+    }
+}
+
+/// What `up` is to set up (from the command line, a plan or the agent).
+#[derive(Clone, Debug)]
+pub struct UpArgs {
+    /// Also attach the XDP fast path to the uplink.
+    pub xdp: bool,
+    /// Level of the datapath's aya-log events (0 off .. 5 trace).
+    pub datapath_log: u8,
+    pub bridge: String,
+    pub subnet: LocalSubnet,
+    pub uplink: String,
+    pub docker_config: Option<PathBuf>,
+    pub nat: NatPlan,
+    /// How to attach the TC programs; None: TCX where the kernel has it.
+    pub attach: Option<AttachMode>,
+}
+
+impl UpArgs {
+    /// What `up` sets in daemon.json, given the uplink.
+    pub(super) fn docker_settings(&self, uplink: &Interface) -> DockerSettings {
+        DockerSettings::new(self.subnet.bip(), uplink.mtu)
+    }
+
+    /// Sets `"bip"` (and `"mtu"` for a small uplink MTU) in the daemon.json
+    /// `up` was given, if any.
+    pub(super) fn merge_docker_config(
+        &self,
+        uplink: &Interface,
+    ) -> Result<Option<DockerConfigChange>> {
+        self.docker_config
+            .as_ref()
+            .map(|path| docker_config::merge(path, &self.docker_settings(uplink)))
+            .transpose()
+    }
+}

@@ -1,0 +1,219 @@
+//! The changing half of `up`: bridge, address, maps, programs and links,
+//! each step recorded so that a failure undoes the steps before it.
+use std::net::Ipv4Addr;
+
+use dr_common::{DatapathConfig, OWNED_ADDRESS, OWNED_BRIDGE, XDP_OFF};
+use ipnet::Ipv4Net;
+use tracing::{debug, warn};
+
+use super::args::UpArgs;
+use crate::{
+    bpffs::PinDir,
+    datapath::{self, Attached, Hook, Side},
+    docker_config::DockerConfigChange,
+    error::Result,
+    kernel::AttachMode,
+    maps::{self, Maps},
+    migrate,
+    netlink::{Interface, Netlink},
+    node::{side_ifindex, sync_endpoints},
+    subnet::to_map_addr,
+};
+
+/// Work done by `up`, undone in reverse order if a later step fails.
+enum Undo {
+    DeleteInterface(u32),
+    DeleteAddress(u32, Ipv4Net),
+    RemoveDir,
+    RemoveMapPins,
+    Detach(Hook, String),
+    DetachXdp,
+}
+
+async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
+    for step in undo.into_iter().rev() {
+        let result = match step {
+            Undo::DeleteInterface(index) => nl.delete_interface(index).await,
+            Undo::DeleteAddress(index, addr) => nl.delete_address(index, addr).await,
+            Undo::RemoveDir => pins.remove(),
+            Undo::RemoveMapPins => datapath::remove_map_pins(pins),
+            Undo::Detach(hook, iface) => datapath::detach(pins, hook, Some(&iface)).map(|_| ()),
+            Undo::DetachXdp => datapath::detach_xdp(pins).map(|_| ()),
+        };
+        if let Err(e) = result {
+            warn!("rolling back: {e}");
+        }
+    }
+}
+
+/// The configuration `up` wants, given the interfaces it found.
+pub(super) fn desired_config(
+    args: &UpArgs,
+    bridge_ifindex: u32,
+    uplink: &Interface,
+    uplink_addr: Ipv4Addr,
+    owned: u32,
+    bridge_mac: [u8; 6],
+    xdp_mode: u8,
+) -> DatapathConfig {
+    let (nat_port_min, nat_port_max) = args.nat.ports;
+    DatapathConfig {
+        enabled: 1,
+        local_net: to_map_addr(args.subnet.net.network()),
+        local_mask: to_map_addr(args.subnet.net.netmask()),
+        local_prefix_len: args.subnet.net.prefix_len().into(),
+        gateway: to_map_addr(args.subnet.gateway),
+        bridge_ifindex,
+        uplink_ifindex: uplink.index,
+        uplink_addr: to_map_addr(uplink_addr),
+        uplink_mtu: uplink.mtu,
+        owned,
+        nat_enabled: args.nat.cluster_cidr.is_some().into(),
+        nat_port_min: nat_port_min.into(),
+        nat_port_max: nat_port_max.into(),
+        nat_timeouts: args.nat.timeouts,
+        bridge_mac,
+        xdp_mode,
+        datapath_log: args.datapath_log,
+        _pad: 0,
+        object_hash: datapath::object_hash(),
+    }
+}
+
+/// What `up` found, all checked, with the node lock held.
+pub(super) struct Setup<'a> {
+    pub nl: &'a Netlink,
+    pub pins: &'a PinDir,
+    pub args: &'a UpArgs,
+    pub uplink: &'a Interface,
+    pub uplink_addr: Ipv4Addr,
+    /// The configuration of the datapath that is up, if it is.
+    pub existing: Option<DatapathConfig>,
+}
+
+/// What the setup changed.
+pub(super) struct Done {
+    pub created_bridge: bool,
+    pub added_address: bool,
+    pub attached: Vec<(&'static str, Attached)>,
+    pub docker_config: Option<DockerConfigChange>,
+}
+
+impl Setup<'_> {
+    /// Sets everything up, or undoes what it did and fails.
+    pub async fn run(self, bridge: Option<Interface>, attach: AttachMode) -> Result<Done> {
+        let mut undo = Vec::new();
+        let result = self.apply(bridge, attach, &mut undo).await;
+        if result.is_err() {
+            undo_all(self.nl, self.pins, undo).await;
+        }
+        result
+    }
+
+    async fn apply(
+        &self,
+        bridge: Option<Interface>,
+        attach: AttachMode,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Done> {
+        let Self {
+            nl,
+            pins,
+            args,
+            uplink,
+            uplink_addr,
+            existing,
+        } = *self;
+        let mut owned = existing.map_or(0, |c| c.owned);
+        let created_bridge = bridge.is_none();
+        let bridge = match bridge {
+            Some(b) => b,
+            None => {
+                let b = nl.create_bridge(&args.bridge).await?;
+                undo.push(Undo::DeleteInterface(b.index));
+                owned |= OWNED_BRIDGE;
+                b
+            }
+        };
+        let bip = Ipv4Net::new(args.subnet.gateway, args.subnet.net.prefix_len())
+            .expect("prefix checked by LocalSubnet");
+        let added_address = !nl.ipv4_addresses(bridge.index).await?.contains(&bip);
+        if added_address {
+            nl.add_address(bridge.index, bip).await?;
+            if !created_bridge {
+                undo.push(Undo::DeleteAddress(bridge.index, bip));
+            }
+            owned |= OWNED_ADDRESS;
+        }
+        nl.set_up(bridge.index).await?;
+
+        if !pins.exists() {
+            pins.create()?;
+            undo.push(Undo::RemoveDir);
+        }
+        if !maps::pinned(pins.path()) {
+            undo.push(Undo::RemoveMapPins);
+        }
+        let mut ebpf = datapath::load(pins.path(), args.nat.table_size, args.datapath_log)?;
+        let mut maps = Maps::open(pins.path())?;
+        // A map new in this version starts empty (upgrading from an older dr).
+        maps.sync_peer_hosts()?;
+        // Exclusions first: the datapath must never translate what they cover.
+        maps.set_exclusions(&args.nat.exclusions())?;
+        let bridge_mac = bridge.mac.unwrap_or_default();
+        let old_xdp = existing.map_or(XDP_OFF, |c| c.xdp_mode);
+        let config = |xdp_mode| {
+            desired_config(
+                args,
+                bridge.index,
+                uplink,
+                uplink_addr,
+                owned,
+                bridge_mac,
+                xdp_mode,
+            )
+        };
+        maps.set_config(&config(old_xdp))?;
+        let mut attached = Vec::new();
+        for hook in Hook::ALL {
+            let iface = match hook.side() {
+                Side::Bridge => &bridge,
+                Side::Uplink => uplink,
+            };
+            if existing.is_some_and(|c| side_ifindex(&c, hook.side()) != iface.index) {
+                // The interface was recreated: its old attachment went with it.
+                datapath::detach(pins, hook, None)?;
+            }
+            let how = datapath::attach(&mut ebpf, pins, hook, &iface.name, attach)?;
+            if how == Attached::New {
+                undo.push(Undo::Detach(hook, iface.name.clone()));
+            }
+            debug!("{} on {}: {how:?}", hook.program(), iface.name);
+            attached.push((hook.program(), how));
+        }
+        if existing.is_some_and(|c| c.uplink_ifindex != uplink.index) {
+            datapath::detach_xdp(pins)?;
+        }
+        let xdp_mode = if args.xdp {
+            let new = !pins.join(datapath::XDP_LINK_PIN).exists();
+            let mode = datapath::attach_xdp(&mut ebpf, pins, &uplink.name, old_xdp)?;
+            if new {
+                undo.push(Undo::DetachXdp);
+            }
+            sync_endpoints(nl, &mut maps, bridge.index, &args.subnet.net).await?;
+            mode
+        } else {
+            datapath::detach_xdp(pins)?;
+            XDP_OFF
+        };
+        maps.set_config(&config(xdp_mode))?;
+        // The new programs are attached: an older dr's maps are no longer used.
+        migrate::finish(pins.path())?;
+        Ok(Done {
+            created_bridge,
+            added_address,
+            attached,
+            docker_config: args.merge_docker_config(uplink)?,
+        })
+    }
+}

@@ -1,0 +1,95 @@
+//! Loading the embedded eBPF object, attaching its programs so they outlive
+//! dr-ctl, and detaching. TC programs attach in one of two modes
+//! ([`AttachMode`]): pinned TCX links (a TCX link dies with its process
+//! unless pinned), or cls_bpf filters on a clsact qdisc, which the kernel
+//! keeps until they are deleted; their programs are pinned so later runs
+//! can name them.
+//!
+//! `hook.rs` says which program goes where; `attach.rs` attaches,
+//! replaces and detaches them and reads back what is attached.
+mod attach;
+mod hook;
+
+use std::path::Path;
+
+use aya::{Ebpf, EbpfLoader};
+use dr_common::map_names;
+
+pub use attach::{
+    attach, attach_xdp, attached_mode, detach, detach_xdp, hook_ids, is_attached, program,
+    remove_map_pins, Attached, HookIds, XDP_LINK_PIN,
+};
+pub use hook::{Hook, Side, TC_PRIORITY};
+
+use crate::{error::Result, migrate};
+
+/// The embedded eBPF object, built from `dr-ebpf` by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dr"));
+
+/// FNV-1a hash of the embedded object: tells `up` whether the attached
+/// programs came from another build.
+pub fn object_hash() -> u64 {
+    EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+/// Loads the object; its maps are created and pinned in `map_dir` (a bpffs
+/// directory), or adopted from there if already pinned, so state survives
+/// dr-ctl exiting and programs being replaced. New SNAT tables get
+/// `nat_table_size` entries each; `log_level` is the level of the programs'
+/// aya-log events (0: off).
+pub fn load(map_dir: &Path, nat_table_size: u32, log_level: u8) -> Result<Ebpf> {
+    // Maps an older dr pinned with another layout are created anew and
+    // filled from the old ones (see migrate.rs).
+    migrate::set_aside_outdated(map_dir)?;
+    let ebpf = EbpfLoader::new()
+        .default_map_pin_directory(map_dir)
+        // aya-log's level is fixed at load: events below it cost one branch.
+        .override_global(aya_log::LEVEL, &log_level, true)
+        .map_max_entries(map_names::NAT_FLOWS, nat_table_size)
+        .map_max_entries(map_names::NAT_REVERSE, nat_table_size)
+        .map_max_entries(map_names::INBOUND_FLOWS, nat_table_size)
+        .load(EBPF_OBJECT)?;
+    migrate::copy_set_aside(map_dir)?;
+    Ok(ebpf)
+}
+
+#[cfg(test)]
+mod tests {
+    use aya_obj::maps::PinningType;
+
+    use super::*;
+
+    fn sorted(mut names: Vec<&str>) -> Vec<&str> {
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn the_object_pins_exactly_the_declared_maps() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).unwrap();
+        let pinned = object
+            .maps
+            .iter()
+            .filter(|(_, map)| map.pinning() == PinningType::ByName)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(sorted(pinned), sorted(map_names::ALL.to_vec()));
+    }
+
+    #[test]
+    fn architecture_md_describes_every_map() {
+        let doc = include_str!("../../../ARCHITECTURE.md");
+        let section = doc
+            .split("\n## Maps\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("ARCHITECTURE.md has a Maps section");
+        let listed = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|cell| cell.split('`').next())
+            .collect();
+        assert_eq!(sorted(listed), sorted(map_names::ALL.to_vec()));
+    }
+}

@@ -1,0 +1,189 @@
+//! dr's state on this node (this network namespace): the pin directory,
+//! the lock, the maps and the configuration, opened here for every command.
+mod lock;
+
+use std::net::Ipv4Addr;
+
+use dr_common::{DatapathConfig, Endpoint, XDP_GENERIC, XDP_NATIVE};
+use ipnet::Ipv4Net;
+use tracing::warn;
+
+use crate::{
+    bpffs::PinDir,
+    datapath::Side,
+    error::{Error, Result},
+    maps::Maps,
+    netlink::Netlink,
+    plan::PeerDiff,
+    subnet::{from_map_addr, to_map_addr, LocalSubnet},
+};
+
+/// This namespace's pin directory, with the node lock held by commands that
+/// change or must see a consistent state.
+pub struct NodeDir {
+    pub pins: PinDir,
+    lock: Option<lock::NodeLock>,
+}
+
+impl NodeDir {
+    /// Takes the node lock (waiting for another dr-ctl), then finds the pin
+    /// directory: whatever is read from it from now on stays true until the
+    /// lock is dropped.
+    pub fn lock() -> Result<Self> {
+        let lock = lock::NodeLock::take()?;
+        Ok(Self {
+            pins: PinDir::locate()?,
+            lock: Some(lock),
+        })
+    }
+
+    /// The pin directory without the lock, for readers that must never wait
+    /// behind a long `up` (metrics scrapes).
+    pub fn unlocked() -> Result<Self> {
+        Ok(Self {
+            pins: PinDir::locate()?,
+            lock: None,
+        })
+    }
+
+    /// Opens the maps and configuration of a datapath that is up; `NotUp` otherwise.
+    pub fn open(self) -> Result<Node> {
+        if !self.pins.exists() {
+            return Err(Error::NotUp);
+        }
+        let maps = Maps::open(self.pins.path())?;
+        let config = maps.enabled_config()?;
+        Ok(Node {
+            dir: self,
+            maps,
+            config,
+        })
+    }
+}
+
+/// A datapath that is up.
+pub struct Node {
+    pub dir: NodeDir,
+    pub maps: Maps,
+    pub config: DatapathConfig,
+}
+
+impl Node {
+    /// Opens the datapath that is up, holding the node lock.
+    pub fn open() -> Result<Self> {
+        NodeDir::lock()?.open()
+    }
+
+    pub fn pins(&self) -> &PinDir {
+        &self.dir.pins
+    }
+
+    /// Lets other dr-ctl commands run while this one only reads what it
+    /// has opened (`monitor`).
+    pub fn unlock(&mut self) {
+        self.dir.lock = None;
+    }
+
+    pub fn local_subnet(&self) -> Result<LocalSubnet> {
+        local_subnet(&self.config)
+    }
+
+    /// Makes the peer map exactly `wanted` (already validated): new and switched
+    /// peers are written before stale ones are removed, so a peer that stays is
+    /// never missing. Returns what changed.
+    pub async fn reconcile_peers(&mut self, wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<PeerDiff> {
+        let current: Vec<_> = self
+            .maps
+            .peers()?
+            .iter()
+            .map(|p| (p.subnet, p.via))
+            .collect();
+        let diff = PeerDiff::between(&current, wanted);
+        let upserts = diff.upserts();
+        self.maps.upsert_peers(&upserts)?;
+        let stale: Vec<_> = diff.remove.iter().map(|(net, _)| *net).collect();
+        self.maps.remove_peers(&stale)?;
+        self.resolve_peer_hosts(&Netlink::connect()?, upserts.iter().map(|p| p.1))
+            .await;
+        Ok(diff)
+    }
+
+    /// Starts the kernel's resolution of peer hosts' MAC addresses on the
+    /// uplink, so that the host's own first packet to a peer subnet finds the
+    /// peer host in the neighbour table (see `uplink_egress.rs`). Best effort:
+    /// a failure only costs that first packet.
+    pub async fn resolve_peer_hosts(
+        &self,
+        nl: &Netlink,
+        hosts: impl IntoIterator<Item = Ipv4Addr>,
+    ) {
+        let unique: std::collections::BTreeSet<Ipv4Addr> = hosts.into_iter().collect();
+        for host in unique {
+            if let Err(e) = nl.resolve_neighbour(self.config.uplink_ifindex, host).await {
+                warn!("resolving peer host {host}: {e}");
+            }
+        }
+    }
+}
+
+/// The local subnet a configuration holds.
+pub fn local_subnet(config: &DatapathConfig) -> Result<LocalSubnet> {
+    let prefix = config.local_prefix_len as u8;
+    let net = Ipv4Net::new(from_map_addr(config.local_net), prefix)
+        .map_err(|_| Error::Internal(format!("corrupt prefix length {prefix}")))?;
+    Ok(LocalSubnet {
+        gateway: from_map_addr(config.gateway),
+        net,
+    })
+}
+
+/// Whether `config` is for `subnet` (same network, prefix and gateway).
+pub fn same_subnet(config: &DatapathConfig, subnet: &LocalSubnet) -> bool {
+    config.local_net == to_map_addr(subnet.net.network())
+        && config.local_prefix_len == u32::from(subnet.net.prefix_len())
+        && config.gateway == to_map_addr(subnet.gateway)
+}
+
+/// The ifindex of `side`'s interface in `config`.
+pub fn side_ifindex(config: &DatapathConfig, side: Side) -> u32 {
+    match side {
+        Side::Bridge => config.bridge_ifindex,
+        Side::Uplink => config.uplink_ifindex,
+    }
+}
+
+pub fn xdp_mode_name(mode: u8) -> &'static str {
+    match mode {
+        XDP_NATIVE => "native",
+        XDP_GENERIC => "generic",
+        _ => "off",
+    }
+}
+
+/// Fills `ENDPOINTS` with the containers behind the bridge that are in the
+/// local subnet, from the kernel's neighbour table and bridge FDB.
+pub async fn sync_endpoints(
+    nl: &Netlink,
+    maps: &mut Maps,
+    bridge: u32,
+    local: &Ipv4Net,
+) -> Result<usize> {
+    let endpoints: Vec<(Ipv4Addr, Endpoint)> = nl
+        .bridge_neighbours(bridge)
+        .await?
+        .into_iter()
+        .filter(|n| local.contains(&n.addr))
+        .map(|n| {
+            (
+                n.addr,
+                Endpoint {
+                    ifindex: n.port,
+                    mac: n.mac,
+                    _pad: [0; 2],
+                },
+            )
+        })
+        .collect();
+    maps.set_endpoints(&endpoints)?;
+    Ok(endpoints.len())
+}
