@@ -27,7 +27,7 @@ use aya::maps::{MapData, MapInfo};
 use dr_common::{map_names, DatapathConfig};
 
 use crate::{
-    datapath::EBPF_OBJECT,
+    datapath::object::EBPF_OBJECT,
     error::{io_context, Error, Result},
 };
 

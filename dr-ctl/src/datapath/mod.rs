@@ -9,6 +9,7 @@
 //! replaces and detaches them and reads back what is attached.
 mod attach;
 mod hook;
+pub mod object;
 
 use std::path::Path;
 
@@ -21,18 +22,10 @@ pub use attach::{
 };
 pub use hook::{Hook, Side, TC_PRIORITY};
 
+use object::EBPF_OBJECT;
+
 use crate::{error::Result, migrate};
 
-/// The embedded eBPF object, built from `dr-ebpf` by build.rs.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dr"));
-
-/// FNV-1a hash of the embedded object: tells `up` whether the attached
-/// programs came from another build.
-pub fn object_hash() -> u64 {
-    EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
 /// Loads the object; its maps are created and pinned in `map_dir` (a bpffs
 /// directory), or adopted from there if already pinned, so state survives
 /// dr-ctl exiting and programs being replaced. New SNAT tables get

@@ -76,7 +76,7 @@ pub(super) fn desired_config(
         xdp_mode,
         datapath_log: args.datapath_log,
         _pad: 0,
-        object_hash: datapath::object_hash(),
+        object_hash: datapath::object::hash(),
     }
 }
 
