@@ -267,3 +267,48 @@ fn translations_expire_after_their_timeout() {
     assert_eq!(flushed["removed"], 1);
     assert!(h0.nat_list().unwrap().is_empty());
 }
+
+/// `peer get` tells the way the datapath sends a container's packet: the
+/// local subnet, the peer whose subnet holds it, SNAT, or the host's routing
+/// for excluded, multicast and broadcast destinations; and checks its input.
+#[test]
+fn peer_get_tells_the_way_of_each_destination() {
+    let c = cluster("drpget", &[]);
+    let h0 = &c.hosts[0];
+    let uplink = h0.uplink_addr.to_string();
+    let peer_host = c.hosts[1].uplink_addr.to_string();
+    let way = |addr: &str| -> Value {
+        serde_json::from_str(&h0.dr(&["peer", "get", addr, "--json"]).unwrap()).unwrap()
+    };
+    let local = way("10.0.128.7");
+    assert_eq!(
+        (local["path"].as_str(), local["subnet"].as_str()),
+        (Some("local"), Some("10.0.128.0/24"))
+    );
+    let peer = way("10.0.129.2");
+    assert_eq!(peer["path"], "peer");
+    assert_eq!(
+        (peer["subnet"].as_str(), peer["via"].as_str()),
+        (Some("10.0.129.0/24"), Some(peer_host.as_str()))
+    );
+    let snat = way(&EXTERNAL_ADDR.to_string());
+    assert_eq!(
+        (snat["path"].as_str(), snat["source"].as_str()),
+        (Some("snat"), Some(uplink.as_str()))
+    );
+    for host_routed in ["10.0.200.1", "224.0.0.251", "255.255.255.255"] {
+        assert_eq!(way(host_routed)["path"], "host", "{host_routed}");
+    }
+    let text = h0.dr(&["peer", "get", "10.0.129.2"]).unwrap();
+    assert_eq!(
+        text,
+        format!("10.0.129.2: peer 10.0.129.0/24 via {peer_host}\n")
+    );
+    let out = h0.dr_output(&["peer", "get", "10.0.129"]).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        "dr-ctl: error: invalid address \"10.0.129\": expected an IPv4 address"
+    );
+}

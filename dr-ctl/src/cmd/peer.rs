@@ -10,7 +10,7 @@ use crate::{
     maps::Maps,
     netlink::Netlink,
     node::Node,
-    subnet::{check_peers, parse_peer_list, parse_peer_subnet, PeerChange},
+    subnet::{check_peers, from_map_addr, parse_peer_list, parse_peer_subnet, PeerChange},
 };
 
 #[derive(Debug, clap::Subcommand)]
@@ -36,6 +36,13 @@ pub enum PeerCommand {
     /// List peers with their traffic.
     #[command(alias = "show")]
     List,
+    /// Which way the datapath sends a container's packet to ADDRESS: to the
+    /// peer host whose subnet holds it, the local subnet, SNAT out of the
+    /// uplink, or the host's own routing (like `ip route get`).
+    Get {
+        /// An IPv4 address.
+        address: String,
+    },
 }
 
 /// What a peer command did to one peer.
@@ -173,7 +180,93 @@ pub async fn run(command: PeerCommand, json: bool) -> Result<String> {
         },
         PeerCommand::Del { subnet } => render(&del(parse_peer_subnet(&subnet)?)?, json),
         PeerCommand::List => render(&PeerTable(statuses(&Node::open()?.maps)?), json),
+        PeerCommand::Get { address } => {
+            let address = address.parse().map_err(|_| {
+                Error::Invalid(format!(
+                    "invalid address {address:?}: expected an IPv4 address"
+                ))
+            })?;
+            render(&way_to(&Node::open()?, address)?, json)
+        }
     })
+}
+
+/// Where a container's packet to `address` goes, as `peer get` reports it.
+#[derive(Debug, Serialize)]
+pub struct Way {
+    pub address: Ipv4Addr,
+    #[serde(flatten)]
+    pub path: Path,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "path", rename_all = "snake_case")]
+pub enum Path {
+    /// In the local container subnet: the bridge delivers it.
+    Local { subnet: Ipv4Net },
+    /// To the peer host owning the subnet (peer subnets never overlap).
+    Peer { subnet: Ipv4Net, via: Ipv4Addr },
+    /// Translated to the uplink's address and sent out of the uplink.
+    Snat { source: Ipv4Addr },
+    /// Left to the host's routing, untranslated (SNAT off, or excluded).
+    Host,
+}
+
+impl Report for Way {
+    fn text(&self) -> String {
+        let a = self.address;
+        match &self.path {
+            Path::Local { subnet } => format!(
+                "{a}: local subnet {subnet} (docker0)
+"
+            ),
+            Path::Peer { subnet, via } => format!(
+                "{a}: peer {subnet} via {via}
+"
+            ),
+            Path::Snat { source } => format!(
+                "{a}: no peer; SNAT to {source} out of the uplink
+"
+            ),
+            Path::Host => format!(
+                "{a}: no peer; the host's routing, untranslated
+"
+            ),
+        }
+    }
+}
+
+/// The datapath's decision for a container's packet to `address`, in its
+/// order: local subnet, peer, SNAT unless excluded.
+fn way_to(node: &Node, address: Ipv4Addr) -> Result<Way> {
+    let local = node.local_subnet()?;
+    let path = if local.net.contains(&address) {
+        Path::Local { subnet: local.net }
+    } else if let Some(peer) = node
+        .maps
+        .peers()?
+        .into_iter()
+        .find(|p| p.subnet.contains(&address))
+    {
+        Path::Peer {
+            subnet: peer.subnet,
+            via: peer.via,
+        }
+    } else {
+        let config = &node.config;
+        let uplink = from_map_addr(config.uplink_addr);
+        let excluded = address == uplink
+            || address == local.gateway
+            // Multicast, reserved and broadcast: as the datapath decides it.
+            || address.octets()[0] >= 224
+            || node.maps.exclusions()?.iter().any(|n| n.contains(&address));
+        if config.nat_enabled != 0 && !excluded {
+            Path::Snat { source: uplink }
+        } else {
+            Path::Host
+        }
+    };
+    Ok(Way { address, path })
 }
 
 /// A file's text, or standard input's for `-`.
