@@ -53,14 +53,62 @@ pub enum Command {
     Nat(cmd::nat::NatCommand),
 }
 
+/// Exit codes scripts can rely on (README lists them).
+pub mod exit {
+    /// Done; for `status`: dr is up and whole.
+    pub const OK: u8 = 0;
+    /// Failed: bad input (nothing changed) or an error on the way.
+    pub const FAILURE: u8 = 1;
+    /// The command line did not parse (clap's code).
+    pub const USAGE: u8 = 2;
+    /// dr is not up in this network namespace.
+    pub const NOT_UP: u8 = 3;
+    /// `status`: dr is up but not whole (a hook detached, an interface gone).
+    pub const DEGRADED: u8 = 4;
+}
+
+/// What a command prints, and its exit code.
+pub struct Outcome {
+    pub output: String,
+    pub code: u8,
+}
+
+impl From<String> for Outcome {
+    fn from(output: String) -> Self {
+        Self {
+            output,
+            code: exit::OK,
+        }
+    }
+}
+
+/// The exit code of a failed command.
+pub fn error_code(e: &crate::error::Error) -> u8 {
+    match e {
+        crate::error::Error::NotUp => exit::NOT_UP,
+        _ => exit::FAILURE,
+    }
+}
+
 /// Runs a parsed command and returns what to print.
-pub async fn run(cli: Cli) -> Result<String> {
+pub async fn run(cli: Cli) -> Result<Outcome> {
     let json = cli.json;
-    Ok(match cli.command {
+    let output = match cli.command {
         Command::Up(args) => render(&cmd::up::run(args).await?, json),
         Command::Down => render(&cmd::down::run().await?, json),
         Command::Peer(command) => cmd::peer::run(command, json).await?,
-        Command::Status => render(&cmd::status::run().await?, json),
+        Command::Status => {
+            let status = cmd::status::run().await?;
+            let code = if status.problems.is_empty() {
+                exit::OK
+            } else {
+                exit::DEGRADED
+            };
+            return Ok(Outcome {
+                output: render(&status, json),
+                code,
+            });
+        }
         Command::Apply(args) => render(&cmd::apply::run(args).await?, json),
         Command::Agent(args) => {
             cmd::agent::run(args).await?;
@@ -73,7 +121,8 @@ pub async fn run(cli: Cli) -> Result<String> {
         Command::Metrics(args) => cmd::metrics::run(args).await?,
         Command::Sync => render(&cmd::sync::run().await?, json),
         Command::Nat(command) => cmd::nat::run(command, json)?,
-    })
+    };
+    Ok(output.into())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 use clap::Parser;
-use dr_ctl::cli::{run, Cli};
+use dr_ctl::cli::{error_code, run, Cli};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -11,19 +11,26 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    let json = cli.json;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
-        Ok(out) => {
-            print!("{out}");
-            std::process::ExitCode::SUCCESS
+        Ok(outcome) => {
+            print!("{}", outcome.output);
+            outcome.code.into()
         }
         Err(e) => {
-            let e = anyhow::Error::from(e);
-            eprintln!("dr-ctl: error: {e:#}");
-            std::process::ExitCode::FAILURE
+            let code = error_code(&e);
+            let message = format!("{:#}", anyhow::Error::from(e));
+            if json {
+                let error = serde_json::json!({ "error": message, "exit_code": code });
+                println!("{error}");
+            } else {
+                eprintln!("dr-ctl: error: {message}");
+            }
+            code.into()
         }
     }
 }

@@ -473,3 +473,64 @@ fn pin_directories_others_could_touch_are_refused() {
     assert_eq!(mode, 0o700, "pin directory mode {mode:o}");
     host.dr(&["down"]).unwrap();
 }
+
+/// Exit codes scripts can use: 0 whole, 3 not up, 4 degraded (an interface
+/// gone), 1 bad input, 2 usage; with `--json`, errors are JSON on stdout.
+#[test]
+fn status_and_errors_have_exit_codes_scripts_can_use() {
+    let c = hosts("drexit", 1);
+    let host = &c.hosts[0];
+    let code = |out: &Output| out.status.code().expect("exit code");
+
+    let out = host.dr_output(&["status"]).unwrap();
+    assert_eq!(code(&out), 3, "not up");
+    assert_clean_failure(&out, "dr is not up");
+    let out = host.dr_output(&["status", "--json"]).unwrap();
+    assert_eq!(code(&out), 3);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let error: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["exit_code"], 3);
+    assert!(
+        error["error"].as_str().unwrap().starts_with("dr is not up"),
+        "{error}"
+    );
+
+    host.up().unwrap();
+    let out = host.dr_output(&["status"]).unwrap();
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("health: ok\n"));
+    assert_eq!(host.status().unwrap()["problems"], serde_json::json!([]));
+
+    let out = host
+        .dr_output(&["peer", "add", "10.0.129.0/33", "via", "192.168.91.129"])
+        .unwrap();
+    assert_eq!(code(&out), 1, "bad input");
+    let out = host.dr_output(&["peer", "frobnicate"]).unwrap();
+    assert_eq!(code(&out), 2, "usage");
+
+    // The bridge disappears (someone deleted docker0): degraded, and said why.
+    host.ns.ip(&["link", "del", "docker0"]).unwrap();
+    let out = host.dr_output(&["status"]).unwrap();
+    assert_eq!(code(&out), 4, "degraded");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let health = text.lines().find(|l| l.starts_with("health:")).unwrap();
+    assert!(
+        health.starts_with("health: DEGRADED: the bridge interface (ifindex ")
+            && health.ends_with(") is gone"),
+        "{health}"
+    );
+    let out = host.dr_output(&["status", "--json"]).unwrap();
+    assert_eq!(code(&out), 4);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["problems"].as_array().unwrap().len(),
+        1,
+        "{}",
+        status["problems"]
+    );
+    host.dr(&["down"]).unwrap();
+}

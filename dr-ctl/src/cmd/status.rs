@@ -21,9 +21,15 @@ use crate::{
     subnet::from_map_addr,
 };
 
+/// The interface name reported for an ifindex that no longer exists.
+const GONE: &str = "(gone)";
+
 #[derive(Clone, Debug, Serialize)]
 pub struct HookStatus {
     pub interface: String,
+    /// "bridge" or "uplink".
+    #[serde(skip)]
+    pub side: &'static str,
     pub ifindex: u32,
     pub program: &'static str,
     pub direction: &'static str,
@@ -63,6 +69,9 @@ pub struct Status {
     pub endpoints: usize,
     #[serde(serialize_with = "pairs_as_map")]
     pub counters: Vec<(&'static str, Counts)>,
+    /// What keeps dr from working whole: hooks not attached, interfaces
+    /// gone. Empty when healthy; `status` then exits 0, else 4.
+    pub problems: Vec<String>,
 }
 
 pub async fn run() -> Result<Status> {
@@ -76,7 +85,8 @@ pub async fn run() -> Result<Status> {
         let iface = nl.interface_by_index(ifindex).await?;
         let ids = datapath::hook_ids(pins, hook)?;
         hooks.push(HookStatus {
-            interface: iface.map_or_else(|| "(gone)".to_string(), |i| i.name),
+            interface: iface.map_or_else(|| GONE.to_string(), |i| i.name),
+            side: hook.side().name(),
             ifindex,
             program: hook.program(),
             direction: hook.direction(),
@@ -84,7 +94,19 @@ pub async fn run() -> Result<Status> {
             ids,
         });
     }
+    let mut problems: Vec<String> = Vec::new();
+    for h in &hooks {
+        let problem = match (&h.ids, h.interface.as_str()) {
+            (_, GONE) => format!("the {} interface (ifindex {}) is gone", h.side, h.ifindex),
+            (None, iface) => format!("{} is not attached to {iface} {}", h.program, h.direction),
+            _ => continue,
+        };
+        if !problems.contains(&problem) {
+            problems.push(problem);
+        }
+    }
     Ok(Status {
+        problems,
         pin_dir: pins.display().to_string(),
         local_subnet: local.net,
         gateway: local.gateway,
@@ -178,6 +200,11 @@ impl Report for Status {
             );
         } else {
             out.push_str("snat: off (up --cluster-cidr turns it on)\n");
+        }
+        if self.problems.is_empty() {
+            out.push_str("health: ok\n");
+        } else {
+            let _ = writeln!(out, "health: DEGRADED: {}", self.problems.join("; "));
         }
         out.push_str("counters:\n");
         for (name, c) in &self.counters {

@@ -14,6 +14,15 @@ pub enum Side {
     Uplink,
 }
 
+impl Side {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Bridge => "bridge",
+            Self::Uplink => "uplink",
+        }
+    }
+}
+
 /// Which program goes where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
