@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
+    cli::{AttachArg, DatapathLog},
     commands::{self, UpArgs},
     error::{Error, Result},
     nat_plan::NatPlan,
@@ -27,27 +28,120 @@ use crate::{
     subnet::{check_peers, LocalSubnet},
 };
 
-/// What the agent needs besides `up`'s arguments.
-#[derive(Clone, Debug)]
+/// `dr-ctl agent`'s command line.
+#[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
-    pub etcd: Vec<String>,
+    /// etcd endpoints, comma-separated, e.g. http://10.1.0.5:2379.
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// The cluster CIDR: subnets are leased from it, and SNAT leaves it untranslated.
+    #[arg(long, value_name = "CIDR")]
+    cluster_cidr: String,
+    /// The interface toward the other hosts.
+    #[arg(long)]
+    uplink: String,
+    /// Register this subnet (bip form, e.g. 10.0.128.1/24) instead of leasing one.
+    #[arg(long)]
+    subnet: Option<String>,
+    /// Prefix length of leased subnets.
+    #[arg(long, default_value_t = 24)]
+    subnet_prefix: u8,
+    /// This host's name in the registry [default: the uplink's address].
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "docker0")]
+    bridge: String,
+    /// Seconds after which a dead host's entry disappears.
+    #[arg(long, default_value_t = 5)]
+    lease_ttl: i64,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = "/dr/")]
+    etcd_prefix: String,
+    /// Also attach the XDP fast path.
+    #[arg(long)]
+    xdp: bool,
+    /// Level of the datapath's own events (read them with `dr-ctl monitor`).
+    #[arg(long, value_enum, default_value_t = DatapathLog::Off)]
+    datapath_log: DatapathLog,
+    /// Destinations left untranslated besides the cluster (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    no_masquerade: Vec<String>,
+    #[command(flatten)]
+    attach: AttachArg,
+}
+
+/// The agent's settings, checked.
+#[derive(Clone, Debug)]
+struct AgentConfig {
+    etcd: Vec<String>,
     /// Key prefix, ending in `/`.
-    pub prefix: String,
+    prefix: String,
     /// This host's name in the registry; None: the uplink's address.
-    pub name: Option<String>,
-    pub bridge: String,
-    pub uplink: String,
-    pub xdp: bool,
+    name: Option<String>,
+    bridge: String,
+    uplink: String,
+    xdp: bool,
     /// Level of the datapath's aya-log events.
-    pub datapath_log: u8,
+    datapath_log: u8,
     /// SNAT settings; the cluster CIDR is also where subnets are leased from.
-    pub nat: NatPlan,
+    nat: NatPlan,
     /// A fixed subnet to register; None leases a free one from the cluster CIDR.
-    pub subnet: Option<LocalSubnet>,
-    pub subnet_prefix: u8,
-    pub lease_ttl: i64,
+    subnet: Option<LocalSubnet>,
+    subnet_prefix: u8,
+    lease_ttl: i64,
     /// How `up` attaches the TC programs; None: TCX where the kernel has it.
-    pub attach: Option<crate::kernel::AttachMode>,
+    attach: Option<crate::kernel::AttachMode>,
+}
+
+impl AgentArgs {
+    fn config(self) -> Result<AgentConfig> {
+        let nat = NatPlan::parse(
+            Some(&self.cluster_cidr),
+            &self.no_masquerade,
+            None,
+            None,
+            &[],
+        )?;
+        let subnet = self.subnet.as_deref().map(LocalSubnet::parse).transpose()?;
+        let cluster = nat.cluster_cidr.expect("given");
+        if let Some(s) = subnet.filter(|s| !cluster.contains(&s.net)) {
+            return Err(Error::Invalid(format!(
+                "--subnet {} is outside --cluster-cidr {cluster}",
+                s.net
+            )));
+        }
+        if self.subnet_prefix < cluster.prefix_len() || self.subnet_prefix > 30 {
+            return Err(Error::Invalid(format!(
+                "--subnet-prefix {}: between the cluster's /{} and /30",
+                self.subnet_prefix,
+                cluster.prefix_len()
+            )));
+        }
+        if self.lease_ttl < 1 {
+            return Err(Error::Invalid(
+                "--lease-ttl must be at least 1 second".into(),
+            ));
+        }
+        let prefix = if self.etcd_prefix.ends_with('/') {
+            self.etcd_prefix
+        } else {
+            format!("{}/", self.etcd_prefix)
+        };
+        Ok(AgentConfig {
+            etcd: self.etcd,
+            prefix,
+            name: self.name,
+            bridge: self.bridge,
+            uplink: self.uplink,
+            xdp: self.xdp,
+            datapath_log: self.datapath_log as u8,
+            nat,
+            subnet,
+            subnet_prefix: self.subnet_prefix,
+            lease_ttl: self.lease_ttl,
+            attach: self.attach.mode(),
+        })
+    }
 }
 
 /// One host's entry in etcd.
@@ -69,7 +163,7 @@ fn subnet_key(prefix: &str, net: &Ipv4Net) -> String {
 
 /// The subnets a leasing agent tries, in order: its previous one, then every
 /// `/len` of the cluster CIDR.
-fn candidates(args: &AgentArgs, previous: Option<LocalSubnet>) -> Result<Vec<LocalSubnet>> {
+fn candidates(args: &AgentConfig, previous: Option<LocalSubnet>) -> Result<Vec<LocalSubnet>> {
     if let Some(fixed) = args.subnet {
         return Ok(vec![fixed]);
     }
@@ -95,7 +189,7 @@ fn candidates(args: &AgentArgs, previous: Option<LocalSubnet>) -> Result<Vec<Loc
 /// can. Returns the subnet.
 async fn claim(
     client: &mut Client,
-    args: &AgentArgs,
+    args: &AgentConfig,
     name: &str,
     address: Ipv4Addr,
     lease: i64,
@@ -196,7 +290,7 @@ async fn registrations(
 /// network, overlap) is skipped with a warning rather than failing the rest.
 async fn reconcile(
     nl: &Netlink,
-    args: &AgentArgs,
+    args: &AgentConfig,
     name: &str,
     me: &LocalSubnet,
     regs: &HashMap<String, Registration>,
@@ -249,7 +343,7 @@ async fn reconcile(
 async fn session(
     client: &mut Client,
     nl: &Netlink,
-    args: &AgentArgs,
+    args: &AgentConfig,
     held: &mut Option<LocalSubnet>,
 ) -> Result<()> {
     let uplink = nl.require_interface(&args.uplink).await?;
@@ -336,7 +430,8 @@ async fn session(
 }
 
 /// Runs until killed, reconnecting to etcd as needed.
-pub async fn run(args: &AgentArgs) -> Result<()> {
+pub async fn run(args: AgentArgs) -> Result<()> {
+    let args = &args.config()?;
     let nl = Netlink::connect()?;
     nl.require_interface(&args.uplink).await?;
     let mut held = None;

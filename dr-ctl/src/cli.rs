@@ -45,7 +45,7 @@ pub struct AttachArg {
 }
 
 impl AttachArg {
-    fn mode(self) -> Option<AttachMode> {
+    pub(crate) fn mode(self) -> Option<AttachMode> {
         match self.attach {
             Attach::Auto => None,
             Attach::Tcx => Some(AttachMode::Tcx),
@@ -150,45 +150,7 @@ pub enum Command {
     /// Run the agent: register this host's subnet in etcd (leased, or the one
     /// given), keep it alive, and follow the other hosts' entries into the
     /// peer map. Runs until killed; survives etcd restarts.
-    Agent {
-        /// etcd endpoints, comma-separated, e.g. http://10.1.0.5:2379.
-        #[arg(long, value_delimiter = ',', required = true)]
-        etcd: Vec<String>,
-        /// The cluster CIDR: subnets are leased from it, and SNAT leaves it untranslated.
-        #[arg(long, value_name = "CIDR")]
-        cluster_cidr: String,
-        /// The interface toward the other hosts.
-        #[arg(long)]
-        uplink: String,
-        /// Register this subnet (bip form, e.g. 10.0.128.1/24) instead of leasing one.
-        #[arg(long)]
-        subnet: Option<String>,
-        /// Prefix length of leased subnets.
-        #[arg(long, default_value_t = 24)]
-        subnet_prefix: u8,
-        /// This host's name in the registry [default: the uplink's address].
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, default_value = "docker0")]
-        bridge: String,
-        /// Seconds after which a dead host's entry disappears.
-        #[arg(long, default_value_t = 5)]
-        lease_ttl: i64,
-        /// Key prefix in etcd.
-        #[arg(long, default_value = "/dr/")]
-        etcd_prefix: String,
-        /// Also attach the XDP fast path.
-        #[arg(long)]
-        xdp: bool,
-        /// Level of the datapath's own events (read them with `dr-ctl monitor`).
-        #[arg(long, value_enum, default_value_t = DatapathLog::Off)]
-        datapath_log: DatapathLog,
-        /// Destinations left untranslated besides the cluster (repeatable).
-        #[arg(long, value_name = "CIDR")]
-        no_masquerade: Vec<String>,
-        #[command(flatten)]
-        attach: AttachArg,
-    },
+    Agent(crate::agent::AgentArgs),
     /// Print the datapath's events (see `up --datapath-log`) until interrupted.
     Monitor,
     /// Serve the counters in the Prometheus text format (or print them once).
@@ -330,61 +292,8 @@ pub async fn run(cli: Cli) -> Result<String> {
             .await?;
             render(output::apply(&r), output::json(&r))
         }
-        Command::Agent {
-            etcd,
-            cluster_cidr,
-            uplink,
-            subnet,
-            subnet_prefix,
-            name,
-            bridge,
-            lease_ttl,
-            etcd_prefix,
-            xdp,
-            datapath_log,
-            no_masquerade,
-            attach,
-        } => {
-            let nat = NatPlan::parse(Some(&cluster_cidr), &no_masquerade, None, None, &[])?;
-            let subnet = subnet.as_deref().map(LocalSubnet::parse).transpose()?;
-            let cluster = nat.cluster_cidr.expect("given");
-            if let Some(s) = subnet.filter(|s| !cluster.contains(&s.net)) {
-                return Err(Error::Invalid(format!(
-                    "--subnet {} is outside --cluster-cidr {cluster}",
-                    s.net
-                )));
-            }
-            if subnet_prefix < cluster.prefix_len() || subnet_prefix > 30 {
-                return Err(Error::Invalid(format!(
-                    "--subnet-prefix {subnet_prefix}: between the cluster's /{} and /30",
-                    cluster.prefix_len()
-                )));
-            }
-            if lease_ttl < 1 {
-                return Err(Error::Invalid(
-                    "--lease-ttl must be at least 1 second".into(),
-                ));
-            }
-            let prefix = if etcd_prefix.ends_with('/') {
-                etcd_prefix
-            } else {
-                format!("{etcd_prefix}/")
-            };
-            let args = crate::agent::AgentArgs {
-                etcd,
-                prefix,
-                name,
-                bridge,
-                uplink,
-                xdp,
-                datapath_log: datapath_log as u8,
-                nat,
-                subnet,
-                subnet_prefix,
-                lease_ttl,
-                attach: attach.mode(),
-            };
-            crate::agent::run(&args).await?;
+        Command::Agent(args) => {
+            crate::agent::run(args).await?;
             String::new()
         }
         Command::Monitor => {
