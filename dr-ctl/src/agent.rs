@@ -10,10 +10,11 @@
 //! restart end the session; the next one reconnects, re-registers (keeping
 //! the same subnet) and resynchronises. The datapath never waits on etcd:
 //! while it is away, the peers last applied keep forwarding.
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ use tracing::{info, warn};
 use crate::{
     cli::{AttachArg, DatapathLog},
     commands::{self, UpArgs},
-    error::{Error, Result},
+    error::{io_context, Error, Result},
     nat_plan::NatPlan,
     netlink::Netlink,
     subnet::{check_peers, LocalSubnet},
@@ -68,12 +69,36 @@ pub struct AgentArgs {
     no_masquerade: Vec<String>,
     #[command(flatten)]
     attach: AttachArg,
+    /// CA certificate (PEM) that etcd's server certificate must chain to; with
+    /// it, the endpoints are https://.
+    #[arg(long, value_name = "FILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-keyfile.
+    #[arg(long, value_name = "FILE", requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// etcd user (etcd's role-based authentication); needs --etcd-password.
+    #[arg(long, requires = "etcd_password")]
+    etcd_user: Option<String>,
+    /// The etcd user's password; better given in the environment than on the
+    /// command line, where every local user can read it.
+    #[arg(
+        long,
+        env = "DR_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    etcd_password: Option<String>,
 }
 
 /// The agent's settings, checked.
 #[derive(Clone, Debug)]
 struct AgentConfig {
     etcd: Vec<String>,
+    /// TLS and credentials, read once at start.
+    connect: ConnectOptions,
     /// Key prefix, ending in `/`.
     prefix: String,
     /// This host's name in the registry; None: the uplink's address.
@@ -94,7 +119,35 @@ struct AgentConfig {
 }
 
 impl AgentArgs {
+    /// TLS and authentication settings; the files are read now, so that a
+    /// wrong path fails at start rather than at each reconnection.
+    fn connect_options(&self) -> Result<ConnectOptions> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(io_context(format!("reading {}", path.display())))
+        };
+        let mut options = ConnectOptions::new();
+        if let (Some(user), Some(password)) = (&self.etcd_user, &self.etcd_password) {
+            options = options.with_user(user, password);
+        }
+        let identity = match (&self.etcd_certfile, &self.etcd_keyfile) {
+            (Some(cert), Some(key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
+            _ => None,
+        };
+        if self.etcd_cafile.is_some() || identity.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &self.etcd_cafile {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            if let Some(identity) = identity {
+                tls = tls.identity(identity);
+            }
+            options = options.with_tls(tls);
+        }
+        Ok(options)
+    }
+
     fn config(self) -> Result<AgentConfig> {
+        let connect = self.connect_options()?;
         let nat = NatPlan::parse(
             Some(&self.cluster_cidr),
             &self.no_masquerade,
@@ -129,6 +182,7 @@ impl AgentArgs {
         };
         Ok(AgentConfig {
             etcd: self.etcd,
+            connect,
             prefix,
             name: self.name,
             bridge: self.bridge,
@@ -153,8 +207,16 @@ pub struct Registration {
     pub subnet: String,
 }
 
+/// The error with its causes: tonic's transport errors say what went wrong
+/// (an unknown certificate issuer, a refused connection) only in their sources.
 fn etcd_err(e: etcd_client::Error) -> Error {
-    Error::Invalid(format!("etcd: {e}"))
+    let mut text = format!("etcd: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    Error::Invalid(text)
 }
 
 fn subnet_key(prefix: &str, net: &Ipv4Net) -> String {
@@ -436,7 +498,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     nl.require_interface(&args.uplink).await?;
     let mut held = None;
     loop {
-        match Client::connect(&args.etcd, None).await {
+        match Client::connect(&args.etcd, Some(args.connect.clone())).await {
             Ok(mut client) => {
                 if let Err(e) = session(&mut client, &nl, args, &mut held).await {
                     if matches!(e, Error::Conflict(ref m) if m.starts_with("subnet ")) {
@@ -445,7 +507,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                     warn!("etcd session ended: {e}; reconnecting");
                 }
             }
-            Err(e) => warn!("connecting to etcd {:?}: {e}", args.etcd),
+            Err(e) => warn!("connecting to etcd {:?}: {}", args.etcd, etcd_err(e)),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dr_tests::{
     dr_ctl_path,
-    etcd::{agent, wait_for, Agents, Etcd},
+    etcd::{agent, agent_command, test_agent_args, wait_for, Agents, Etcd, LoggedAgent, Pki},
     require_root, traffic, Cluster, Host,
 };
 use serde_json::Value;
@@ -131,4 +131,41 @@ fn leased_subnets_are_never_shared() {
             .all(|s| s.starts_with("10.0.") && s.ends_with("/24")),
         "{all:?}"
     );
+}
+
+#[test]
+fn agents_use_tls_client_certificates_and_refuse_an_unknown_server() {
+    require_root();
+    let c = Cluster::new("dretls", 3, &dr_ctl_path()).unwrap();
+    let pki = Pki::new();
+    let etcd = Etcd::start_tls(&c, &pki);
+    let tls_agent = |host: &Host, ca: bool| {
+        let mut command = agent_command(host, &etcd.url());
+        command.args(test_agent_args(host));
+        command.args(["--subnet", &host.bip()]);
+        if ca {
+            command.arg("--etcd-cafile").arg(pki.path("ca.crt"));
+        }
+        command
+            .arg("--etcd-certfile")
+            .arg(pki.path("client.crt"))
+            .arg("--etcd-keyfile")
+            .arg(pki.path("client.key"));
+        LoggedAgent::spawn(command)
+    };
+    let _agents = [tls_agent(&c.hosts[0], true), tls_agent(&c.hosts[1], true)];
+    assert!(
+        wait_for(Duration::from_secs(15), || converged(&c, &[0, 1])),
+        "two agents with certificates did not converge"
+    );
+    // Without the CA the server's certificate is refused, and the log says so.
+    let untrusting = tls_agent(&c.hosts[2], false);
+    assert!(
+        wait_for(Duration::from_secs(15), || untrusting
+            .log()
+            .contains("invalid peer certificate")),
+        "no readable TLS error in: {}",
+        untrusting.log()
+    );
+    assert_eq!(peers(&c.hosts[0]), vec![c.hosts[1].subnet()]);
 }
