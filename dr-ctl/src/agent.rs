@@ -10,7 +10,12 @@
 //! restart end the session; the next one reconnects, re-registers (keeping
 //! the same subnet) and resynchronises. The datapath never waits on etcd:
 //! while it is away, the peers last applied keep forwarding.
-use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -52,9 +57,17 @@ pub struct AgentArgs {
     name: Option<String>,
     #[arg(long, default_value = "docker0")]
     bridge: String,
-    /// Seconds after which a dead host's entry disappears.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds without contact to etcd after which this host's registration
+    /// expires (it is renewed every third of that): long, so that an etcd
+    /// outage or an agent restart never removes a live host, and a subnet is
+    /// re-leased only after its holder was away this long.
+    #[arg(long, default_value_t = 3600)]
     lease_ttl: i64,
+    /// Seconds a host stays routed after its registration disappeared: a
+    /// holder that re-registers within it (after an expiry while etcd was
+    /// stalled) loses no traffic.
+    #[arg(long, default_value_t = 60)]
+    removal_grace: u64,
     /// Key prefix in etcd.
     #[arg(long, default_value = "/dr/")]
     etcd_prefix: String,
@@ -108,12 +121,15 @@ struct AgentConfig {
     xdp: bool,
     /// Level of the datapath's aya-log events.
     datapath_log: u8,
-    /// SNAT settings; the cluster CIDR is also where subnets are leased from.
+    /// SNAT settings.
     nat: NatPlan,
+    /// Where subnets are leased from; every registration must be inside.
+    cluster: Ipv4Net,
     /// A fixed subnet to register; None leases a free one from the cluster CIDR.
     subnet: Option<LocalSubnet>,
     subnet_prefix: u8,
     lease_ttl: i64,
+    removal_grace: Duration,
     /// How `up` attaches the TC programs; None: TCX where the kernel has it.
     attach: Option<crate::kernel::AttachMode>,
 }
@@ -190,9 +206,11 @@ impl AgentArgs {
             xdp: self.xdp,
             datapath_log: self.datapath_log as u8,
             nat,
+            cluster,
             subnet,
             subnet_prefix: self.subnet_prefix,
             lease_ttl: self.lease_ttl,
+            removal_grace: Duration::from_secs(self.removal_grace),
             attach: self.attach.mode(),
         })
     }
@@ -205,6 +223,56 @@ pub struct Registration {
     pub address: Ipv4Addr,
     /// docker0's address with the prefix (Docker's bip).
     pub subnet: String,
+}
+
+/// The cluster-wide settings, written once at `<prefix>config` by the first
+/// agent (as flannel's network config): every later agent must agree.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ClusterConfig {
+    cluster_cidr: Ipv4Net,
+    subnet_prefix: u8,
+}
+
+/// A key under `<prefix>subnets/` as read, not yet trusted.
+#[derive(Clone, Debug)]
+struct Entry {
+    value: Vec<u8>,
+    /// The revision that created the key: among overlapping registrations,
+    /// the earliest claim wins.
+    created: i64,
+    lease: i64,
+}
+
+/// A registration that passed [`check_entry`].
+#[derive(Debug)]
+struct Valid<'a> {
+    key: &'a str,
+    registration: Registration,
+    subnet: LocalSubnet,
+    lease: i64,
+}
+
+/// What this agent holds across sessions.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    /// The subnet the local datapath is up with.
+    subnet: LocalSubnet,
+    /// The lease it is registered under; it may have expired.
+    lease: i64,
+}
+
+/// Why a session ended.
+enum Stop {
+    /// Retrying cannot help (a conflict only an operator can solve).
+    Fatal(Error),
+    /// Reconnect and start a new session.
+    Retry(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Retry(e)
+    }
 }
 
 /// The error with its causes: tonic's transport errors say what went wrong
@@ -223,107 +291,56 @@ fn subnet_key(prefix: &str, net: &Ipv4Net) -> String {
     format!("{prefix}subnets/{}-{}", net.network(), net.prefix_len())
 }
 
-/// The subnets a leasing agent tries, in order: its previous one, then every
-/// `/len` of the cluster CIDR.
-fn candidates(args: &AgentConfig, previous: Option<LocalSubnet>) -> Result<Vec<LocalSubnet>> {
-    if let Some(fixed) = args.subnet {
-        return Ok(vec![fixed]);
-    }
-    let cluster = args
-        .nat
-        .cluster_cidr
-        .ok_or_else(|| Error::Invalid("the agent needs --cluster-cidr".into()))?;
-    let mut out: Vec<LocalSubnet> = previous.into_iter().collect();
-    let subnets = cluster.subnets(args.subnet_prefix).map_err(|_| {
-        Error::Invalid(format!(
-            "--subnet-prefix {} is shorter than the cluster CIDR",
-            args.subnet_prefix
-        ))
-    })?;
-    for net in subnets {
-        let gateway = Ipv4Addr::from(u32::from(net.network()) + 1);
-        out.push(LocalSubnet { gateway, net });
-    }
-    Ok(out)
+/// Runs dr-ctl work that may wait on the pin lock (a blocking flock) off the
+/// runtime's only thread, so that the lease keepalive and the watch go on.
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce(&tokio::runtime::Handle) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || work(&handle))
+        .await
+        .expect("dr-ctl work does not panic")
 }
 
-/// Registers this host under `lease`, on its previous subnet if it still
-/// can. Returns the subnet.
-async fn claim(
-    client: &mut Client,
-    args: &AgentConfig,
-    name: &str,
-    address: Ipv4Addr,
-    lease: i64,
-    previous: Option<LocalSubnet>,
-) -> Result<LocalSubnet> {
-    let registered = registrations(client, &args.prefix).await?.1;
-    // After a restart of ours, our own entry (if its lease still lives) wins.
-    let mine = registered
-        .values()
-        .find(|r| r.name == name)
-        .and_then(|r| LocalSubnet::parse(&r.subnet).ok());
-    for subnet in mine.into_iter().chain(candidates(args, previous)?) {
-        let key = subnet_key(&args.prefix, &subnet.net);
-        let record = Registration {
-            name: name.to_string(),
-            address,
-            subnet: subnet.bip(),
-        };
-        let value = serde_json::to_string(&record).expect("serializable");
-        let put = TxnOp::put(
-            key.clone(),
-            value.clone(),
-            Some(PutOptions::new().with_lease(lease)),
-        );
-        let created = client
-            .txn(
-                Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([put.clone()]),
-            )
-            .await
-            .map_err(etcd_err)?;
-        if created.succeeded() {
-            return Ok(subnet);
-        }
-        // Taken: ours (re-registration under a new lease) or another host's.
-        let current = client.get(key.clone(), None).await.map_err(etcd_err)?;
-        let owner: Option<Registration> = current
-            .kvs()
-            .first()
-            .and_then(|kv| serde_json::from_slice(kv.value()).ok());
-        if owner.as_ref().is_some_and(|o| o.name == name) {
-            let old = current.kvs()[0].value().to_vec();
-            let moved = client
-                .txn(
-                    Txn::new()
-                        .when([Compare::value(key.clone(), CompareOp::Equal, old)])
-                        .and_then([put]),
-                )
-                .await
-                .map_err(etcd_err)?;
-            if moved.succeeded() {
-                return Ok(subnet);
-            }
-        } else if args.subnet.is_some() {
-            return Err(Error::Conflict(format!(
-                "subnet {} is registered by host {:?}",
-                subnet.net,
-                owner.map_or_else(|| "?".to_string(), |o| o.name)
-            )));
-        }
+/// Stores the cluster config if there is none, else checks ours against it.
+async fn check_cluster_config(client: &mut Client, args: &AgentConfig) -> Result<(), Stop> {
+    let key = format!("{}config", args.prefix);
+    let ours = ClusterConfig {
+        cluster_cidr: args.cluster,
+        subnet_prefix: args.subnet_prefix,
+    };
+    let value = serde_json::to_string(&ours).expect("serializable");
+    let stored = client
+        .txn(
+            Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), value, None)])
+                .or_else([TxnOp::get(key.clone(), None)]),
+        )
+        .await
+        .map_err(etcd_err)?;
+    if stored.succeeded() {
+        info!("stored the cluster config at {key}: {ours:?}");
+        return Ok(());
     }
-    Err(Error::Conflict(
-        "no free subnet left in the cluster CIDR".into(),
-    ))
+    let theirs = stored.op_responses().into_iter().find_map(|r| match r {
+        etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+        _ => None,
+    });
+    match theirs.and_then(|v| serde_json::from_slice::<ClusterConfig>(&v).ok()) {
+        Some(theirs) if theirs == ours => Ok(()),
+        Some(theirs) => Err(Stop::Fatal(Error::Conflict(format!(
+            "the cluster in etcd ({key}) is {} with /{} subnets; this agent has --cluster-cidr {} --subnet-prefix {}",
+            theirs.cluster_cidr, theirs.subnet_prefix, ours.cluster_cidr, ours.subnet_prefix
+        )))),
+        None => Err(Stop::Fatal(Error::Conflict(format!(
+            "{key} in etcd is not a cluster config; fix or delete it"
+        )))),
+    }
 }
 
-/// Every registration under the prefix, by key, and the store's revision.
-async fn registrations(
-    client: &mut Client,
-    prefix: &str,
-) -> Result<(i64, HashMap<String, Registration>)> {
+/// Every entry under the prefix, by key, and the store's revision.
+async fn registrations(client: &mut Client, prefix: &str) -> Result<(i64, HashMap<String, Entry>)> {
     let resp = client
         .get(
             format!("{prefix}subnets/"),
@@ -334,80 +351,375 @@ async fn registrations(
     let revision = resp.header().map_or(0, |h| h.revision());
     let mut out = HashMap::new();
     for kv in resp.kvs() {
-        match (
-            kv.key_str(),
-            serde_json::from_slice::<Registration>(kv.value()),
-        ) {
-            (Ok(k), Ok(r)) => {
-                out.insert(k.to_string(), r);
+        match kv.key_str() {
+            Ok(key) => {
+                out.insert(
+                    key.to_string(),
+                    Entry {
+                        value: kv.value().to_vec(),
+                        created: kv.create_revision(),
+                        lease: kv.lease(),
+                    },
+                );
             }
-            _ => warn!("ignoring an unreadable registration"),
+            Err(_) => warn!("ignoring a registration with a non-UTF-8 key"),
         }
     }
     Ok((revision, out))
 }
 
-/// Makes the peer map match the registrations of the other hosts. An entry
-/// that does not fit this host (bad subnet, address off the uplink's
-/// network, overlap) is skipped with a warning rather than failing the rest.
-async fn reconcile(
-    nl: &Netlink,
-    args: &AgentConfig,
-    name: &str,
-    me: &LocalSubnet,
-    regs: &HashMap<String, Registration>,
-) -> Result<()> {
-    let uplink = nl.require_interface(&args.uplink).await?;
-    let uplink_nets = nl.ipv4_addresses(uplink.index).await?;
-    let mut wanted: Vec<(Ipv4Net, Ipv4Addr)> = Vec::new();
-    let mut others: Vec<&Registration> = regs.values().filter(|r| r.name != name).collect();
-    others.sort_by(|a, b| a.subnet.cmp(&b.subnet));
-    // Each entry against this host first, then the set as a whole; only if
-    // entries overlap each other is the set built one by one (quadratic, rare).
-    let mut fitting: Vec<(&Registration, (Ipv4Net, Ipv4Addr))> = Vec::new();
-    for r in others {
-        let Ok(s) = LocalSubnet::parse(&r.subnet) else {
-            warn!("host {:?}: bad subnet {:?}", r.name, r.subnet);
-            continue;
-        };
-        match check_peers(&[(s.net, r.address)], me, &uplink_nets, &[]) {
-            Ok(_) => fitting.push((r, (s.net, r.address))),
-            Err(e) => warn!("host {:?}: {e}", r.name),
-        }
+/// Checks one entry on its own: readable, its subnet the one its key names,
+/// inside the cluster CIDR. etcd's content is anyone's with write access.
+fn check_entry(
+    prefix: &str,
+    cluster: &Ipv4Net,
+    key: &str,
+    value: &[u8],
+) -> Result<(Registration, LocalSubnet), String> {
+    let registration: Registration =
+        serde_json::from_slice(value).map_err(|e| format!("unreadable: {e}"))?;
+    let subnet = LocalSubnet::parse(&registration.subnet).map_err(|e| e.to_string())?;
+    if key != subnet_key(prefix, &subnet.net) {
+        return Err(format!(
+            "its subnet {} is not the one its key names",
+            subnet.net
+        ));
     }
-    let all: Vec<_> = fitting.iter().map(|(_, p)| *p).collect();
-    if check_peers(&all, me, &uplink_nets, &[]).is_ok() {
-        wanted = all;
-    } else {
-        for (r, peer) in fitting {
-            let mut next = wanted.clone();
-            next.push(peer);
-            match check_peers(&next, me, &uplink_nets, &[]) {
-                Ok(_) => wanted = next,
-                Err(e) => warn!("host {:?}: {e}", r.name),
+    if !cluster.contains(&subnet.net) {
+        return Err(format!(
+            "its subnet {} is outside the cluster CIDR {cluster}",
+            subnet.net
+        ));
+    }
+    Ok((registration, subnet))
+}
+
+/// The entries that may be routed: each valid on its own, and of
+/// overlapping ones (whatever their prefix lengths) only the earliest claim.
+/// Also returns what was ignored and why, by key.
+fn validate<'a>(
+    prefix: &str,
+    cluster: &Ipv4Net,
+    entries: impl IntoIterator<Item = (&'a String, &'a Entry)>,
+) -> (Vec<Valid<'a>>, BTreeMap<String, String>) {
+    let mut ignored = BTreeMap::new();
+    let mut candidates = Vec::new();
+    for (key, entry) in entries {
+        match check_entry(prefix, cluster, key, &entry.value) {
+            Ok((registration, subnet)) => candidates.push((
+                entry.created,
+                Valid {
+                    key,
+                    registration,
+                    subnet,
+                    lease: entry.lease,
+                },
+            )),
+            Err(why) => {
+                ignored.insert(key.clone(), why);
             }
         }
     }
-    let diff = commands::reconcile_peers(&wanted).await?;
+    candidates.sort_by(|a, b| (a.0, a.1.key).cmp(&(b.0, b.1.key)));
+    // Accepted ranges, disjoint: first address → last address. Only the one
+    // starting last at or before a candidate's end can overlap it.
+    let mut taken: BTreeMap<u32, (u32, &str)> = BTreeMap::new();
+    let mut valid = Vec::new();
+    for (_, v) in candidates {
+        let (first, last) = (
+            u32::from(v.subnet.net.network()),
+            u32::from(v.subnet.net.broadcast()),
+        );
+        if let Some((_, (end, holder))) = taken.range(..=last).next_back() {
+            if *end >= first {
+                ignored.insert(
+                    v.key.to_string(),
+                    format!("its subnet {} overlaps the earlier {holder}", v.subnet.net),
+                );
+                continue;
+            }
+        }
+        taken.insert(first, (last, v.key));
+        valid.push(v);
+    }
+    (valid, ignored)
+}
+
+/// The subnets a leasing agent tries, in order: every `/len` of the cluster
+/// CIDR; a fixed subnet only.
+fn candidates(args: &AgentConfig) -> Vec<LocalSubnet> {
+    if let Some(fixed) = args.subnet {
+        return vec![fixed];
+    }
+    args.cluster
+        .subnets(args.subnet_prefix)
+        .expect("checked at start")
+        .map(|net| LocalSubnet {
+            gateway: Ipv4Addr::from(u32::from(net.network()) + 1),
+            net,
+        })
+        .collect()
+}
+
+/// Puts `record` at its subnet's key under `lease` if `when` holds.
+async fn put_if(
+    client: &mut Client,
+    prefix: &str,
+    record: &Registration,
+    subnet: &LocalSubnet,
+    lease: i64,
+    when: Compare,
+) -> Result<bool> {
+    let key = subnet_key(prefix, &subnet.net);
+    let value = serde_json::to_string(record).expect("serializable");
+    let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
+    let resp = client
+        .txn(Txn::new().when([when]).and_then([put]))
+        .await
+        .map_err(etcd_err)?;
+    Ok(resp.succeeded())
+}
+
+/// Registers this host under `lease`: the key it holds if the lease still
+/// lives, its previous incarnation's (same name and address) if there is
+/// one, else a free subnet that overlaps no registration. Returns the subnet.
+async fn claim(
+    client: &mut Client,
+    args: &AgentConfig,
+    me: &Registration,
+    lease: i64,
+    held: Option<Held>,
+) -> Result<LocalSubnet, Stop> {
+    let (_, entries) = registrations(client, &args.prefix).await?;
+    let (valid, _) = validate(&args.prefix, &args.cluster, &entries);
+    let record = |subnet: &LocalSubnet| Registration {
+        subnet: subnet.bip(),
+        ..me.clone()
+    };
+    if let Some(v) = valid.iter().find(|v| v.lease == lease) {
+        return Ok(v.subnet);
+    }
+    // Identity is the claimed key and its lease: a live entry with our name
+    // is ours only if it is this host's (a restarted agent); another host
+    // with our name is refused, never taken over.
+    if let Some(v) = valid.iter().find(|v| v.registration.name == me.name) {
+        if v.registration.address != me.address {
+            return Err(Stop::Fatal(Error::Conflict(format!(
+                "the name {:?} is held by {}'s live registration of {} (lease {:x}); give each agent its own --name",
+                me.name, v.registration.address, v.subnet.net, v.lease
+            ))));
+        }
+        if held.is_none_or(|h| h.subnet == v.subnet) {
+            let current = entries[v.key].value.clone();
+            let moved = put_if(
+                client,
+                &args.prefix,
+                &record(&v.subnet),
+                &v.subnet,
+                lease,
+                Compare::value(v.key, CompareOp::Equal, current),
+            )
+            .await?;
+            if moved {
+                return Ok(v.subnet);
+            }
+            return Err(Stop::Retry(Error::Conflict(format!(
+                "{} changed while re-registering",
+                v.key
+            ))));
+        }
+    }
+    // A host whose datapath is up keeps its subnet or stops: another host may
+    // already route it, and the containers here still use it.
+    let tries = match held {
+        Some(h) => vec![h.subnet],
+        None => candidates(args),
+    };
+    for subnet in tries {
+        let key = subnet_key(&args.prefix, &subnet.net);
+        if let Some(v) = valid
+            .iter()
+            .find(|v| crate::subnet::overlaps(&v.subnet.net, &subnet.net))
+        {
+            if held.is_some() || args.subnet.is_some() {
+                return Err(Stop::Fatal(Error::Conflict(format!(
+                    "subnet {} overlaps {} registered by host {:?} ({})",
+                    subnet.net, v.subnet.net, v.registration.name, v.registration.address
+                ))));
+            }
+            continue;
+        }
+        if entries.contains_key(&key) {
+            // Taken by an entry that is not valid: never overwritten.
+            continue;
+        }
+        let created = put_if(
+            client,
+            &args.prefix,
+            &record(&subnet),
+            &subnet,
+            lease,
+            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+        )
+        .await?;
+        if !created {
+            continue;
+        }
+        // Another agent may have claimed an overlapping subnet of another
+        // length meanwhile: of the two, the earlier claim keeps it.
+        let (_, now) = registrations(client, &args.prefix).await?;
+        let (valid, _) = validate(&args.prefix, &args.cluster, &now);
+        if valid.iter().any(|v| v.key == key) {
+            return Ok(subnet);
+        }
+        client
+            .txn(
+                Txn::new()
+                    .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+                    .and_then([TxnOp::delete(key, None)]),
+            )
+            .await
+            .map_err(etcd_err)?;
+        if held.is_some() || args.subnet.is_some() {
+            return Err(Stop::Retry(Error::Conflict(format!(
+                "subnet {} lost a race to an overlapping claim",
+                subnet.net
+            ))));
+        }
+    }
+    Err(Stop::Fatal(Error::Conflict(
+        "no free subnet left in the cluster CIDR".into(),
+    )))
+}
+
+/// Renews `lease` every third of its TTL until etcd says it is gone, then
+/// reports on `lost`. Runs on its own task: neither a stalled etcd nor a
+/// reconcile waiting on the pin lock delays it. Each call is bounded, so a
+/// stalled etcd is retried rather than waited on.
+async fn keep_alive(
+    mut client: Client,
+    lease: i64,
+    ttl: i64,
+    lost: tokio::sync::oneshot::Sender<()>,
+) {
+    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
+    loop {
+        // Opening the keepalive stream renews the lease once.
+        match tokio::time::timeout(period, client.lease_keep_alive(lease)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                // "Gone" is an error like any other: ask etcd what it means.
+                let left =
+                    tokio::time::timeout(period, client.lease_time_to_live(lease, None)).await;
+                if let Ok(Ok(left)) = left {
+                    if left.ttl() <= 0 {
+                        let _ = lost.send(());
+                        return;
+                    }
+                }
+                warn!("renewing the lease: {}", etcd_err(e));
+            }
+            Err(_) => warn!("renewing the lease: no answer from etcd in {period:?}"),
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// Aborts the keepalive when the session ends (the next one decides whether
+/// the lease is still worth keeping).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The registrations the peer map follows: the live ones, and those gone
+/// less than the grace period ago.
+struct Registry {
+    live: HashMap<String, Entry>,
+    gone: HashMap<String, (Instant, Entry)>,
+    /// What the last reconcile ignored, by key: each is logged once.
+    ignored: BTreeMap<String, String>,
+}
+
+impl Registry {
+    fn put(&mut self, key: String, entry: Entry) {
+        self.gone.remove(&key);
+        self.live.insert(key, entry);
+    }
+
+    fn delete(&mut self, key: &str) {
+        if let Some(entry) = self.live.remove(key) {
+            self.gone.insert(key.to_string(), (Instant::now(), entry));
+        }
+    }
+
+    /// Forgets what left more than `grace` ago; true if anything did.
+    fn expire(&mut self, grace: Duration) -> bool {
+        let before = self.gone.len();
+        self.gone.retain(|_, (since, _)| since.elapsed() < grace);
+        self.gone.len() != before
+    }
+}
+
+/// Makes the peer map match the other hosts' valid registrations. An entry
+/// that does not fit this host (address off the uplink's network, overlap
+/// with this host) is skipped with a warning rather than failing the rest.
+async fn reconcile(
+    nl: &Netlink,
+    args: &AgentConfig,
+    mine: &str,
+    me: &LocalSubnet,
+    registry: &mut Registry,
+) -> Result<()> {
+    let uplink = nl.require_interface(&args.uplink).await?;
+    let uplink_nets = nl.ipv4_addresses(uplink.index).await?;
+    let all = registry
+        .live
+        .iter()
+        .chain(registry.gone.iter().map(|(k, (_, e))| (k, e)));
+    let (valid, mut ignored) = validate(&args.prefix, &args.cluster, all);
+    let mut wanted: Vec<(Ipv4Net, Ipv4Addr)> = Vec::new();
+    for v in valid.iter().filter(|v| v.key != mine) {
+        let peer = (v.subnet.net, v.registration.address);
+        match check_peers(&[peer], me, &uplink_nets, &[]) {
+            Ok(_) => wanted.push(peer),
+            Err(e) => {
+                ignored.insert(v.key.to_string(), e.to_string());
+            }
+        }
+    }
+    for (key, why) in &ignored {
+        if registry.ignored.get(key) != Some(why) {
+            warn!("ignoring the registration {key}: {why}");
+        }
+    }
+    registry.ignored = ignored;
+    let diff = off_thread(move |rt| rt.block_on(commands::reconcile_peers(&wanted))).await?;
     if !diff.is_empty() {
         info!(
-            "peers: +{} ~{} -{}",
+            "peers: +{} ~{} -{} ({} registrations ignored)",
             diff.add.len(),
             diff.change.len(),
-            diff.remove.len()
+            diff.remove.len(),
+            registry.ignored.len()
         );
     }
     Ok(())
 }
 
 /// One connection's worth of work: register, sync, then follow changes.
-/// Returns (with the subnet held) when the connection or the lease is lost.
+/// Returns (with the subnet and lease held) when the connection or the lease
+/// is lost; the registry lives on, so that removals keep their grace.
 async fn session(
     client: &mut Client,
     nl: &Netlink,
     args: &AgentConfig,
-    held: &mut Option<LocalSubnet>,
-) -> Result<()> {
+    held: &mut Option<Held>,
+    registry: &mut Registry,
+) -> Result<(), Stop> {
     let uplink = nl.require_interface(&args.uplink).await?;
     let address = nl
         .ipv4_addresses(uplink.index)
@@ -415,14 +727,33 @@ async fn session(
         .first()
         .map(|n| n.addr())
         .ok_or_else(|| Error::Invalid(format!("uplink {} has no IPv4 address", args.uplink)))?;
-    let name = args.name.clone().unwrap_or_else(|| address.to_string());
-    let lease = client
-        .lease_grant(args.lease_ttl, None)
-        .await
-        .map_err(etcd_err)?
-        .id();
-    let subnet = claim(client, args, &name, address, lease, *held).await?;
-    if *held != Some(subnet) {
+    let me = Registration {
+        name: args.name.clone().unwrap_or_else(|| address.to_string()),
+        address,
+        subnet: String::new(),
+    };
+    check_cluster_config(client, args).await?;
+    let alive = match *held {
+        Some(h) => {
+            client
+                .lease_time_to_live(h.lease, None)
+                .await
+                .map_err(etcd_err)?
+                .ttl()
+                > 0
+        }
+        None => false,
+    };
+    let lease = match *held {
+        Some(h) if alive => h.lease,
+        _ => client
+            .lease_grant(args.lease_ttl, None)
+            .await
+            .map_err(etcd_err)?
+            .id(),
+    };
+    let subnet = claim(client, args, &me, lease, *held).await?;
+    if held.is_none_or(|h| h.subnet != subnet) {
         let up = UpArgs {
             xdp: args.xdp,
             datapath_log: args.datapath_log,
@@ -433,17 +764,40 @@ async fn session(
             nat: args.nat.clone(),
             attach: args.attach,
         };
-        commands::up(&up).await?;
+        off_thread(move |rt| rt.block_on(commands::up(&up))).await?;
+    }
+    if held.is_none_or(|h| h.lease != lease) {
         info!(
-            "registered {} as {name:?} (lease ttl {} s)",
+            "registered {} as {:?} (lease {lease:x}, ttl {} s)",
             subnet.bip(),
+            me.name,
             args.lease_ttl
         );
-        *held = Some(subnet);
     }
-    let (mut keeper, mut keep_alive) = client.lease_keep_alive(lease).await.map_err(etcd_err)?;
-    let (revision, mut regs) = registrations(client, &args.prefix).await?;
-    reconcile(nl, args, &name, &subnet, &regs).await?;
+    *held = Some(Held { subnet, lease });
+    let mine = subnet_key(&args.prefix, &subnet.net);
+    let (lost_tx, mut lost) = tokio::sync::oneshot::channel();
+    let _keeper = AbortOnDrop(tokio::spawn(keep_alive(
+        client.clone(),
+        lease,
+        args.lease_ttl,
+        lost_tx,
+    )));
+    let (revision, entries) = registrations(client, &args.prefix).await?;
+    // Keys gone while we were away start their grace now.
+    let vanished: Vec<String> = registry
+        .live
+        .keys()
+        .filter(|k| !entries.contains_key(*k))
+        .cloned()
+        .collect();
+    for key in vanished {
+        registry.delete(&key);
+    }
+    for (key, entry) in entries {
+        registry.put(key, entry);
+    }
+    reconcile(nl, args, &mine, &subnet, registry).await?;
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
@@ -451,41 +805,43 @@ async fn session(
         .watch(format!("{}subnets/", args.prefix), Some(options))
         .await
         .map_err(etcd_err)?;
-    let mut refresh = tokio::time::interval(Duration::from_millis(
-        (args.lease_ttl as u64 * 1000 / 3).max(200),
-    ));
+    let mut expiry = tokio::time::interval(Duration::from_secs(1));
     let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
-            _ = refresh.tick() => {
-                keeper.keep_alive().await.map_err(etcd_err)?;
-                match keep_alive.message().await.map_err(etcd_err)? {
-                    Some(r) if r.ttl() > 0 => {}
-                    _ => return Err(Error::Conflict("lease lost".into())),
-                }
-            }
+            _ = &mut lost => return Err(Stop::Retry(Error::Conflict("lease expired".into()))),
             message = watch.message() => {
                 let Some(resp) = message.map_err(etcd_err)? else {
-                    return Err(Error::Conflict("watch closed".into()));
+                    return Err(Stop::Retry(Error::Conflict("watch closed".into())));
                 };
                 for event in resp.events() {
                     let Some(kv) = event.kv() else { continue };
                     let Ok(key) = kv.key_str() else { continue };
                     match event.event_type() {
-                        EventType::Put => match serde_json::from_slice(kv.value()) {
-                            Ok(r) => { regs.insert(key.to_string(), r); }
-                            Err(_) => warn!("ignoring an unreadable registration at {key}"),
-                        },
-                        EventType::Delete => { regs.remove(key); }
+                        EventType::Put => registry.put(key.to_string(), Entry {
+                            value: kv.value().to_vec(),
+                            created: kv.create_revision(),
+                            lease: kv.lease(),
+                        }),
+                        EventType::Delete => registry.delete(key),
                     }
                 }
-                                reconcile(nl, args, &name, &subnet, &regs).await?;
+                reconcile(nl, args, &mine, &subnet, registry).await?;
+            }
+            _ = expiry.tick() => {
+                if registry.expire(args.removal_grace) {
+                    reconcile(nl, args, &mine, &subnet, registry).await?;
+                }
             }
             _ = housekeeping.tick() => {
                 // The XDP path's endpoints and expired translations; failures
                 // here never end the session.
-                if let Err(e) = commands::sync().await { warn!("sync: {e}"); }
-                if let Err(e) = commands::nat_gc() { warn!("nat gc: {e}"); }
+                if let Err(e) = off_thread(|rt| rt.block_on(commands::sync())).await {
+                    warn!("sync: {e}");
+                }
+                if let Err(e) = off_thread(|_| commands::nat_gc()).await {
+                    warn!("nat gc: {e}");
+                }
             }
         }
     }
@@ -497,18 +853,76 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let nl = Netlink::connect()?;
     nl.require_interface(&args.uplink).await?;
     let mut held = None;
+    let mut registry = Registry {
+        live: HashMap::new(),
+        gone: HashMap::new(),
+        ignored: BTreeMap::new(),
+    };
     loop {
         match Client::connect(&args.etcd, Some(args.connect.clone())).await {
             Ok(mut client) => {
-                if let Err(e) = session(&mut client, &nl, args, &mut held).await {
-                    if matches!(e, Error::Conflict(ref m) if m.starts_with("subnet ")) {
-                        return Err(e);
-                    }
-                    warn!("etcd session ended: {e}; reconnecting");
+                match session(&mut client, &nl, args, &mut held, &mut registry).await {
+                    Err(Stop::Fatal(e)) => return Err(e),
+                    Err(Stop::Retry(e)) => warn!("etcd session ended: {e}; reconnecting"),
+                    Ok(()) => {}
                 }
             }
             Err(e) => warn!("connecting to etcd {:?}: {}", args.etcd, etcd_err(e)),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(subnet: &str, name: &str, created: i64) -> Entry {
+        let value = serde_json::to_vec(&Registration {
+            name: name.into(),
+            address: "192.168.91.1".parse().unwrap(),
+            subnet: subnet.into(),
+        })
+        .unwrap();
+        Entry {
+            value,
+            created,
+            lease: 1,
+        }
+    }
+
+    #[test]
+    fn validation_refuses_mismatched_keys_foreign_subnets_and_later_overlaps() {
+        let cluster: Ipv4Net = "10.0.0.0/16".parse().unwrap();
+        let entries: HashMap<String, Entry> = [
+            ("/dr/subnets/10.0.1.0-24", entry("10.0.1.1/24", "a", 5)),
+            // Value and key disagree.
+            ("/dr/subnets/10.0.2.0-24", entry("10.0.9.1/24", "b", 6)),
+            // Outside the cluster.
+            ("/dr/subnets/10.1.0.0-24", entry("10.1.0.1/24", "c", 7)),
+            // Overlaps a's /24 with another length, claimed later.
+            ("/dr/subnets/10.0.0.0-23", entry("10.0.0.1/23", "d", 8)),
+            // Overlaps e's later /25: e wins.
+            ("/dr/subnets/10.0.4.0-22", entry("10.0.4.1/22", "e", 3)),
+            ("/dr/subnets/10.0.5.0-25", entry("10.0.5.1/25", "f", 9)),
+            ("/dr/subnets/10.0.3.0-24", entry("{", "g", 10)),
+        ]
+        .into_iter()
+        .map(|(k, e)| (k.to_string(), e))
+        .collect();
+        let (valid, ignored) = validate("/dr/", &cluster, &entries);
+        let mut names: Vec<&str> = valid.iter().map(|v| v.registration.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["a", "e"]);
+        assert_eq!(
+            ignored.keys().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "/dr/subnets/10.0.0.0-23",
+                "/dr/subnets/10.0.2.0-24",
+                "/dr/subnets/10.0.3.0-24",
+                "/dr/subnets/10.0.5.0-25",
+                "/dr/subnets/10.1.0.0-24",
+            ]
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! etcd (Debian's etcd-server) in the switch namespace, and `dr-ctl agent`
 //! processes on the hosts: for the agent tests and benchmarks.
 use std::{
+    io::{Read, Write},
     net::TcpStream,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
@@ -219,6 +220,33 @@ impl Etcd {
         etcd
     }
 
+    /// Writes `key` = `value` through etcd's JSON gateway (plain etcd only):
+    /// what a hostile or broken writer could put there.
+    pub fn put(&self, c: &Cluster, key: &str, value: &str) {
+        assert!(!self.tls, "put speaks plain HTTP");
+        let body = format!(
+            r#"{{"key":"{}","value":"{}"}}"#,
+            base64(key.as_bytes()),
+            base64(value.as_bytes())
+        );
+        let request = format!(
+            "POST /v3/kv/put HTTP/1.1\r\nHost: {ETCD_ADDR}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let response = c
+            .switch
+            .enter(|| {
+                let mut stream = TcpStream::connect((ETCD_ADDR, 2379))?;
+                stream.write_all(request.as_bytes())?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response)?;
+                Ok::<_, std::io::Error>(response)
+            })
+            .unwrap()
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "etcd put: {response}");
+    }
+
     /// The client URL agents use.
     pub fn url(&self) -> String {
         client_url(self.tls)
@@ -240,6 +268,23 @@ impl Etcd {
         }
         std::mem::take(&mut self.data)
     }
+}
+
+/// Standard base64, as etcd's JSON gateway wants keys and values.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, &b| n << 8 | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn client_url(tls: bool) -> String {
@@ -294,6 +339,8 @@ pub fn test_agent_args(host: &Host) -> Vec<String> {
         format!("h{}", host.id),
         "--lease-ttl".into(),
         "2".into(),
+        "--removal-grace".into(),
+        "1".into(),
     ]
 }
 
