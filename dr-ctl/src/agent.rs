@@ -2,14 +2,17 @@
 //! etcd, in place of editing a plan by hand.
 //!
 //! Each host registers `<prefix>subnets/<network>-<len>` → `{name, address,
-//! subnet}` under a lease that it keeps alive; the key vanishes when the host
-//! (or its agent) dies. A subnet is claimed with a transaction that succeeds
-//! only if the key does not exist, so two agents never get the same subnet.
-//! The agent watches the prefix and reconciles the peer map on every change
-//! (upserts before removals). Lost connections, an expired lease or an etcd
-//! restart end the session; the next one reconnects, re-registers (keeping
-//! the same subnet) and resynchronises. The datapath never waits on etcd:
-//! while it is away, the peers last applied keep forwarding.
+//! subnet}` under a lease that a task of its own renews; the key vanishes
+//! when the host (or its agent) is gone for a whole TTL. A subnet is claimed
+//! with a transaction that succeeds only if the key does not exist, so two
+//! agents never get the same subnet. Nothing read from etcd is trusted:
+//! every entry is validated, and of overlapping ones only the earliest claim
+//! counts. The agent watches the prefix and reconciles the peer map on every
+//! change (upserts before removals; removals after a grace period). Lost
+//! connections, an expired lease or an etcd restart end the session; the
+//! next one reconnects, keeps or renews its registration (keeping the same
+//! subnet) and resynchronises. The datapath never waits on etcd: while it is
+//! away, the peers last applied keep forwarding.
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
