@@ -223,14 +223,29 @@ impl Etcd {
     /// Writes `key` = `value` through etcd's JSON gateway (plain etcd only):
     /// what a hostile or broken writer could put there.
     pub fn put(&self, c: &Cluster, key: &str, value: &str) {
-        assert!(!self.tls, "put speaks plain HTTP");
         let body = format!(
             r#"{{"key":"{}","value":"{}"}}"#,
             base64(key.as_bytes()),
             base64(value.as_bytes())
         );
+        self.gateway(c, "/v3/kv/put", &body);
+    }
+
+    /// Turns on etcd's authentication with a `root` user (all rights) of
+    /// this password.
+    pub fn enable_auth(&self, c: &Cluster, password: &str) {
+        self.gateway(c, "/v3/auth/role/add", r#"{"name":"root"}"#);
+        let user = format!(r#"{{"name":"root","password":"{password}"}}"#);
+        self.gateway(c, "/v3/auth/user/add", &user);
+        self.gateway(c, "/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#);
+        self.gateway(c, "/v3/auth/enable", "{}");
+    }
+
+    /// POSTs `body` to etcd's JSON gateway, unauthenticated.
+    fn gateway(&self, c: &Cluster, path: &str, body: &str) {
+        assert!(!self.tls, "the gateway is spoken in plain HTTP here");
         let request = format!(
-            "POST /v3/kv/put HTTP/1.1\r\nHost: {ETCD_ADDR}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {ETCD_ADDR}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         let response = c
@@ -244,7 +259,7 @@ impl Etcd {
             })
             .unwrap()
             .unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "etcd put: {response}");
+        assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
     }
 
     /// The client URL agents use.

@@ -173,6 +173,37 @@ fn agents_use_tls_client_certificates_and_refuse_an_unknown_server() {
     assert_eq!(peers(&c.hosts[0]), vec![c.hosts[1].subnet()]);
 }
 
+#[test]
+fn agents_log_in_with_a_user_and_password() {
+    require_root();
+    let c = Cluster::new("drauth", 2, &dr_ctl_path()).unwrap();
+    let etcd = Etcd::start(&c, None);
+    etcd.enable_auth(&c, "s3cret");
+    let login = |h: &Host, password: &str| {
+        let mut command = agent_command(h, &etcd.url());
+        command.args(test_agent_args(h));
+        command.args(["--subnet", &h.bip(), "--etcd-user", "root"]);
+        command.env("DR_ETCD_PASSWORD", password);
+        LoggedAgent::spawn(command)
+    };
+    let _member = login(&c.hosts[0], "s3cret");
+    let intruder = login(&c.hosts[1], "guess");
+    assert!(
+        wait_for(Duration::from_secs(15), || local_subnet(&c.hosts[0])
+            .is_some()),
+        "the agent with the password did not come up"
+    );
+    assert!(
+        wait_for(Duration::from_secs(15), || intruder
+            .log()
+            .contains("authentication failed")),
+        "no readable authentication error in: {}",
+        intruder.log()
+    );
+    assert!(local_subnet(&c.hosts[1]).is_none());
+    assert!(peers(&c.hosts[0]).is_empty());
+}
+
 /// A host's leased or fixed subnet, once its datapath is up.
 fn local_subnet(host: &Host) -> Option<String> {
     let s: Value = serde_json::from_str(&host.dr(&["status", "--json"]).ok()?).ok()?;
