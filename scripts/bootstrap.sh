@@ -23,13 +23,14 @@ if [ -z "$LLVM" ]; then
   exit 1
 fi
 
-# protobuf-compiler builds the etcd client; etcd-server runs in the agent tests;
+# protobuf-compiler builds the etcd client; etcd-server runs in the agent tests,
+# openssl makes their TLS certificates;
 # docker.io (dockerd, containerd, runc) and busybox-static (the image's only
 # binary) run in the real-dockerd tests; util-linux brings nsenter;
 # qemu-system-x86, busybox-static and python3-venv (for virtme-ng, below) run
 # scripts/vm.sh, the tests on Debian 12's kernel.
 PKGS="llvm-${LLVM}-dev libpolly-${LLVM}-dev iproute2 iputils-ping iperf3 bpftool \
-iptables nftables conntrack tcpdump socat ethtool procps kmod protobuf-compiler etcd-server \
+iptables nftables conntrack tcpdump socat ethtool procps kmod protobuf-compiler etcd-server openssl \
 docker.io busybox-static util-linux qemu-system-x86 python3-venv"
 missing=""
 for p in $PKGS; do

@@ -1,12 +1,15 @@
 //! The etcd-backed agent: Debian's etcd-server runs in the switch namespace,
 //! each emulated host runs `dr-ctl agent`.
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dr_tests::{
     dr_ctl_path,
-    etcd::{agent, wait_for, Agents, Etcd},
-    require_root, traffic, Cluster, Host,
+    etcd::{agent, agent_command, test_agent_args, wait_for, Agents, Etcd, LoggedAgent, Pki},
+    require_root,
+    traffic::{self, ContinuousPing},
+    Cluster, Host,
 };
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 fn peers(host: &Host) -> Vec<String> {
@@ -130,5 +133,282 @@ fn leased_subnets_are_never_shared() {
         all.iter()
             .all(|s| s.starts_with("10.0.") && s.ends_with("/24")),
         "{all:?}"
+    );
+}
+
+#[test]
+fn agents_use_tls_client_certificates_and_refuse_an_unknown_server() {
+    require_root();
+    let c = Cluster::new("dretls", 3, &dr_ctl_path()).unwrap();
+    let pki = Pki::new();
+    let etcd = Etcd::start_tls(&c, &pki);
+    let tls_agent = |host: &Host, ca: bool| {
+        let mut command = agent_command(host, &etcd.url());
+        command.args(test_agent_args(host));
+        command.args(["--subnet", &host.bip()]);
+        if ca {
+            command.arg("--etcd-cafile").arg(pki.path("ca.crt"));
+        }
+        command
+            .arg("--etcd-certfile")
+            .arg(pki.path("client.crt"))
+            .arg("--etcd-keyfile")
+            .arg(pki.path("client.key"));
+        LoggedAgent::spawn(command)
+    };
+    let _agents = [tls_agent(&c.hosts[0], true), tls_agent(&c.hosts[1], true)];
+    assert!(
+        wait_for(Duration::from_secs(15), || converged(&c, &[0, 1])),
+        "two agents with certificates did not converge"
+    );
+    // Without the CA the server's certificate is refused, and the log says so.
+    let untrusting = tls_agent(&c.hosts[2], false);
+    assert!(
+        wait_for(Duration::from_secs(15), || untrusting
+            .log()
+            .contains("invalid peer certificate")),
+        "no readable TLS error in: {}",
+        untrusting.log()
+    );
+    assert_eq!(peers(&c.hosts[0]), vec![c.hosts[1].subnet()]);
+}
+
+#[test]
+fn agents_log_in_with_a_user_and_password() {
+    require_root();
+    let c = Cluster::new("drauth", 2, &dr_ctl_path()).unwrap();
+    let etcd = Etcd::start(&c, None);
+    etcd.enable_auth(&c, "s3cret");
+    let login = |h: &Host, password: &str| {
+        let mut command = agent_command(h, &etcd.url());
+        command.args(test_agent_args(h));
+        command.args(["--subnet", &h.bip(), "--etcd-user", "root"]);
+        command.env("DR_ETCD_PASSWORD", password);
+        LoggedAgent::spawn(command)
+    };
+    let _member = login(&c.hosts[0], "s3cret");
+    let intruder = login(&c.hosts[1], "guess");
+    assert!(
+        wait_for(Duration::from_secs(15), || local_subnet(&c.hosts[0])
+            .is_some()),
+        "the agent with the password did not come up"
+    );
+    assert!(
+        wait_for(Duration::from_secs(15), || intruder
+            .log()
+            .contains("authentication failed")),
+        "no readable authentication error in: {}",
+        intruder.log()
+    );
+    assert!(local_subnet(&c.hosts[1]).is_none());
+    assert!(peers(&c.hosts[0]).is_empty());
+}
+
+/// A host's leased or fixed subnet, once its datapath is up.
+fn local_subnet(host: &Host) -> Option<String> {
+    let s: Value = serde_json::from_str(&host.dr(&["status", "--json"]).ok()?).ok()?;
+    Some(s["local_subnet"].as_str()?.to_string())
+}
+
+/// An agent on `host` with this name and cluster CIDR, and the default lease.
+fn agent_as(
+    etcd: &Etcd,
+    host: &Host,
+    name: &str,
+    cluster_cidr: &str,
+    extra: &[&str],
+) -> LoggedAgent {
+    let mut command = agent_command(host, &etcd.url());
+    command.args(["--cluster-cidr", cluster_cidr, "--name", name]);
+    command.args(extra);
+    LoggedAgent::spawn(command)
+}
+
+#[test]
+fn agents_route_only_valid_registrations_and_lease_around_overlaps() {
+    require_root();
+    let c = Cluster::new("drvalid", 3, &dr_ctl_path()).unwrap();
+    let etcd = Etcd::start(&c, None);
+    let record = |subnet: &str| {
+        format!(r#"{{"name":"intruder","address":"192.168.91.200","subnet":"{subnet}"}}"#)
+    };
+    // A valid /23 claimed before any agent: routed, and kept free of leases.
+    etcd.put(&c, "/dr/subnets/10.0.0.0-23", &record("10.0.0.1/23"));
+    // Hostile or broken: key and value disagree, outside the cluster, unreadable.
+    etcd.put(&c, "/dr/subnets/10.0.60.0-24", &record("10.0.61.1/24"));
+    etcd.put(&c, "/dr/subnets/10.9.0.0-24", &record("10.9.0.1/24"));
+    etcd.put(&c, "/dr/subnets/10.0.70.0-24", "not json");
+    let fixed = |h: &Host| {
+        agent_as(
+            &etcd,
+            h,
+            &format!("h{}", h.id),
+            "10.0.0.0/16",
+            &["--subnet", &h.bip()],
+        )
+    };
+    let observer = fixed(&c.hosts[0]);
+    let _fixed = fixed(&c.hosts[1]);
+    let _leasing = agent_as(&etcd, &c.hosts[2], "leasing", "10.0.0.0/16", &[]);
+    let expected = || {
+        let mut want = vec![
+            c.hosts[1].subnet(),
+            "10.0.0.0/23".to_string(),
+            "10.0.2.0/24".to_string(),
+        ];
+        want.sort();
+        want
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || peers(&c.hosts[0]) == expected()),
+        "peers of h0: {:?}",
+        peers(&c.hosts[0])
+    );
+    // The leasing host skipped the two /24s inside the /23.
+    assert_eq!(local_subnet(&c.hosts[2]).as_deref(), Some("10.0.2.0/24"));
+    for key in ["10.0.60.0-24", "10.9.0.0-24", "10.0.70.0-24"] {
+        assert!(
+            observer
+                .log()
+                .contains(&format!("ignoring the registration /dr/subnets/{key}")),
+            "{key} not reported"
+        );
+    }
+    // A later /22 over the fixed hosts' /24s is refused whatever its length.
+    let over = format!("10.0.{}.0", c.hosts[0].id);
+    etcd.put(
+        &c,
+        &format!("/dr/subnets/{over}-22"),
+        &record(&format!("10.0.{}.1/22", c.hosts[0].id)),
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || observer.log().contains(
+            &format!("ignoring the registration /dr/subnets/{over}-22")
+        )),
+        "the overlapping /22 was not reported"
+    );
+    assert_eq!(peers(&c.hosts[0]), expected());
+    assert_eq!(peers(&c.hosts[1]).len(), 3);
+}
+
+#[test]
+fn agents_refuse_a_name_held_by_another_host_and_a_different_cluster() {
+    require_root();
+    let c = Cluster::new("drident", 3, &dr_ctl_path()).unwrap();
+    let etcd = Etcd::start(&c, None);
+    let name = format!("h{}", c.hosts[0].id);
+    let _holder = agent_as(
+        &etcd,
+        &c.hosts[0],
+        &name,
+        "10.0.0.0/16",
+        &["--subnet", &c.hosts[0].bip()],
+    );
+    let _observer = agent_as(
+        &etcd,
+        &c.hosts[2],
+        "observer",
+        "10.0.0.0/16",
+        &["--subnet", &c.hosts[2].bip()],
+    );
+    assert!(wait_for(Duration::from_secs(15), || peers(&c.hosts[2])
+        == vec![c.hosts[0].subnet()]));
+
+    // Another host under the same name is refused, and takes nothing over.
+    let mut twin = agent_as(
+        &etcd,
+        &c.hosts[1],
+        &name,
+        "10.0.0.0/16",
+        &["--subnet", &c.hosts[1].bip()],
+    );
+    let status = twin
+        .exited(Duration::from_secs(20))
+        .expect("the twin stopped");
+    assert!(!status.success());
+    assert!(
+        twin.log().contains("give each agent its own --name"),
+        "{}",
+        twin.log()
+    );
+    assert_eq!(peers(&c.hosts[2]), vec![c.hosts[0].subnet()]);
+
+    // An agent of another cluster CIDR stops with one line saying why.
+    let mut stranger = agent_as(&etcd, &c.hosts[1], "stranger", "10.1.0.0/16", &[]);
+    let status = stranger
+        .exited(Duration::from_secs(20))
+        .expect("the stranger stopped");
+    assert!(!status.success());
+    let log = stranger.log();
+    let error: Vec<&str> = log.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(error.len(), 1, "{log}");
+    assert!(
+        error[0]
+            .contains("is 10.0.0.0/16 with /24 subnets; this agent has --cluster-cidr 10.1.0.0/16"),
+        "{log}"
+    );
+    assert!(
+        local_subnet(&c.hosts[1]).is_none(),
+        "the stranger brought dr up"
+    );
+}
+
+#[test]
+fn an_etcd_stall_loses_no_packet_and_a_dead_host_goes_after_the_grace_period() {
+    require_root();
+    let mut c = Cluster::new("drflap", 2, &dr_ctl_path()).unwrap();
+    let etcd = Etcd::start(&c, None);
+    let grace = Duration::from_secs(10);
+    let start = |h: &Host| {
+        agent_as(
+            &etcd,
+            h,
+            &format!("h{}", h.id),
+            "10.0.0.0/16",
+            &[
+                "--subnet",
+                &h.bip(),
+                "--lease-ttl",
+                "4",
+                "--removal-grace",
+                "10",
+            ],
+        )
+    };
+    let mut agents = [start(&c.hosts[0]), start(&c.hosts[1])];
+    assert!(wait_for(Duration::from_secs(15), || converged(&c, &[0, 1])));
+    let prefix = c.prefix.clone();
+    for host in &mut c.hosts {
+        host.add_container(&prefix).unwrap();
+    }
+    // 45 s of pings every 10 ms across a 30 s stall of etcd: leases may
+    // expire when it continues; the grace period covers the re-registration.
+    let flood = ContinuousPing::start(
+        &c.hosts[0].containers[0].ns,
+        c.hosts[1].containers[0].addr,
+        4500,
+    )
+    .unwrap();
+    etcd.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(30));
+    etcd.signal(Signal::SIGCONT);
+    flood.finish_without_loss().unwrap();
+    assert!(wait_for(Duration::from_secs(15), || converged(&c, &[0, 1])));
+
+    // Host 1's agent dies for good: host 0 drops it, after its lease and the grace.
+    let killed = Instant::now();
+    agents[1].kill();
+    assert!(
+        wait_for(Duration::from_secs(40), || peers(&c.hosts[0]).is_empty()),
+        "the dead host stayed"
+    );
+    assert!(
+        killed.elapsed() >= grace,
+        "removed before the grace period ended"
+    );
+    assert!(
+        agents[0].log().contains("peers: +0 ~0 -1"),
+        "{}",
+        agents[0].log()
     );
 }

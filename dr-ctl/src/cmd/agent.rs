@@ -1,13 +1,18 @@
-//! `dr-ctl agent`: its arguments, checked, handed to [`crate::agent`].
+//! `dr-ctl agent`: its arguments, checked into [`AgentConfig`] and handed
+//! to [`crate::agent`].
+use std::{path::PathBuf, time::Duration};
+
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+
 use super::up::{AttachArg, DatapathLog};
 use crate::{
-    agent::{self, AgentArgs},
-    error::{Error, Result},
+    agent::{self, AgentConfig},
+    error::{io_context, Error, Result},
     nat_plan::NatPlan,
     subnet::LocalSubnet,
 };
 
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct Args {
     /// etcd endpoints, comma-separated, e.g. http://10.1.0.5:2379.
     #[arg(long, value_delimiter = ',', required = true)]
@@ -29,9 +34,17 @@ pub struct Args {
     name: Option<String>,
     #[arg(long, default_value = "docker0")]
     bridge: String,
-    /// Seconds after which a dead host's entry disappears.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds without contact to etcd after which this host's registration
+    /// expires (it is renewed every third of that): long, so that an etcd
+    /// outage or an agent restart never removes a live host, and a subnet is
+    /// re-leased only after its holder was away this long.
+    #[arg(long, default_value_t = 3600)]
     lease_ttl: i64,
+    /// Seconds a host stays routed after its registration disappeared: a
+    /// holder that re-registers within it (after an expiry while etcd was
+    /// stalled) loses no traffic.
+    #[arg(long, default_value_t = 60)]
+    removal_grace: u64,
     /// Key prefix in etcd.
     #[arg(long, default_value = "/dr/")]
     etcd_prefix: String,
@@ -46,11 +59,61 @@ pub struct Args {
     no_masquerade: Vec<String>,
     #[command(flatten)]
     attach: AttachArg,
+    /// CA certificate (PEM) that etcd's server certificate must chain to; with
+    /// it, the endpoints are https://.
+    #[arg(long, value_name = "FILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-keyfile.
+    #[arg(long, value_name = "FILE", requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// etcd user (etcd's role-based authentication); needs --etcd-password.
+    #[arg(long, requires = "etcd_password")]
+    etcd_user: Option<String>,
+    /// The etcd user's password; better given in the environment than on the
+    /// command line, where every local user can read it.
+    #[arg(
+        long,
+        env = "DR_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    etcd_password: Option<String>,
 }
 
 impl Args {
+    /// TLS and authentication settings; the files are read now, so that a
+    /// wrong path fails at start rather than at each reconnection.
+    fn connect_options(&self) -> Result<ConnectOptions> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(io_context(format!("reading {}", path.display())))
+        };
+        let mut options = ConnectOptions::new();
+        if let (Some(user), Some(password)) = (&self.etcd_user, &self.etcd_password) {
+            options = options.with_user(user, password);
+        }
+        let identity = match (&self.etcd_certfile, &self.etcd_keyfile) {
+            (Some(cert), Some(key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
+            _ => None,
+        };
+        if self.etcd_cafile.is_some() || identity.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &self.etcd_cafile {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            if let Some(identity) = identity {
+                tls = tls.identity(identity);
+            }
+            options = options.with_tls(tls);
+        }
+        Ok(options)
+    }
+
     /// The checked form of the command line.
-    fn check(self) -> Result<AgentArgs> {
+    fn check(self) -> Result<AgentConfig> {
+        let connect = self.connect_options()?;
         let nat = NatPlan::parse(
             Some(&self.cluster_cidr),
             &self.no_masquerade,
@@ -70,10 +133,10 @@ impl Args {
                 s.net
             )));
         }
-        let subnet_prefix = self.subnet_prefix;
-        if subnet_prefix < cluster.prefix_len() || subnet_prefix > 30 {
+        if self.subnet_prefix < cluster.prefix_len() || self.subnet_prefix > 30 {
             return Err(Error::Invalid(format!(
-                "--subnet-prefix {subnet_prefix}: between the cluster's /{} and /30",
+                "--subnet-prefix {}: between the cluster's /{} and /30",
+                self.subnet_prefix,
                 cluster.prefix_len()
             )));
         }
@@ -87,8 +150,9 @@ impl Args {
         } else {
             format!("{}/", self.etcd_prefix)
         };
-        Ok(AgentArgs {
+        Ok(AgentConfig {
             etcd: self.etcd,
+            connect,
             prefix,
             name: self.name,
             bridge: self.bridge,
@@ -96,9 +160,11 @@ impl Args {
             xdp: self.xdp,
             datapath_log: self.datapath_log as u8,
             nat,
+            cluster,
             subnet,
-            subnet_prefix,
+            subnet_prefix: self.subnet_prefix,
             lease_ttl: self.lease_ttl,
+            removal_grace: Duration::from_secs(self.removal_grace),
             attach: self.attach.mode(),
         })
     }
