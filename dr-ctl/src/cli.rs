@@ -192,11 +192,7 @@ pub enum Command {
     /// Print the datapath's events (see `up --datapath-log`) until interrupted.
     Monitor,
     /// Serve the counters in the Prometheus text format (or print them once).
-    Metrics {
-        /// Address to serve `GET /metrics` on, e.g. 127.0.0.1:9464; without it, print once.
-        #[arg(long, value_name = "ADDR:PORT")]
-        listen: Option<std::net::SocketAddr>,
-    },
+    Metrics(crate::metrics::MetricsArgs),
     /// Refresh what dr learns from the kernel (the local containers the XDP
     /// path delivers to, the uplink's MTU); safe to run any time, e.g. from a timer.
     Sync,
@@ -391,11 +387,13 @@ pub async fn run(cli: Cli) -> Result<String> {
             commands::monitor().await?;
             String::new()
         }
-        Command::Metrics { listen: None } => crate::metrics::render()?,
-        Command::Metrics { listen: Some(addr) } => {
-            crate::metrics::serve(addr).await?;
-            String::new()
-        }
+        Command::Metrics(args) => match args.listen {
+            None => crate::metrics::render(args.peer_series)?,
+            Some(addr) => {
+                crate::metrics::serve(addr, args.peer_series).await?;
+                String::new()
+            }
+        },
         Command::Sync => {
             let r = commands::sync().await?;
             render(
@@ -425,53 +423,4 @@ pub async fn run(cli: Cli) -> Result<String> {
             )
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::Cli;
-    use crate::plan::Plan;
-
-    const UNITS: [(&str, &str); 3] = [
-        ("dr.service", include_str!("../../dist/dr.service")),
-        (
-            "dr-sync.service",
-            include_str!("../../dist/dr-sync.service"),
-        ),
-        (
-            "dr-metrics.service",
-            include_str!("../../dist/dr-metrics.service"),
-        ),
-    ];
-
-    #[test]
-    fn shipped_units_run_valid_commands() {
-        for (name, unit) in UNITS {
-            let commands: Vec<&str> = unit
-                .lines()
-                .filter_map(|l| {
-                    l.strip_prefix("ExecStart=")
-                        .or_else(|| l.strip_prefix("ExecReload="))
-                })
-                .collect();
-            assert!(!commands.is_empty(), "{name} runs nothing");
-            for line in commands {
-                let args: Vec<&str> = line.split_whitespace().collect();
-                assert!(args[0].ends_with("/dr-ctl"), "{name}: {line}");
-                Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{name}: {line}: {e}"));
-            }
-        }
-    }
-
-    #[test]
-    fn the_example_plan_is_valid() {
-        let plan = Plan::parse(
-            "cluster.toml.example",
-            include_str!("../../dist/cluster.toml.example"),
-        )
-        .unwrap();
-        assert_eq!(plan.hosts.len(), 3);
-    }
 }
