@@ -219,5 +219,17 @@ fn the_package_installs_verifies_and_removes_cleanly() {
     for f in &files {
         assert!(!f.exists(), "{} left after purge", f.display());
     }
+    // deb-systemd-helper's records of the units (written by postinst).
+    for dir in ["enabled", "masked"] {
+        let dir = Path::new("/var/lib/systemd").join(format!("deb-systemd-helper-{dir}"));
+        for entry in std::fs::read_dir(&dir).into_iter().flatten() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !UNITS.iter().any(|u| name.starts_with(u)),
+                "{name} left in {}",
+                dir.display()
+            );
+        }
+    }
     assert_eq!(which_dr_ctl(), which_before);
 }
