@@ -37,12 +37,12 @@ mount -t tmpfs tmpfs /run
 mkdir -p /run/systemd/journal
 socat -u UNIX-RECV:/run/systemd/journal/socket CREATE:"$JOURNAL" &
 socat=$!
-while [ ! -S /run/systemd/journal/socket ]; do sleep 0.05; done
+while [ ! -S /run/systemd/journal/socket ]; do kill -0 $socat || exit 1; sleep 0.05; done
 exec 2>"$STDERR"
 export JOURNAL_STREAM="$(stat -c %d:%i "$STDERR")" DR_LOG=info
 "$DR_CTL" metrics --listen 127.0.0.1:0 &
 server=$!
-until grep -q "serving metrics" "$JOURNAL" 2>/dev/null; do sleep 0.05; done
+until grep -q "serving metrics" "$JOURNAL" 2>/dev/null; do kill -0 $server || exit 1; sleep 0.05; done
 kill $server
 ! "$DR_CTL" peer add 10.0.0.0/33 via 192.0.2.1
 kill $socat

@@ -146,6 +146,39 @@ fn metrics_are_served_in_the_prometheus_text_format() {
 }
 
 #[test]
+fn the_server_tells_systemd_it_is_ready() {
+    require_root();
+    let mut c = Cluster::new("drmetready", 1, &dr_ctl_path()).unwrap();
+    c.up_all(1).unwrap();
+    let h0 = &c.hosts[0];
+    // socat stands in for systemd's notification socket (Type=notify).
+    let dir = std::env::temp_dir().join(dr_tests::netns::unique_prefix("dr-notify-"));
+    std::fs::create_dir(&dir).unwrap();
+    let (socket, received) = (dir.join("notify"), dir.join("received"));
+    let script = r#"
+socat -u UNIX-RECV:"$SOCKET" CREATE:"$RECEIVED" &
+socat=$!
+while [ ! -S "$SOCKET" ]; do kill -0 $socat || exit 1; sleep 0.05; done
+NOTIFY_SOCKET="$SOCKET" ip netns exec "$NS" "$DR_CTL" metrics --listen 127.0.0.1:19466 &
+server=$!
+until grep -q READY=1 "$RECEIVED" 2>/dev/null; do kill -0 $server || exit 1; sleep 0.05; done
+kill $server $socat
+"#;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .env("SOCKET", &socket)
+        .env("RECEIVED", &received)
+        .env("NS", &h0.ns.name)
+        .env("DR_CTL", dr_ctl_path())
+        .output()
+        .unwrap();
+    let received_text = std::fs::read_to_string(&received).unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(received_text.trim(), "READY=1");
+}
+
+#[test]
 fn idle_clients_cannot_hold_the_endpoint() {
     require_root();
     let mut c = Cluster::new("drmetidle", 1, &dr_ctl_path()).unwrap();

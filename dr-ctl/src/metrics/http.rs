@@ -3,7 +3,8 @@
 //! its request head and 30 s for the whole exchange; at most
 //! [`MAX_CONNECTIONS`] are served at once (more wait in the listen backlog),
 //! and a failed accept (e.g. out of file descriptors) is logged and retried,
-//! never the end of the server.
+//! never the end of the server. Readiness goes to systemd (`READY=1` on
+//! `$NOTIFY_SOCKET`) once the socket listens.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http_body_util::Full;
@@ -30,6 +31,10 @@ pub async fn serve(addr: SocketAddr, peer_series: usize) -> Result<()> {
         .await
         .map_err(io_context(format!("listening on {addr}")))?;
     info!("serving metrics on http://{addr}/metrics");
+    // Type=notify units start their dependents once the socket listens.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!("telling systemd the metrics server is ready: {e}");
+    }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let slot = Arc::clone(&slots)
