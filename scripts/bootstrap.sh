@@ -28,10 +28,11 @@ fi
 # docker.io (dockerd, containerd, runc) and busybox-static (the image's only
 # binary) run in the real-dockerd tests; util-linux brings nsenter;
 # qemu-system-x86, busybox-static and python3-venv (for virtme-ng, below) run
-# scripts/vm.sh, the tests on Debian 12's kernel.
+# scripts/vm.sh, the tests on Debian 12's kernel; lintian checks the Debian
+# package.
 PKGS="llvm-${LLVM}-dev libpolly-${LLVM}-dev iproute2 iputils-ping iperf3 bpftool \
 iptables nftables conntrack tcpdump socat ethtool procps kmod protobuf-compiler etcd-server openssl \
-docker.io busybox-static util-linux qemu-system-x86 python3-venv"
+docker.io busybox-static util-linux qemu-system-x86 python3-venv lintian"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -89,6 +90,13 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
   echo "bootstrap: building bpf-linker against llvm-${LLVM}"
   PATH="/usr/lib/llvm-${LLVM}/bin:$PATH" cargo +stable install --locked bpf-linker \
     --no-default-features --features "llvm-${LLVM}"
+fi
+
+# cargo-deb builds the Debian package (`cargo xtask package`).
+CARGO_DEB_VERSION=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+  echo "bootstrap: installing cargo-deb $CARGO_DEB_VERSION"
+  cargo +stable install --locked cargo-deb --version "$CARGO_DEB_VERSION"
 fi
 
 if ! mountpoint -q /sys/fs/bpf; then

@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod docker_config;
 pub mod error;
 pub mod kernel;
+pub mod logging;
 pub mod maps;
 pub mod metrics;
 pub mod migrate;

@@ -1,167 +1,302 @@
 //! The counters in the Prometheus text exposition format, printed once or
-//! served on `GET /metrics`.
-//!
-//! The HTTP side is hand-written: one read-only endpoint on a socket the
-//! operator chooses does not warrant a web framework, and tokio is already here.
-use std::{fmt::Write as _, net::SocketAddr};
+//! served over HTTP (`http.rs`). This part reads the pinned maps and names
+//! the series; every family is declared in [`FAMILIES`], which the tests
+//! hold the served output, the Grafana dashboard and the alert rules to.
+use std::fmt::Write as _;
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
-use tracing::{info, warn};
+use dr_common::Counter;
 
 use crate::{
-    error::{io_context, Result},
+    datapath::{hook_ids, Hook},
+    error::Result,
     maps,
     node::{xdp_mode_name, NodeDir},
 };
 
-/// Escapes a label value.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"")
+mod http;
+
+pub use http::{serve, MAX_CONNECTIONS};
+
+/// A metric family: its name, Prometheus type and help text.
+pub struct Family {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub help: &'static str,
 }
 
-/// The current counters, read from the pinned maps.
-pub fn render() -> Result<String> {
-    // Without the lock: a scrape never waits behind a long `up`.
-    let node = NodeDir::unlocked()?.open()?;
-    let (maps, config) = (&node.maps, &node.config);
-    let mut out = String::new();
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+const fn family(name: &'static str, kind: &'static str, help: &'static str) -> Family {
+    Family { name, kind, help }
+}
+
+pub const BUILD_INFO: Family = family("dr_build_info", "gauge", "dr-ctl's version (value 1).");
+pub const DATAPATH_UP: Family = family(
+    "dr_datapath_up",
+    "gauge",
+    "1 when dr's maps are pinned in this network namespace (dr is up).",
+);
+pub const HOOK_ATTACHED: Family = family(
+    "dr_datapath_hook_attached",
+    "gauge",
+    "1 when the TC program of this hook is attached.",
+);
+pub const FORWARDED_PACKETS: Family = family(
+    "dr_forwarded_packets_total",
+    "counter",
+    "Packets the datapath forwarded, by direction.",
+);
+pub const FORWARDED_BYTES: Family = family(
+    "dr_forwarded_bytes_total",
+    "counter",
+    "Bytes the datapath forwarded, by direction.",
+);
+pub const PASSED_PACKETS: Family = family(
+    "dr_passed_packets_total",
+    "counter",
+    "Packets left to the kernel stack, by reason.",
+);
+pub const DROPPED_PACKETS: Family = family(
+    "dr_dropped_packets_total",
+    "counter",
+    "Packets the datapath dropped, by reason.",
+);
+pub const DROPPED_BYTES: Family = family(
+    "dr_dropped_bytes_total",
+    "counter",
+    "Bytes the datapath dropped, by reason.",
+);
+pub const FRAG_NEEDED: Family = family(
+    "dr_icmp_frag_needed_total",
+    "counter",
+    "Container packets too big for the uplink, answered with ICMP fragmentation needed, by the DF bit.",
+);
+pub const NAT_EVENTS: Family = family(
+    "dr_nat_events_total",
+    "counter",
+    "SNAT table events: translations created, expired, collected by gc, evicted.",
+);
+pub const NAT_ENTRIES: Family = family(
+    "dr_nat_table_entries",
+    "gauge",
+    "Entries in the SNAT table, live or expired (both occupy it until reclaimed).",
+);
+pub const NAT_LIVE: Family = family("dr_nat_translations", "gauge", "Live SNAT translations.");
+pub const NAT_CAPACITY: Family = family(
+    "dr_nat_table_capacity",
+    "gauge",
+    "Capacity of the SNAT table.",
+);
+pub const XDP_PACKETS: Family = family(
+    "dr_xdp_packets_total",
+    "counter",
+    "Frames the XDP fast path redirected to a container or left to TC.",
+);
+pub const XDP_ENDPOINTS: Family = family(
+    "dr_xdp_endpoints",
+    "gauge",
+    "Local containers the XDP fast path knows.",
+);
+pub const XDP_INFO: Family = family(
+    "dr_xdp_info",
+    "gauge",
+    "The XDP fast path's attach mode (value 1).",
+);
+pub const PEERS: Family = family("dr_peers", "gauge", "Peer subnets in the map.");
+pub const PEER_PACKETS: Family = family(
+    "dr_peer_packets_total",
+    "counter",
+    "Packets to and from each peer subnet (see --peer-series).",
+);
+pub const PEER_BYTES: Family = family(
+    "dr_peer_bytes_total",
+    "counter",
+    "Bytes to and from each peer subnet (see --peer-series).",
+);
+pub const PEER_OMITTED: Family = family(
+    "dr_peer_series_omitted",
+    "gauge",
+    "Peer subnets left without series by --peer-series.",
+);
+
+/// Every family dr-ctl serves while dr is up.
+pub const FAMILIES: [&Family; 20] = [
+    &BUILD_INFO,
+    &DATAPATH_UP,
+    &HOOK_ATTACHED,
+    &FORWARDED_PACKETS,
+    &FORWARDED_BYTES,
+    &PASSED_PACKETS,
+    &DROPPED_PACKETS,
+    &DROPPED_BYTES,
+    &FRAG_NEEDED,
+    &NAT_EVENTS,
+    &NAT_ENTRIES,
+    &NAT_LIVE,
+    &NAT_CAPACITY,
+    &XDP_PACKETS,
+    &XDP_ENDPOINTS,
+    &XDP_INFO,
+    &PEERS,
+    &PEER_PACKETS,
+    &PEER_BYTES,
+    &PEER_OMITTED,
+];
+
+/// Where a datapath counter goes: its families (packets, and bytes where
+/// they mean something) and label.
+struct Placement {
+    packets: &'static Family,
+    bytes: Option<&'static Family>,
+    label: (&'static str, &'static str),
+}
+
+fn placement(c: Counter) -> Placement {
+    let forwarded = |direction| Placement {
+        packets: &FORWARDED_PACKETS,
+        bytes: Some(&FORWARDED_BYTES),
+        label: ("direction", direction),
     };
-    let counters = maps.counters()?;
-    family(
-        &mut out,
-        "dr_packets_total",
-        "counter",
-        "Packets by datapath verdict or drop reason.",
-    );
-    for (c, t) in &counters {
-        let _ = writeln!(
-            out,
-            "dr_packets_total{{verdict=\"{}\"}} {}",
-            c.name(),
-            t.packets
-        );
+    let dropped = |reason| Placement {
+        packets: &DROPPED_PACKETS,
+        bytes: Some(&DROPPED_BYTES),
+        label: ("reason", reason),
+    };
+    let only = |packets, label| Placement {
+        packets,
+        bytes: None,
+        label,
+    };
+    match c {
+        Counter::ToPeer => forwarded("to_peer"),
+        Counter::FromPeer => forwarded("from_peer"),
+        Counter::HostToPeer => forwarded("host_to_peer"),
+        Counter::NatOut => forwarded("nat_out"),
+        Counter::NatIn => forwarded("nat_in"),
+        Counter::NatIcmpErrorIn => forwarded("nat_icmp_error_in"),
+        Counter::DropSpoofed => dropped("spoofed_source"),
+        Counter::DropTtlExceeded => dropped("ttl_exceeded"),
+        Counter::DropRedirectFailed => dropped("redirect_failed"),
+        Counter::DropNatPortsExhausted => dropped("nat_ports_exhausted"),
+        Counter::DropNatTableFull => dropped("nat_table_full"),
+        Counter::DropNatFragment => dropped("nat_fragment"),
+        Counter::Passed => only(&PASSED_PACKETS, ("reason", "not_dr_traffic")),
+        Counter::Malformed => only(&PASSED_PACKETS, ("reason", "malformed")),
+        Counter::InboundReply => only(&PASSED_PACKETS, ("reason", "inbound_reply")),
+        Counter::IcmpFragNeeded => only(&FRAG_NEEDED, ("df", "set")),
+        Counter::IcmpFragNeededNoDf => only(&FRAG_NEEDED, ("df", "unset")),
+        Counter::NatCreated => only(&NAT_EVENTS, ("event", "created")),
+        Counter::NatExpired => only(&NAT_EVENTS, ("event", "expired")),
+        Counter::NatExpiredGc => only(&NAT_EVENTS, ("event", "expired_gc")),
+        Counter::NatEvicted => only(&NAT_EVENTS, ("event", "evicted")),
+        Counter::XdpRedirect => only(&XDP_PACKETS, ("action", "redirect")),
+        Counter::XdpPass => only(&XDP_PACKETS, ("action", "pass")),
     }
-    family(
-        &mut out,
-        "dr_bytes_total",
-        "counter",
-        "Bytes by datapath verdict or drop reason.",
-    );
-    for (c, t) in &counters {
-        let _ = writeln!(
-            out,
-            "dr_bytes_total{{verdict=\"{}\"}} {}",
-            c.name(),
-            t.bytes
-        );
-    }
-    let peers = maps.peers()?;
-    family(
-        &mut out,
-        "dr_peer_packets_total",
-        "counter",
-        "Packets to and from each peer subnet.",
-    );
-    let mut bytes = String::new();
-    for p in &peers {
-        let t = maps.peer_traffic(p.slot)?;
-        for (dir, tr) in [("to_peer", t.to_peer), ("from_peer", t.from_peer)] {
-            let labels = format!(
-                "subnet=\"{}\",via=\"{}\",direction=\"{dir}\"",
-                label(&p.subnet.to_string()),
-                p.via
-            );
-            let _ = writeln!(out, "dr_peer_packets_total{{{labels}}} {}", tr.packets);
-            let _ = writeln!(bytes, "dr_peer_bytes_total{{{labels}}} {}", tr.bytes);
+}
+
+/// The exposition being written: samples grouped under their family's
+/// HELP and TYPE, in [`FAMILIES`] order.
+struct Exposition {
+    samples: [Vec<String>; FAMILIES.len()],
+}
+
+impl Exposition {
+    fn new() -> Self {
+        Self {
+            samples: std::array::from_fn(|_| Vec::new()),
         }
     }
-    family(
-        &mut out,
-        "dr_peer_bytes_total",
-        "counter",
-        "Bytes to and from each peer subnet.",
+
+    fn sample(&mut self, family: &Family, labels: &[(&str, &str)], value: u64) {
+        let mut line = family.name.to_string();
+        if !labels.is_empty() {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect();
+            let _ = write!(line, "{{{}}}", labels.join(","));
+        }
+        let _ = write!(line, " {value}");
+        let index = FAMILIES
+            .iter()
+            .position(|f| f.name == family.name)
+            .expect("every family is listed in FAMILIES");
+        self.samples[index].push(line);
+    }
+
+    fn finish(self) -> String {
+        let mut out = String::new();
+        for (family, lines) in FAMILIES.iter().zip(self.samples) {
+            if lines.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+            let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind);
+            for line in lines {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        out
+    }
+}
+
+/// The current metrics: read from the pinned maps when dr is up; only
+/// `dr_build_info` and `dr_datapath_up 0` when it is not.
+pub fn render(peer_series: usize) -> Result<String> {
+    let mut out = Exposition::new();
+    out.sample(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    // Never waits behind a long `up`: a scrape reads without the node lock.
+    let dir = NodeDir::unlocked()?;
+    if !dir.pins.exists() {
+        out.sample(&DATAPATH_UP, &[], 0);
+        return Ok(out.finish());
+    }
+    out.sample(&DATAPATH_UP, &[], 1);
+    for hook in Hook::ALL {
+        let attached = hook_ids(&dir.pins, hook)?.is_some();
+        out.sample(&HOOK_ATTACHED, &[("hook", hook.name())], attached.into());
+    }
+    let node = dir.open()?;
+    let (maps, config) = (&node.maps, &node.config);
+    for (counter, traffic) in maps.counters()? {
+        let p = placement(counter);
+        out.sample(p.packets, &[p.label], traffic.packets);
+        if let Some(bytes) = p.bytes {
+            out.sample(bytes, &[p.label], traffic.bytes);
+        }
+    }
+    let peers = maps.peers()?;
+    out.sample(&PEERS, &[], peers.len() as u64);
+    for p in peers.iter().take(peer_series) {
+        let t = maps.peer_traffic(p.slot)?;
+        let (subnet, via) = (p.subnet.to_string(), p.via.to_string());
+        for (direction, tr) in [("to_peer", t.to_peer), ("from_peer", t.from_peer)] {
+            let labels = [
+                ("subnet", &*subnet),
+                ("via", &*via),
+                ("direction", direction),
+            ];
+            out.sample(&PEER_PACKETS, &labels, tr.packets);
+            out.sample(&PEER_BYTES, &labels, tr.bytes);
+        }
+    }
+    out.sample(
+        &PEER_OMITTED,
+        &[],
+        peers.len().saturating_sub(peer_series) as u64,
     );
-    out += &bytes;
     let now = maps::monotonic_ns();
-    let live = maps
-        .nat_flows()?
+    let flows = maps.nat_flows()?;
+    let live = flows
         .iter()
         .filter(|(_, f)| !f.expired(now, &config.nat_timeouts))
         .count();
-    for (name, help, value) in [
-        ("dr_peers", "Peer subnets in the map.", peers.len() as u64),
-        (
-            "dr_nat_translations",
-            "Live SNAT translations.",
-            live as u64,
-        ),
-        (
-            "dr_nat_table_size",
-            "Capacity of each SNAT table.",
-            u64::from(maps::nat_table_size(node.pins().path())?),
-        ),
-        (
-            "dr_xdp_endpoints",
-            "Local containers the XDP fast path knows.",
-            maps.endpoints()?.len() as u64,
-        ),
-    ] {
-        family(&mut out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {value}");
-    }
-    family(
-        &mut out,
-        "dr_xdp_info",
-        "gauge",
-        "The XDP fast path's attach mode.",
+    out.sample(&NAT_ENTRIES, &[], flows.len() as u64);
+    out.sample(&NAT_LIVE, &[], live as u64);
+    out.sample(
+        &NAT_CAPACITY,
+        &[],
+        maps::nat_table_size(node.pins().path())?.into(),
     );
-    let _ = writeln!(
-        out,
-        "dr_xdp_info{{mode=\"{}\"}} 1",
-        xdp_mode_name(config.xdp_mode)
-    );
-    Ok(out)
-}
-
-/// Serves `GET /metrics` on `addr` until killed.
-pub async fn serve(addr: SocketAddr) -> Result<()> {
-    render()?; // fail now, not at the first scrape, when dr is not up
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(io_context(format!("listening on {addr}")))?;
-    info!("serving metrics on http://{addr}/metrics");
-    loop {
-        let (mut conn, peer) = listener.accept().await.map_err(io_context("accepting"))?;
-        tokio::spawn(async move {
-            let mut head = Vec::with_capacity(1024);
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                match conn.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let (status, body) =
-                if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ") {
-                    match render() {
-                        Ok(text) => ("200 OK", text),
-                        Err(e) => ("503 Service Unavailable", format!("{e}\n")),
-                    }
-                } else {
-                    ("404 Not Found", "try /metrics\n".to_string())
-                };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = conn.write_all(response.as_bytes()).await {
-                warn!("metrics response to {peer}: {e}");
-            }
-        });
-    }
+    out.sample(&XDP_ENDPOINTS, &[], maps.endpoints()?.len() as u64);
+    out.sample(&XDP_INFO, &[("mode", xdp_mode_name(config.xdp_mode))], 1);
+    Ok(out.finish())
 }

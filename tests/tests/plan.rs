@@ -1,11 +1,5 @@
-//! The cluster plan (`dr-ctl apply`) and the Prometheus metrics, through the
-//! real dr-ctl in emulated hosts.
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    process::Command,
-    time::Duration,
-};
+//! The cluster plan (`dr-ctl apply`), through the real dr-ctl in emulated hosts.
+use std::time::Duration;
 
 use dr_tests::{
     dr_ctl_path,
@@ -151,81 +145,4 @@ fn bad_plans_are_refused_naming_file_host_and_field() {
         );
         std::fs::remove_file(&path).unwrap();
     }
-}
-
-/// Parses the Prometheus text format into (series, value).
-fn parse_metrics(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            (
-                series.to_string(),
-                value
-                    .parse()
-                    .unwrap_or_else(|_| panic!("bad value in {l:?}")),
-            )
-        })
-        .collect()
-}
-
-#[test]
-fn metrics_are_served_in_the_prometheus_text_format() {
-    require_root();
-    let mut c = Cluster::new("drmetrics", 2, &dr_ctl_path()).unwrap();
-    c.up_all(1).unwrap();
-    let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
-    traffic::ping(&h0.containers[0].ns, h1.containers[0].addr, 3).unwrap();
-
-    let once = parse_metrics(&h0.dr(&["metrics"]).unwrap());
-    let get =
-        |m: &[(String, f64)], series: &str| m.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
-    assert!(get(&once, "dr_packets_total{verdict=\"to_peer\"}").unwrap() >= 3.0);
-    assert_eq!(get(&once, "dr_peers"), Some(1.0));
-
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &h0.ns.name])
-        .arg(dr_ctl_path())
-        .args(["metrics", "--listen", "127.0.0.1:19464"])
-        .spawn()
-        .unwrap();
-    let scrape = || -> Option<String> {
-        let mut conn = h0
-            .ns
-            .enter(|| TcpStream::connect("127.0.0.1:19464"))
-            .ok()?
-            .ok()?;
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: dr\r\n\r\n")
-            .ok()?;
-        let mut response = String::new();
-        conn.read_to_string(&mut response).ok()?;
-        Some(response)
-    };
-    let response = (0..50)
-        .find_map(|_| {
-            scrape().or_else(|| {
-                std::thread::sleep(Duration::from_millis(100));
-                None
-            })
-        })
-        .expect("metrics endpoint answers");
-    let _ = server.kill();
-    let _ = server.wait();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.1 200") && head.contains("text/plain"),
-        "{head}"
-    );
-    let m = parse_metrics(body);
-    let peer = format!(
-        "dr_peer_packets_total{{subnet=\"{}\",via=\"{}\",direction=\"to_peer\"}}",
-        h1.subnet(),
-        h1.uplink_addr
-    );
-    assert!(get(&m, &peer).unwrap() >= 3.0, "{body}");
-    assert!(get(&m, "dr_packets_total{verdict=\"drop_spoofed_source\"}").is_some());
-    assert_eq!(get(&m, "dr_xdp_info{mode=\"off\"}"), Some(1.0));
-    assert!(body.contains("# TYPE dr_packets_total counter"));
 }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod package;
 mod previous_release;
 mod vm;
 
@@ -25,6 +26,9 @@ enum Task {
     Bootstrap,
     /// Bootstrap, then build dr-ctl (with the embedded eBPF object) in release mode.
     Build,
+    /// Bootstrap, then build the Debian package (target/debian/dr_*.deb): dr-ctl
+    /// with the embedded eBPF object, systemd units, completions, man pages.
+    Package,
     /// Bootstrap, build, then run an emulated three-host cluster and show dr at work.
     Demo,
     /// Bootstrap, build, then measure dr against the recipe it replaces (results/ and stdout).
@@ -47,8 +51,9 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
     },
-    /// Bootstrap, build, then run every test: unit, crafted-packet datapath, netns
-    /// integration; without a filter, then the VM subset on Debian 12's 6.1 kernel.
+    /// Bootstrap, build (the Debian package too), then run every test: unit,
+    /// crafted-packet datapath, netns integration, the package; without a
+    /// filter, then the VM subset on Debian 12's 6.1 kernel.
     Test {
         /// Skip the VM subset.
         #[arg(long)]
@@ -102,6 +107,12 @@ fn main() -> Result<()> {
         Task::Build => {
             bootstrap()?;
             run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])
+        }
+        Task::Package => {
+            bootstrap()?;
+            let deb = package::build()?;
+            println!("{}", deb.display());
+            Ok(())
         }
         Task::Demo => {
             bootstrap()?;
@@ -157,7 +168,13 @@ fn main() -> Result<()> {
             if !vm_only {
                 let previous = previous_release::build()?;
                 let previous = previous.to_str().context("non-UTF-8 path")?;
-                let mut env = vec![("DR_CTL", dr_ctl), ("DR_CTL_PREVIOUS", previous)];
+                let deb = package::build()?;
+                let deb = deb.to_str().context("non-UTF-8 path")?;
+                let mut env = vec![
+                    ("DR_CTL", dr_ctl),
+                    ("DR_CTL_PREVIOUS", previous),
+                    ("DR_DEB", deb),
+                ];
                 if let Some(mode) = &attach {
                     env.push(("DR_ATTACH", mode));
                 }

@@ -57,7 +57,7 @@ impl Hook {
     }
 
     /// The part of its pins' names that names the hook.
-    const fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Hook::BridgeIngress => "bridge_ingress",
             Hook::UplinkIngress => "uplink_ingress",
