@@ -29,7 +29,10 @@ fn ping_tcp_udp_across_three_hosts_without_routes_or_forwarding() {
 fn ping_tcp_udp_across_three_hosts_with_the_xdp_fast_path() {
     let c = xdp_cluster("drfwdx");
     cross_host_traffic(&c);
-    for host in &c.hosts {
+    // Hosts 0 and 1 each received an 8 MiB TCP transfer (thousands of
+    // MSS-sized frames on this wire-like segment); host 2 at least the
+    // pings and their replies (its TCP ACKs vary with the receiver's GRO).
+    for (host, at_least) in c.hosts.iter().zip([1000, 1000, 8]) {
         let s = host.status().unwrap();
         assert!(
             ["native", "generic"].contains(&s["xdp"].as_str().unwrap()),
@@ -37,7 +40,7 @@ fn ping_tcp_udp_across_three_hosts_with_the_xdp_fast_path() {
         );
         assert_eq!(s["endpoints"], 2);
         let redirected = s["counters"]["xdp_redirect"]["packets"].as_u64().unwrap();
-        assert!(redirected > 100, "{}", s["counters"]);
+        assert!(redirected >= at_least, "{}", s["counters"]);
     }
 }
 
