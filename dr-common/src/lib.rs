@@ -171,6 +171,7 @@ const _: () = {
     assert!(size_of::<Endpoint>() == 12);
     assert!(size_of::<nat::FlowKey>() == 16);
     assert!(size_of::<nat::Flow>() == 24);
+    assert!(size_of::<nat::Teardown>() == 4);
     assert!(size_of::<nat::ReverseKey>() == 12);
     assert!(size_of::<nat::Origin>() == 8);
     assert!(size_of::<nat::InboundFlow>() == 16);
