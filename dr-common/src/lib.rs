@@ -242,10 +242,15 @@ pub enum Counter {
     /// fragment; they are answered like the DF ones, and their senders
     /// fragment to the uplink MTU from then on.
     IcmpFragNeededNoDf = 22,
+    /// IP fragments to the uplink address with SNAT on, left to the host
+    /// stack: dr does not reassemble, so fragmented replies to a translated
+    /// flow (large UDP answers such as EDNS0 DNS) do not reach the container.
+    /// The host's own fragmented traffic is counted too.
+    NatFragmentIn = 23,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 24] = [
         Counter::ToPeer,
         Counter::FromPeer,
         Counter::Passed,
@@ -269,6 +274,7 @@ impl Counter {
         Counter::HostToPeer,
         Counter::IcmpFragNeeded,
         Counter::IcmpFragNeededNoDf,
+        Counter::NatFragmentIn,
     ];
 
     /// Stable name used in `dr-ctl status` and its JSON output.
@@ -297,6 +303,7 @@ impl Counter {
             Counter::HostToPeer => "host_to_peer",
             Counter::IcmpFragNeeded => "icmp_frag_needed",
             Counter::IcmpFragNeededNoDf => "icmp_frag_needed_no_df",
+            Counter::NatFragmentIn => "nat_fragment_in",
         }
     }
 }

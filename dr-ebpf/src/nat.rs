@@ -454,7 +454,9 @@ pub fn snat_reply(
     let proto = ip.proto;
     let l4 = layout(proto)?;
     if is_fragment(ip) {
-        return None;
+        // Only the first fragment has ports; dr does not track fragments by
+        // IP id (as Cilium does): the stack gets them, counted.
+        return Some(pass(Counter::NatFragmentIn, bytes));
     }
     let l4_at = l4_offset(ip);
     if proto == IPPROTO_ICMP {

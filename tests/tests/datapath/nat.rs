@@ -255,6 +255,26 @@ fn fragments_to_external_destinations_are_dropped_and_counted() {
 }
 
 #[test]
+fn inbound_fragments_of_replies_go_to_the_host_counted() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53));
+    let mut fragment = reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 53, 50);
+    fragment[14 + 6] = 0x20; // more fragments
+    fragment[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let header = etherparse::Ipv4HeaderSlice::from_slice(&fragment[14..])
+        .unwrap()
+        .to_header();
+    let csum = header.calc_header_checksum().to_be_bytes();
+    fragment[14 + 10..14 + 12].copy_from_slice(&csum);
+    assert_eq!(
+        dp.run(Hook::UplinkIngress, &fragment),
+        (TC_ACT_OK, fragment.clone())
+    );
+    assert_eq!(dp.counter(Counter::NatFragmentIn).packets, 1);
+    assert_eq!(dp.counter(Counter::NatIn).packets, 0);
+}
+
+#[test]
 fn same_source_port_from_two_containers_gets_two_ports() {
     let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
     let a = dp.translate_out(CONTAINER, EXTERNAL, L4::Tcp, (SRC_PORT, 80));
