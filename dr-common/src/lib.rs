@@ -184,6 +184,7 @@ const _: () = {
     assert!(size_of::<Endpoint>() == 12);
     assert!(size_of::<nat::FlowKey>() == 16);
     assert!(size_of::<nat::Flow>() == 24);
+    assert!(size_of::<nat::Teardown>() == 4);
     assert!(size_of::<nat::ReverseKey>() == 12);
     assert!(size_of::<nat::Origin>() == 8);
     assert!(size_of::<nat::InboundFlow>() == 16);
@@ -286,6 +287,11 @@ counters! {
     /// fragment; they are answered like the DF ones, and their senders
     /// fragment to the uplink MTU from then on.
     IcmpFragNeededNoDf = 22 => "icmp_frag_needed_no_df",
+    /// IP fragments to the uplink address with SNAT on, left to the host
+    /// stack: dr does not reassemble, so fragmented replies to a translated
+    /// flow (large UDP answers such as EDNS0 DNS) do not reach the container.
+    /// The host's own fragmented traffic is counted too.
+    NatFragmentIn = 23 => "nat_fragment_in",
 }
 
 // `ALL[i]` is counter `i`: the indices are 0..COUNTER_COUNT without gaps.

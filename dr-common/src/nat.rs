@@ -44,9 +44,27 @@ pub struct Flow {
     pub last_seen_ns: u64,
     /// The allocated source port (network order).
     pub nat_port: u16,
-    /// A [`State`] value.
+    /// A [`State`] value, as of the last packet that changed it; the
+    /// teardown marks below take precedence (see [`Flow::current_state`]).
     pub state: u8,
-    pub _pad: [u8; 5],
+    /// TCP teardown seen, one byte per [`Teardown`] mark, set to 1 and
+    /// cleared only when a new SYN reopens the flow. Programs on several
+    /// CPUs update a flow at once: a read-modify-write of `state` by one can
+    /// undo another's FIN, a store of a constant into its own byte cannot.
+    pub teardown: Teardown,
+    pub _pad: u8,
+}
+
+/// `Flow::teardown`: the container's FIN, the remote's FIN, the connection
+/// closed (a RST, or both FINs with the container first), and the remote
+/// holding TIME_WAIT (both FINs with the remote first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Teardown {
+    pub fin_out: u8,
+    pub fin_in: u8,
+    pub closed: u8,
+    pub time_wait: u8,
 }
 
 /// A reply's view of a translated flow (key of `NAT_REVERSE`).
@@ -321,10 +339,53 @@ impl State {
 }
 
 impl Flow {
+    /// The flow's state: the teardown marks, else `state`. Both FINs seen
+    /// without their order (two CPUs at once) count as TIME_WAIT, the longer
+    /// hold of the port.
+    #[inline(always)]
+    pub fn current_state(&self) -> Option<State> {
+        let base = State::from_u8(self.state)?;
+        let t = self.teardown;
+        Some(match base {
+            State::Udp | State::Icmp => base,
+            _ if t.closed != 0 => State::TcpClosed,
+            _ if t.time_wait != 0 || (t.fin_out != 0 && t.fin_in != 0) => State::TcpTimeWait,
+            _ if t.fin_out != 0 => State::TcpFinOut,
+            _ if t.fin_in != 0 => State::TcpFinIn,
+            _ => base,
+        })
+    }
+
+    /// Records a packet's TCP `flags` (`reply`: from the remote side). Only
+    /// what changes is written, and a teardown only ever sets its own mark.
+    #[inline(always)]
+    pub fn record(&mut self, flags: u8, reply: bool) {
+        let Some(current) = self.current_state() else {
+            return;
+        };
+        let next = current.next(flags, reply);
+        if next == current {
+            return;
+        }
+        match next {
+            State::TcpFinOut => self.teardown.fin_out = 1,
+            State::TcpFinIn => self.teardown.fin_in = 1,
+            State::TcpClosed => self.teardown.closed = 1,
+            State::TcpTimeWait => self.teardown.time_wait = 1,
+            // Established, or a SYN reopening a closed flow.
+            _ => {
+                if self.teardown != Teardown::default() {
+                    self.teardown = Teardown::default();
+                }
+                self.state = next as u8;
+            }
+        }
+    }
+
     /// Whether the flow has been idle longer than its state allows at `now_ns`.
     #[inline(always)]
     pub fn expired(&self, now_ns: u64, t: &Timeouts) -> bool {
-        let timeout = match State::from_u8(self.state) {
+        let timeout = match self.current_state() {
             Some(s) => s.timeout_secs(t),
             None => 0,
         };
@@ -363,6 +424,34 @@ mod tests {
         assert_eq!(State::initial(IPPROTO_TCP, TCP_ACK), State::TcpEstablished);
         assert_eq!(State::initial(IPPROTO_UDP, 0), State::Udp);
         assert_eq!(State::Udp.next(TCP_RST, true), State::Udp);
+    }
+
+    #[test]
+    fn a_stale_update_cannot_undo_a_teardown() {
+        let established = Flow {
+            state: State::TcpEstablished as u8,
+            ..Flow::default()
+        };
+        // Two CPUs read the flow established; one records the container's
+        // FIN, the other an ACK from the remote: the ACK writes nothing.
+        let mut fin = established;
+        fin.record(TCP_FIN | TCP_ACK, false);
+        let mut ack = established;
+        ack.record(TCP_ACK, true);
+        assert_eq!(ack, established);
+        assert_eq!(fin.current_state(), Some(State::TcpFinOut));
+        // FINs both ways: the order kept when seen in order, TIME_WAIT (the
+        // longer hold) when two CPUs each saw only their own.
+        let mut ordered = fin;
+        ordered.record(TCP_FIN | TCP_ACK, true);
+        assert_eq!(ordered.current_state(), Some(State::TcpClosed));
+        let mut both = fin;
+        both.teardown.fin_in = 1;
+        assert_eq!(both.current_state(), Some(State::TcpTimeWait));
+        // A new SYN reopens a closed flow.
+        ordered.record(TCP_SYN, false);
+        assert_eq!(ordered.current_state(), Some(State::TcpSynSent));
+        assert_eq!(ordered.teardown, Teardown::default());
     }
 
     #[test]

@@ -312,6 +312,15 @@ impl Maps {
             .collect::<std::result::Result<_, _>>()?)
     }
 
+    /// The translation of `key` now, if any.
+    fn nat_flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
+        match self.nat_flows.get(key, 0) {
+            Ok(flow) => Ok(Some(flow)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes one translation (both halves, the reverse only if it is this flow's).
     fn remove_translation(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
         let rkey = key.reverse(flow.nat_port);
@@ -330,8 +339,19 @@ impl Maps {
     pub fn nat_gc(&mut self, timeouts: &Timeouts) -> Result<u64> {
         let now = monotonic_ns();
         let mut removed = 0;
-        for (key, flow) in self.nat_flows()? {
-            if flow.expired(now, timeouts) {
+        for (key, listed) in self.nat_flows()? {
+            if !listed.expired(now, timeouts) {
+                continue;
+            }
+            // The datapath may have reclaimed the flow and started it again
+            // since the listing: only the same, still expired, translation goes.
+            let Some(flow) = self.nat_flow(&key)? else {
+                continue;
+            };
+            if flow.created_ns == listed.created_ns
+                && flow.nat_port == listed.nat_port
+                && flow.expired(monotonic_ns(), timeouts)
+            {
                 self.remove_translation(&key, &flow)?;
                 removed += 1;
             }

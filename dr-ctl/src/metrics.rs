@@ -181,6 +181,7 @@ fn placement(c: Counter) -> Placement {
         Counter::Passed => only(&PASSED_PACKETS, ("reason", "not_dr_traffic")),
         Counter::Malformed => only(&PASSED_PACKETS, ("reason", "malformed")),
         Counter::InboundReply => only(&PASSED_PACKETS, ("reason", "inbound_reply")),
+        Counter::NatFragmentIn => only(&PASSED_PACKETS, ("reason", "nat_fragment_in")),
         Counter::IcmpFragNeeded => only(&FRAG_NEEDED, ("df", "set")),
         Counter::IcmpFragNeededNoDf => only(&FRAG_NEEDED, ("df", "unset")),
         Counter::NatCreated => only(&NAT_EVENTS, ("event", "created")),

@@ -31,7 +31,9 @@ use crate::{
     error::{io_context, Error, Result},
 };
 
+const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
@@ -61,11 +63,18 @@ impl Layout {
     }
 }
 
+/// Whether entries copy from one map type to the other as they are: the
+/// same type, or a hash table that became LRU or stopped being LRU.
+fn same_entries(from: u32, to: u32) -> bool {
+    let hash = |t| matches!(t, BPF_MAP_TYPE_HASH | BPF_MAP_TYPE_LRU_HASH);
+    from == to || (hash(from) && hash(to))
+}
+
 /// Whether a map pinned as `pinned` must be migrated to `wanted`; an error
-/// for a change dr cannot migrate (another type or key, a smaller value).
-/// The size of a hash table is `up`'s option, not a layout change.
+/// for a change dr cannot migrate (another kind of map or key, a smaller
+/// value). The size of a hash table is `up`'s option, not a layout change.
 pub fn needs_migration(name: &str, pinned: Layout, wanted: Layout) -> Result<bool> {
-    if pinned.map_type != wanted.map_type
+    if !same_entries(pinned.map_type, wanted.map_type)
         || pinned.key_size != wanted.key_size
         || pinned.value_size > wanted.value_size
     {
@@ -74,7 +83,8 @@ pub fn needs_migration(name: &str, pinned: Layout, wanted: Layout) -> Result<boo
              ({pinned:?}, this one has {wanted:?}): run `dr-ctl down` with that version first"
         )));
     }
-    Ok(pinned.value_size != wanted.value_size
+    Ok(pinned.map_type != wanted.map_type
+        || pinned.value_size != wanted.value_size
         || (wanted.is_array() && pinned.max_entries != wanted.max_entries))
 }
 
@@ -412,6 +422,12 @@ mod tests {
             max_entries: n,
         };
         assert!(!needs_migration("NAT_FLOWS", table(1024), table(65536)).unwrap());
+        // A table that stops being LRU keeps its entries.
+        let not_lru = Layout {
+            map_type: BPF_MAP_TYPE_HASH,
+            ..table(1024)
+        };
+        assert!(needs_migration("NAT_REVERSE", table(1024), not_lru).unwrap());
     }
 
     #[test]

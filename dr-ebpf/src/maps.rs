@@ -37,8 +37,12 @@ pub static NAT_EXCLUDE: LpmTrie<u32, u8> = LpmTrie::pinned(MAX_EXCLUSIONS, 0);
 pub static NAT_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_TABLE_SIZE, 0);
 
 /// SNAT translations by the replies' view, pointing back to the container.
+/// Not LRU: an eviction would free the port of a live flow for another
+/// container's claim, and its replies would go there. Entries go when their
+/// flow is found dead (by the programs or `dr-ctl nat gc`); when full, new
+/// flows are refused (`drop_nat_table_full`) until then.
 #[map]
-pub static NAT_REVERSE: LruHashMap<ReverseKey, Origin> = LruHashMap::pinned(DEFAULT_TABLE_SIZE, 0);
+pub static NAT_REVERSE: HashMap<ReverseKey, Origin> = HashMap::pinned(DEFAULT_TABLE_SIZE, 0);
 
 /// Local containers the XDP path can deliver to: address -> docker0 port
 /// and MAC. Written by dr-ctl from the neighbour table and the bridge FDB.

@@ -6,7 +6,7 @@
 //! helpers, which keep checksums right for CHECKSUM_PARTIAL skbs (as veth
 //! produces) where direct arithmetic on the field would not.
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -15,8 +15,8 @@ use aya_log_ebpf::warn;
 use dr_common::{
     checksum,
     nat::{
-        rewritten_l4_checksum, Flow, FlowKey, Origin, ReverseKey, State, DELIVERED_BY_KERNEL,
-        IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_TRIES, TCP_ACK, TCP_SYN,
+        rewritten_l4_checksum, Flow, FlowKey, Origin, ReverseKey, State, Teardown,
+        DELIVERED_BY_KERNEL, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_TRIES, TCP_ACK, TCP_SYN,
     },
     Counter, DatapathConfig,
 };
@@ -129,7 +129,7 @@ pub fn excluded(cfg: &DatapathConfig, addr: u32) -> bool {
 }
 
 /// The live translation of `key`, or None. Drops an expired one, and one
-/// whose reverse half the full (LRU) table has evicted.
+/// whose reverse half another flow reclaimed (after finding this one dead).
 #[inline(always)]
 fn live_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64) -> Option<*mut Flow> {
     let flow = NAT_FLOWS.get_ptr_mut(key)?;
@@ -145,40 +145,82 @@ fn live_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64) -> Option<*mut Flow>
             _ => count(Counter::NatEvicted, 0),
         }
     }
-    let _ = NAT_FLOWS.remove(key);
-    // Only remove the reverse half if it is still ours.
-    if unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| *o == key.origin()) {
-        let _ = NAT_REVERSE.remove(rkey);
+    // Whoever removes the forward half frees the reverse one, if still ours.
+    if NAT_FLOWS.remove(key).is_ok() {
+        release(&rkey, &key.origin());
     }
     None
 }
 
-/// Frees the port in `rkey` if the translation holding it is dead.
+/// Whether the translation holding `rkey` is dead; removes its forward half
+/// when that is expired. Of several CPUs finding the same expired flow, only
+/// the one whose removal succeeds reclaims the port.
 #[inline(always)]
-fn reclaim(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
+fn dead(rkey: &ReverseKey, holder: &Origin, cfg: &DatapathConfig, now: u64) -> bool {
+    let fkey = rkey.forward(holder);
     // SAFETY: map value, copied out.
-    let Some(origin) = (unsafe { NAT_REVERSE.get(rkey) }).copied() else {
-        return true;
-    };
-    let fkey = rkey.forward(&origin);
-    // SAFETY: as above.
-    match unsafe { NAT_FLOWS.get(fkey) } {
+    match unsafe { NAT_FLOWS.get(fkey) }.copied() {
         Some(flow) if flow.nat_port == rkey.nat_port => {
-            if !flow.expired(now, &cfg.nat_timeouts) {
+            if !flow.expired(now, &cfg.nat_timeouts) || NAT_FLOWS.remove(fkey).is_err() {
                 return false;
             }
-            let _ = NAT_FLOWS.remove(fkey);
             count(Counter::NatExpired, 0);
         }
-        // The forward half is gone or moved to another port: stale.
+        // The forward half is gone (evicted) or moved to another port: stale.
         _ => count(Counter::NatEvicted, 0),
     }
     true
 }
 
+/// [`claim`]'s outcomes.
+const CLAIMED: u32 = 0;
+const BUSY: u32 = 1;
+const TABLE_FULL: u32 = 2;
+
+/// Claims `rkey` for `origin`: a free port, or one whose translation is
+/// dead. A reverse entry is never overwritten: a dead one is deleted (if it
+/// still names the dead holder) and the claim made with `BPF_NOEXIST`, so of
+/// two CPUs reclaiming the same port for different containers one fails.
+/// A function of its own (not inlined): the verifier then sees one of three
+/// results per candidate port instead of every path through it.
+#[inline(never)]
+fn claim(rkey: &ReverseKey, origin: &Origin, cfg: &DatapathConfig, now: u64) -> u32 {
+    match NAT_REVERSE.insert(rkey, origin, BPF_NOEXIST as u64) {
+        Ok(()) => return CLAIMED,
+        Err(e) if e != -EEXIST => return TABLE_FULL,
+        Err(_) => {}
+    }
+    // SAFETY: map value, copied out.
+    let Some(holder) = (unsafe { NAT_REVERSE.get(rkey) }).copied() else {
+        return BUSY;
+    };
+    if !dead(rkey, &holder, cfg, now) {
+        return BUSY;
+    }
+    release(rkey, &holder);
+    match NAT_REVERSE.insert(rkey, origin, BPF_NOEXIST as u64) {
+        Ok(()) => CLAIMED,
+        Err(_) => BUSY,
+    }
+}
+
+/// Removes the reverse entry `rkey` if it still names `origin`.
+#[inline(always)]
+fn release(rkey: &ReverseKey, origin: &Origin) {
+    // SAFETY: map value, only compared.
+    if unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| o == origin) {
+        let _ = NAT_REVERSE.remove(rkey);
+    }
+}
+
+const EEXIST: i32 = 17;
+
 /// Allocates a source port for a new flow and records both halves.
 /// Tries up to PORT_TRIES ports from a random start in the range; a port is
 /// taken only if no live translation uses it toward the same remote endpoint.
+/// Both halves are inserted with `BPF_NOEXIST`: of two CPUs starting the same
+/// flow (a retransmitted SYN, UDP), the second undoes its claim and uses the
+/// first one's port, so every packet of the flow leaves from one port.
 #[inline(always)]
 fn allocate(key: &FlowKey, cfg: &DatapathConfig, now: u64, tcp_flags: u8) -> Result<u16, Counter> {
     let origin = key.origin();
@@ -206,27 +248,38 @@ fn allocate(key: &FlowKey, cfg: &DatapathConfig, now: u64, tcp_flags: u8) -> Res
         };
         let port = (cfg.nat_port_min.wrapping_add(offset) as u16).to_be();
         let rkey = key.reverse(port);
-        if NAT_REVERSE
-            .insert(rkey, origin, BPF_NOEXIST as u64)
-            .is_err()
-        {
-            if !reclaim(&rkey, cfg, now) {
-                continue;
-            }
-            if NAT_REVERSE.insert(rkey, origin, BPF_ANY as u64).is_err() {
-                return Err(Counter::DropNatTableFull);
-            }
+        match claim(&rkey, &origin, cfg, now) {
+            CLAIMED => {}
+            TABLE_FULL => return Err(Counter::DropNatTableFull),
+            _ => continue,
         }
         let flow = Flow {
             created_ns: now,
             last_seen_ns: now,
             nat_port: port,
             state: State::initial(key.proto, tcp_flags) as u8,
-            _pad: [0; 5],
+            teardown: Teardown::default(),
+            _pad: 0,
         };
-        if NAT_FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
-            let _ = NAT_REVERSE.remove(rkey);
-            return Err(Counter::DropNatTableFull);
+        if let Err(e) = NAT_FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
+            // SAFETY: map value, copied out.
+            let winner = unsafe { NAT_FLOWS.get(key) }.map(|f| f.nat_port);
+            if winner != Some(port) {
+                release(&rkey, &origin);
+            }
+            return match winner {
+                Some(port) if e == -EEXIST => Ok(port),
+                _ => Err(Counter::DropNatTableFull),
+            };
+        }
+        // A CPU that found the claim stale in the instant between the two
+        // inserts took the port: nothing has left with it yet, try another.
+        // SAFETY: map value, only compared.
+        if !unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| *o == origin) {
+            if unsafe { NAT_FLOWS.get(key) }.is_some_and(|f| f.nat_port == port) {
+                let _ = NAT_FLOWS.remove(key);
+            }
+            continue;
         }
         count(Counter::NatCreated, 0);
         return Ok(port);
@@ -311,8 +364,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
             // SAFETY: map value pointer, valid for this program run.
             let flow = unsafe { &mut *flow };
             flow.last_seen_ns = now;
-            flow.state =
-                State::from_u8(flow.state).map_or(flow.state, |s| s.next(tcp_flags, false) as u8);
+            flow.record(tcp_flags, false);
             flow.nat_port
         }
         None => {
@@ -392,7 +444,7 @@ pub fn live_reply(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, &'
 #[inline(always)]
 pub fn touch_reply(flow: &mut Flow, tcp_flags: u8) {
     flow.last_seen_ns = now();
-    flow.state = State::from_u8(flow.state).map_or(flow.state, |s| s.next(tcp_flags, true) as u8);
+    flow.record(tcp_flags, true);
 }
 
 /// External -> container: a packet to the uplink address that answers a
@@ -408,7 +460,9 @@ pub fn snat_reply(
     let proto = ip.proto;
     let l4 = layout(proto)?;
     if is_fragment(ip) {
-        return None;
+        // Only the first fragment has ports; dr does not track fragments by
+        // IP id (as Cilium does): the stack gets them, counted.
+        return Some(pass(Counter::NatFragmentIn, bytes));
     }
     let l4_at = l4_offset(ip);
     if proto == IPPROTO_ICMP {
@@ -505,8 +559,8 @@ fn icmp_error_reply(
         proto,
         _pad: [0; 3],
     };
-    // SAFETY: map value, copied out.
-    let origin: Origin = unsafe { NAT_REVERSE.get(rkey) }.copied()?;
+    // The same checks as a reply's: a dead translation delivers nothing.
+    let (origin, _) = live_reply(cfg, &rkey)?;
     if !decrement_ttl(ip) {
         return Some(drop(Counter::DropTtlExceeded, bytes));
     }

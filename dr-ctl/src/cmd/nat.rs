@@ -142,7 +142,7 @@ pub fn live_translations(maps: &Maps, config: &DatapathConfig) -> Result<Vec<Nat
         if flow.expired(now, &config.nat_timeouts) {
             continue;
         }
-        let state = State::from_u8(flow.state);
+        let state = flow.current_state();
         let timeout = state.map_or(0, |s| s.timeout_secs(&config.nat_timeouts)) as u64;
         let idle = now.saturating_sub(flow.last_seen_ns);
         let dst = (from_map_addr(key.dst_addr), u16::from_be(key.dst_port));

@@ -255,6 +255,26 @@ fn fragments_to_external_destinations_are_dropped_and_counted() {
 }
 
 #[test]
+fn inbound_fragments_of_replies_go_to_the_host_counted() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53));
+    let mut fragment = reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 53, 50);
+    fragment[14 + 6] = 0x20; // more fragments
+    fragment[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let header = etherparse::Ipv4HeaderSlice::from_slice(&fragment[14..])
+        .unwrap()
+        .to_header();
+    let csum = header.calc_header_checksum().to_be_bytes();
+    fragment[14 + 10..14 + 12].copy_from_slice(&csum);
+    assert_eq!(
+        dp.run(Hook::UplinkIngress, &fragment),
+        (TC_ACT_OK, fragment.clone())
+    );
+    assert_eq!(dp.counter(Counter::NatFragmentIn).packets, 1);
+    assert_eq!(dp.counter(Counter::NatIn).packets, 0);
+}
+
+#[test]
 fn same_source_port_from_two_containers_gets_two_ports() {
     let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
     let a = dp.translate_out(CONTAINER, EXTERNAL, L4::Tcp, (SRC_PORT, 80));
@@ -320,49 +340,78 @@ fn expired_translations_are_not_used_and_their_ports_are_reclaimed() {
         (TC_ACT_OK, late.clone())
     );
     assert_eq!(dp.counter(Counter::NatExpired).packets, 1);
+    // Nor is an ICMP error about it.
+    let sent = frame_ports(UPLINK_ADDR, EXTERNAL, 63, L4::Udp, port, 53);
+    let error = icmp_error(
+        UPLINK_ADDR,
+        Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port),
+        &sent[14..],
+        60,
+    );
+    assert_eq!(
+        dp.run(Hook::UplinkIngress, &error),
+        (TC_ACT_OK, error.clone())
+    );
+    assert_eq!(dp.counter(Counter::NatIcmpErrorIn).packets, 0);
+    assert_eq!(dp.counter(Counter::NatExpired).packets, 2);
     // Another container gets the only port.
     assert_eq!(
         dp.translate_out(OTHER_CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53)),
         61000
     );
-    assert_eq!(dp.counter(Counter::NatExpired).packets, 2);
+    assert_eq!(dp.counter(Counter::NatExpired).packets, 3);
     let reverse: HashMap<MapData, ReverseKey, Origin> = dp.raw_map(map_names::NAT_REVERSE);
     assert_eq!(reverse.iter().count(), 1);
 }
 
 #[test]
-fn a_full_table_evicts_the_least_recently_used_translations() {
-    // 64 entries per map: 256 flows cannot all stay.
+fn a_full_table_refuses_new_flows_and_keeps_every_live_one() {
+    // 64 entries per map: 256 flows cannot all have one.
     let mut dp = nat_datapath(nat_config(), 64);
     let remote = |i: u16| [203, 0, 113, 100 + (i % 100) as u8];
+    let mut refused = 0;
     for i in 0..256u16 {
-        dp.translate_out(CONTAINER, remote(i), L4::Udp, (2000 + i, 53));
+        let packet = frame_ports(CONTAINER, remote(i), 64, L4::Udp, 2000 + i, 53);
+        match dp.run(Hook::BridgeIngress, &packet).0 {
+            TC_ACT_REDIRECT => {}
+            verdict => {
+                assert_eq!(verdict, TC_ACT_SHOT);
+                refused += 1;
+            }
+        }
     }
-    assert!(dp.maps.nat_flows().unwrap().len() <= 64);
-    // The newest flow still answers.
-    let last = dp
-        .translation(CONTAINER, remote(255), IPPROTO_UDP, (2255, 53))
-        .unwrap();
-    let (verdict, out) = dp.run(
-        Hook::UplinkIngress,
-        &reply(
-            remote(255),
-            UPLINK_ADDR,
-            L4::Udp,
-            u16::from_be(last.nat_port),
-            53,
-            50,
-        ),
-    );
-    assert_eq!(verdict, TC_ACT_REDIRECT);
-    assert_eq!(out, reply(remote(255), CONTAINER, L4::Udp, 2255, 53, 49));
-    // The oldest flow was evicted; sending again starts a new translation.
-    assert!(dp
-        .translation(CONTAINER, remote(0), IPPROTO_UDP, (2000, 53))
-        .is_none());
+    assert!(refused >= 256 - 64);
+    assert_eq!(dp.counter(Counter::DropNatTableFull).packets, refused);
+    // The reverse half of a live translation is never evicted, so every
+    // translation in the table still answers to its own container.
+    let flows = dp.maps.nat_flows().unwrap();
+    assert!(!flows.is_empty());
+    for (key, flow) in &flows {
+        let (port, remote_addr) = (u16::from_be(key.src_port), key.dst_addr.to_ne_bytes());
+        let (verdict, out) = dp.run(
+            Hook::UplinkIngress,
+            &reply(
+                remote_addr,
+                UPLINK_ADDR,
+                L4::Udp,
+                u16::from_be(flow.nat_port),
+                53,
+                50,
+            ),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out, reply(remote_addr, CONTAINER, L4::Udp, port, 53, 49));
+    }
+    // Once the translations expire and `nat gc` runs, new flows get one.
+    let mut table: HashMap<MapData, FlowKey, Flow> = dp.raw_map(map_names::NAT_FLOWS);
+    for (key, mut flow) in flows {
+        flow.last_seen_ns = 1;
+        table.insert(key, flow, 0).unwrap();
+    }
+    dp.maps.nat_gc(&Timeouts::default()).unwrap();
+    let reverse: HashMap<MapData, ReverseKey, Origin> = dp.raw_map(map_names::NAT_REVERSE);
+    assert_eq!(reverse.iter().count(), 0);
     dp.translate_out(CONTAINER, remote(0), L4::Udp, (2000, 53));
-    assert_eq!(dp.counter(Counter::DropNatTableFull).packets, 0);
-    assert!(dp.counter(Counter::NatCreated).packets >= 257);
 }
 
 /// An ICMP error from the router quoting `quoted` (an IP packet).
