@@ -18,10 +18,9 @@
 //!   changes a verdict.
 use std::net::Ipv4Addr;
 
-use aya::programs::Xdp;
 use dr_common::{
     nat::{IPPROTO_TCP, IPPROTO_UDP},
-    program_names, Endpoint,
+    Endpoint,
 };
 use etherparse::{icmpv4, Icmpv4Type};
 
@@ -486,18 +485,7 @@ fn mutated_frames_never_break_the_invariants() {
         ] {
             let (verdict, out) = match hook {
                 Some(hook) => dp.run(hook, &packet),
-                None => {
-                    let prog: &mut Xdp = dp
-                        .ebpf
-                        .program_mut(program_names::UPLINK_XDP)
-                        .unwrap()
-                        .try_into()
-                        .unwrap();
-                    if prog.fd().is_err() {
-                        prog.load().unwrap();
-                    }
-                    test_run(prog, &packet)
-                }
+                None => dp.run_xdp(&packet),
             };
             let redirect = if hook.is_some() {
                 TC_ACT_REDIRECT

@@ -25,7 +25,7 @@ fn xdp_datapath() -> Datapath {
 }
 
 impl Datapath {
-    fn run_xdp(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+    pub(super) fn run_xdp(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(program_names::UPLINK_XDP)
