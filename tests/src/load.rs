@@ -76,6 +76,23 @@ impl Server {
 
     /// Counts datagrams.
     pub fn udp_sink(ns: &Netns, addr: Ipv4Addr) -> Result<Self> {
+        Self::udp(ns, addr, |_, _, _| {})
+    }
+
+    /// Echoes every datagram back to its sender.
+    pub fn udp_echo(ns: &Netns, addr: Ipv4Addr) -> Result<Self> {
+        Self::udp(ns, addr, |sock, datagram, from| {
+            let _ = sock.send_to(datagram, from);
+        })
+    }
+
+    /// A UDP server on `addr` in `ns` that counts each datagram and hands
+    /// it to `answer`.
+    fn udp(
+        ns: &Netns,
+        addr: Ipv4Addr,
+        answer: impl Fn(&UdpSocket, &[u8], SocketAddr) + Send + 'static,
+    ) -> Result<Self> {
         let sock = ns.enter(|| UdpSocket::bind((addr, 0)))??;
         sock.set_read_timeout(Some(POLL))?;
         let addr = sock.local_addr()?;
@@ -85,8 +102,9 @@ impl Server {
         let handle = std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             while !stop_flag.load(Ordering::Relaxed) {
-                if sock.recv(&mut buf).is_ok() {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
                     count.fetch_add(1, Ordering::Relaxed);
+                    answer(&sock, &buf[..n], from);
                 }
             }
         });
@@ -365,33 +383,6 @@ pub fn iperf3_paced(
     let bitrate = rate.to_string();
     let (_, _, bytes) = run_iperf3(client, server, addr, duration, &["-b", &bitrate])?;
     Ok(bytes)
-}
-
-impl Server {
-    /// Echoes every datagram back to its sender.
-    pub fn udp_echo(ns: &Netns, addr: Ipv4Addr) -> Result<Self> {
-        let sock = ns.enter(|| UdpSocket::bind((addr, 0)))??;
-        sock.set_read_timeout(Some(POLL))?;
-        let addr = sock.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let received = Arc::new(AtomicU64::new(0));
-        let (stop_flag, count) = (stop.clone(), received.clone());
-        let handle = std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop_flag.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    count.fetch_add(1, Ordering::Relaxed);
-                    let _ = sock.send_to(&buf[..n], from);
-                }
-            }
-        });
-        Ok(Self {
-            addr,
-            stop,
-            received,
-            handle: Some(handle),
-        })
-    }
 }
 
 /// UDP request/response at `pps` requests a second for `duration` against
