@@ -428,6 +428,11 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// A row's median with its spread: `median [min - max]`.
+fn spread(r: &Row) -> String {
+    format!("{} [{} - {}]", fmt_num(r.4), fmt_num(r.5), fmt_num(r.6))
+}
+
 fn markdown(rows: &[Row], machine: &str, opts_line: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# dr benchmark\n\n{machine}\n\n{opts_line}\n");
@@ -441,11 +446,7 @@ fn markdown(rows: &[Row], machine: &str, opts_line: &str) -> String {
         .collect();
     workloads.dedup();
     for w in workloads {
-        let cell = |m: &str| {
-            find("modes", w, m).map_or("-".into(), |r| {
-                format!("{} [{} - {}]", fmt_num(r.4), fmt_num(r.5), fmt_num(r.6))
-            })
-        };
+        let cell = |m: &str| find("modes", w, m).map_or("-".into(), spread);
         let ratio = |m: &str| match (find("modes", w, m), find("modes", w, "recipe")) {
             (Some(d), Some(r)) if r.4 > 0.0 => format!("{:.2}x", d.4 / r.4),
             _ => "-".into(),
@@ -475,13 +476,11 @@ fn markdown(rows: &[Row], machine: &str, opts_line: &str) -> String {
         for r in part {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} [{} - {}] | {} |",
+                "| {} | {} | {} | {} | {} |",
                 r.3,
                 r.1,
                 r.2,
-                fmt_num(r.4),
-                fmt_num(r.5),
-                fmt_num(r.6),
+                spread(r),
                 r.7
             );
         }

@@ -18,7 +18,7 @@ use dr_tests::{
 };
 use serde_json::Value;
 
-use super::{fmt_num, Bench, Mode, Row};
+use super::{fmt_num, spread, Bench, Mode, Row};
 
 /// Offered loads: a fifth or less of the lowest rate any mode reached here.
 const UDP_PPS: u64 = 30_000;
@@ -260,11 +260,7 @@ pub(super) fn markdown(rows: &[Row]) -> String {
     }
     for w in workloads {
         let median = |m: &str| find("cost", w, m).map(|r| r.4);
-        let cell = |m: &str| {
-            find("cost", w, m).map_or("-".into(), |r| {
-                format!("{} [{} - {}]", fmt_num(r.4), fmt_num(r.5), fmt_num(r.6))
-            })
-        };
+        let cell = |m: &str| find("cost", w, m).map_or("-".into(), spread);
         let overhead = |m: &str| Some(median(m)? - median("floor")?);
         let shown = |v: Option<f64>| v.map_or("-".into(), fmt_num);
         let ratio = |m: &str| match (overhead(m), overhead("recipe")) {
@@ -290,15 +286,7 @@ pub(super) fn markdown(rows: &[Row]) -> String {
     if !progs.is_empty() {
         let _ = writeln!(md, "\n## BPF run time per program (kernel statistics)\n\nh0 is the sending host (its containers are the clients), h1 the peer.\n\n| segment: workload: program | mode | ns/run median [min - max] |\n|---|---|---|");
         for r in progs {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} [{} - {}] |",
-                r.1,
-                r.3,
-                fmt_num(r.4),
-                fmt_num(r.5),
-                fmt_num(r.6)
-            );
+            let _ = writeln!(md, "| {} | {} | {} |", r.1, r.3, spread(r));
         }
     }
     md
