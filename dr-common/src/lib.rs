@@ -53,6 +53,8 @@ pub mod program_names {
     pub const UPLINK_XDP: &str = "dr_uplink_xdp";
     pub const BRIDGE_EGRESS: &str = "dr_bridge_egress";
     pub const UPLINK_EGRESS: &str = "dr_uplink_egress";
+    /// Never attached: `nat gc` and `nat flush` run it (see nat_sweep.rs).
+    pub const NAT_SWEEP: &str = "dr_nat_sweep";
 }
 
 /// Value of `ENDPOINTS` (keyed by a local container's IPv4 address): where
@@ -259,7 +261,7 @@ counters! {
     NatCreated = 10 => "nat_created",
     /// Expired translations found and reclaimed by the datapath.
     NatExpired = 11 => "nat_expired",
-    /// Expired translations removed by `dr-ctl nat gc` (written by dr-ctl only).
+    /// Expired translations removed by `dr-ctl nat gc` (through `dr_nat_sweep`).
     NatExpiredGc = 12 => "nat_expired_gc",
     /// Translations found half-evicted from the full (LRU) table.
     NatEvicted = 13 => "nat_evicted",

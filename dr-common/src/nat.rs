@@ -129,6 +129,50 @@ impl FlowKey {
     }
 }
 
+/// What `dr_nat_sweep` is asked to do with one table entry ([`SweepRequest::op`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepOp {
+    /// Remove the translation of `flow` if it has expired (`nat gc`).
+    ExpiredFlow = 1,
+    /// Remove the translation of `flow` whatever its state (`nat flush`).
+    AnyFlow = 2,
+    /// Remove the reverse entry `reverse` if its translation is dead
+    /// (expired, evicted, or moved to another port).
+    DeadReverse = 3,
+}
+
+/// The packet `nat gc` and `nat flush` run `dr_nat_sweep` on (with
+/// BPF_PROG_TEST_RUN), one entry per run. Removal is decided and done in the
+/// program, not by dr-ctl: the datapath reclaims ports between two system
+/// calls, and a check-then-delete by key from user space can delete the new
+/// holder's claim (two flows on one port, replies to the wrong one). In the
+/// program the check and the delete are a few instructions apart, as in the
+/// datapath's own reclaim. Not stored in a map: not an ABI between versions
+/// (the program and dr-ctl come from one build).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepRequest {
+    /// A [`SweepOp`].
+    pub op: u8,
+    /// Set by the program: 1 when it removed the entry.
+    pub removed: u8,
+    pub _pad: [u8; 2],
+    pub flow: FlowKey,
+    pub reverse: ReverseKey,
+}
+
+impl SweepRequest {
+    /// The request as the bytes of the test-run packet.
+    pub fn to_bytes(&self) -> [u8; core::mem::size_of::<SweepRequest>()] {
+        // SAFETY: repr(C), integers only, no padding the compiler adds
+        // (asserted below).
+        unsafe { core::mem::transmute(*self) }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<SweepRequest>() == 4 + 16 + 12);
+
 /// `InboundFlow::delivered_by`: the kernel delivered the flow (a published
 /// port's DNAT, a route to the container); answers go back to the kernel.
 pub const DELIVERED_BY_KERNEL: u8 = 1;

@@ -11,7 +11,7 @@ use aya::{
 };
 use dr_common::{
     map_names,
-    nat::{Flow, FlowKey, Origin, ReverseKey, Timeouts},
+    nat::{Flow, FlowKey, Origin, ReverseKey},
     Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, MAX_ENDPOINTS, MAX_PEERS,
 };
 use ipnet::Ipv4Net;
@@ -312,98 +312,22 @@ impl Maps {
             .collect::<std::result::Result<_, _>>()?)
     }
 
-    /// The translation of `key` now, if any.
-    fn nat_flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
-        match self.nat_flows.get(key, 0) {
-            Ok(flow) => Ok(Some(flow)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+    /// Every reverse entry, live or not.
+    pub fn nat_reverse_entries(&self) -> Result<Vec<(ReverseKey, Origin)>> {
+        Ok(self
+            .nat_reverse
+            .iter()
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Whether the flow `origin` names in the reverse entry `rkey` exists
+    /// and holds that port.
+    pub fn holds_port(&self, rkey: &ReverseKey, origin: &Origin) -> Result<bool> {
+        match self.nat_flows.get(&rkey.forward(origin), 0) {
+            Ok(flow) => Ok(flow.nat_port == rkey.nat_port),
+            Err(MapError::KeyNotFound) => Ok(false),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Removes one translation (both halves, the reverse only if it is this flow's).
-    fn remove_translation(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
-        let rkey = key.reverse(flow.nat_port);
-        if self
-            .nat_reverse
-            .get(&rkey, 0)
-            .is_ok_and(|o| o == key.origin())
-        {
-            ignore_missing(self.nat_reverse.remove(&rkey))?;
-        }
-        ignore_missing(self.nat_flows.remove(key))
-    }
-
-    /// Removes expired translations; returns how many, also added to the
-    /// `nat_expired_gc` counter (which only dr-ctl writes).
-    pub fn nat_gc(&mut self, timeouts: &Timeouts) -> Result<u64> {
-        let now = monotonic_ns();
-        let mut removed = 0;
-        for (key, listed) in self.nat_flows()? {
-            if !listed.expired(now, timeouts) {
-                continue;
-            }
-            // The datapath may have reclaimed the flow and started it again
-            // since the listing: only the same, still expired, translation goes.
-            let Some(flow) = self.nat_flow(&key)? else {
-                continue;
-            };
-            if flow.created_ns == listed.created_ns
-                && flow.nat_port == listed.nat_port
-                && flow.expired(monotonic_ns(), timeouts)
-            {
-                self.remove_translation(&key, &flow)?;
-                removed += 1;
-            }
-        }
-        // Reverse halves whose flow is gone (evicted) are dead too.
-        let reverse: Vec<_> = self
-            .nat_reverse
-            .iter()
-            .collect::<std::result::Result<_, _>>()?;
-        for (rkey, origin) in reverse {
-            let alive = self
-                .nat_flows
-                .get(&rkey.forward(&origin), 0)
-                .is_ok_and(|f| f.nat_port == rkey.nat_port);
-            if !alive {
-                ignore_missing(self.nat_reverse.remove(&rkey))?;
-            }
-        }
-        if removed > 0 {
-            self.add_to_counter(Counter::NatExpiredGc, removed)?;
-        }
-        Ok(removed)
-    }
-
-    /// Removes every translation; returns how many flows there were.
-    pub fn nat_flush(&mut self) -> Result<u64> {
-        let flows = self.nat_flows()?;
-        for (key, _) in &flows {
-            ignore_missing(self.nat_flows.remove(key))?;
-        }
-        let reverse: Vec<ReverseKey> = self
-            .nat_reverse
-            .keys()
-            .collect::<std::result::Result<_, _>>()?;
-        for rkey in reverse {
-            ignore_missing(self.nat_reverse.remove(&rkey))?;
-        }
-        Ok(flows.len() as u64)
-    }
-
-    /// Adds to a counter the datapath never writes (on CPU 0's slot).
-    fn add_to_counter(&mut self, counter: Counter, packets: u64) -> Result<()> {
-        let mut values: Vec<Traffic> = self
-            .counters
-            .get(&(counter as u32), 0)?
-            .iter()
-            .copied()
-            .collect();
-        values[0].packets += packets;
-        let values =
-            PerCpuValues::try_from(values).map_err(io_context("building per-CPU values"))?;
-        Ok(self.counters.set(counter as u32, values, 0)?)
     }
 }
 

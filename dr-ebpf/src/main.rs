@@ -10,6 +10,7 @@ mod inbound;
 mod maps;
 mod mtu;
 mod nat;
+mod nat_sweep;
 mod packet;
 mod uplink;
 mod uplink_egress;

@@ -135,21 +135,30 @@ fn live_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64) -> Option<*mut Flow>
     let flow = NAT_FLOWS.get_ptr_mut(key)?;
     // SAFETY: map value pointer, valid for this program run.
     let nat_port = unsafe { (*flow).nat_port };
-    let rkey = key.reverse(nat_port);
     if unsafe { (*flow).expired(now, &cfg.nat_timeouts) } {
         count(Counter::NatExpired, 0);
     } else {
         // SAFETY: as above.
-        match unsafe { NAT_REVERSE.get(rkey) } {
+        match unsafe { NAT_REVERSE.get(key.reverse(nat_port)) } {
             Some(origin) if *origin == key.origin() => return Some(flow),
             _ => count(Counter::NatEvicted, 0),
         }
     }
-    // Whoever removes the forward half frees the reverse one, if still ours.
-    if NAT_FLOWS.remove(key).is_ok() {
-        release(&rkey, &key.origin());
-    }
+    remove_translation(key, nat_port);
     None
+}
+
+/// Removes the translation of `key`: its forward half, then its reverse half
+/// if that still names this flow (another CPU may have reclaimed the port
+/// since). Whoever removes the forward half frees the reverse one: false
+/// when another CPU removed it first.
+#[inline(always)]
+pub fn remove_translation(key: &FlowKey, nat_port: u16) -> bool {
+    if NAT_FLOWS.remove(key).is_err() {
+        return false;
+    }
+    release(&key.reverse(nat_port), &key.origin());
+    true
 }
 
 /// Whether the translation holding `rkey` is dead; removes its forward half
@@ -190,18 +199,28 @@ fn claim(rkey: &ReverseKey, origin: &Origin, cfg: &DatapathConfig, now: u64) -> 
         Err(e) if e != -EEXIST => return TABLE_FULL,
         Err(_) => {}
     }
-    // SAFETY: map value, copied out.
-    let Some(holder) = (unsafe { NAT_REVERSE.get(rkey) }).copied() else {
-        return BUSY;
-    };
-    if !dead(rkey, &holder, cfg, now) {
+    if !release_dead(rkey, cfg, now) {
         return BUSY;
     }
-    release(rkey, &holder);
     match NAT_REVERSE.insert(rkey, origin, BPF_NOEXIST as u64) {
         Ok(()) => CLAIMED,
         Err(_) => BUSY,
     }
+}
+
+/// Removes the reverse entry `rkey` if the translation holding it is dead;
+/// true if it was.
+#[inline(always)]
+pub fn release_dead(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
+    // SAFETY: map value, copied out.
+    let Some(holder) = (unsafe { NAT_REVERSE.get(rkey) }).copied() else {
+        return false;
+    };
+    if !dead(rkey, &holder, cfg, now) {
+        return false;
+    }
+    release(rkey, &holder);
+    true
 }
 
 /// Removes the reverse entry `rkey` if it still names `origin`.

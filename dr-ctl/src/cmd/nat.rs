@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{render, Report};
 use crate::{
+    datapath::Sweeper,
     error::Result,
     maps::{self, Maps},
     node::Node,
@@ -113,9 +114,9 @@ pub fn run(command: NatCommand, json: bool) -> Result<String> {
             )
         }
         NatCommand::Flush => {
-            let mut node = Node::open()?;
+            let node = Node::open()?;
             let removed = NatRemoved {
-                removed: node.maps.nat_flush()?,
+                removed: Sweeper::open(node.pins().path())?.flush(&node.maps)?,
                 which: "",
             };
             render(&removed, json)
@@ -126,9 +127,9 @@ pub fn run(command: NatCommand, json: bool) -> Result<String> {
 
 /// Removes expired translations.
 pub fn gc() -> Result<NatRemoved> {
-    let mut node = Node::open()?;
+    let node = Node::open()?;
     Ok(NatRemoved {
-        removed: node.maps.nat_gc(&node.config.nat_timeouts)?,
+        removed: Sweeper::open(node.pins().path())?.gc(&node.maps, &node.config.nat_timeouts)?,
         which: "expired ",
     })
 }

@@ -219,18 +219,29 @@ fn attach_netlink(
     // Dropping the link object would delete the filter: the kernel keeps
     // it, attached, after we exit.
     std::mem::forget(prog.take_link(id)?);
-    // Pin the program under a temporary name and rename it over the old
-    // pin, so the pin always names an attached program. (bpffs refuses
-    // dots in names.)
-    let path = pins.join(&hook.pin(AttachMode::Netlink));
-    let fresh = pins.join(&format!("new_{}", hook.pin(AttachMode::Netlink)));
+    // The pin always names an attached program.
+    pin_replacing(pins.path(), &hook.pin(AttachMode::Netlink), |path| {
+        prog.pin(path)
+    })?;
+    Ok(how)
+}
+
+/// Pins a program as `name`, replacing the pin there without a moment when
+/// `name` is missing: pinned under a temporary name, then renamed over the
+/// old pin. (bpffs refuses dots in names.)
+pub(super) fn pin_replacing(
+    dir: &Path,
+    name: &str,
+    pin: impl FnOnce(&Path) -> std::result::Result<(), aya::pin::PinError>,
+) -> Result<()> {
+    let path = dir.join(name);
+    let fresh = dir.join(format!("new_{name}"));
     remove_pin(fresh.clone())?;
-    prog.pin(&fresh).map_err(|source| Error::Pin {
+    pin(&fresh).map_err(|source| Error::Pin {
         path: fresh.clone(),
         source,
     })?;
-    std::fs::rename(&fresh, &path).map_err(io_context(format!("renaming {}", fresh.display())))?;
-    Ok(how)
+    std::fs::rename(&fresh, &path).map_err(io_context(format!("renaming {}", fresh.display())))
 }
 
 /// The mode dr's TC programs are attached in here, if any are.
@@ -266,11 +277,13 @@ pub fn detach(pins: &PinDir, hook: Hook, iface: Option<&str>) -> Result<bool> {
     Ok(detached)
 }
 
-/// Removes the map pins (the maps go when their last user does).
+/// Removes the map pins (the maps go when their last user does) and the
+/// NAT sweeper's, which only works on them.
 pub fn remove_map_pins(pins: &PinDir) -> Result<()> {
     for name in map_names::ALL {
         remove_pin(pins.join(name))?;
     }
+    remove_pin(pins.join(super::sweeper::SWEEPER_PIN))?;
     Ok(())
 }
 

@@ -6,10 +6,12 @@
 //! can name them.
 //!
 //! `hook.rs` says which program goes where; `attach.rs` attaches,
-//! replaces and detaches them and reads back what is attached.
+//! replaces and detaches them and reads back what is attached;
+//! `sweeper.rs` runs the one program that is never attached.
 mod attach;
 mod hook;
 pub mod object;
+mod sweeper;
 
 use std::path::Path;
 
@@ -21,6 +23,7 @@ pub use attach::{
     remove_map_pins, Attached, HookIds, XDP_LINK_PIN,
 };
 pub use hook::{Hook, Side, TC_PRIORITY};
+pub use sweeper::{pin_sweeper, Sweeper, SWEEPER_PIN};
 
 use object::EBPF_OBJECT;
 

@@ -6,6 +6,7 @@ mod fuzz;
 mod inbound;
 mod mtu;
 mod nat;
+mod nat_sweep;
 mod xdp;
 
 use std::{net::Ipv4Addr, path::PathBuf};
@@ -122,7 +123,8 @@ fn datapath_sized(config: DatapathConfig, nat_table_size: u32) -> Datapath {
     require_root();
     let dir = PathBuf::from("/sys/fs/bpf").join(unique_prefix("drtest-"));
     std::fs::create_dir_all(&dir).unwrap();
-    let ebpf = datapath::load(&dir, nat_table_size, 0).expect("load eBPF object");
+    let mut ebpf = datapath::load(&dir, nat_table_size, 0).expect("load eBPF object");
+    datapath::pin_sweeper(&mut ebpf, &dir).expect("pin the NAT sweeper");
     let mut maps = Maps::open(&dir).unwrap();
     maps.set_config(&config).unwrap();
     maps.upsert_peers(&[("10.0.129.0/24".parse().unwrap(), PEER_HOST.into())])

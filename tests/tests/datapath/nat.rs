@@ -7,6 +7,8 @@ use dr_common::{
 };
 use etherparse::{icmpv4, IcmpEchoHeader, Icmpv4Type};
 
+use dr_ctl::datapath::Sweeper;
+
 use super::*;
 
 const ROUTER: [u8; 4] = [192, 168, 91, 254];
@@ -55,7 +57,7 @@ impl Datapath {
             .map(|(_, f)| f)
     }
 
-    fn raw_map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> HashMap<MapData, K, V> {
+    pub(super) fn raw_map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> HashMap<MapData, K, V> {
         let data = MapData::from_pin(self.dir.join(name)).unwrap();
         Map::from_map_data(data).unwrap().try_into().unwrap()
     }
@@ -408,7 +410,10 @@ fn a_full_table_refuses_new_flows_and_keeps_every_live_one() {
         flow.last_seen_ns = 1;
         table.insert(key, flow, 0).unwrap();
     }
-    dp.maps.nat_gc(&Timeouts::default()).unwrap();
+    Sweeper::open(&dp.dir)
+        .unwrap()
+        .gc(&dp.maps, &Timeouts::default())
+        .unwrap();
     let reverse: HashMap<MapData, ReverseKey, Origin> = dp.raw_map(map_names::NAT_REVERSE);
     assert_eq!(reverse.iter().count(), 0);
     dp.translate_out(CONTAINER, remote(0), L4::Udp, (2000, 53));

@@ -174,6 +174,7 @@ impl Setup<'_> {
             )
         };
         maps.set_config(&config(old_xdp))?;
+        datapath::pin_sweeper(&mut ebpf, pins.path())?;
         let mut attached = Vec::new();
         for hook in Hook::ALL {
             let iface = match hook.side() {
