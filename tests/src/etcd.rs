@@ -242,7 +242,17 @@ impl Etcd {
     }
 
     /// POSTs `body` to etcd's JSON gateway, unauthenticated.
-    fn gateway(&self, c: &Cluster, path: &str, body: &str) {
+    /// Whether `key` exists, read through etcd's JSON gateway.
+    pub fn exists(&self, c: &Cluster, key: &str) -> bool {
+        let body = format!(r#"{{"key":"{}"}}"#, base64(key.as_bytes()));
+        let response = self.gateway(c, "/v3/kv/range", &body);
+        let json = &response[response.find("\r\n\r\n").expect("HTTP body") + 4..];
+        let v: serde_json::Value = serde_json::from_str(json).expect("etcd's JSON");
+        v["count"].as_str().is_some_and(|n| n != "0")
+    }
+
+    /// Sends a request to etcd's JSON gateway; returns the whole response.
+    fn gateway(&self, c: &Cluster, path: &str, body: &str) -> String {
         assert!(!self.tls, "the gateway is spoken in plain HTTP here");
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: {ETCD_ADDR}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -260,6 +270,7 @@ impl Etcd {
             .unwrap()
             .unwrap();
         assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+        response
     }
 
     /// The client URL agents use.

@@ -395,20 +395,61 @@ fn an_etcd_stall_loses_no_packet_and_a_dead_host_goes_after_the_grace_period() {
     flood.finish_without_loss().unwrap();
     assert!(wait_for(Duration::from_secs(15), || converged(&c, &[0, 1])));
 
-    // Host 1's agent dies for good: host 0 drops it, after its lease and the grace.
-    let killed = Instant::now();
+    // Host 1's agent dies for good. Its lease expires; host 0 routes its
+    // subnet there for the grace period still, and meanwhile no other host
+    // may claim the subnet (it would receive host 0's containers' traffic
+    // while host 0 sends it to host 1).
     agents[1].kill();
+    let key = format!("/dr/subnets/{}", c.hosts[1].subnet().replace('/', "-"));
     assert!(
-        wait_for(Duration::from_secs(40), || peers(&c.hosts[0]).is_empty()),
-        "the dead host stayed"
+        wait_for(Duration::from_secs(15), || !etcd.exists(&c, &key)),
+        "host 1's registration outlived its lease"
+    );
+    let gone = Instant::now();
+    let (old_subnet, old_bip) = (c.hosts[1].subnet(), c.hosts[1].bip());
+    c.add_host(&dr_ctl_path()).unwrap();
+    let newcomer = agent_as(
+        &etcd,
+        &c.hosts[2],
+        "newcomer",
+        "10.0.0.0/16",
+        &["--subnet", &old_bip, "--lease-ttl", "4"],
+    );
+    let via = |h: &Host| -> Vec<(String, String)> {
+        let Ok(out) = h.dr(&["peer", "list", "--json"]) else {
+            return Vec::new();
+        };
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["subnet"].as_str().unwrap().into(),
+                    p["via"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let newcomer_route = vec![(old_subnet.clone(), c.hosts[2].uplink_addr.to_string())];
+    assert!(
+        wait_for(Duration::from_secs(40), || via(&c.hosts[0])
+            == newcomer_route),
+        "host 0 never routed {old_subnet} to the newcomer: {:?}\n{}",
+        via(&c.hosts[0]),
+        newcomer.log()
     );
     assert!(
-        killed.elapsed() >= grace,
-        "removed before the grace period ended"
+        gone.elapsed() >= grace - Duration::from_millis(500),
+        "the subnet was claimed {:?} after its release, within the {grace:?} grace",
+        gone.elapsed()
     );
     assert!(
-        agents[0].log().contains("peers: +0 ~0 -1"),
+        newcomer
+            .log()
+            .contains("less than the removal grace period ago"),
         "{}",
-        agents[0].log()
+        newcomer.log()
     );
+    assert_eq!(local_subnet(&c.hosts[2]), Some(old_subnet));
 }

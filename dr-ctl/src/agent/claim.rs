@@ -1,11 +1,14 @@
 //! Claiming a subnet in etcd: keep the key this lease holds, take over this
 //! host's own previous registration, or create a free one that overlaps no
-//! other, and give it up if an overlapping claim came first.
+//! other and was not released by another host within the removal grace
+//! period, and give it up if an overlapping claim came first.
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use super::{
     etcd_err,
-    registry::{candidates, registrations, subnet_key, validate, Registration},
+    registry::{
+        candidates, not_released, registrations, releases, subnet_key, validate, Registration,
+    },
     AgentConfig, Held, Stop,
 };
 use crate::{
@@ -13,20 +16,20 @@ use crate::{
     subnet::LocalSubnet,
 };
 
-/// Puts `record` at its subnet's key under `lease` if `when` holds.
+/// Puts `record` at its subnet's key under `lease` if `when` all hold.
 async fn put_if(
     client: &mut Client,
     prefix: &str,
     record: &Registration,
     subnet: &LocalSubnet,
     lease: i64,
-    when: Compare,
+    when: Vec<Compare>,
 ) -> Result<bool> {
     let key = subnet_key(prefix, &subnet.net);
     let value = serde_json::to_string(record).expect("serializable");
     let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
     let resp = client
-        .txn(Txn::new().when([when]).and_then([put]))
+        .txn(Txn::new().when(when).and_then([put]))
         .await
         .map_err(etcd_err)?;
     Ok(resp.succeeded())
@@ -43,6 +46,7 @@ pub(super) async fn claim(
     held: Option<Held>,
 ) -> Result<LocalSubnet, Stop> {
     let (_, entries) = registrations(client, &args.prefix).await?;
+    let released = releases(client, &args.prefix).await?;
     let (valid, _) = validate(&args.prefix, &args.cluster, &entries);
     let record = |subnet: &LocalSubnet| Registration {
         subnet: subnet.bip(),
@@ -69,7 +73,7 @@ pub(super) async fn claim(
                 &record(&v.subnet),
                 &v.subnet,
                 lease,
-                Compare::value(v.key, CompareOp::Equal, current),
+                vec![Compare::value(v.key, CompareOp::Equal, current)],
             )
             .await?;
             if moved {
@@ -105,16 +109,34 @@ pub(super) async fn claim(
             // Taken by an entry that is not valid: never overwritten.
             continue;
         }
-        let created = put_if(
-            client,
-            &args.prefix,
-            &record(&subnet),
-            &subnet,
-            lease,
-            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-        )
-        .await?;
+        let mut when = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
+        match released.get(&key) {
+            // This host's own registration, gone while etcd or the host
+            // stalled: its peers route the subnet here still.
+            Some(Some(r)) if r.name == me.name && r.address == me.address => {}
+            Some(holder) => {
+                if held.is_some() || args.subnet.is_some() {
+                    let by = holder.as_ref().map_or("another host".into(), |r| {
+                        format!("host {:?} ({})", r.name, r.address)
+                    });
+                    return Err(Stop::Retry(Error::Conflict(format!(
+                        "subnet {} was released by {by} less than the removal grace \
+                         period ago, and peers may still route it there: waiting",
+                        subnet.net
+                    ))));
+                }
+                continue;
+            }
+            None => when.extend(not_released(&args.prefix, &key)),
+        }
+        let created = put_if(client, &args.prefix, &record(&subnet), &subnet, lease, when).await?;
         if !created {
+            if held.is_some() || args.subnet.is_some() {
+                return Err(Stop::Retry(Error::Conflict(format!(
+                    "subnet {} was claimed or released meanwhile",
+                    subnet.net
+                ))));
+            }
             continue;
         }
         // Another agent may have claimed an overlapping subnet of another

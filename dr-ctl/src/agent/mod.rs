@@ -8,7 +8,8 @@
 //! agents never get the same subnet. Nothing read from etcd is trusted:
 //! every entry is validated, and of overlapping ones only the earliest claim
 //! counts. The agent watches the prefix and reconciles the peer map on every
-//! change (upserts before removals; removals after a grace period). Lost
+//! change (upserts before removals; removals after a grace period, during
+//! which `<prefix>released/` keeps other hosts from claiming the subnet). Lost
 //! connections, an expired lease or an etcd restart end the session; the
 //! next one reconnects, keeps or renews its registration (keeping the same
 //! subnet) and resynchronises. The datapath never waits on etcd: while it is
@@ -31,7 +32,8 @@ use self::{
     claim::claim,
     lease::{keep_alive, AbortOnDrop},
     registry::{
-        check_cluster_config, registrations, subnet_key, validate, Entry, Registration, Registry,
+        check_cluster_config, record_release, registrations, subnet_key, validate, Entry,
+        Registration, Registry,
     },
 };
 use crate::{
@@ -281,7 +283,15 @@ async fn session(
                             created: kv.create_revision(),
                             lease: kv.lease(),
                         }),
-                        EventType::Delete => registry.delete(key),
+                        EventType::Delete => {
+                            if let Some(gone) = registry.delete(key) {
+                                if let Err(e) = record_release(
+                                    client, &args.prefix, key, &gone.value, args.removal_grace,
+                                ).await {
+                                    warn!("recording the release of {key}: {e}");
+                                }
+                            }
+                        }
                     }
                 }
                 reconcile(nl, args, &mine, &subnet, registry).await?;

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -56,6 +56,83 @@ pub(super) struct Valid<'a> {
 
 pub(super) fn subnet_key(prefix: &str, net: &Ipv4Net) -> String {
     format!("{prefix}subnets/{}-{}", net.network(), net.prefix_len())
+}
+
+/// Where a registration that vanished is remembered for the removal grace
+/// period: `<prefix>released/<network>-<len>`, the subnet key's last part.
+fn released_key(prefix: &str, subnet_key: &str) -> Option<String> {
+    let name = subnet_key.strip_prefix(&format!("{prefix}subnets/"))?;
+    Some(format!("{prefix}released/{name}"))
+}
+
+/// Records that the registration at `key` (whose last value was `value`)
+/// vanished: for `grace`, peers still route its subnet to its host, and no
+/// other host may claim it. Every agent that sees the deletion tries; the
+/// first one's record stands, under a lease of its own that etcd expires
+/// after the grace period.
+pub(super) async fn record_release(
+    client: &mut Client,
+    prefix: &str,
+    key: &str,
+    value: &[u8],
+    grace: Duration,
+) -> Result<()> {
+    let Some(released) = released_key(prefix, key) else {
+        return Ok(());
+    };
+    let ttl = grace.as_secs().max(1) as i64;
+    let lease = client.lease_grant(ttl, None).await.map_err(etcd_err)?.id();
+    client
+        .txn(
+            Txn::new()
+                .when([Compare::create_revision(
+                    released.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([TxnOp::put(
+                    released,
+                    value.to_vec(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]),
+        )
+        .await
+        .map_err(etcd_err)?;
+    Ok(())
+}
+
+/// The subnets released less than the grace period ago, by subnet key,
+/// with the registration that held each (unreadable ones as None).
+pub(super) async fn releases(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<HashMap<String, Option<Registration>>> {
+    let resp = client
+        .get(
+            format!("{prefix}released/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(etcd_err)?;
+    let mut out = HashMap::new();
+    for kv in resp.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        let Some(name) = key.strip_prefix(&format!("{prefix}released/")) else {
+            continue;
+        };
+        out.insert(
+            format!("{prefix}subnets/{name}"),
+            serde_json::from_slice(kv.value()).ok(),
+        );
+    }
+    Ok(out)
+}
+
+/// The condition, for a claim of `subnet_key`, that it was not released
+/// within the grace period.
+pub(super) fn not_released(prefix: &str, subnet_key: &str) -> Option<Compare> {
+    released_key(prefix, subnet_key)
+        .map(|released| Compare::create_revision(released, CompareOp::Equal, 0))
 }
 
 /// Stores the cluster config if there is none, else checks ours against it.
@@ -238,10 +315,12 @@ impl Registry {
         self.live.insert(key, entry);
     }
 
-    pub(super) fn delete(&mut self, key: &str) {
-        if let Some(entry) = self.live.remove(key) {
-            self.gone.insert(key.to_string(), (Instant::now(), entry));
-        }
+    /// Starts the grace period of a live registration that vanished; returns it.
+    pub(super) fn delete(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.live.remove(key)?;
+        self.gone
+            .insert(key.to_string(), (Instant::now(), entry.clone()));
+        Some(entry)
     }
 
     /// Forgets what left more than `grace` ago; true if anything did.
