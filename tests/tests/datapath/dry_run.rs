@@ -5,7 +5,8 @@ use dr_common::{Counter, PeerTraffic, Trace};
 use dr_ctl::datapath::{DryRun, Run};
 
 use super::{
-    nat::{nat_config, nat_datapath},
+    nat::{nat_config, nat_datapath, reply},
+    xdp::{xdp_datapath, CONTAINER_VETH, XDP_REDIRECT},
     *,
 };
 
@@ -49,11 +50,17 @@ impl Datapath {
     /// Runs `packet` through the dry-run copy of `hook`'s program, checking
     /// that no table changed.
     fn dry_run(&self, hook: Hook, packet: &[u8]) -> Run {
+        self.unchanged(|copy| copy.run_tc(hook, packet))
+    }
+
+    /// [`Self::dry_run`] for the XDP program.
+    fn dry_run_xdp(&self, packet: &[u8]) -> Run {
+        self.unchanged(|copy| copy.run_xdp(packet))
+    }
+
+    fn unchanged(&self, run: impl FnOnce(&mut DryRun) -> dr_ctl::error::Result<Run>) -> Run {
         let before = self.tables();
-        let run = DryRun::load(&self.dir)
-            .unwrap()
-            .run_tc(hook, packet)
-            .unwrap();
+        let run = run(&mut DryRun::load(&self.dir).unwrap()).unwrap();
         assert_eq!(self.tables(), before, "the dry run wrote a table");
         run
     }
@@ -134,4 +141,42 @@ fn a_live_translation_is_used_as_by_the_attached_program_and_not_refreshed() {
     assert_eq!((dry.verdict, dry.frame), (verdict, out));
     assert_eq!(dry.trace.counters, counted(&[Counter::NatOut]));
     assert_eq!(dry.trace.new_translation, 0);
+}
+
+#[test]
+fn a_reply_to_a_live_translation_is_translated_back_and_not_refreshed() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    let ports = default_ports(L4::Tcp);
+    let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Tcp, ports);
+    let answer = reply(EXTERNAL, UPLINK_ADDR, L4::Tcp, port, ports.1, 50);
+    let dry = dp.dry_run(Hook::UplinkIngress, &answer);
+    assert_eq!(
+        dry.trace,
+        Trace {
+            counters: counted(&[Counter::NatIn]),
+            redirect_ifindex: config().bridge_ifindex,
+            ..Default::default()
+        }
+    );
+    let (verdict, out) = dp.run(Hook::UplinkIngress, &answer);
+    assert_eq!((dry.verdict, dry.frame), (verdict, out));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn xdp_delivers_to_the_container_veth_as_the_attached_program() {
+    let mut dp = xdp_datapath();
+    let packet = frame(PEER_CONTAINER, CONTAINER, 62, L4::Udp);
+    let dry = dp.dry_run_xdp(&packet);
+    assert_eq!(
+        dry.trace,
+        Trace {
+            counters: counted(&[Counter::FromPeer, Counter::XdpRedirect]),
+            redirect_ifindex: CONTAINER_VETH,
+            ..Default::default()
+        }
+    );
+    let (verdict, out) = dp.run_xdp(&packet);
+    assert_eq!((dry.verdict, dry.frame), (verdict, out));
+    assert_eq!(verdict, XDP_REDIRECT);
 }
