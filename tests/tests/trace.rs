@@ -102,6 +102,30 @@ fn trace_explains_verdicts_without_counting_or_translating() {
     assert_eq!(step["counters"], json!(["from_peer"]));
     assert_eq!(step["redirect"]["interface"], "docker0");
 
+    // The host's own packet for a peer container: to the peer host's MAC.
+    let h0_addr = h0.uplink_addr.to_string();
+    let step = trace(h0, &["--from", "host", &h0_addr, &peer_container, "icmp"]);
+    assert_eq!(step["program"], "dr_uplink_egress");
+    assert_eq!(step["counters"], json!(["host_to_peer"]));
+    // bpf_fib_lookup answers only where the uplink forwards: here it does
+    // not, and the packet is handed to the kernel to resolve the peer host
+    // ...
+    assert_eq!(step["verdict"], "redirect");
+    assert_eq!(step["redirect"]["next_hop"], h1.uplink_addr.to_string());
+    // ... where it does and the peer host is known, the frame is rewritten
+    // to its MAC and leaves by the same device.
+    h0.ns
+        .exec("sysctl", &["-q", "-w", "net.ipv4.conf.eth0.forwarding=1"])
+        .unwrap();
+    h0.ns
+        .exec("ping", &["-c", "1", "-W", "2", &h1.uplink_addr.to_string()])
+        .unwrap();
+    let step = trace(h0, &["--from", "host", &h0_addr, &peer_container, "icmp"]);
+    assert_eq!(step["verdict"], "pass", "{step}");
+    assert_eq!(step["counters"], json!(["host_to_peer"]));
+    let peer_mac = h1.ns.exec("cat", &["/sys/class/net/eth0/address"]).unwrap();
+    assert_eq!(rewritten(&step)["dst_mac"][1], peer_mac.trim(), "{step}");
+
     // The text form says the same.
     let text = h0.dr(&["trace", &container, &peer_container]).unwrap();
     assert!(

@@ -180,3 +180,22 @@ fn xdp_delivers_to_the_container_veth_as_the_attached_program() {
     assert_eq!((dry.verdict, dry.frame), (verdict, out));
     assert_eq!(verdict, XDP_REDIRECT);
 }
+
+#[test]
+fn the_hosts_own_packet_goes_to_the_peer_host_as_by_the_attached_program() {
+    let mut dp = datapath(config());
+    let packet = frame(UPLINK_ADDR, PEER_CONTAINER, 64, L4::Tcp);
+    let dry = dp.dry_run(Hook::UplinkEgress, &packet);
+    // No uplink here for the neighbour lookup: the kernel would resolve it.
+    assert_eq!(
+        dry.trace,
+        Trace {
+            counters: counted(&[Counter::HostToPeer]),
+            redirect_ifindex: config().uplink_ifindex,
+            next_hop: to_map_addr(PEER_HOST.into()),
+            ..Default::default()
+        }
+    );
+    let (verdict, out) = dp.run(Hook::UplinkEgress, &packet);
+    assert_eq!((dry.verdict, dry.frame), (verdict, out));
+}
