@@ -4,12 +4,18 @@
 use dr_tests::{cluster::EXTERNAL_ADDR, dr_ctl_path, require_root, Cluster, Host};
 use serde_json::{json, Value};
 
-/// `dr-ctl trace ARGS --json`: its one program's step.
-fn trace(host: &Host, args: &[&str]) -> Value {
+/// `dr-ctl trace ARGS --json`: the programs' steps.
+fn trace_steps(host: &Host, args: &[&str]) -> Vec<Value> {
     let out = host.dr(&[&["trace"], args, &["--json"]].concat()).unwrap();
     let report: Value = serde_json::from_str(&out).expect("trace --json parses");
-    assert_eq!(report["steps"].as_array().unwrap().len(), 1, "{report}");
-    report["steps"][0].clone()
+    report["steps"].as_array().unwrap().clone()
+}
+
+/// [`trace_steps`] of a packet that takes one program.
+fn trace(host: &Host, args: &[&str]) -> Value {
+    let steps = trace_steps(host, args);
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    steps[0].clone()
 }
 
 /// The rewritten fields of a step, as field -> [before, after].
@@ -139,6 +145,53 @@ fn trace_explains_verdicts_without_counting_or_translating() {
         h0.nat_list().unwrap(),
         Vec::<Value>::new(),
         "trace made a translation"
+    );
+}
+
+#[test]
+fn from_the_uplink_xdp_runs_first() {
+    require_root();
+    let c =
+        Cluster::with_external("drtracex", &["--xdp"], &dr_ctl_path()).expect("cluster with dr up");
+    let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
+    let (container, peer_container) = (
+        h0.containers[0].addr.to_string(),
+        h1.containers[0].addr.to_string(),
+    );
+    // A known container: XDP delivers into its veth, TC never sees it.
+    let steps = trace_steps(h1, &["--from", "uplink", &container, &peer_container]);
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert_eq!(steps[0]["program"], "dr_uplink_xdp");
+    assert_eq!(steps[0]["verdict"], "redirect");
+    assert_eq!(steps[0]["counters"], json!(["from_peer", "xdp_redirect"]));
+    let veth = steps[0]["redirect"]["interface"].as_str().unwrap();
+    let master = h1
+        .ns
+        .exec("cat", &[&format!("/sys/class/net/{veth}/master/ifindex")]);
+    let docker0 = h1.ns.exec("cat", &["/sys/class/net/docker0/ifindex"]);
+    assert_eq!(
+        master.unwrap(),
+        docker0.unwrap(),
+        "{veth} is a docker0 port"
+    );
+    // Not from a peer: XDP passes it to TC, which passes it to the stack.
+    let steps = trace_steps(h1, &["--from", "uplink", "203.0.113.10", &peer_container]);
+    let verdicts: Vec<_> = steps
+        .iter()
+        .map(|s| {
+            (
+                s["program"].clone(),
+                s["verdict"].clone(),
+                s["counters"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            (json!("dr_uplink_xdp"), json!("pass"), json!(["xdp_pass"])),
+            (json!("dr_uplink_ingress"), json!("pass"), json!(["passed"])),
+        ]
     );
 }
 
