@@ -358,9 +358,9 @@ impl Stage {
 
 pub async fn run(args: Args) -> Result<TraceReport> {
     args.check()?;
-    let mut node = Node::open()?;
-    // Only reads from here on.
-    node.unlock();
+    // Holding the lock throughout: an `up` migrating a map removes its pin
+    // for a moment, and the loader would create and pin one of its own.
+    let node = Node::open()?;
     if node.config.object_hash != datapath::object::hash() {
         return Err(Error::Conflict(
             "the attached programs come from another build of dr: run `dr-ctl up` with this \
