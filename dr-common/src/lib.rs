@@ -43,6 +43,33 @@ map_names!(
     INBOUND_FLOWS,
 );
 
+/// The dry-run copy of the datapath (`dr-ctl trace`): its switch, a global
+/// set when the copy is loaded, and its private, unpinned record.
+pub mod dry_run {
+    /// `u8` global in the object's `.rodata`: 1 in the copy `trace` loads.
+    pub const GLOBAL: &str = "DRY_RUN";
+    /// Array of one [`super::Trace`], not pinned: each copy has its own.
+    pub const TRACE_MAP: &str = "TRACE";
+}
+
+/// The value of `TRACE`: what a packet run through the dry-run copy would
+/// have done beyond its verdict and output frame. Zeroed by dr-ctl before
+/// each run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// Bit `i`: counter `i` (`Counter`) would have counted the packet.
+    pub counters: u64,
+    /// Where the packet would have been redirected (0: nowhere).
+    pub redirect_ifindex: u32,
+    /// The next hop given with the redirect (network order; 0: the
+    /// packet's destination, by the neighbour table).
+    pub next_hop: u32,
+    /// 1: a new SNAT translation would have been made.
+    pub new_translation: u8,
+    pub _pad: [u8; 7],
+}
+
 /// Capacity of the local container endpoint table (XDP fast path).
 pub const MAX_ENDPOINTS: u32 = 4096;
 
@@ -181,6 +208,9 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<DatapathConfig>() == 104);
     assert!(size_of::<PeerEntry>() == 8);
+    assert!(size_of::<Trace>() == 24);
+    // One bit per counter in `Trace::counters`.
+    assert!(COUNTER_COUNT <= 64);
     assert!(size_of::<Traffic>() == 16);
     assert!(size_of::<PeerTraffic>() == 32);
     assert!(size_of::<Endpoint>() == 12);
@@ -312,6 +342,7 @@ pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
 mod pod {
     // SAFETY: all of these are #[repr(C)] of integer fields with no implicit padding.
     unsafe impl aya::Pod for super::PeerEntry {}
+    unsafe impl aya::Pod for super::Trace {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::PeerTraffic {}
     unsafe impl aya::Pod for super::DatapathConfig {}

@@ -48,6 +48,11 @@ pub enum Command {
     /// Refresh what dr learns from the kernel (the local containers the XDP
     /// path delivers to, the uplink's MTU); safe to run any time, e.g. from a timer.
     Sync,
+    /// Show what the datapath would do with a packet (verdict and its
+    /// counter, rewritten headers, next hop) by running a synthetic one
+    /// through a dry-run copy of the programs: nothing is sent, counted or
+    /// translated.
+    Trace(cmd::trace::Args),
     /// Inspect and manage SNAT translations.
     #[command(subcommand)]
     Nat(cmd::nat::NatCommand),
@@ -121,6 +126,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Metrics(args) => cmd::metrics::run(args).await?,
         Command::Sync => render(&cmd::sync::run().await?, json),
         Command::Nat(command) => cmd::nat::run(command, json)?,
+        Command::Trace(args) => render(&cmd::trace::run(args).await?, json),
     };
     Ok(output.into())
 }

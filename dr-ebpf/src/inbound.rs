@@ -7,11 +7,14 @@ use dr_common::{
     DatapathConfig,
 };
 
-use crate::maps::INBOUND_FLOWS;
+use crate::{dry_run::dry_run, maps::INBOUND_FLOWS};
 
 /// Records (or refreshes) the flow whose answers are `answer`.
 #[inline(always)]
 pub fn record_inbound(answer: &FlowKey, delivered_by: u8, now: u64) {
+    if dry_run() {
+        return;
+    }
     if let Some(flow) = INBOUND_FLOWS.get_ptr_mut(answer) {
         // SAFETY: map value pointer, valid for this program run.
         let flow = unsafe { &mut *flow };
@@ -38,6 +41,8 @@ pub fn inbound_answered(answer: &FlowKey, cfg: &DatapathConfig, now: u64) -> Opt
     if flow.expired(answer.proto, now, &cfg.nat_timeouts) {
         return None;
     }
-    flow.last_seen_ns = now;
+    if !dry_run() {
+        flow.last_seen_ns = now;
+    }
     Some(flow.delivered_by)
 }

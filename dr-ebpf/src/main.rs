@@ -6,6 +6,7 @@
 
 mod bridge;
 mod bridge_egress;
+mod dry_run;
 mod inbound;
 mod maps;
 mod mtu;

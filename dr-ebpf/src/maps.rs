@@ -1,5 +1,6 @@
 //! The maps, pinned by name under dr-ctl's per-network-namespace directory,
 //! and the small accessors the programs use on them.
+use crate::dry_run::{dry_run, record_counter};
 use aya_ebpf::{
     macros::map,
     maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
@@ -93,6 +94,9 @@ pub fn peer_for(addr: u32) -> Option<&'static PeerEntry> {
 
 #[inline(always)]
 pub fn count(counter: Counter, bytes: u64) {
+    if dry_run() {
+        return record_counter(counter);
+    }
     if let Some(t) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU value, no other writer on this CPU while we run.
         unsafe { (*t).add(bytes) }
@@ -106,9 +110,13 @@ pub fn is_peer_host(addr: u32) -> bool {
     unsafe { PEER_HOSTS.get(addr) }.is_some()
 }
 
-/// Per-peer traffic slot, for the caller to add to one direction.
+/// Per-peer traffic slot, for the caller to add to one direction; none in
+/// a dry run.
 #[inline(always)]
 pub fn peer_traffic(peer: &PeerEntry) -> Option<&'static mut PeerTraffic> {
+    if dry_run() {
+        return None;
+    }
     // SAFETY: per-CPU value, no other writer on this CPU while we run.
     PEER_TRAFFIC
         .get_ptr_mut(peer.slot)

@@ -23,6 +23,7 @@ use dr_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
+    dry_run::{dry_run, record_redirect},
     maps::count,
     packet::{drop, l4_offset, src_addr},
 };
@@ -68,6 +69,9 @@ pub fn too_big(ctx: &TcContext, cfg: &DatapathConfig, ip: &Ipv4Hdr, bytes: u64) 
         return Some(drop(Counter::DropRedirectFailed, bytes));
     }
     count(counter, bytes);
+    if dry_run() {
+        record_redirect(cfg.bridge_ifindex, 0);
+    }
     // SAFETY: no memory access. Out of docker0, whose bridge delivers the
     // frame to the container's port by its destination MAC.
     Some(unsafe { bpf_redirect(cfg.bridge_ifindex, 0) } as i32)

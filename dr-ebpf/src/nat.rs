@@ -23,6 +23,7 @@ use dr_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
+    dry_run::{dry_run, record_new_translation},
     inbound::inbound_answered,
     maps::{count, NAT_EXCLUDE, NAT_FLOWS, NAT_REVERSE},
     mtu::too_big,
@@ -154,6 +155,9 @@ fn live_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64) -> Option<*mut Flow>
 /// when another CPU removed it first.
 #[inline(always)]
 pub fn remove_translation(key: &FlowKey, nat_port: u16) -> bool {
+    if dry_run() {
+        return false;
+    }
     if NAT_FLOWS.remove(key).is_err() {
         return false;
     }
@@ -194,6 +198,15 @@ const TABLE_FULL: u32 = 2;
 /// results per candidate port instead of every path through it.
 #[inline(never)]
 fn claim(rkey: &ReverseKey, origin: &Origin, cfg: &DatapathConfig, now: u64) -> u32 {
+    // A dry run takes the first free candidate and reclaims nothing.
+    if dry_run() {
+        // SAFETY: only the presence of the value is read.
+        return if unsafe { NAT_REVERSE.get(rkey) }.is_none() {
+            CLAIMED
+        } else {
+            BUSY
+        };
+    }
     match NAT_REVERSE.insert(rkey, origin, BPF_NOEXIST as u64) {
         Ok(()) => return CLAIMED,
         Err(e) if e != -EEXIST => return TABLE_FULL,
@@ -271,6 +284,11 @@ fn allocate(key: &FlowKey, cfg: &DatapathConfig, now: u64, tcp_flags: u8) -> Res
             CLAIMED => {}
             TABLE_FULL => return Err(Counter::DropNatTableFull),
             _ => continue,
+        }
+        if dry_run() {
+            record_new_translation();
+            count(Counter::NatCreated, 0);
+            return Ok(port);
         }
         let flow = Flow {
             created_ns: now,
@@ -382,8 +400,10 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
         Some(flow) => {
             // SAFETY: map value pointer, valid for this program run.
             let flow = unsafe { &mut *flow };
-            flow.last_seen_ns = now;
-            flow.record(tcp_flags, false);
+            if !dry_run() {
+                flow.last_seen_ns = now;
+                flow.record(tcp_flags, false);
+            }
             flow.nat_port
         }
         None => {
@@ -462,6 +482,9 @@ pub fn live_reply(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, &'
 /// Records a reply on its flow: time and TCP state.
 #[inline(always)]
 pub fn touch_reply(flow: &mut Flow, tcp_flags: u8) {
+    if dry_run() {
+        return;
+    }
     flow.last_seen_ns = now();
     flow.record(tcp_flags, true);
 }

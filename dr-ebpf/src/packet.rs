@@ -16,7 +16,10 @@ use network_types::{
     ip::Ipv4Hdr,
 };
 
-use crate::maps::{config, count};
+use crate::{
+    dry_run::{dry_run, record_redirect},
+    maps::{config, count},
+};
 
 pub const AF_INET: u8 = 2;
 
@@ -108,6 +111,9 @@ pub fn decrement_ttl(ip: &mut Ipv4Hdr) -> bool {
 /// Neither the FIB nor netfilter nor `ip_forward` are involved.
 #[inline(always)]
 pub fn redirect_neigh(ifindex: u32, next_hop: Option<u32>) -> i32 {
+    if dry_run() {
+        record_redirect(ifindex, next_hop.unwrap_or(0));
+    }
     let ret = match next_hop {
         Some(addr) => {
             let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };

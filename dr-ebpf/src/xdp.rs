@@ -15,6 +15,7 @@ use dr_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
+    dry_run::{dry_run, record_redirect},
     maps::{config, count, endpoint, peer_for, peer_traffic, ENDPOINT_PORTS},
     nat::{live_reply, touch_reply, ICMP_ECHO_REPLY},
     packet::{
@@ -71,6 +72,9 @@ fn redirect_to(
     let bytes = (data_end - data) as u64;
     count(counter, bytes);
     count(Counter::XdpRedirect, bytes);
+    if dry_run() {
+        record_redirect(endpoint.ifindex, 0);
+    }
     // The port was there a moment ago (`endpoint`); should it vanish now,
     // the frame is lost like any frame in flight to a deleted device.
     ENDPOINT_PORTS

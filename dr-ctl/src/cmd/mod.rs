@@ -9,6 +9,7 @@ pub mod nat;
 pub mod peer;
 pub mod status;
 pub mod sync;
+pub mod trace;
 pub mod up;
 
 use dr_common::Traffic;

@@ -7,8 +7,10 @@
 //!
 //! `hook.rs` says which program goes where; `attach.rs` attaches,
 //! replaces and detaches them and reads back what is attached;
-//! `sweeper.rs` runs the one program that is never attached.
+//! `sweeper.rs` runs the one program that is never attached; `dry_run.rs`
+//! loads the copy that `trace` runs packets through.
 mod attach;
+mod dry_run;
 mod hook;
 pub mod object;
 mod sweeper;
@@ -22,6 +24,7 @@ pub use attach::{
     attach, attach_xdp, attached_mode, detach, detach_xdp, hook_ids, is_attached, program,
     remove_map_pins, Attached, HookIds, XDP_LINK_PIN,
 };
+pub use dry_run::{DryRun, Run};
 pub use hook::{Hook, Side, TC_PRIORITY};
 pub use sweeper::{pin_sweeper, Sweeper, SWEEPER_PIN};
 
@@ -86,6 +89,8 @@ mod tests {
             .filter_map(|line| line.strip_prefix("| `"))
             .filter_map(|cell| cell.split('`').next())
             .collect();
-        assert_eq!(sorted(listed), sorted(map_names::ALL.to_vec()));
+        let mut documented = map_names::ALL.to_vec();
+        documented.push(dr_common::dry_run::TRACE_MAP);
+        assert_eq!(sorted(listed), sorted(documented));
     }
 }

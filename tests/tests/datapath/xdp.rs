@@ -6,14 +6,14 @@ use dr_common::{program_names, Endpoint};
 use super::*;
 
 const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const CONTAINER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc2];
+pub(super) const XDP_REDIRECT: u32 = 4;
+pub(super) const CONTAINER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc2];
 /// The container's docker0 port: `ENDPOINT_PORTS` only takes existing
 /// devices, and a test run never transmits, so loopback stands in.
-const CONTAINER_VETH: u32 = 1;
+pub(super) const CONTAINER_VETH: u32 = 1;
 
 /// A datapath whose endpoint table knows CONTAINER.
-fn xdp_datapath() -> Datapath {
+pub(super) fn xdp_datapath() -> Datapath {
     let mut dp = datapath(config());
     let ep = Endpoint {
         ifindex: CONTAINER_VETH,

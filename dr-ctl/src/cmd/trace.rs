@@ -1,0 +1,433 @@
+//! `dr-ctl trace`: what the datapath would do with a packet, without
+//! sending one. A synthetic frame runs through the dry-run copy of the
+//! programs (`datapath::DryRun`) against the live tables: its verdict, the
+//! counter that gives the reason, the headers it rewrote and where it would
+//! have gone. Nothing is counted, no translation is made, no table changes.
+use std::{fmt::Write as _, net::Ipv4Addr, str::FromStr};
+
+use dr_common::{program_names, Counter, Trace, XDP_OFF};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use serde::Serialize;
+
+use super::Report;
+use crate::{
+    datapath::{self, DryRun, Hook, Run},
+    error::{Error, Result},
+    netlink::Netlink,
+    node::Node,
+    subnet::from_map_addr,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Source address, with a port for TCP and UDP (default 40000).
+    #[arg(value_name = "SRC[:PORT]")]
+    src: Endpoint,
+    /// Destination address, with a port for TCP and UDP (default 80).
+    #[arg(value_name = "DST[:PORT]")]
+    dst: Endpoint,
+    /// The packet: a TCP SYN, a UDP datagram or an ICMP echo request.
+    #[arg(value_enum, default_value_t = Protocol::Udp)]
+    protocol: Protocol,
+    /// Where the packet enters: from a container (docker0), from the wire
+    /// (uplink: XDP first when attached, then TC), or from this host's own
+    /// processes, leaving by the uplink (host).
+    #[arg(long, value_enum, default_value_t = Entry::Docker0)]
+    from: Entry,
+}
+
+/// An address with an optional port.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint {
+    addr: Ipv4Addr,
+    port: Option<u16>,
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, port) = match s.split_once(':') {
+            Some((addr, port)) => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{port:?} is not a port (1-65535)"))?;
+                (addr, Some(port))
+            }
+            None => (s, None),
+        };
+        let addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        Ok(Self { addr, port })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Entry {
+    Docker0,
+    Uplink,
+    Host,
+}
+
+const DEFAULT_SRC_PORT: u16 = 40000;
+const DEFAULT_DST_PORT: u16 = 80;
+/// The echo request's identifier.
+const ICMP_ID: u16 = 1;
+const TTL: u8 = 64;
+/// A locally administered MAC for the sender.
+const SENDER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const PAYLOAD: &[u8] = b"dr-ctl trace";
+
+impl Args {
+    /// What the parser cannot check alone.
+    fn check(&self) -> Result<()> {
+        if self.protocol == Protocol::Icmp && (self.src.port.is_some() || self.dst.port.is_some()) {
+            return Err(Error::Invalid(
+                "ports are for tcp and udp; an icmp echo request has none".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The frame, addressed to `receiver_mac`.
+    fn frame(&self, receiver_mac: [u8; 6]) -> Result<Vec<u8>> {
+        let builder = PacketBuilder::ethernet2(SENDER_MAC, receiver_mac).ipv4(
+            self.src.addr.octets(),
+            self.dst.addr.octets(),
+            TTL,
+        );
+        let sport = self.src.port.unwrap_or(DEFAULT_SRC_PORT);
+        let dport = self.dst.port.unwrap_or(DEFAULT_DST_PORT);
+        let mut frame = Vec::new();
+        match self.protocol {
+            // A SYN: the first packet of a connection, which may open a translation.
+            Protocol::Tcp => builder
+                .tcp(sport, dport, 1, 65535)
+                .syn()
+                .write(&mut frame, PAYLOAD),
+            Protocol::Udp => builder.udp(sport, dport).write(&mut frame, PAYLOAD),
+            Protocol::Icmp => builder
+                .icmpv4_echo_request(ICMP_ID, 1)
+                .write(&mut frame, PAYLOAD),
+        }
+        .map_err(|e| Error::Internal(format!("building the packet: {e}")))?;
+        Ok(frame)
+    }
+}
+
+/// The IPv4 and L4 header fields trace reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Headers {
+    pub src_mac: String,
+    pub dst_mac: String,
+    pub src_addr: Ipv4Addr,
+    pub dst_addr: Ipv4Addr,
+    pub ttl: u8,
+    /// "tcp", "udp", "icmp" or the protocol number.
+    pub protocol: String,
+    /// TCP/UDP port, or the ICMP echo identifier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_port: Option<u16>,
+    /// ICMP type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+}
+
+fn mac(m: &[u8]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Headers {
+    /// The headers of an Ethernet/IPv4 frame; None for anything else.
+    fn of(frame: &[u8]) -> Option<Self> {
+        let packet = SlicedPacket::from_ethernet(frame).ok()?;
+        let Some(NetSlice::Ipv4(ip)) = &packet.net else {
+            return None;
+        };
+        let ip = ip.header();
+        let (src_port, dst_port, icmp_type) = match &packet.transport {
+            Some(TransportSlice::Tcp(t)) => {
+                (Some(t.source_port()), Some(t.destination_port()), None)
+            }
+            Some(TransportSlice::Udp(u)) => {
+                (Some(u.source_port()), Some(u.destination_port()), None)
+            }
+            Some(TransportSlice::Icmpv4(i)) => {
+                let echo_id = match i.header().icmp_type {
+                    etherparse::Icmpv4Type::EchoRequest(e)
+                    | etherparse::Icmpv4Type::EchoReply(e) => Some(e.id),
+                    _ => None,
+                };
+                (echo_id, None, Some(i.type_u8()))
+            }
+            _ => (None, None, None),
+        };
+        let protocol = match ip.protocol().0 {
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            1 => "icmp".to_string(),
+            n => n.to_string(),
+        };
+        Some(Self {
+            src_mac: mac(&frame[6..12]),
+            dst_mac: mac(&frame[0..6]),
+            src_addr: ip.source_addr(),
+            dst_addr: ip.destination_addr(),
+            ttl: ip.ttl(),
+            protocol,
+            src_port,
+            dst_port,
+            icmp_type,
+        })
+    }
+
+    /// The fields that differ in `after`, as (field, before, after).
+    fn changes(&self, after: &Headers) -> Vec<Change> {
+        let opt = |p: Option<u16>| p.map_or("-".into(), |p| p.to_string());
+        let icmp = |t: Option<u8>| t.map_or("-".into(), |t| t.to_string());
+        [
+            ("src_mac", self.src_mac.clone(), after.src_mac.clone()),
+            ("dst_mac", self.dst_mac.clone(), after.dst_mac.clone()),
+            (
+                "src_addr",
+                self.src_addr.to_string(),
+                after.src_addr.to_string(),
+            ),
+            (
+                "dst_addr",
+                self.dst_addr.to_string(),
+                after.dst_addr.to_string(),
+            ),
+            ("ttl", self.ttl.to_string(), after.ttl.to_string()),
+            ("protocol", self.protocol.clone(), after.protocol.clone()),
+            ("src_port", opt(self.src_port), opt(after.src_port)),
+            ("dst_port", opt(self.dst_port), opt(after.dst_port)),
+            ("icmp_type", icmp(self.icmp_type), icmp(after.icmp_type)),
+        ]
+        .into_iter()
+        .filter(|(_, before, after)| before != after)
+        .map(|(field, before, after)| Change {
+            field,
+            before,
+            after,
+        })
+        .collect()
+    }
+}
+
+/// A header field the program rewrote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub field: &'static str,
+    pub before: String,
+    pub after: String,
+}
+
+/// Where a redirected packet would go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Redirect {
+    pub interface: String,
+    pub ifindex: u32,
+    /// The neighbour it is sent to; None: the packet's destination, by the
+    /// routing table.
+    pub next_hop: Option<Ipv4Addr>,
+}
+
+/// One program's part.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub program: &'static str,
+    /// "pass", "drop", "redirect" (TC) or also "tx", "aborted" (XDP).
+    pub verdict: String,
+    /// The counters it would have bumped: the verdict's reason.
+    pub counters: Vec<&'static str>,
+    /// A new SNAT translation would have been made (the port shown is one
+    /// free candidate: a real packet draws a random one).
+    pub new_translation: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// The header fields it rewrote.
+    pub rewritten: Vec<Change>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceReport {
+    pub packet: Headers,
+    pub steps: Vec<Step>,
+}
+
+impl Report for TraceReport {
+    fn text(&self) -> String {
+        let p = &self.packet;
+        let (src, dst) = match (p.protocol.as_str(), p.src_port, p.dst_port) {
+            ("icmp", Some(id), _) => (format!("{} id {id}", p.src_addr), p.dst_addr.to_string()),
+            (_, Some(sport), Some(dport)) => (
+                format!("{}:{sport}", p.src_addr),
+                format!("{}:{dport}", p.dst_addr),
+            ),
+            _ => (p.src_addr.to_string(), p.dst_addr.to_string()),
+        };
+        let mut out = format!("packet: {} {src} -> {dst} ttl {}\n", p.protocol, p.ttl);
+        for step in &self.steps {
+            let _ = write!(out, "{}: {}", step.program, step.verdict);
+            if !step.counters.is_empty() {
+                let _ = write!(out, " ({})", step.counters.join(", "));
+            }
+            out.push('\n');
+            if let Some(r) = &step.redirect {
+                let next_hop = r
+                    .next_hop
+                    .map_or("the destination, by the routing table".into(), |a| {
+                        a.to_string()
+                    });
+                let _ = writeln!(
+                    out,
+                    "  out of {} (ifindex {}) toward {next_hop}",
+                    r.interface, r.ifindex
+                );
+            }
+            if step.new_translation {
+                out.push_str(
+                    "  would create a SNAT translation (its port here is one free \
+                     candidate: a real packet draws its own)\n",
+                );
+            }
+            for c in &step.rewritten {
+                let _ = writeln!(out, "  {}: {} -> {}", c.field, c.before, c.after);
+            }
+        }
+        out
+    }
+}
+
+/// The TC action or XDP action `verdict`, named.
+fn verdict_name(xdp: bool, verdict: u32) -> String {
+    match (xdp, verdict) {
+        (false, 0) => "pass".into(),
+        (false, 2) => "drop".into(),
+        (false, 7) => "redirect".into(),
+        (true, 0) => "aborted".into(),
+        (true, 1) => "drop".into(),
+        (true, 2) => "pass".into(),
+        (true, 3) => "tx".into(),
+        (true, 4) => "redirect".into(),
+        (_, n) => format!("action {n}"),
+    }
+}
+
+fn counters(trace: &Trace) -> Vec<&'static str> {
+    Counter::ALL
+        .iter()
+        .filter(|c| trace.counters & (1 << **c as u32) != 0)
+        .map(|c| c.name())
+        .collect()
+}
+
+const XDP_PASS: u32 = 2;
+
+/// A program on the packet's way.
+#[derive(Clone, Copy)]
+enum Stage {
+    Xdp,
+    Tc(Hook),
+}
+
+impl Stage {
+    fn program(self) -> &'static str {
+        match self {
+            Stage::Xdp => program_names::UPLINK_XDP,
+            Stage::Tc(hook) => hook.program(),
+        }
+    }
+}
+
+pub async fn run(args: Args) -> Result<TraceReport> {
+    args.check()?;
+    // Holding the lock throughout: an `up` migrating a map removes its pin
+    // for a moment, and the loader would create and pin one of its own.
+    let node = Node::open()?;
+    if node.config.object_hash != datapath::object::hash() {
+        return Err(Error::Conflict(
+            "the attached programs come from another build of dr: run `dr-ctl up` with this \
+             one first, so that trace runs what is attached"
+                .into(),
+        ));
+    }
+    let mut frame = args.frame(node.config.bridge_mac)?;
+    let packet = Headers::of(&frame)
+        .ok_or_else(|| Error::Internal("the packet built does not parse".into()))?;
+    let stages: &[Stage] = match args.from {
+        Entry::Docker0 => &[Stage::Tc(Hook::BridgeIngress)],
+        Entry::Uplink if node.config.xdp_mode != XDP_OFF => {
+            &[Stage::Xdp, Stage::Tc(Hook::UplinkIngress)]
+        }
+        Entry::Uplink => &[Stage::Tc(Hook::UplinkIngress)],
+        Entry::Host => &[Stage::Tc(Hook::UplinkEgress)],
+    };
+    let mut dry_run = DryRun::load(node.pins().path())?;
+    let nl = Netlink::connect()?;
+    let mut steps = Vec::new();
+    for &stage in stages {
+        let run = match stage {
+            Stage::Xdp => dry_run.run_xdp(&frame)?,
+            Stage::Tc(hook) => dry_run.run_tc(hook, &frame)?,
+        };
+        let xdp = matches!(stage, Stage::Xdp);
+        let goes_on = xdp && run.verdict == XDP_PASS;
+        let before = Headers::of(&frame);
+        frame = run.frame.clone();
+        steps.push(step(&nl, before.as_ref(), stage.program(), xdp, run).await?);
+        if !goes_on {
+            break;
+        }
+    }
+    Ok(TraceReport { packet, steps })
+}
+
+/// Describes one program's run of the packet `before`.
+async fn step(
+    nl: &Netlink,
+    before: Option<&Headers>,
+    program: &'static str,
+    xdp: bool,
+    run: Run,
+) -> Result<Step> {
+    let redirect = match run.trace.redirect_ifindex {
+        0 => None,
+        ifindex => Some(Redirect {
+            interface: nl
+                .interface_by_index(ifindex)
+                .await?
+                .map_or("(gone)".into(), |i| i.name),
+            ifindex,
+            next_hop: (run.trace.next_hop != 0).then(|| from_map_addr(run.trace.next_hop)),
+        }),
+    };
+    let rewritten = match (before, Headers::of(&run.frame)) {
+        (Some(before), Some(after)) => before.changes(&after),
+        _ => Vec::new(),
+    };
+    Ok(Step {
+        program,
+        verdict: verdict_name(xdp, run.verdict),
+        counters: counters(&run.trace),
+        new_translation: run.trace.new_translation != 0,
+        redirect,
+        rewritten,
+    })
+}
