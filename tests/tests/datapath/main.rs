@@ -7,6 +7,7 @@ mod fuzz;
 mod inbound;
 mod mtu;
 mod nat;
+mod nat_race;
 mod nat_sweep;
 mod xdp;
 
