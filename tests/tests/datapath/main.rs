@@ -7,6 +7,7 @@ mod inbound;
 mod mtu;
 mod nat;
 mod nat_sweep;
+mod nat_tcp_window;
 mod xdp;
 
 use std::{net::Ipv4Addr, path::PathBuf};

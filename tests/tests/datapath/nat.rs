@@ -36,7 +36,7 @@ pub(super) fn nat_datapath(config: DatapathConfig, table_size: u32) -> Datapath 
 
 impl Datapath {
     /// The translation of the container flow `frame` would start.
-    fn translation(
+    pub(super) fn translation(
         &self,
         src: [u8; 4],
         dst: [u8; 4],
