@@ -61,14 +61,15 @@ fn external_server_sees_the_host_address_for_tcp_udp_and_ping() {
 fn snat_works_alongside_the_xdp_fast_path() {
     let c = cluster("drnatx", &["--xdp"]);
     external_traffic(&c);
-    // The replies took the fast path: XDP translated and redirected them all.
+    // The replies took the fast path: XDP translated and redirected all but
+    // the server's FIN, which TC checks against the container's window.
     let h0 = &c.hosts[0];
     let (nat_in, xdp) = (
         h0.counter("nat_in").unwrap(),
         h0.counter("xdp_redirect").unwrap(),
     );
     assert!(
-        nat_in > 50 && xdp >= nat_in,
+        nat_in > 50 && xdp + 1 >= nat_in,
         "nat_in {nat_in}, xdp_redirect {xdp}"
     );
     // Cross-host traffic still takes the fast path.
