@@ -412,7 +412,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
     };
     if proto == IPPROTO_TCP {
         // A new flow's entry is looked up again: only its SYN pays for that.
-        if let Some(flow) = flow.or_else(|| NAT_FLOWS.get_ptr_mut(&key)) {
+        if let Some(flow) = flow.or_else(|| NAT_FLOWS.get_ptr_mut(key)) {
             record_container_window(ctx, l4_at, tcp_flags, flow);
         }
     }
