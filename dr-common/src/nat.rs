@@ -53,9 +53,9 @@ pub struct Flow {
     /// undo another's FIN, a store of a constant into its own byte cannot.
     pub teardown: Teardown,
     pub _pad: u8,
-    // The fields below (appended in place of growing `_pad`: the table is an
-    // ABI) hold the container's receive window as of its last segment with
-    // ACK, in host order, to judge a remote RST or FIN ([`Flow::in_window`]).
+    // The fields below (appended at the end: the table is an ABI) hold the
+    // container's receive window as of its last segment with ACK, in host
+    // order, to judge a remote RST or FIN (`Flow::in_window`).
     // Plain stores on every outbound segment: CPUs racing may leave a
     // slightly older value, which the check's margin absorbs, and these
     // bytes lie apart from the teardown marks, which they cannot undo.
