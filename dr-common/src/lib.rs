@@ -215,7 +215,7 @@ const _: () = {
     assert!(size_of::<PeerTraffic>() == 32);
     assert!(size_of::<Endpoint>() == 12);
     assert!(size_of::<nat::FlowKey>() == 16);
-    assert!(size_of::<nat::Flow>() == 24);
+    assert!(size_of::<nat::Flow>() == 32);
     assert!(size_of::<nat::Teardown>() == 4);
     assert!(size_of::<nat::ReverseKey>() == 12);
     assert!(size_of::<nat::Origin>() == 8);
@@ -324,6 +324,10 @@ counters! {
     /// flow (large UDP answers such as EDNS0 DNS) do not reach the container.
     /// The host's own fragmented traffic is counted too.
     NatFragmentIn = 23 => "nat_fragment_in",
+    /// A remote RST or FIN outside the container's receive window: delivered
+    /// (the container's stack judges it too) without closing the translation,
+    /// so that an off-path sender cannot free the port of a live connection.
+    NatTeardownOutOfWindow = 24 => "nat_teardown_out_of_window",
 }
 
 // `ALL[i]` is counter `i`: the indices are 0..COUNTER_COUNT without gaps.

@@ -53,6 +53,25 @@ pub struct Flow {
     /// undo another's FIN, a store of a constant into its own byte cannot.
     pub teardown: Teardown,
     pub _pad: u8,
+    // The fields below (appended at the end: the table is an ABI) hold the
+    // container's receive window as of its last segment with ACK, in host
+    // order, to judge a remote RST or FIN (`Flow::in_window`).
+    // Plain stores on every outbound segment: CPUs racing may leave a
+    // slightly older value, which the check's margin absorbs, and these
+    // bytes lie apart from the teardown marks, which they cannot undo.
+    /// The last acknowledgment number the container sent: the remote's next
+    /// sequence number as the container last knew it.
+    pub ack_out: u32,
+    /// The window field of that segment, unscaled.
+    pub window_out: u16,
+    /// The window scale the container offered in its SYN (0 without one).
+    pub wscale_out: u8,
+    /// 1 once `ack_out` and `window_out` hold a segment's values. 0 in a
+    /// flow that has not seen the container's ACK yet, and in one carried
+    /// over from a version of dr without these fields (zero-extended by
+    /// the migration): then there is nothing to judge by, and a RST or FIN
+    /// counts as before.
+    pub window_known: u8,
 }
 
 /// `Flow::teardown`: the container's FIN, the remote's FIN, the connection
@@ -382,7 +401,55 @@ impl State {
     }
 }
 
+/// Largest window shift (RFC 7323 section 2.3).
+const MAX_WSCALE: u8 = 14;
+
 impl Flow {
+    /// Records what the container's TCP segment says about its receive
+    /// window: the window scale of a SYN, the ACK and window of anything
+    /// with ACK. Values as in the header, host order.
+    #[inline(always)]
+    pub fn record_window(&mut self, flags: u8, ack: u32, window: u16, wscale: u8) {
+        if flags & TCP_ACK != 0 {
+            self.ack_out = ack;
+            self.window_out = window;
+            if self.window_known == 0 {
+                self.window_known = 1;
+            }
+        } else if flags & TCP_SYN != 0 {
+            self.wscale_out = wscale;
+            self.window_known = 0;
+        }
+    }
+
+    /// Whether a remote segment starting at `seq` (host order) lies close
+    /// enough to the container's receive window for its RST or FIN to be
+    /// believed. A simplification of conntrack's `tcp_in_window`, which
+    /// tracks both ends' highest sequence and largest window: dr sees the
+    /// container's side only and keeps its last ACK and window, and accepts
+    /// `seq` within one window either side of that ACK. Ahead: data the
+    /// container received and has not acknowledged yet, up to what it
+    /// allowed. Behind: a retransmission of a segment partly acknowledged,
+    /// and an ACK stored by one CPU after a newer one by another. The window
+    /// is scaled by the container's SYN's shift whether or not the remote
+    /// agreed to scaling (not seen here): a wider window, never a valid RST
+    /// refused. An off-path sender must then guess a sequence number within
+    /// a window of 2^32. Without a known window every segment counts.
+    #[inline(always)]
+    pub fn in_window(&self, seq: u32) -> bool {
+        if self.window_known == 0 {
+            return true;
+        }
+        let shift = if self.wscale_out > MAX_WSCALE {
+            MAX_WSCALE
+        } else {
+            self.wscale_out
+        };
+        let window = (self.window_out as u32) << shift;
+        let distance = seq.wrapping_sub(self.ack_out) as i32;
+        distance.unsigned_abs() <= window
+    }
+
     /// The flow's state: the teardown marks, else `state`. Both FINs seen
     /// without their order (two CPUs at once) count as TIME_WAIT, the longer
     /// hold of the port.
@@ -496,6 +563,36 @@ mod tests {
         ordered.record(TCP_SYN, false);
         assert_eq!(ordered.current_state(), Some(State::TcpSynSent));
         assert_eq!(ordered.teardown, Teardown::default());
+    }
+
+    #[test]
+    fn a_remote_teardown_counts_only_near_the_containers_window() {
+        let mut flow = Flow {
+            state: State::TcpEstablished as u8,
+            ..Flow::default()
+        };
+        // Nothing known yet (a new flow, one migrated from an older dr).
+        assert!(flow.in_window(12345));
+        flow.record_window(TCP_SYN, 0, 64240, 7);
+        assert!(flow.in_window(12345), "a SYN says no ACK");
+        flow.record_window(TCP_ACK, 1_000_000, 502, 0);
+        let window = 502 << 7;
+        assert!(flow.in_window(1_000_000));
+        assert!(flow.in_window(1_000_000 + window));
+        assert!(flow.in_window(1_000_000 - window));
+        assert!(!flow.in_window(1_000_000 + window + 1));
+        assert!(!flow.in_window(1_000_000 - window - 1));
+        assert!(!flow.in_window(1_000_000u32.wrapping_add(1 << 31)));
+        // Across the wrap of the sequence space.
+        flow.record_window(TCP_ACK, u32::MAX - 10, 502, 0);
+        assert!(flow.in_window(20));
+        // A zero window: only the next expected sequence number.
+        flow.record_window(TCP_ACK, 7, 0, 0);
+        assert!(flow.in_window(7));
+        assert!(!flow.in_window(8));
+        // A new SYN on the same tuple: nothing known again.
+        flow.record_window(TCP_SYN, 0, 64240, 0);
+        assert!(flow.in_window(1 << 31));
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub const FRAG_NEEDED: Family = family(
 pub const NAT_EVENTS: Family = family(
     "dr_nat_events_total",
     "counter",
-    "SNAT table events: translations created, expired, collected by gc, evicted.",
+    "SNAT table events: translations created, expired, collected by gc, evicted; remote RSTs/FINs ignored as out of window.",
 );
 pub const NAT_ENTRIES: Family = family(
     "dr_nat_table_entries",
@@ -188,6 +188,7 @@ fn placement(c: Counter) -> Placement {
         Counter::NatExpired => only(&NAT_EVENTS, ("event", "expired")),
         Counter::NatExpiredGc => only(&NAT_EVENTS, ("event", "expired_gc")),
         Counter::NatEvicted => only(&NAT_EVENTS, ("event", "evicted")),
+        Counter::NatTeardownOutOfWindow => only(&NAT_EVENTS, ("event", "teardown_out_of_window")),
         Counter::XdpRedirect => only(&XDP_PACKETS, ("action", "redirect")),
         Counter::XdpPass => only(&XDP_PACKETS, ("action", "pass")),
     }

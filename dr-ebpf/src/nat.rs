@@ -15,8 +15,8 @@ use aya_log_ebpf::warn;
 use dr_common::{
     checksum,
     nat::{
-        rewritten_l4_checksum, Flow, FlowKey, Origin, ReverseKey, State, Teardown,
-        DELIVERED_BY_KERNEL, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_TRIES, TCP_ACK, TCP_SYN,
+        rewritten_l4_checksum, Flow, FlowKey, Origin, ReverseKey, State, DELIVERED_BY_KERNEL,
+        IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_TRIES, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
     Counter, DatapathConfig,
 };
@@ -295,8 +295,7 @@ fn allocate(key: &FlowKey, cfg: &DatapathConfig, now: u64, tcp_flags: u8) -> Res
             last_seen_ns: now,
             nat_port: port,
             state: State::initial(key.proto, tcp_flags) as u8,
-            teardown: Teardown::default(),
-            _pad: 0,
+            ..Flow::default()
         };
         if let Err(e) = NAT_FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
             // SAFETY: map value, copied out.
@@ -396,22 +395,22 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
     if let Some(verdict) = too_big(ctx, cfg, ip, bytes) {
         return verdict;
     }
-    let nat_port = match live {
+    let (nat_port, flow) = match live {
         Some(flow) => {
             // SAFETY: map value pointer, valid for this program run.
-            let flow = unsafe { &mut *flow };
+            let entry = unsafe { &mut *flow };
             if !dry_run() {
-                flow.last_seen_ns = now;
-                flow.record(tcp_flags, false);
+                entry.last_seen_ns = now;
+                entry.record(tcp_flags, false);
             }
-            flow.nat_port
+            (entry.nat_port, Some(flow))
         }
         None => {
             if ip.ttl <= 1 {
                 return drop(Counter::DropTtlExceeded, bytes);
             }
             match allocate(&key, cfg, now, tcp_flags) {
-                Ok(port) => port,
+                Ok(port) => (port, None),
                 Err(reason) => {
                     warn!(
                         ctx,
@@ -431,6 +430,12 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
             }
         }
     };
+    if proto == IPPROTO_TCP && !dry_run() {
+        // A new flow's entry is looked up again: only its SYN pays for that.
+        if let Some(flow) = flow.or_else(|| NAT_FLOWS.get_ptr_mut(key)) {
+            record_container_window(ctx, l4_at, tcp_flags, flow);
+        }
+    }
     if !decrement_ttl(ip) {
         return drop(Counter::DropTtlExceeded, bytes);
     }
@@ -477,6 +482,67 @@ pub fn live_reply(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, &'
         return None;
     }
     Some((origin, flow))
+}
+
+/// Whether the remote's segment at `l4_at` lies near enough to the
+/// container's receive window for its RST or FIN to count
+/// ([`Flow::in_window`]). Not inlined: keeps the reply path's branches
+/// within the verifier's budget.
+#[inline(never)]
+fn teardown_in_window(ctx: &TcContext, l4_at: usize, flow: &Flow) -> bool {
+    match ctx.load::<u32>(l4_at + 4) {
+        Ok(seq) => flow.in_window(u32::from_be(seq)),
+        // Not reached: the caller read the flags further on.
+        Err(_) => true,
+    }
+}
+
+/// Records the container's receive window from its TCP segment at `l4_at`
+/// ([`Flow::record_window`]), for judging the remote's RSTs and FINs. Not
+/// inlined, for the verifier (see [`claim`]).
+#[inline(never)]
+fn record_container_window(ctx: &TcContext, l4_at: usize, flags: u8, flow: *mut Flow) {
+    // Sequence, acknowledgment, data offset, flags, window.
+    let Ok(h) = ctx.load::<[u8; 12]>(l4_at + 4) else {
+        return;
+    };
+    let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    let window = u16::from_be_bytes([h[10], h[11]]);
+    let wscale = if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        syn_window_scale(ctx, l4_at, h[8] >> 4)
+    } else {
+        0
+    };
+    // SAFETY: map value pointer, valid for this program run.
+    unsafe { (*flow).record_window(flags, ack, window, wscale) };
+}
+
+const TCPOPT_WINDOW: u8 = 3;
+/// At most 40 bytes of options (a 60-byte header).
+const TCP_MAX_OPTION_BYTES: usize = 40;
+
+/// The window scale a SYN whose header is `data_offset` words long offers:
+/// the largest shift among the bytes that read as a window scale option
+/// (kind 3, length 3), 0 without one. Not a walk of the option list: a loop
+/// whose position depends on each option's length took the verifier past
+/// its budget, while this one's iterations all look alike to it. The real
+/// option is among the matches, and a false one (inside another option's
+/// value) only widens the window judged.
+#[inline(always)]
+fn syn_window_scale(ctx: &TcContext, l4_at: usize, data_offset: u8) -> u8 {
+    let options = (data_offset as usize * 4).saturating_sub(20);
+    let mut shift = 0;
+    for i in 0..TCP_MAX_OPTION_BYTES - 2 {
+        if i + 3 > options {
+            break;
+        }
+        if let Ok([TCPOPT_WINDOW, 3, value]) = ctx.load::<[u8; 3]>(l4_at + 20 + i) {
+            if value > shift {
+                shift = value;
+            }
+        }
+    }
+    shift
 }
 
 /// Records a reply on its flow: time and TCP state.
@@ -530,7 +596,14 @@ pub fn snat_reply(
         _pad: [0; 3],
     };
     let (origin, flow) = live_reply(cfg, &rkey)?;
-    touch_reply(flow, tcp_flags);
+    // A RST or FIN far from the container's window is not believed (an
+    // off-path sender guessing), but still delivered: the container's stack
+    // judges it again (RFC 5961) and answers with a challenge ACK.
+    if tcp_flags & (TCP_RST | TCP_FIN) == 0 || teardown_in_window(ctx, l4_at, flow) {
+        touch_reply(flow, tcp_flags);
+    } else {
+        count(Counter::NatTeardownOutOfWindow, bytes);
+    }
     if !decrement_ttl(ip) {
         return Some(drop(Counter::DropTtlExceeded, bytes));
     }

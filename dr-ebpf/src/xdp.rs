@@ -9,7 +9,9 @@ use aya_ebpf::{
 };
 use dr_common::{
     checksum,
-    nat::{rewritten_l4_checksum, ReverseKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    nat::{
+        rewritten_l4_checksum, ReverseKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST,
+    },
     Counter, DatapathConfig, Endpoint,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -84,7 +86,7 @@ fn redirect_to(
 
 /// A reply to a translated TCP/UDP flow or ping, translated back with
 /// checksums fixed arithmetically (frames from the wire carry complete
-/// checksums). ICMP errors and anything unknown are TC's.
+/// checksums). ICMP errors, TCP RSTs and FINs, and anything unknown are TC's.
 #[inline(always)]
 fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
     let proto = ip.proto;
@@ -100,6 +102,12 @@ fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ip
             };
             // SAFETY: bounds checked by ptr_at.
             let h = unsafe { &*h };
+            // A RST or FIN is checked against the container's window
+            // before it may close the translation: TC's (rare, and one
+            // place for that check).
+            if h[13] & (TCP_RST | TCP_FIN) != 0 {
+                return XDP_PASS;
+            }
             (
                 u16::from_ne_bytes([h[0], h[1]]),
                 u16::from_ne_bytes([h[2], h[3]]),

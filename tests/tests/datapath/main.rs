@@ -9,6 +9,7 @@ mod mtu;
 mod nat;
 mod nat_race;
 mod nat_sweep;
+mod nat_tcp_window;
 mod xdp;
 
 use std::{net::Ipv4Addr, path::PathBuf};

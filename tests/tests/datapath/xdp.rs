@@ -5,7 +5,7 @@ use dr_common::{program_names, Endpoint};
 
 use super::*;
 
-const XDP_PASS: u32 = 2;
+pub(super) const XDP_PASS: u32 = 2;
 pub(super) const XDP_REDIRECT: u32 = 4;
 pub(super) const CONTAINER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc2];
 /// The container's docker0 port: `ENDPOINT_PORTS` only takes existing
@@ -15,13 +15,18 @@ pub(super) const CONTAINER_VETH: u32 = 1;
 /// A datapath whose endpoint table knows CONTAINER.
 pub(super) fn xdp_datapath() -> Datapath {
     let mut dp = datapath(config());
+    add_endpoint(&mut dp, CONTAINER);
+    dp
+}
+
+/// Makes `container` a known endpoint, on CONTAINER_VETH with CONTAINER_MAC.
+pub(super) fn add_endpoint(dp: &mut Datapath, container: [u8; 4]) {
     let ep = Endpoint {
         ifindex: CONTAINER_VETH,
         mac: CONTAINER_MAC,
         _pad: [0; 2],
     };
-    dp.maps.set_endpoints(&[(CONTAINER.into(), ep)]).unwrap();
-    dp
+    dp.maps.set_endpoints(&[(container.into(), ep)]).unwrap();
 }
 
 impl Datapath {
@@ -87,12 +92,7 @@ fn everything_else_is_left_to_tc_unchanged() {
 #[test]
 fn snat_replies_to_a_known_container_are_translated_and_redirected() {
     let mut dp = super::nat::nat_datapath(super::nat::nat_config(), DEFAULT_TABLE_SIZE);
-    let ep = Endpoint {
-        ifindex: CONTAINER_VETH,
-        mac: CONTAINER_MAC,
-        _pad: [0; 2],
-    };
-    dp.maps.set_endpoints(&[(CONTAINER.into(), ep)]).unwrap();
+    add_endpoint(&mut dp, CONTAINER);
     for l4 in ALL_L4 {
         let ports = default_ports(l4);
         let port = dp.translate_out(CONTAINER, EXTERNAL, l4, ports);
