@@ -221,6 +221,7 @@ async fn session(
             docker_config: None,
             nat: args.nat.clone(),
             attach: args.attach,
+            max_peers: None,
         };
         off_thread(move |rt| rt.block_on(up::up(&up))).await?;
     }

@@ -95,6 +95,7 @@ pub async fn run(args: Args) -> Result<ApplyReport> {
             ..NatPlan::default()
         },
         attach: args.attach.mode(),
+        max_peers: None,
     };
     let mut report = ApplyReport {
         host: me.name.clone(),

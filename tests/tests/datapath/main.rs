@@ -17,7 +17,7 @@ use aya::{
 };
 use dr_common::{
     nat::{Timeouts, DEFAULT_TABLE_SIZE},
-    Counter, DatapathConfig, Traffic,
+    Counter, DatapathConfig, Traffic, DEFAULT_MAX_PEERS,
 };
 use dr_ctl::{
     datapath::{self, Hook},
@@ -171,7 +171,8 @@ fn datapath_sized(config: DatapathConfig, nat_table_size: u32) -> Datapath {
     enter_host_netns();
     let dir = PathBuf::from("/sys/fs/bpf").join(unique_prefix("drtest-"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut ebpf = datapath::load(&dir, nat_table_size, 0).expect("load eBPF object");
+    let mut ebpf =
+        datapath::load(&dir, nat_table_size, DEFAULT_MAX_PEERS, 0).expect("load eBPF object");
     datapath::pin_sweeper(&mut ebpf, &dir).expect("pin the NAT sweeper");
     let mut maps = Maps::open(&dir).unwrap();
     maps.set_config(&config).unwrap();

@@ -1,9 +1,11 @@
 //! `dr-ctl up`'s arguments: as given on the command line, and checked.
 use std::path::PathBuf;
 
+use dr_common::{DEFAULT_MAX_PEERS, MAX_PEERS_LIMIT};
+
 use crate::{
     docker_config::{self, DockerConfigChange, DockerSettings},
-    error::Result,
+    error::{Error, Result},
     kernel::AttachMode,
     nat_plan::NatPlan,
     netlink::Interface,
@@ -88,6 +90,11 @@ pub struct Args {
     /// Entries in each translation table [default: 65536]; a change needs `down` first.
     #[arg(long, value_name = "N")]
     nat_table_size: Option<u32>,
+    /// Peers the datapath can hold [default: 4096, at most 131072]; the peer
+    /// tables' memory grows with it (and with the CPUs). Maps that exist keep
+    /// their capacity: a change needs `down` first.
+    #[arg(long, value_name = "N")]
+    max_peers: Option<u32>,
     #[command(flatten)]
     attach: AttachArg,
     /// Idle timeout, repeatable: tcp-syn, tcp-established, tcp-closing (one FIN seen),
@@ -100,7 +107,16 @@ pub struct Args {
 impl Args {
     /// The checked form of the command line.
     pub(super) fn check(self) -> Result<UpArgs> {
+        if let Some(n) = self
+            .max_peers
+            .filter(|n| !(1..=MAX_PEERS_LIMIT).contains(n))
+        {
+            return Err(Error::Invalid(format!(
+                "--max-peers {n} is out of range 1-{MAX_PEERS_LIMIT}"
+            )));
+        }
         Ok(UpArgs {
+            max_peers: self.max_peers,
             xdp: self.xdp,
             datapath_log: self.datapath_log as u8,
             subnet: LocalSubnet::parse_as("--subnet", &self.subnet)?,
@@ -133,9 +149,16 @@ pub struct UpArgs {
     pub nat: NatPlan,
     /// How to attach the TC programs; None: TCX where the kernel has it.
     pub attach: Option<AttachMode>,
+    /// The peer tables' capacity; None: what is pinned, or the default.
+    pub max_peers: Option<u32>,
 }
 
 impl UpArgs {
+    /// The capacity of peer tables `up` creates.
+    pub(super) fn max_peers(&self) -> u32 {
+        self.max_peers.unwrap_or(DEFAULT_MAX_PEERS)
+    }
+
     /// What `up` sets in daemon.json, given the uplink.
     pub(super) fn docker_settings(&self, uplink: &Interface) -> DockerSettings {
         DockerSettings::new(self.subnet.bip(), uplink.mtu)
