@@ -4,7 +4,7 @@
 mod args;
 mod setup;
 
-pub use args::{Args, Attach, AttachArg, DatapathLog, UpArgs};
+pub use args::{Args, Attach, AttachArg, DatapathLog, MaxPeersArg, UpArgs};
 
 use std::fmt::Write as _;
 

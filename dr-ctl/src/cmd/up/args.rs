@@ -55,6 +55,28 @@ impl AttachArg {
     }
 }
 
+/// `--max-peers` of the commands that bring dr up.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct MaxPeersArg {
+    /// Peers the datapath can hold [default: 4096, at most 131072]; the peer
+    /// tables' memory grows with it (and with the CPUs). Maps that exist keep
+    /// their capacity: a change needs `down` first.
+    #[arg(long, value_name = "N")]
+    max_peers: Option<u32>,
+}
+
+impl MaxPeersArg {
+    /// The capacity asked for, checked; None: what is pinned, or the default.
+    pub fn check(self) -> Result<Option<u32>> {
+        match self.max_peers {
+            Some(n) if !(1..=MAX_PEERS_LIMIT).contains(&n) => Err(Error::Invalid(format!(
+                "--max-peers {n} is out of range 1-{MAX_PEERS_LIMIT}"
+            ))),
+            n => Ok(n),
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The container bridge; created if absent.
@@ -90,11 +112,8 @@ pub struct Args {
     /// Entries in each translation table [default: 65536]; a change needs `down` first.
     #[arg(long, value_name = "N")]
     nat_table_size: Option<u32>,
-    /// Peers the datapath can hold [default: 4096, at most 131072]; the peer
-    /// tables' memory grows with it (and with the CPUs). Maps that exist keep
-    /// their capacity: a change needs `down` first.
-    #[arg(long, value_name = "N")]
-    max_peers: Option<u32>,
+    #[command(flatten)]
+    max_peers: MaxPeersArg,
     #[command(flatten)]
     attach: AttachArg,
     /// Idle timeout, repeatable: tcp-syn, tcp-established, tcp-closing (one FIN seen),
@@ -107,16 +126,8 @@ pub struct Args {
 impl Args {
     /// The checked form of the command line.
     pub(super) fn check(self) -> Result<UpArgs> {
-        if let Some(n) = self
-            .max_peers
-            .filter(|n| !(1..=MAX_PEERS_LIMIT).contains(n))
-        {
-            return Err(Error::Invalid(format!(
-                "--max-peers {n} is out of range 1-{MAX_PEERS_LIMIT}"
-            )));
-        }
         Ok(UpArgs {
-            max_peers: self.max_peers,
+            max_peers: self.max_peers.check()?,
             xdp: self.xdp,
             datapath_log: self.datapath_log as u8,
             subnet: LocalSubnet::parse_as("--subnet", &self.subnet)?,
