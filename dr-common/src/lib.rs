@@ -10,8 +10,14 @@
 pub mod checksum;
 pub mod nat;
 
-/// Capacity of the peer subnet trie and of the per-peer statistics array.
-pub const MAX_PEERS: u32 = 131_072;
+/// Peers a datapath holds unless `dr-ctl up --max-peers` says otherwise:
+/// the capacity of the peer subnet trie, the per-peer statistics array and
+/// the peer host set (the object's sizes; dr-ctl sets them when it creates
+/// the maps).
+pub const DEFAULT_MAX_PEERS: u32 = 4096;
+
+/// The most `--max-peers` accepts: the fixed capacity of earlier releases.
+pub const MAX_PEERS_LIMIT: u32 = 131_072;
 
 /// Capacity of the SNAT exclusion trie (cluster CIDR and `--no-masquerade`).
 pub const MAX_EXCLUSIONS: u32 = 1024;

@@ -81,7 +81,7 @@ pub const CORE_REQUIREMENTS: [Requirement; 13] = [
     ),
     needs("bpf_skb_change_tail (ICMP fragmentation needed)", 4, 9),
     needs(
-        "bpf_fib_lookup with BPF_FIB_LOOKUP_OUTPUT (host traffic to peers)",
+        "bpf_fib_lookup (host traffic to peers, SNAT's route check)",
         4,
         18,
     ),

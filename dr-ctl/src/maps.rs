@@ -12,7 +12,7 @@ use aya::{
 use dr_common::{
     map_names,
     nat::{Flow, FlowKey, Origin, ReverseKey},
-    Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, MAX_ENDPOINTS, MAX_PEERS,
+    Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, MAX_ENDPOINTS,
 };
 use ipnet::Ipv4Net;
 
@@ -41,6 +41,7 @@ pub struct Maps {
     endpoints: HashMap<MapData, u32, Endpoint>,
     endpoint_ports: DevMapHash<MapData>,
     peer_hosts: HashMap<MapData, u32, u32>,
+    peer_capacity: u32,
 }
 
 /// Whether `dir` holds pinned maps at all (of any version of dr).
@@ -51,6 +52,16 @@ pub fn pinned(dir: &Path) -> bool {
 /// The capacity of each pinned SNAT table in `dir`.
 pub fn nat_table_size(dir: &Path) -> Result<u32> {
     Ok(aya::maps::MapInfo::from_pin(dir.join(map_names::NAT_FLOWS))?.max_entries())
+}
+
+/// How many peers the maps pinned in `dir` hold (`up --max-peers` when they
+/// were created), if they are pinned.
+pub fn peer_capacity(dir: &Path) -> Result<Option<u32>> {
+    let path = dir.join(map_names::PEER_TRAFFIC);
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(aya::maps::MapInfo::from_pin(path)?.max_entries()))
 }
 
 fn open(dir: &Path, name: &str) -> Result<Map> {
@@ -112,6 +123,8 @@ impl Maps {
             endpoints: open(dir, map_names::ENDPOINTS)?.try_into()?,
             endpoint_ports: open(dir, map_names::ENDPOINT_PORTS)?.try_into()?,
             peer_hosts: open(dir, map_names::PEER_HOSTS)?.try_into()?,
+            peer_capacity: aya::maps::MapInfo::from_pin(dir.join(map_names::PEER_TRAFFIC))?
+                .max_entries(),
         })
     }
 
@@ -146,22 +159,42 @@ impl Maps {
         Ok(peers)
     }
 
+    /// How many peers the maps hold (`up --max-peers`).
+    pub fn peer_capacity(&self) -> u32 {
+        self.peer_capacity
+    }
+
     /// Inserts or replaces peers. Each new peer gets the lowest free traffic
-    /// slot, zeroed before the peer becomes visible to the datapath.
+    /// slot, zeroed before the peer becomes visible to the datapath. Peers
+    /// beyond the capacity are refused before anything is written.
     pub fn upsert_peers(&mut self, peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
         let existing = self.peers()?;
         let slots: std::collections::HashMap<Ipv4Net, u32> =
             existing.iter().map(|p| (p.subnet, p.slot)).collect();
+        let new: BTreeSet<Ipv4Net> = peers
+            .iter()
+            .map(|p| p.0)
+            .filter(|s| !slots.contains_key(s))
+            .collect();
+        let capacity = self.peer_capacity;
+        if existing.len() + new.len() > capacity as usize {
+            return Err(Error::Conflict(format!(
+                "peer table is full: {} peers and {} new ones do not fit its {capacity}; \
+                 `dr-ctl down`, then `dr-ctl up --max-peers N` sets a larger capacity",
+                existing.len(),
+                new.len()
+            )));
+        }
         let mut used: Vec<u32> = existing.iter().map(|p| p.slot).collect();
         used.sort_unstable();
-        let mut free = (0..MAX_PEERS).filter(|s| used.binary_search(s).is_err());
+        let mut free = (0..capacity).filter(|s| used.binary_search(s).is_err());
         let cpus = cpus()?;
         for &(subnet, via) in peers {
             let slot = match slots.get(&subnet) {
                 Some(slot) => *slot,
                 None => {
                     let slot = free.next().ok_or_else(|| {
-                        Error::Conflict(format!("peer table is full ({MAX_PEERS} peers)"))
+                        Error::Internal(format!("no free traffic slot below {capacity}"))
                     })?;
                     let zero = PerCpuValues::try_from(vec![PeerTraffic::default(); cpus])
                         .map_err(io_context("building per-CPU values"))?;

@@ -72,7 +72,8 @@ fn same_entries(from: u32, to: u32) -> bool {
 
 /// Whether a map pinned as `pinned` must be migrated to `wanted`; an error
 /// for a change dr cannot migrate (another kind of map or key, a smaller
-/// value). The size of a hash table is `up`'s option, not a layout change.
+/// value). The size of a hash table is `up`'s option, not a layout change,
+/// and so is the capacity of the peer tables ([`SIZED_BY_UP`]).
 pub fn needs_migration(name: &str, pinned: Layout, wanted: Layout) -> Result<bool> {
     if !same_entries(pinned.map_type, wanted.map_type)
         || pinned.key_size != wanted.key_size
@@ -129,16 +130,32 @@ pub fn pending(dir: &Path) -> bool {
         .any(|name| set_aside_path(dir, name).exists())
 }
 
+/// Arrays whose number of entries `up` chooses (`--max-peers`): a pinned
+/// one keeps its size.
+pub const SIZED_BY_UP: [&str; 1] = [map_names::PEER_TRAFFIC];
+
 /// The pinned maps in `dir` whose layout differs from this build's.
 pub fn outdated(dir: &Path) -> Result<Vec<&'static str>> {
     let wanted = object_layouts()?;
     let mut out = Vec::new();
     for name in map_names::ALL {
         let path = dir.join(name);
-        let Some(want) = wanted.get(name) else {
+        let Some(&want) = wanted.get(name) else {
             continue;
         };
-        if path.exists() && needs_migration(name, pinned_layout(&path)?, *want)? {
+        if !path.exists() {
+            continue;
+        }
+        let pinned = pinned_layout(&path)?;
+        let want = if SIZED_BY_UP.contains(&name) {
+            Layout {
+                max_entries: pinned.max_entries,
+                ..want
+            }
+        } else {
+            want
+        };
+        if needs_migration(name, pinned, want)? {
             out.push(name);
         }
     }

@@ -13,6 +13,7 @@ mod mtu;
 mod nat;
 mod nat_sweep;
 mod packet;
+mod route;
 mod uplink;
 mod uplink_egress;
 mod xdp;

@@ -8,16 +8,18 @@ use aya_ebpf::{
 use dr_common::{
     nat::{Flow, FlowKey, InboundFlow, Origin, ReverseKey, DEFAULT_TABLE_SIZE},
     Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, COUNTER_COUNT,
-    MAX_ENDPOINTS, MAX_EXCLUSIONS, MAX_PEERS,
+    DEFAULT_MAX_PEERS, MAX_ENDPOINTS, MAX_EXCLUSIONS,
 };
 
 /// Peer container subnet -> the peer host that owns it. Written by `dr-ctl peer`.
+/// This map, `PEER_TRAFFIC` and `PEER_HOSTS` are sized by `dr-ctl up --max-peers`
+/// (these sizes are the default's; see dr-ctl's `datapath::load`).
 #[map]
-pub static PEER_SUBNETS: LpmTrie<u32, PeerEntry> = LpmTrie::pinned(MAX_PEERS, 0);
+pub static PEER_SUBNETS: LpmTrie<u32, PeerEntry> = LpmTrie::pinned(DEFAULT_MAX_PEERS + 1, 0);
 
 /// Per-peer traffic, indexed by `PeerEntry::slot`. Zeroed by dr-ctl when a slot is allocated.
 #[map]
-pub static PEER_TRAFFIC: PerCpuArray<PeerTraffic> = PerCpuArray::pinned(MAX_PEERS, 0);
+pub static PEER_TRAFFIC: PerCpuArray<PeerTraffic> = PerCpuArray::pinned(DEFAULT_MAX_PEERS, 0);
 
 /// This host's addressing and interfaces. Written by `dr-ctl up`.
 #[map]
@@ -71,7 +73,7 @@ pub fn endpoint(addr: u32) -> Option<Endpoint> {
 /// processes reach local containers, and containers answer them, directly.
 /// Kept by dr-ctl alongside `PEER_SUBNETS`.
 #[map]
-pub static PEER_HOSTS: HashMap<u32, u32> = HashMap::pinned(MAX_PEERS, 0);
+pub static PEER_HOSTS: HashMap<u32, u32> = HashMap::pinned(2 * DEFAULT_MAX_PEERS, 0);
 
 /// Flows into local containers that the containers did not start, keyed by
 /// their answers as they leave the container: see `inbound.rs`. Sized like

@@ -31,6 +31,7 @@ use crate::{
         decrement_ttl, drop, dst_addr, flow_of, forward, is_fragment, l4_offset, l4_ports, pass,
         send, src_addr, IP_CHECK, IP_DST, IP_SRC,
     },
+    route::leaves_by_uplink,
 };
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
@@ -325,9 +326,9 @@ fn allocate(key: &FlowKey, cfg: &DatapathConfig, now: u64, tcp_flags: u8) -> Res
 
 /// A container's packet for neither the local subnet nor a peer subnet.
 /// An answer to an inbound flow leaves the way the flow came (to the kernel,
-/// or straight to the peer host); a packet for an external destination is
-/// translated to the uplink's address (SNAT) and sent out of the uplink;
-/// everything else goes to the stack.
+/// or straight to the peer host); a packet for an external destination that
+/// the host routes out of the uplink is translated to the uplink's address
+/// (SNAT) and sent there; everything else goes to the stack.
 #[inline(always)]
 pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: u64) -> i32 {
     let dst = dst_addr(ip);
@@ -389,6 +390,11 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
         // connection the kernel knows (or one long gone).
         if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
             return pass(Counter::InboundReply, bytes);
+        }
+        // Only a new flow asks the FIB: a live one left by the uplink when
+        // it started, and its packets keep the path they had.
+        if !leaves_by_uplink(ctx, cfg, &key, ip.tos) {
+            return pass(Counter::Passed, bytes);
         }
     }
     // Before any translation is made: a packet refused here creates none.
@@ -602,7 +608,7 @@ pub fn snat_reply(
     if tcp_flags & (TCP_RST | TCP_FIN) == 0 || teardown_in_window(ctx, l4_at, flow) {
         touch_reply(flow, tcp_flags);
     } else {
-        count(Counter::NatTeardownOutOfWindow, bytes);
+        count(Counter::NatTeardownOutOfWindow, 0);
     }
     if !decrement_ttl(ip) {
         return Some(drop(Counter::DropTtlExceeded, bytes));

@@ -534,3 +534,55 @@ fn status_and_errors_have_exit_codes_scripts_can_use() {
     );
     host.dr(&["down"]).unwrap();
 }
+
+#[test]
+fn max_peers_sizes_the_peer_tables_and_refuses_peers_beyond_them() {
+    let c = hosts("drcap", 1);
+    let h0 = &c.hosts[0];
+    let up_with = |extra: &[&str]| {
+        let mut args = h0.up_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        h0.dr_output(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .unwrap()
+    };
+    assert_clean_failure(
+        &up_with(&["--max-peers", "0"]),
+        "--max-peers 0 is out of range",
+    );
+    assert!(up_with(&["--max-peers", "2"]).status.success());
+    let dir = pin_dir(h0);
+    // A spare trie entry, and room for every peer moving to a new host.
+    for (map, size) in [("PEER_TRAFFIC", 2), ("PEER_SUBNETS", 3), ("PEER_HOSTS", 4)] {
+        let info = aya::maps::MapInfo::from_pin(format!("{dir}/{map}")).unwrap();
+        assert_eq!(info.max_entries(), size, "{map}");
+    }
+    assert_eq!(h0.status().unwrap()["peer_capacity"], 2);
+
+    h0.dr(&["peer", "add", "10.0.129.0/24", "via", "192.168.91.129"])
+        .unwrap();
+    h0.dr(&["peer", "add", "10.0.130.0/24", "via", "192.168.91.130"])
+        .unwrap();
+    let before = snapshot(h0);
+    let third = h0
+        .dr_output(&["peer", "add", "10.0.131.0/24", "via", "192.168.91.131"])
+        .unwrap();
+    assert_clean_failure(&third, "peer table is full");
+    assert_eq!(snapshot(h0), before);
+    // A peer that moves to another host takes no new place.
+    h0.dr(&["peer", "add", "10.0.130.0/24", "via", "192.168.91.131"])
+        .unwrap();
+
+    // Maps pinned with another capacity than the default: `up` keeps it,
+    // and refuses to change it in place.
+    let before = snapshot(h0);
+    assert_clean_failure(
+        &up_with(&["--max-peers", "8"]),
+        "changing --max-peers needs `dr-ctl down` first",
+    );
+    assert_eq!(snapshot(h0), before);
+    let again = up_with(&[]);
+    assert!(again.status.success(), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing changed"));
+    assert_eq!(h0.status().unwrap()["peer_capacity"], 2);
+    assert_eq!(h0.status().unwrap()["peers"].as_array().unwrap().len(), 2);
+}

@@ -3,13 +3,15 @@
 //! route to container subnets. No iptables or nftables rule is involved.
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
 use dr_tests::{
     cluster::{EXTERNAL_ADDR, ROUTER_ADDR},
-    dr_ctl_path, require_root,
+    dr_ctl_path,
+    netns::Netns,
+    require_root,
     traffic::{self, TestServer},
     Cluster, Host,
 };
@@ -117,6 +119,73 @@ fn external_traffic(c: &Cluster) {
         table.contains(&format!("{} id ", container.addr)),
         "{table}"
     );
+}
+
+#[test]
+fn flows_the_host_routes_elsewhere_are_left_to_the_kernel() {
+    let c = cluster("drnatfib", &[]);
+    let h0 = &c.hosts[0];
+    let container = &h0.containers[0];
+    // Host 0's second interface, toward a management network with a server.
+    let host_mgmt = Ipv4Addr::new(198, 18, 0, 1);
+    let server = Ipv4Addr::new(198, 18, 0, 10);
+    let mgmt = Netns::add(&format!("{}-mgmt", c.prefix)).unwrap();
+    h0.ns
+        .ip(&[
+            "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &mgmt.name,
+        ])
+        .unwrap();
+    h0.ns
+        .ip(&["addr", "add", &format!("{host_mgmt}/24"), "dev", "eth1"])
+        .unwrap();
+    h0.ns.ip(&["link", "set", "eth1", "up"]).unwrap();
+    mgmt.ip(&["addr", "add", &format!("{server}/24"), "dev", "eth0"])
+        .unwrap();
+    mgmt.ip(&["link", "set", "eth0", "up"]).unwrap();
+    // What a Docker host has: forwarding on, and Docker's MASQUERADE for
+    // container traffic leaving by any interface but docker0.
+    h0.ns
+        .exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    h0.ns
+        .exec(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                &h0.subnet(),
+                "!",
+                "-o",
+                "docker0",
+                "-j",
+                "MASQUERADE",
+            ],
+        )
+        .unwrap();
+
+    // The management server sees the host's address on its network: the
+    // connection left by eth1, not by the uplink with the uplink's address.
+    let (_, seen) = traffic::tcp_transfer(&container.ns, &mgmt, server, 1 << 20).unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(host_mgmt));
+    let seen = traffic::udp_exchange(&container.ns, &mgmt, server, 5).unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(host_mgmt));
+    // The host's own address on eth1 is the host's: its listener sees the
+    // container's own address, as with the recipe.
+    let (_, seen) = traffic::tcp_transfer(&container.ns, &h0.ns, host_mgmt, 1 << 20).unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(container.addr));
+    assert!(
+        h0.nat_list().unwrap().is_empty(),
+        "{:?}",
+        h0.nat_list().unwrap()
+    );
+    // Destinations routed out of the uplink are still dr's to translate.
+    let ext = c.external.as_ref().unwrap();
+    let (_, seen) = traffic::tcp_transfer(&container.ns, ext, EXTERNAL_ADDR, 1 << 20).unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(h0.uplink_addr));
+    assert_eq!(h0.nat_list().unwrap().len(), 1);
 }
 
 #[test]

@@ -54,6 +54,8 @@ fn up_takes_over_from_the_previous_release_in_place() {
     let (a, b) = (&c.hosts[0], &c.hosts[1]);
     let after = status(a);
     assert_eq!(after["peers"][0]["subnet"], before["peers"][0]["subnet"]);
+    // The previous release's peer tables (131072 peers) keep their size.
+    assert_eq!(after["peer_capacity"], 131_072, "{after}");
     // Counters carried over: the ping went on counting from where it was.
     let to_peer = |s: &Value| s["counters"]["to_peer"]["packets"].as_u64().unwrap();
     assert!(

@@ -189,7 +189,8 @@ impl Bench {
     /// Forwarding with 1, 1,000 and 100,000 peer subnets in the map.
     fn scale_round(&mut self, peers: usize, round: usize) -> Result<()> {
         let mut c = self.cluster()?;
-        c.up_all(2)?;
+        // Room for exactly the peers of the round (1 is the other host).
+        c.up_all_with(2, &["--max-peers", &peers.to_string()])?;
         let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
         if peers > 1 {
             let file = peer_file(peers - 1, h1.uplink_addr)?;
@@ -239,7 +240,15 @@ impl Bench {
         let dr_host = host("drinst")?;
         dr_host.exec(
             &dr_ctl,
-            &["up", "--subnet", "10.0.128.1/24", "--uplink", "eth0"],
+            &[
+                "up",
+                "--subnet",
+                "10.0.128.1/24",
+                "--uplink",
+                "eth0",
+                "--max-peers",
+                &n.to_string(),
+            ],
         )?;
         let start = Instant::now();
         dr_host.exec(

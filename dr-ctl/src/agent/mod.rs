@@ -74,6 +74,8 @@ pub struct AgentConfig {
     pub removal_grace: Duration,
     /// How `up` attaches the TC programs; None: TCX where the kernel has it.
     pub attach: Option<crate::kernel::AttachMode>,
+    /// `up --max-peers`.
+    pub max_peers: Option<u32>,
 }
 
 /// What this agent holds across sessions.
@@ -223,6 +225,7 @@ async fn session(
             docker_config: None,
             nat: args.nat.clone(),
             attach: args.attach,
+            max_peers: args.max_peers,
         };
         off_thread(move |rt| rt.block_on(up::up(&up))).await?;
     }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 
-use super::up::{AttachArg, DatapathLog};
+use super::up::{AttachArg, DatapathLog, MaxPeersArg};
 use crate::{
     agent::{self, AgentConfig},
     error::{io_context, Error, Result},
@@ -59,6 +59,8 @@ pub struct Args {
     no_masquerade: Vec<String>,
     #[command(flatten)]
     attach: AttachArg,
+    #[command(flatten)]
+    max_peers: MaxPeersArg,
     /// CA certificate (PEM) that etcd's server certificate must chain to; with
     /// it, the endpoints are https://.
     #[arg(long, value_name = "FILE")]
@@ -166,6 +168,7 @@ impl Args {
             lease_ttl: self.lease_ttl,
             removal_grace: Duration::from_secs(self.removal_grace),
             attach: self.attach.mode(),
+            max_peers: self.max_peers.check()?,
         })
     }
 }

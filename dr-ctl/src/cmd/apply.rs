@@ -4,7 +4,7 @@ use std::{fmt::Write as _, net::Ipv4Addr, path::PathBuf};
 use serde::Serialize;
 
 use super::{
-    up::{self, AttachArg, UpArgs},
+    up::{self, AttachArg, MaxPeersArg, UpArgs},
     Report,
 };
 use crate::{
@@ -30,6 +30,8 @@ pub struct Args {
     dry_run: bool,
     #[command(flatten)]
     attach: AttachArg,
+    #[command(flatten)]
+    max_peers: MaxPeersArg,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +97,7 @@ pub async fn run(args: Args) -> Result<ApplyReport> {
             ..NatPlan::default()
         },
         attach: args.attach.mode(),
+        max_peers: args.max_peers.check()?,
     };
     let mut report = ApplyReport {
         host: me.name.clone(),

@@ -62,6 +62,8 @@ pub struct Status {
     pub attach_mode: Option<AttachMode>,
     pub hooks: Vec<HookStatus>,
     pub peers: Vec<PeerStatus>,
+    /// How many peers the peer tables hold (`up --max-peers`).
+    pub peer_capacity: u32,
     pub nat: NatStatus,
     /// The XDP fast path: "native", "generic" or "off".
     pub xdp: &'static str,
@@ -115,6 +117,7 @@ pub async fn run() -> Result<Status> {
         attach_mode: datapath::attached_mode(pins),
         hooks,
         peers: peer::statuses(maps)?,
+        peer_capacity: maps.peer_capacity(),
         xdp: xdp_mode_name(config.xdp_mode),
         endpoints: maps.endpoints()?.len(),
         nat: NatStatus {
@@ -176,7 +179,7 @@ impl Report for Status {
                 h.program, h.interface, h.direction, h.ifindex
             );
         }
-        let _ = writeln!(out, "peers: {}", self.peers.len());
+        let _ = writeln!(out, "peers: {} of {}", self.peers.len(), self.peer_capacity);
         if !self.peers.is_empty() {
             for line in PeerTable(self.peers.clone()).text().lines() {
                 let _ = writeln!(out, "  {line}");

@@ -4,7 +4,7 @@
 mod args;
 mod setup;
 
-pub use args::{Args, Attach, AttachArg, DatapathLog, UpArgs};
+pub use args::{Args, Attach, AttachArg, DatapathLog, MaxPeersArg, UpArgs};
 
 use std::fmt::Write as _;
 
@@ -176,6 +176,14 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
             return Err(Error::Conflict(format!(
                 "the NAT table has {size} entries; changing --nat-table-size needs `dr-ctl down` first"
             )));
+        }
+        if let (Some(capacity), Some(wanted)) = (maps::peer_capacity(pins.path())?, args.max_peers)
+        {
+            if capacity != wanted {
+                return Err(Error::Conflict(format!(
+                    "the peer tables hold {capacity} peers; changing --max-peers needs `dr-ctl down` first"
+                )));
+            }
         }
         let bridge_index = bridge.as_ref().map_or(0, |b| b.index);
         let bridge_mac = bridge.as_ref().and_then(|b| b.mac).unwrap_or_default();

@@ -36,7 +36,7 @@ pub fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, current_mode: u8)
         .program_mut(name)
         .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
         .try_into()?;
-    prog.load()?;
+    load_retrying(|| prog.load())?;
     let mut mode = current_mode;
     attach_pinned(prog, &pins.join(XDP_LINK_PIN), |prog| {
         match prog.attach(iface, XdpMode::Driver) {
@@ -65,9 +65,28 @@ pub fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {
         .ok_or_else(|| Error::Internal(format!("program {} missing from object", hook.program())))?
         .try_into()?;
     if prog.fd().is_err() {
-        prog.load()?;
+        load_retrying(|| prog.load())?;
     }
     Ok(prog)
+}
+
+/// Runs a program's `load`, again when the verifier gave up with EAGAIN:
+/// it stops at a signal pending for the thread, and in a process with
+/// several threads any of them may get one meant for another (the SIGCHLD
+/// of a child spawned by a thread whose signals are blocked while it
+/// spawns). libbpf retries such loads too.
+pub fn load_retrying(
+    mut load: impl FnMut() -> std::result::Result<(), ProgramError>,
+) -> Result<()> {
+    const TRIES: usize = 5;
+    for _ in 1..TRIES {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) => {}
+            done => return Ok(done?),
+        }
+    }
+    Ok(load()?)
 }
 
 /// What [`attach`] did.

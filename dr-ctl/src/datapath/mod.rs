@@ -21,8 +21,8 @@ use aya::{Ebpf, EbpfLoader};
 use dr_common::map_names;
 
 pub use attach::{
-    attach, attach_xdp, attached_mode, detach, detach_xdp, hook_ids, is_attached, program,
-    remove_map_pins, Attached, HookIds, XDP_LINK_PIN,
+    attach, attach_xdp, attached_mode, detach, detach_xdp, hook_ids, is_attached, load_retrying,
+    program, remove_map_pins, Attached, HookIds, XDP_LINK_PIN,
 };
 pub use dry_run::{DryRun, Run};
 pub use hook::{Hook, Side, TC_PRIORITY};
@@ -35,9 +35,9 @@ use crate::{error::Result, migrate};
 /// Loads the object; its maps are created and pinned in `map_dir` (a bpffs
 /// directory), or adopted from there if already pinned, so state survives
 /// dr-ctl exiting and programs being replaced. New SNAT tables get
-/// `nat_table_size` entries each; `log_level` is the level of the programs'
-/// aya-log events (0: off).
-pub fn load(map_dir: &Path, nat_table_size: u32, log_level: u8) -> Result<Ebpf> {
+/// `nat_table_size` entries each, new peer tables `max_peers`; `log_level`
+/// is the level of the programs' aya-log events (0: off).
+pub fn load(map_dir: &Path, nat_table_size: u32, max_peers: u32, log_level: u8) -> Result<Ebpf> {
     // Maps an older dr pinned with another layout are created anew and
     // filled from the old ones (see migrate.rs).
     migrate::set_aside_outdated(map_dir)?;
@@ -48,9 +48,26 @@ pub fn load(map_dir: &Path, nat_table_size: u32, log_level: u8) -> Result<Ebpf> 
         .map_max_entries(map_names::NAT_FLOWS, nat_table_size)
         .map_max_entries(map_names::NAT_REVERSE, nat_table_size)
         .map_max_entries(map_names::INBOUND_FLOWS, nat_table_size)
+        .map_max_entries(map_names::PEER_SUBNETS, peer_subnets_size(max_peers))
+        .map_max_entries(map_names::PEER_TRAFFIC, max_peers)
+        .map_max_entries(map_names::PEER_HOSTS, peer_hosts_size(max_peers))
         .load(EBPF_OBJECT)?;
     migrate::copy_set_aside(map_dir)?;
     Ok(ebpf)
+}
+
+/// The peer trie's entries for `max_peers` peers: one spare, since before
+/// Linux 6.14 a full LPM trie refuses even to replace an entry it holds
+/// (moving a peer to another host, a repeated `peer add`).
+pub const fn peer_subnets_size(max_peers: u32) -> u32 {
+    max_peers + 1
+}
+
+/// The peer host set's entries for `max_peers` peers: dr-ctl adds the new
+/// `via` addresses before it removes the old ones, so a plan that moves
+/// every peer holds both sets for a moment.
+pub const fn peer_hosts_size(max_peers: u32) -> u32 {
+    2 * max_peers
 }
 
 #[cfg(test)]

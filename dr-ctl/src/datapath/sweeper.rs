@@ -39,7 +39,7 @@ pub fn pin_sweeper(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
         .program_mut(name)
         .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
         .try_into()?;
-    prog.load()?;
+    super::load_retrying(|| prog.load())?;
     pin_replacing(dir, SWEEPER_PIN, |path| prog.pin(path))
 }
 

@@ -20,14 +20,17 @@ use aya::{
 };
 use dr_common::{
     nat::{Timeouts, DEFAULT_TABLE_SIZE},
-    Counter, DatapathConfig, Traffic,
+    Counter, DatapathConfig, Traffic, DEFAULT_MAX_PEERS,
 };
 use dr_ctl::{
     datapath::{self, Hook},
     maps::Maps,
     subnet::to_map_addr,
 };
-use dr_tests::{netns::unique_prefix, require_root};
+use dr_tests::{
+    netns::{run, unique_prefix},
+    require_root,
+};
 use etherparse::PacketBuilder;
 
 const TC_ACT_OK: u32 = 0;
@@ -121,12 +124,58 @@ fn datapath(config: DatapathConfig) -> Datapath {
     datapath_sized(config, DEFAULT_TABLE_SIZE)
 }
 
+/// Moves the calling thread (the test's) into a network namespace of its
+/// own, where the programs' FIB lookups see a host's routes: the uplink
+/// (ifindex 1000 as in [`config`], the uplink address, the default route
+/// via the router) and docker0 (1001), with forwarding on as on a Docker
+/// host. The namespace goes with the thread.
+fn enter_host_netns() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare a network namespace");
+    ip("link set lo up");
+    veth_pair("dr-bridge", 1001);
+    veth_pair("dr-uplink", 1000);
+    for args in [
+        "addr add 192.168.91.128/24 dev dr-uplink",
+        "route add default via 192.168.91.254 dev dr-uplink",
+    ] {
+        ip(args);
+    }
+    set_forwarding(true);
+}
+
+/// An interface `name` with ifindex `index`, up: one end of a veth pair
+/// (not every kernel has the dummy driver), whose other end is up too.
+fn veth_pair(name: &str, index: u32) {
+    ip(&format!(
+        "link add {name} index {index} type veth peer name {name}-p index {}",
+        index + 10
+    ));
+    ip(&format!("link set {name}-p up"));
+    ip(&format!("link set {name} up"));
+}
+
+/// `ip` in the thread's network namespace.
+fn ip(args: &str) {
+    run("ip", &args.split(' ').collect::<Vec<_>>()).unwrap();
+}
+
+/// Turns IP forwarding on or off on every interface of the thread's namespace.
+fn set_forwarding(on: bool) {
+    std::fs::write(
+        "/proc/sys/net/ipv4/conf/all/forwarding",
+        if on { "1" } else { "0" },
+    )
+    .unwrap();
+}
+
 /// A datapath whose SNAT tables hold `nat_table_size` entries.
 fn datapath_sized(config: DatapathConfig, nat_table_size: u32) -> Datapath {
     require_root();
+    enter_host_netns();
     let dir = PathBuf::from("/sys/fs/bpf").join(unique_prefix("drtest-"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut ebpf = datapath::load(&dir, nat_table_size, 0).expect("load eBPF object");
+    let mut ebpf =
+        datapath::load(&dir, nat_table_size, DEFAULT_MAX_PEERS, 0).expect("load eBPF object");
     datapath::pin_sweeper(&mut ebpf, &dir).expect("pin the NAT sweeper");
     let mut maps = Maps::open(&dir).unwrap();
     maps.set_config(&config).unwrap();

@@ -180,6 +180,43 @@ fn udp_without_checksum_keeps_a_zero_checksum() {
 }
 
 #[test]
+fn new_flows_are_translated_only_when_the_host_routes_them_out_of_the_uplink() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    // A second interface toward a management network, and a blackhole.
+    veth_pair("dr-mgmt", 1002);
+    ip("addr add 198.18.0.1/24 dev dr-mgmt");
+    ip("route add blackhole 198.51.100.0/24");
+    const MGMT_SERVER: [u8; 4] = [198, 18, 0, 10];
+    const MGMT_HOST_ADDR: [u8; 4] = [198, 18, 0, 1];
+    const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
+    const BLACKHOLED: [u8; 4] = [198, 51, 100, 9];
+    let mut passed = 0;
+    for l4 in ALL_L4 {
+        // Routed out of another interface, delivered by the host itself, or
+        // refused by a route: the kernel's, untranslated.
+        for dst in [MGMT_SERVER, MGMT_HOST_ADDR, LOOPBACK, BLACKHOLED] {
+            let packet = frame(CONTAINER, dst, 64, l4);
+            assert_eq!(
+                dp.run(Hook::BridgeIngress, &packet),
+                (TC_ACT_OK, packet.clone()),
+                "{l4:?} to {dst:?}"
+            );
+            passed += 1;
+        }
+        // The default route leaves by the uplink.
+        dp.translate_out(CONTAINER, EXTERNAL, l4, default_ports(l4));
+    }
+    assert_eq!(dp.maps.nat_flows().unwrap().len(), 3);
+    assert_eq!(dp.counter(Counter::Passed).packets, passed);
+    assert_eq!(dp.counter(Counter::NatCreated).packets, 3);
+
+    // With forwarding off on docker0 the FIB has no answer for a forwarded
+    // packet: the uplink, as before dr asked.
+    set_forwarding(false);
+    dp.translate_out(CONTAINER, MGMT_SERVER, L4::Udp, default_ports(L4::Udp));
+}
+
+#[test]
 fn excluded_destinations_and_nat_off_pass_unchanged() {
     let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
     // Inside the cluster CIDR (not a peer), a --no-masquerade range, the host itself.

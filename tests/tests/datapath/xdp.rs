@@ -38,7 +38,7 @@ impl Datapath {
             .try_into()
             .unwrap();
         if prog.fd().is_err() {
-            prog.load().unwrap();
+            datapath::load_retrying(|| prog.load()).unwrap();
         }
         test_run(prog, packet)
     }

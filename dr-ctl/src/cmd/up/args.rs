@@ -1,9 +1,11 @@
 //! `dr-ctl up`'s arguments: as given on the command line, and checked.
 use std::path::PathBuf;
 
+use dr_common::{DEFAULT_MAX_PEERS, MAX_PEERS_LIMIT};
+
 use crate::{
     docker_config::{self, DockerConfigChange, DockerSettings},
-    error::Result,
+    error::{Error, Result},
     kernel::AttachMode,
     nat_plan::NatPlan,
     netlink::Interface,
@@ -53,6 +55,28 @@ impl AttachArg {
     }
 }
 
+/// `--max-peers` of the commands that bring dr up.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct MaxPeersArg {
+    /// Peers the datapath can hold [default: 4096, at most 131072]; the peer
+    /// tables' memory grows with it (and with the CPUs). Maps that exist keep
+    /// their capacity: a change needs `down` first.
+    #[arg(long, value_name = "N")]
+    max_peers: Option<u32>,
+}
+
+impl MaxPeersArg {
+    /// The capacity asked for, checked; None: what is pinned, or the default.
+    pub fn check(self) -> Result<Option<u32>> {
+        match self.max_peers {
+            Some(n) if !(1..=MAX_PEERS_LIMIT).contains(&n) => Err(Error::Invalid(format!(
+                "--max-peers {n} is out of range 1-{MAX_PEERS_LIMIT}"
+            ))),
+            n => Ok(n),
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The container bridge; created if absent.
@@ -89,6 +113,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     nat_table_size: Option<u32>,
     #[command(flatten)]
+    max_peers: MaxPeersArg,
+    #[command(flatten)]
     attach: AttachArg,
     /// Idle timeout, repeatable: tcp-syn, tcp-established, tcp-closing (one FIN seen),
     /// tcp-closed (the container closed first, or RST), tcp-time-wait (the remote closed
@@ -101,6 +127,7 @@ impl Args {
     /// The checked form of the command line.
     pub(super) fn check(self) -> Result<UpArgs> {
         Ok(UpArgs {
+            max_peers: self.max_peers.check()?,
             xdp: self.xdp,
             datapath_log: self.datapath_log as u8,
             subnet: LocalSubnet::parse_as("--subnet", &self.subnet)?,
@@ -133,9 +160,16 @@ pub struct UpArgs {
     pub nat: NatPlan,
     /// How to attach the TC programs; None: TCX where the kernel has it.
     pub attach: Option<AttachMode>,
+    /// The peer tables' capacity; None: what is pinned, or the default.
+    pub max_peers: Option<u32>,
 }
 
 impl UpArgs {
+    /// The capacity of peer tables `up` creates.
+    pub(super) fn max_peers(&self) -> u32 {
+        self.max_peers.unwrap_or(DEFAULT_MAX_PEERS)
+    }
+
     /// What `up` sets in daemon.json, given the uplink.
     pub(super) fn docker_settings(&self, uplink: &Interface) -> DockerSettings {
         DockerSettings::new(self.subnet.bip(), uplink.mtu)

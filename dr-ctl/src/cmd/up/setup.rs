@@ -154,7 +154,14 @@ impl Setup<'_> {
         if !maps::pinned(pins.path()) {
             undo.push(Undo::RemoveMapPins);
         }
-        let mut ebpf = datapath::load(pins.path(), args.nat.table_size, args.datapath_log)?;
+        // Pinned peer tables keep their capacity (`up` refused another one).
+        let max_peers = maps::peer_capacity(pins.path())?.unwrap_or(args.max_peers());
+        let mut ebpf = datapath::load(
+            pins.path(),
+            args.nat.table_size,
+            max_peers,
+            args.datapath_log,
+        )?;
         let mut maps = Maps::open(pins.path())?;
         // A map new in this version starts empty (upgrading from an older dr).
         maps.sync_peer_hosts()?;
