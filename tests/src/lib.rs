@@ -8,6 +8,7 @@ pub mod docker;
 pub mod etcd;
 pub mod load;
 pub mod netns;
+pub mod notify;
 pub mod traffic;
 
 pub use cluster::{Cluster, Container, Host};
