@@ -124,10 +124,11 @@ fn main() -> Result<()> {
             println!("{}", deb.display());
             Ok(())
         }
+        // Demo and bench run the packaged (static) binary: one release
+        // build serves them and the package.
         Task::Demo => {
             bootstrap()?;
-            run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])?;
-            demo::run(&dr_ctl("release"))
+            demo::run(&package::build_static()?)
         }
         Task::Bench {
             quick,
@@ -135,14 +136,14 @@ fn main() -> Result<()> {
             cost_only,
         } => {
             bootstrap()?;
-            run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])?;
+            let dr_ctl = package::build_static()?;
             let opts = bench::Options {
                 quick,
                 rounds: rounds.unwrap_or(if quick { 1 } else { 5 }),
                 cost_only,
                 results: workspace_root().join("results"),
             };
-            bench::run_bench(&dr_ctl("release"), &opts)
+            bench::run_bench(&dr_ctl, &opts)
         }
         Task::Soak { minutes } => {
             bootstrap()?;
