@@ -29,10 +29,11 @@ fi
 # binary) run in the real-dockerd tests; util-linux brings nsenter;
 # qemu-system-x86, busybox-static and python3-venv (for virtme-ng, below) run
 # scripts/vm.sh, the tests on Debian 12's kernel; lintian checks the Debian
-# package.
+# package, file (the package test checks the binary is static), debootstrap
+# (a Debian root without build tools, where the package test installs it).
 PKGS="llvm-${LLVM}-dev libpolly-${LLVM}-dev iproute2 iputils-ping iperf3 bpftool \
 iptables nftables conntrack tcpdump socat ethtool procps kmod protobuf-compiler etcd-server openssl \
-docker.io busybox-static util-linux qemu-system-x86 python3-venv lintian"
+docker.io busybox-static util-linux qemu-system-x86 python3-venv lintian file debootstrap"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

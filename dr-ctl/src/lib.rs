@@ -15,4 +15,5 @@ pub mod nat_plan;
 pub mod netlink;
 pub mod node;
 pub mod plan;
+pub mod service;
 pub mod subnet;

@@ -431,6 +431,12 @@ impl LoggedAgent {
         status
     }
 
+    /// Sends `signal` to the agent (`ip netns exec` execs dr-ctl: the child
+    /// is the agent itself).
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
     /// Kills the agent (SIGKILL: no goodbye to etcd).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -4,10 +4,12 @@
 //! Every name carries a per-run prefix so runs can proceed in parallel, and
 //! everything is removed on drop, also when a test fails.
 pub mod cluster;
+pub mod debian_root;
 pub mod docker;
 pub mod etcd;
 pub mod load;
 pub mod netns;
+pub mod notify;
 pub mod traffic;
 
 pub use cluster::{Cluster, Container, Host};

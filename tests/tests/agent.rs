@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use dr_tests::{
     dr_ctl_path,
     etcd::{agent, agent_command, test_agent_args, wait_for, Agents, Etcd, LoggedAgent, Pki},
+    notify::NotifySocket,
     require_root,
     traffic::{self, ContinuousPing},
     Cluster, Host,
@@ -452,4 +453,46 @@ fn an_etcd_stall_loses_no_packet_and_a_dead_host_goes_after_the_grace_period() {
         newcomer.log()
     );
     assert_eq!(local_subnet(&c.hosts[2]), Some(old_subnet));
+}
+
+#[test]
+fn the_agent_is_ready_once_its_peers_match_etcd_and_says_when_it_stops() {
+    require_root();
+    let c = Cluster::new("dragready", 2, &dr_ctl_path()).unwrap();
+    let etcd = Etcd::start(&c, None);
+    // Registrations with the default (long) lease: etcd's stall below must
+    // not expire host 1's.
+    let command = |h: &Host| {
+        let mut command = agent_command(h, &etcd.url());
+        command.args(["--cluster-cidr", "10.0.0.0/16", "--subnet", &h.bip()]);
+        command
+    };
+    let _h1 = LoggedAgent::spawn(command(&c.hosts[1]));
+    assert!(wait_for(Duration::from_secs(15), || c.hosts[1]
+        .dr(&["status"])
+        .is_ok()));
+
+    // Host 0's agent starts against a hung etcd: not ready.
+    etcd.signal(Signal::SIGSTOP);
+    let notify = NotifySocket::bind().unwrap();
+    let mut h0 = command(&c.hosts[0]);
+    h0.env("NOTIFY_SOCKET", notify.path());
+    let mut h0 = LoggedAgent::spawn(h0);
+    let early = notify.next(Duration::from_secs(3));
+    etcd.signal(Signal::SIGCONT);
+    assert_eq!(early.unwrap(), None, "ready before reaching etcd");
+
+    // Ready once reconciled: host 1's subnet is already in the peer map.
+    let ready = notify.next(Duration::from_secs(30)).unwrap();
+    assert_eq!(ready.as_deref(), Some("READY=1"), "{}", h0.log());
+    assert_eq!(peers(&c.hosts[0]), vec![c.hosts[1].subnet()]);
+
+    // systemd's stop: STOPPING=1, then a clean exit.
+    h0.signal(Signal::SIGTERM);
+    let stopping = notify.next(Duration::from_secs(30)).unwrap();
+    assert_eq!(stopping.as_deref(), Some("STOPPING=1"), "{}", h0.log());
+    let status = h0
+        .exited(Duration::from_secs(30))
+        .expect("the agent exited");
+    assert!(status.success(), "{status:?}: {}", h0.log());
 }

@@ -8,7 +8,11 @@ use std::{
 };
 
 use dr_ctl::metrics::{FAMILIES, MAX_CONNECTIONS};
-use dr_tests::{dr_ctl_path, require_root, traffic, Cluster, Host};
+use dr_tests::{dr_ctl_path, notify::NotifySocket, require_root, traffic, Cluster, Host};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
 
 /// Parses the Prometheus text format into (series, value).
 fn parse_metrics(text: &str) -> Vec<(String, f64)> {
@@ -146,36 +150,38 @@ fn metrics_are_served_in_the_prometheus_text_format() {
 }
 
 #[test]
-fn the_server_tells_systemd_it_is_ready() {
+fn the_server_tells_systemd_it_is_ready_and_stopping() {
     require_root();
     let mut c = Cluster::new("drmetready", 1, &dr_ctl_path()).unwrap();
     c.up_all(1).unwrap();
     let h0 = &c.hosts[0];
-    // socat stands in for systemd's notification socket (Type=notify).
-    let dir = std::env::temp_dir().join(dr_tests::netns::unique_prefix("dr-notify-"));
-    std::fs::create_dir(&dir).unwrap();
-    let (socket, received) = (dir.join("notify"), dir.join("received"));
-    let script = r#"
-socat -u UNIX-RECV:"$SOCKET" CREATE:"$RECEIVED" &
-socat=$!
-while [ ! -S "$SOCKET" ]; do kill -0 $socat || exit 1; sleep 0.05; done
-NOTIFY_SOCKET="$SOCKET" ip netns exec "$NS" "$DR_CTL" metrics --listen 127.0.0.1:19466 &
-server=$!
-until grep -q READY=1 "$RECEIVED" 2>/dev/null; do kill -0 $server || exit 1; sleep 0.05; done
-kill $server $socat
-"#;
-    let out = Command::new("sh")
-        .args(["-c", script])
-        .env("SOCKET", &socket)
-        .env("RECEIVED", &received)
-        .env("NS", &h0.ns.name)
-        .env("DR_CTL", dr_ctl_path())
-        .output()
+    let notify = NotifySocket::bind().unwrap();
+    let addr = "127.0.0.1:19466";
+    let mut server = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &h0.ns.name])
+            .arg(dr_ctl_path())
+            .args(["metrics", "--listen", addr])
+            .env("NOTIFY_SOCKET", notify.path())
+            .spawn()
+            .unwrap(),
+    );
+    let ready = notify.next(Duration::from_secs(60)).unwrap();
+    assert_eq!(ready.as_deref(), Some("READY=1"));
+    // Ready means listening: the first connection is answered, no retry.
+    let mut conn = h0.ns.enter(|| TcpStream::connect(addr)).unwrap().unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: dr\r\nConnection: close\r\n\r\n")
         .unwrap();
-    let received_text = std::fs::read_to_string(&received).unwrap_or_default();
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(received_text.trim(), "READY=1");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    // systemd's stop: STOPPING=1, then a clean exit. (`ip netns exec` execs
+    // dr-ctl: the child is dr-ctl itself.)
+    kill(Pid::from_raw(server.0.id() as i32), Signal::SIGTERM).unwrap();
+    let stopping = notify.next(Duration::from_secs(30)).unwrap();
+    assert_eq!(stopping.as_deref(), Some("STOPPING=1"));
+    assert!(server.0.wait().unwrap().success());
 }
 
 #[test]

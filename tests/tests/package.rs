@@ -126,6 +126,18 @@ fn the_package_installs_verifies_and_removes_cleanly() {
         format!("dr-ctl {}", env!("CARGO_PKG_VERSION"))
     );
     assert!(run("/usr/bin/dr-ctl", &["--help"]).contains("peer"));
+    // Statically linked (`cargo xtask package` builds with +crt-static): no
+    // interpreter, no shared library, so any glibc (or none) will do, and
+    // the package depends on nothing.
+    let file = run("file", &["-L", "/usr/bin/dr-ctl"]);
+    assert!(file.contains("static-pie linked"), "{file}");
+    let ldd = output("ldd", &["/usr/bin/dr-ctl"]);
+    assert!(
+        String::from_utf8_lossy(&ldd.stdout).contains("statically linked"),
+        "{ldd:?}"
+    );
+    let depends = run("dpkg-deb", &["--field", deb_str, "Depends"]);
+    assert_eq!(depends.trim(), "", "a static binary needs no package");
     // Completions and man pages generated from the CLI, for every subcommand.
     let bash = std::fs::read_to_string("/usr/share/bash-completion/completions/dr-ctl").unwrap();
     assert!(

@@ -25,7 +25,12 @@ enum Task {
     /// Install what dr needs on a fresh Debian machine (apt packages, rust-src, bpf-linker).
     Bootstrap,
     /// Bootstrap, then build dr-ctl (with the embedded eBPF object) in release mode.
-    Build,
+    Build {
+        /// Statically linked (glibc's libc.a), as the Debian package ships it:
+        /// target/x86_64-unknown-linux-gnu/release/dr-ctl.
+        #[arg(long = "static")]
+        static_: bool,
+    },
     /// Bootstrap, then build the Debian package (target/debian/dr_*.deb): dr-ctl
     /// with the embedded eBPF object, systemd units, completions, man pages.
     Package,
@@ -104,9 +109,14 @@ fn dr_ctl(profile: &str) -> PathBuf {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Bootstrap => bootstrap(),
-        Task::Build => {
+        Task::Build { static_ } => {
             bootstrap()?;
-            run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])
+            if static_ {
+                println!("{}", package::build_static()?.display());
+                Ok(())
+            } else {
+                run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])
+            }
         }
         Task::Package => {
             bootstrap()?;
@@ -114,10 +124,11 @@ fn main() -> Result<()> {
             println!("{}", deb.display());
             Ok(())
         }
+        // Demo and bench run the packaged (static) binary: one release
+        // build serves them and the package.
         Task::Demo => {
             bootstrap()?;
-            run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])?;
-            demo::run(&dr_ctl("release"))
+            demo::run(&package::build_static()?)
         }
         Task::Bench {
             quick,
@@ -125,14 +136,14 @@ fn main() -> Result<()> {
             cost_only,
         } => {
             bootstrap()?;
-            run("cargo", &["build", "--release", "-p", "dr-ctl"], &[])?;
+            let dr_ctl = package::build_static()?;
             let opts = bench::Options {
                 quick,
                 rounds: rounds.unwrap_or(if quick { 1 } else { 5 }),
                 cost_only,
                 results: workspace_root().join("results"),
             };
-            bench::run_bench(&dr_ctl("release"), &opts)
+            bench::run_bench(&dr_ctl, &opts)
         }
         Task::Soak { minutes } => {
             bootstrap()?;

@@ -261,6 +261,9 @@ async fn session(
         registry.put(key, entry);
     }
     reconcile(nl, args, &mine, &subnet, registry).await?;
+    // The datapath is up and its peers match etcd: a Type=notify unit is
+    // started (again after a reconnection, which systemd ignores).
+    crate::service::ready("the agent");
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
@@ -318,7 +321,7 @@ async fn session(
     }
 }
 
-/// Runs until killed, reconnecting to etcd as needed.
+/// Runs until stopped, reconnecting to etcd as needed.
 pub async fn run(args: &AgentConfig) -> Result<()> {
     let nl = Netlink::connect()?;
     nl.require_interface(&args.uplink).await?;

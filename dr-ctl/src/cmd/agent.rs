@@ -9,6 +9,7 @@ use crate::{
     agent::{self, AgentConfig},
     error::{io_context, Error, Result},
     nat_plan::NatPlan,
+    service,
     subnet::LocalSubnet,
 };
 
@@ -173,7 +174,10 @@ impl Args {
     }
 }
 
-/// Runs the agent until killed.
+/// Runs the agent until SIGTERM or SIGINT (or a fatal conflict).
 pub async fn run(args: Args) -> Result<()> {
-    agent::run(&args.check()?).await
+    let config = args.check()?;
+    service::until_terminated(agent::run(&config))
+        .await
+        .map(|_| ())
 }

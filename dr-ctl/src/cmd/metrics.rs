@@ -1,7 +1,7 @@
 //! `dr-ctl metrics`: the counters in the Prometheus format (see `crate::metrics`).
 use std::net::SocketAddr;
 
-use crate::{error::Result, metrics};
+use crate::{error::Result, metrics, service};
 
 #[derive(Clone, Copy, Debug, clap::Args)]
 pub struct Args {
@@ -15,12 +15,12 @@ pub struct Args {
     peer_series: usize,
 }
 
-/// Prints the metrics once, or serves them until killed.
+/// Prints the metrics once, or serves them until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> Result<String> {
     match args.listen {
         None => metrics::render(args.peer_series),
-        Some(addr) => metrics::serve(addr, args.peer_series)
+        Some(addr) => service::until_terminated(metrics::serve(addr, args.peer_series))
             .await
-            .map(|()| String::new()),
+            .map(|_| String::new()),
     }
 }

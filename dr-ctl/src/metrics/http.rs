@@ -25,16 +25,13 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves until killed; dr need not be up (see [`super::render`]).
+/// Serves until killed (`service::until_terminated` stops it); dr need not be up (see [`super::render`]).
 pub async fn serve(addr: SocketAddr, peer_series: usize) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(io_context(format!("listening on {addr}")))?;
     info!("serving metrics on http://{addr}/metrics");
-    // Type=notify units start their dependents once the socket listens.
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        warn!("telling systemd the metrics server is ready: {e}");
-    }
+    crate::service::ready("the metrics server");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let slot = Arc::clone(&slots)
