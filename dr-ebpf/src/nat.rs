@@ -6,7 +6,7 @@
 //! helpers, which keep checksums right for CHECKSUM_PARTIAL skbs (as veth
 //! produces) where direct arithmetic on the field would not.
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    bindings::{BPF_EXIST, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -166,11 +166,32 @@ pub fn remove_translation(key: &FlowKey, nat_port: u16) -> bool {
     true
 }
 
-/// Whether the translation holding `rkey` is dead; removes its forward half
-/// when that is expired. Of several CPUs finding the same expired flow, only
-/// the one whose removal succeeds reclaims the port.
+/// Who may find a translation dead, and what counts as dead for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reclaimer {
+    /// The datapath, claiming a port: only an expired translation is dead.
+    Datapath,
+    /// `dr_nat_sweep`: also an orphan, a reverse half whose forward half is
+    /// gone (evicted from the LRU table) or on another port.
+    Sweeper,
+}
+
+/// Whether the translation holding `rkey` is dead, in which case the caller
+/// is the only one to reclaim the entry. An expired one: its forward half is
+/// removed here, and of several CPUs only the one whose removal succeeds
+/// gets true. The datapath never takes an orphan: the claim of a CPU that
+/// has inserted the reverse half but not yet the forward half looks the same,
+/// and two CPUs taking it would send two flows from one port (seen by
+/// tests/tests/datapath/nat_race.rs). The sweeper takes only orphans older
+/// than its listing of the table (milliseconds), which a claim never is.
 #[inline(always)]
-fn dead(rkey: &ReverseKey, holder: &Origin, cfg: &DatapathConfig, now: u64) -> bool {
+fn dead(
+    rkey: &ReverseKey,
+    holder: &Origin,
+    cfg: &DatapathConfig,
+    now: u64,
+    by: Reclaimer,
+) -> bool {
     let fkey = rkey.forward(holder);
     // SAFETY: map value, copied out.
     match unsafe { NAT_FLOWS.get(fkey) }.copied() {
@@ -179,11 +200,14 @@ fn dead(rkey: &ReverseKey, holder: &Origin, cfg: &DatapathConfig, now: u64) -> b
                 return false;
             }
             count(Counter::NatExpired, 0);
+            true
         }
-        // The forward half is gone (evicted) or moved to another port: stale.
-        _ => count(Counter::NatEvicted, 0),
+        _ if by == Reclaimer::Sweeper => {
+            count(Counter::NatEvicted, 0);
+            true
+        }
+        _ => false,
     }
-    true
 }
 
 /// [`claim`]'s outcomes.
@@ -191,10 +215,11 @@ const CLAIMED: u32 = 0;
 const BUSY: u32 = 1;
 const TABLE_FULL: u32 = 2;
 
-/// Claims `rkey` for `origin`: a free port, or one whose translation is
-/// dead. A reverse entry is never overwritten: a dead one is deleted (if it
-/// still names the dead holder) and the claim made with `BPF_NOEXIST`, so of
-/// two CPUs reclaiming the same port for different containers one fails.
+/// Claims `rkey` for `origin`: a free port, or one whose translation has
+/// expired. The entry of an expired one is overwritten in place by the one
+/// CPU [`dead`] chose, never deleted and inserted again: between the two,
+/// another CPU could claim the port, and a delete by key removes whatever
+/// is there.
 /// A function of its own (not inlined): the verifier then sees one of three
 /// results per candidate port instead of every path through it.
 #[inline(never)]
@@ -213,24 +238,31 @@ fn claim(rkey: &ReverseKey, origin: &Origin, cfg: &DatapathConfig, now: u64) -> 
         Err(e) if e != -EEXIST => return TABLE_FULL,
         Err(_) => {}
     }
-    if !release_dead(rkey, cfg, now) {
+    // SAFETY: map value, copied out.
+    let Some(holder) = (unsafe { NAT_REVERSE.get(rkey) }).copied() else {
+        return BUSY;
+    };
+    if !dead(rkey, &holder, cfg, now, Reclaimer::Datapath) {
         return BUSY;
     }
-    match NAT_REVERSE.insert(rkey, origin, BPF_NOEXIST as u64) {
-        Ok(()) => CLAIMED,
-        Err(_) => BUSY,
+    // If gone since (the sweeper took it as an orphan), claimed afresh.
+    if NAT_REVERSE.insert(rkey, origin, BPF_EXIST as u64).is_ok()
+        || NAT_REVERSE.insert(rkey, origin, BPF_NOEXIST as u64).is_ok()
+    {
+        return CLAIMED;
     }
+    BUSY
 }
 
-/// Removes the reverse entry `rkey` if the translation holding it is dead;
-/// true if it was.
+/// The sweeper's removal of a dead reverse entry (expired, or an orphan);
+/// true if it removed one.
 #[inline(always)]
 pub fn release_dead(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
     // SAFETY: map value, copied out.
     let Some(holder) = (unsafe { NAT_REVERSE.get(rkey) }).copied() else {
         return false;
     };
-    if !dead(rkey, &holder, cfg, now) {
+    if !dead(rkey, &holder, cfg, now, Reclaimer::Sweeper) {
         return false;
     }
     release(rkey, &holder);
