@@ -9,8 +9,10 @@
 //!             OTHER_CONTAINER:p
 //! ```
 //!
-//! Each test fails within its rounds when its race's fix is undone (checked
-//! by hand: `BPF_ANY` instead of `BPF_NOEXIST` in `allocate`/`claim`).
+//! Each test fails when its race's fix is undone (checked by hand): the
+//! first at round 0 with `BPF_ANY` for the flow entry in `allocate`; the
+//! second failed at round 237 when the datapath still reclaimed orphans
+//! (a fresh claim whose forward half was not yet inserted).
 use std::{sync::Barrier, thread};
 
 use aya::programs::SchedClassifier;
