@@ -185,13 +185,7 @@ enum Reclaimer {
 /// tests/tests/datapath/nat_race.rs). The sweeper takes only orphans older
 /// than its listing of the table (milliseconds), which a claim never is.
 #[inline(always)]
-fn dead(
-    rkey: &ReverseKey,
-    holder: &Origin,
-    cfg: &DatapathConfig,
-    now: u64,
-    by: Reclaimer,
-) -> bool {
+fn dead(rkey: &ReverseKey, holder: &Origin, cfg: &DatapathConfig, now: u64, by: Reclaimer) -> bool {
     let fkey = rkey.forward(holder);
     // SAFETY: map value, copied out.
     match unsafe { NAT_FLOWS.get(fkey) }.copied() {

@@ -53,7 +53,11 @@ fn a_flow_started_on_two_cpus_at_once_leaves_from_one_port() {
     for round in 0..ROUNDS {
         let packet = frame_ports(CONTAINER, EXTERNAL, 64, L4::Udp, 1000 + round, 53);
         let [(v1, out1), (v2, out2)] = race(&mut dp, [&packet, &packet]);
-        assert_eq!((v1, v2), (TC_ACT_REDIRECT, TC_ACT_REDIRECT), "round {round}");
+        assert_eq!(
+            (v1, v2),
+            (TC_ACT_REDIRECT, TC_ACT_REDIRECT),
+            "round {round}"
+        );
         assert_eq!(
             nat_port(&out1),
             nat_port(&out2),
@@ -62,7 +66,11 @@ fn a_flow_started_on_two_cpus_at_once_leaves_from_one_port() {
         let flow = dp
             .translation(CONTAINER, EXTERNAL, 17, (1000 + round, 53))
             .expect("translation recorded");
-        assert_eq!(u16::from_be(flow.nat_port), nat_port(&out1), "round {round}");
+        assert_eq!(
+            u16::from_be(flow.nat_port),
+            nat_port(&out1),
+            "round {round}"
+        );
     }
     assert_eq!(dp.counter(Counter::NatCreated).packets, ROUNDS as u64);
 }
@@ -104,7 +112,11 @@ fn two_containers_reclaiming_the_one_dead_port_never_share_it() {
             let answer = reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 53, 50);
             let (verdict, out) = dp.run(Hook::UplinkIngress, &answer);
             assert_eq!(verdict, TC_ACT_REDIRECT, "round {round}");
-            assert_eq!(out, reply(EXTERNAL, to, L4::Udp, src_port, 53, 49), "round {round}");
+            assert_eq!(
+                out,
+                reply(EXTERNAL, to, L4::Udp, src_port, 53, 49),
+                "round {round}"
+            );
         }
     }
     eprintln!("rounds won: {won:?} of {ROUNDS}");
