@@ -1,11 +1,11 @@
 //! The Debian package on a machine without build tools: a debootstrapped
 //! Debian 12 root (`tests/src/debian_root.rs`) gets the package with
 //! `dpkg -i`, and its /usr/bin/dr-ctl, run chrooted inside each emulated
-//! host's network namespace, brings up two hosts whose containers ping each
-//! other.
+//! host's network namespace, brings up the demo's topology: three hosts
+//! whose containers ping each other and an external server through SNAT.
 use std::path::PathBuf;
 
-use dr_tests::{debian_root::DebianRoot, require_root, traffic, Cluster};
+use dr_tests::{cluster::EXTERNAL_ADDR, debian_root::DebianRoot, require_root, traffic, Cluster};
 
 /// Programs and packages of a build machine; none may be in the root.
 const BUILD_TOOLS: [&str; 9] = [
@@ -34,7 +34,7 @@ const BUILD_PACKAGES: [&str; 8] = [
 const BUILD_PACKAGE_PREFIXES: [&str; 5] = ["rustc", "cargo", "llvm", "clang", "lld"];
 
 #[test]
-fn the_package_runs_two_hosts_from_a_debian_root_without_build_tools() {
+fn the_package_runs_the_demo_topology_from_a_debian_root_without_build_tools() {
     require_root();
     let deb = PathBuf::from(
         std::env::var_os("DR_DEB")
@@ -71,14 +71,22 @@ fn the_package_runs_two_hosts_from_a_debian_root_without_build_tools() {
     assert!(build.is_empty(), "build packages in the root: {build:?}");
     assert!(packages.lines().any(|p| p == "dr"), "{packages}");
 
-    // Two emulated hosts, every dr-ctl command the root's binary.
+    // The demo's topology: three hosts with two containers each, a router
+    // and an external server; every dr-ctl command is the root's binary.
     let dr_ctl = root.dr_ctl().unwrap();
-    let mut c = Cluster::new("drdebroot", 2, &dr_ctl).unwrap();
-    c.up_all(1).unwrap();
-    let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
-    traffic::ping(&h0.containers[0].ns, h1.containers[0].addr, 3).unwrap();
-    traffic::ping(&h1.containers[0].ns, h0.containers[0].addr, 3).unwrap();
-    let status = h0.status().unwrap();
-    assert_eq!(status["problems"], serde_json::json!([]), "{status}");
-    assert!(h0.counter("to_peer").unwrap() >= 3, "{status}");
+    let mut c = Cluster::new("drdebroot", 3, &dr_ctl).unwrap();
+    c.add_external().unwrap();
+    c.up_all(2).unwrap();
+    for (from, to) in [(0, 1), (1, 2), (2, 0)] {
+        let (src, dst) = (&c.hosts[from], &c.hosts[to]);
+        traffic::ping(&src.containers[1].ns, dst.containers[0].addr, 3).unwrap();
+    }
+    // Through dr's SNAT to the external server.
+    traffic::ping(&c.hosts[2].containers[0].ns, EXTERNAL_ADDR, 3).unwrap();
+    for host in &c.hosts {
+        let status = host.status().unwrap();
+        assert_eq!(status["problems"], serde_json::json!([]), "{status}");
+        assert!(host.counter("to_peer").unwrap() >= 3, "{status}");
+    }
+    assert!(c.hosts[2].counter("nat_out").unwrap() >= 3);
 }
