@@ -17,10 +17,11 @@ use dr_tests::{
 };
 use serde_json::Value;
 
-fn cluster(tag: &str) -> Cluster {
+/// Two hosts with one container each, dr up with `extra` options.
+fn cluster(tag: &str, extra: &[&str]) -> Cluster {
     require_root();
     let mut c = Cluster::new(tag, 2, &dr_ctl_path()).expect("cluster");
-    c.up_all(1).expect("dr up on all hosts");
+    c.up_all_with(1, extra).expect("dr up on all hosts");
     c
 }
 
@@ -43,7 +44,8 @@ fn dr_child(host: &Host, args: &[&str]) -> Child {
 
 #[test]
 fn killing_dr_ctl_at_any_moment_never_drops_traffic() {
-    let c = cluster("drkill");
+    // Room for the batch below; later `up`s and `apply`s keep the capacity.
+    let c = cluster("drkill", &["--max-peers", "32768"]);
     let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
     // A long batch (20,000 peers) to be killed in the middle of.
     let path = std::env::temp_dir().join(unique_prefix("dr-kill-peers-"));
@@ -105,7 +107,7 @@ fn killing_dr_ctl_at_any_moment_never_drops_traffic() {
 
 #[test]
 fn up_with_another_build_swaps_programs_in_place_without_a_gap() {
-    let c = cluster("drupgr");
+    let c = cluster("drupgr", &[]);
     let h0 = &c.hosts[0];
     let status =
         || -> Value { serde_json::from_str(&h0.dr(&["status", "--json"]).unwrap()).unwrap() };
