@@ -13,19 +13,33 @@ use dr_tests::{
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-fn peers(host: &Host) -> Vec<String> {
+/// The host's peers as `(subnet, via)`, sorted; none if dr is not up yet.
+fn peer_routes(host: &Host) -> Vec<(String, String)> {
     let Ok(out) = host.dr(&["peer", "list", "--json"]) else {
         return Vec::new();
     };
     let v: Value = serde_json::from_str(&out).unwrap();
-    let mut p: Vec<String> = v
+    let mut p: Vec<(String, String)> = v
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["subnet"].as_str().unwrap().to_string())
+        .map(|p| {
+            (
+                p["subnet"].as_str().unwrap().to_string(),
+                p["via"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     p.sort();
     p
+}
+
+/// The host's peer subnets, sorted.
+fn peers(host: &Host) -> Vec<String> {
+    peer_routes(host)
+        .into_iter()
+        .map(|(subnet, _)| subnet)
+        .collect()
 }
 
 fn converged(c: &Cluster, live: &[usize]) -> bool {
@@ -428,28 +442,12 @@ fn an_etcd_stall_loses_no_packet_and_a_dead_host_goes_after_the_grace_period() {
         "10.0.0.0/16",
         &["--subnet", &old_bip, "--lease-ttl", "4"],
     );
-    let via = |h: &Host| -> Vec<(String, String)> {
-        let Ok(out) = h.dr(&["peer", "list", "--json"]) else {
-            return Vec::new();
-        };
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["subnet"].as_str().unwrap().into(),
-                    p["via"].as_str().unwrap().into(),
-                )
-            })
-            .collect()
-    };
     let newcomer_route = vec![(old_subnet.clone(), c.hosts[2].uplink_addr.to_string())];
     assert!(
-        wait_for(Duration::from_secs(40), || via(&c.hosts[0])
+        wait_for(Duration::from_secs(40), || peer_routes(&c.hosts[0])
             == newcomer_route),
         "host 0 never routed {old_subnet} to the newcomer: {:?}\n{}",
-        via(&c.hosts[0]),
+        peer_routes(&c.hosts[0]),
         newcomer.log()
     );
     assert!(

@@ -107,13 +107,7 @@ pub(super) async fn releases(
     client: &mut Client,
     prefix: &str,
 ) -> Result<HashMap<String, Option<Registration>>> {
-    let resp = client
-        .get(
-            format!("{prefix}released/"),
-            Some(GetOptions::new().with_prefix()),
-        )
-        .await
-        .map_err(etcd_err)?;
+    let resp = get_prefix(client, format!("{prefix}released/")).await?;
     let mut out = HashMap::new();
     for kv in resp.kvs() {
         let Ok(key) = kv.key_str() else { continue };
@@ -175,18 +169,20 @@ pub(super) async fn check_cluster_config(
     }
 }
 
+/// Every key under `prefix`.
+async fn get_prefix(client: &mut Client, prefix: String) -> Result<etcd_client::GetResponse> {
+    client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(etcd_err)
+}
+
 /// Every entry under the prefix, by key, and the store's revision.
 pub(super) async fn registrations(
     client: &mut Client,
     prefix: &str,
 ) -> Result<(i64, HashMap<String, Entry>)> {
-    let resp = client
-        .get(
-            format!("{prefix}subnets/"),
-            Some(GetOptions::new().with_prefix()),
-        )
-        .await
-        .map_err(etcd_err)?;
+    let resp = get_prefix(client, format!("{prefix}subnets/")).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     let mut out = HashMap::new();
     for kv in resp.kvs() {
