@@ -1,6 +1,7 @@
 //! Crafted packets through the TC programs with BPF_PROG_TEST_RUN: every
 //! verdict, every rewrite compared byte for byte with a frame etherparse
 //! builds (so checksums are checked too), and the counters.
+mod cost;
 mod dry_run;
 mod forwarding;
 mod fuzz;

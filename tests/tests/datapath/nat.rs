@@ -457,7 +457,7 @@ fn a_full_table_refuses_new_flows_and_keeps_every_live_one() {
 }
 
 /// An ICMP error from the router quoting `quoted` (an IP packet).
-fn icmp_error(to: [u8; 4], icmp: Icmpv4Type, quoted: &[u8], ttl: u8) -> Vec<u8> {
+pub(super) fn icmp_error(to: [u8; 4], icmp: Icmpv4Type, quoted: &[u8], ttl: u8) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 1])
         .ipv4(ROUTER, to, ttl)

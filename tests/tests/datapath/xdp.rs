@@ -31,6 +31,11 @@ pub(super) fn add_endpoint(dp: &mut Datapath, container: [u8; 4]) {
 
 impl Datapath {
     pub(super) fn run_xdp(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+        test_run(self.xdp_program(), packet)
+    }
+
+    /// The XDP program, loaded on first use (`up` loads it only with `--xdp`).
+    pub(super) fn xdp_program(&mut self) -> &Xdp {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(program_names::UPLINK_XDP)
@@ -40,7 +45,7 @@ impl Datapath {
         if prog.fd().is_err() {
             datapath::load_retrying(|| prog.load()).unwrap();
         }
-        test_run(prog, packet)
+        prog
     }
 }
 
