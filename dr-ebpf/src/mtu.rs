@@ -9,10 +9,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_F_RECOMPUTE_CSUM,
-    helpers::{
-        bpf_redirect,
-        generated::{bpf_skb_change_tail, bpf_skb_load_bytes},
-    },
+    helpers::{bpf_redirect, generated::bpf_skb_change_tail},
     programs::TcContext,
 };
 use dr_common::{
@@ -25,7 +22,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use crate::{
     dry_run::{dry_run, record_redirect},
     maps::count,
-    packet::{drop, l4_offset, src_addr},
+    packet::{drop, l4_offset, load_into, src_addr},
 };
 
 const IP_DF: u16 = 0x4000;
@@ -170,24 +167,4 @@ fn frag_needed(ctx: &TcContext, cfg: &DatapathConfig, container: u32) -> Result<
         return Err(ret);
     }
     ctx.store(0, &reply, BPF_F_RECOMPUTE_CSUM as u64)
-}
-
-/// Copies `N` bytes at `offset` of the skb (linear or not) into `dst`,
-/// straight into place: the reply is built on a stack the datapath shares
-/// with everything else.
-#[inline(always)]
-fn load_into<const N: usize>(ctx: &TcContext, offset: usize, dst: &mut [u8; N]) -> Result<(), i64> {
-    // SAFETY: dst is N writable bytes; the helper checks the skb's bounds.
-    let ret = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const c_void,
-            offset as u32,
-            dst.as_mut_ptr() as *mut c_void,
-            N as u32,
-        )
-    };
-    if ret != 0 {
-        return Err(ret);
-    }
-    Ok(())
 }

@@ -28,8 +28,8 @@ use crate::{
     maps::{count, NAT_EXCLUDE, NAT_FLOWS, NAT_REVERSE},
     mtu::too_big,
     packet::{
-        decrement_ttl, drop, dst_addr, flow_of, forward, is_fragment, l4_offset, l4_ports, pass,
-        send, src_addr, IP_CHECK, IP_DST, IP_SRC,
+        decrement_ttl, drop, dst_addr, flow_of, forward, is_fragment, l4_offset, l4_ports,
+        load_prefix, pass, send, src_addr, IP_CHECK, IP_DST, IP_SRC,
     },
     route::leaves_by_uplink,
 };
@@ -358,13 +358,13 @@ fn allocate(key: &FlowKey, cfg: &DatapathConfig, now: u64, tcp_flags: u8) -> Res
 #[inline(always)]
 pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: u64) -> i32 {
     let dst = dst_addr(ip);
-    let translates = cfg.nat_enabled != 0 && !excluded(cfg, dst);
+    let nat_enabled = cfg.nat_enabled != 0;
     let proto = ip.proto;
     let Some(l4) = layout(proto) else {
         return pass(Counter::Passed, bytes);
     };
     if is_fragment(ip) {
-        if translates {
+        if nat_enabled && !excluded(cfg, dst) {
             return drop(Counter::DropNatFragment, bytes);
         }
         return pass(Counter::Passed, bytes);
@@ -385,7 +385,9 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
     };
     let now = now();
     let starts = icmp_type == ICMP_ECHO;
-    let live = if translates && starts {
+    // A live translation is used without asking the exclusions again: as
+    // with conntrack, a rule changed later applies to new flows.
+    let live = if nat_enabled && starts {
         live_flow(&key, cfg, now)
     } else {
         None
@@ -409,7 +411,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
             }
             None => {}
         }
-        if !translates || !starts {
+        if !nat_enabled || !starts || excluded(cfg, dst) {
             return pass(Counter::Passed, bytes);
         }
         // Only a SYN opens a TCP translation: any other segment answers a
@@ -559,19 +561,20 @@ const TCP_MAX_OPTION_BYTES: usize = 40;
 /// whose position depends on each option's length took the verifier past
 /// its budget, while this one's iterations all look alike to it. The real
 /// option is among the matches, and a false one (inside another option's
-/// value) only widens the window judged.
+/// value) only widens the window judged. The options are copied once (one
+/// helper call, not one per position): bytes past them stay zero and match
+/// nothing.
 #[inline(always)]
 fn syn_window_scale(ctx: &TcContext, l4_at: usize, data_offset: u8) -> u8 {
     let options = (data_offset as usize * 4).saturating_sub(20);
+    let mut bytes = [0u8; TCP_MAX_OPTION_BYTES];
+    if load_prefix(ctx, l4_at + 20, &mut bytes, options).is_err() {
+        return 0;
+    }
     let mut shift = 0;
     for i in 0..TCP_MAX_OPTION_BYTES - 2 {
-        if i + 3 > options {
-            break;
-        }
-        if let Ok([TCPOPT_WINDOW, 3, value]) = ctx.load::<[u8; 3]>(l4_at + 20 + i) {
-            if value > shift {
-                shift = value;
-            }
+        if bytes[i] == TCPOPT_WINDOW && bytes[i + 1] == 3 && bytes[i + 2] > shift {
+            shift = bytes[i + 2];
         }
     }
     shift

@@ -3,7 +3,7 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{bpf_redir_neigh, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::bpf_redirect_neigh,
+    helpers::generated::{bpf_redirect_neigh, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use dr_common::{
@@ -302,4 +302,48 @@ pub fn take_redirect_mark(ctx: &TcContext) -> bool {
     }
     ctx.set_mark(mark & !DR_REDIRECT_MARK);
     true
+}
+
+/// Copies the `len` bytes at `offset` of the skb (linear or not; at most
+/// `N`) into the start of `dst` with one helper call. aya's `load_bytes`
+/// lets the verifier see a zero length, which the helper refuses.
+#[inline(always)]
+pub fn load_prefix<const N: usize>(
+    ctx: &TcContext,
+    offset: usize,
+    dst: &mut [u8; N],
+    len: usize,
+) -> Result<(), i64> {
+    // Through memory, so the compiler cannot drop the checks below on what
+    // it knows of `len`'s origin: the verifier needs to see them.
+    // SAFETY: a read of a local.
+    let len = unsafe { core::ptr::read_volatile(&len) }.min(N);
+    if len == 0 {
+        return Err(-1);
+    }
+    // SAFETY: dst holds at least len writable bytes; the helper checks the
+    // skb's bounds.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const core::ffi::c_void,
+            offset as u32,
+            dst.as_mut_ptr() as *mut core::ffi::c_void,
+            len as u32,
+        )
+    };
+    if ret != 0 {
+        return Err(ret);
+    }
+    Ok(())
+}
+
+/// Copies `N` bytes at `offset` of the skb (linear or not) into `dst`,
+/// straight into place (no copy on a stack the datapath shares).
+#[inline(always)]
+pub fn load_into<const N: usize>(
+    ctx: &TcContext,
+    offset: usize,
+    dst: &mut [u8; N],
+) -> Result<(), i64> {
+    load_prefix(ctx, offset, dst, N)
 }

@@ -216,6 +216,29 @@ fn new_flows_are_translated_only_when_the_host_routes_them_out_of_the_uplink() {
     dp.translate_out(CONTAINER, MGMT_SERVER, L4::Udp, default_ports(L4::Udp));
 }
 
+/// As with conntrack and the recipe's MASQUERADE: an exclusion added while a
+/// flow is translated applies to new flows; the live one keeps its
+/// translation (the exclusions are not asked on its every packet).
+#[test]
+fn an_exclusion_added_later_applies_to_new_flows_only() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    let live = default_ports(L4::Udp);
+    let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, live);
+    dp.maps
+        .set_exclusions(&[
+            "10.0.0.0/16".parse().unwrap(),
+            "172.16.0.0/12".parse().unwrap(),
+            "203.0.113.0/24".parse().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, live), port);
+    let new = frame_ports(CONTAINER, EXTERNAL, 64, L4::Udp, live.0 + 1, live.1);
+    assert_eq!(dp.run(Hook::BridgeIngress, &new), (TC_ACT_OK, new.clone()));
+    assert!(dp
+        .translation(CONTAINER, EXTERNAL, IPPROTO_UDP, (live.0 + 1, live.1))
+        .is_none());
+}
+
 #[test]
 fn excluded_destinations_and_nat_off_pass_unchanged() {
     let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
