@@ -5,7 +5,6 @@
 //! forwarding path would: ICMP fragmentation needed when DF is set. dr does
 //! not fragment (see README): a too-big packet without DF gets the same
 //! answer, so that its sender learns the MTU and fragments from then on.
-use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_F_RECOMPUTE_CSUM,
