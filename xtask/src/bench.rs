@@ -20,6 +20,7 @@ use dr_tests::{
 use serde_json::json;
 
 mod cost;
+mod paths;
 
 /// Concurrent connections in the saturating workloads (two per vCPU here).
 const STREAMS: usize = 4;
@@ -398,10 +399,12 @@ type Row = (String, String, String, String, f64, f64, f64, usize);
 fn summarize(samples: &[Sample]) -> Vec<Row> {
     let mut groups: BTreeMap<(String, String, String, String), Vec<f64>> = BTreeMap::new();
     let order = |g: &str| {
-        ["modes", "cost", "bpf", "ceiling", "scale", "install"]
-            .iter()
-            .position(|x| *x == g)
-            .unwrap_or(9)
+        [
+            "modes", "cost", "bpf", "path", "ceiling", "scale", "install",
+        ]
+        .iter()
+        .position(|x| *x == g)
+        .unwrap_or(9)
     };
     for s in samples {
         groups
@@ -473,6 +476,10 @@ fn markdown(rows: &[Row], machine: &str, opts_line: &str) -> String {
     }
     md += &cost::markdown(rows);
     for (group, title) in [
+        (
+            "path",
+            "Each path's own cost per packet (BPF_PROG_TEST_RUN, warm: the median of 20,000 runs on a crafted frame)",
+        ),
         ("ceiling", "Ceilings (no dr, no recipe)"),
         ("scale", "dr-tc with many peer subnets in the map"),
         ("install", "Installing peers and applying plans"),
@@ -527,6 +534,7 @@ pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
     let install = if opts.quick { 1000 } else { 10_000 };
     for round in 1..=opts.rounds {
         println!("round {round}/{}", opts.rounds);
+        bench.paths_round(round)?;
         bench.cost_round(round)?;
         if opts.cost_only {
             continue;
