@@ -4,11 +4,7 @@
 use dr_common::{Counter, PeerTraffic, Trace};
 use dr_ctl::datapath::{DryRun, Run};
 
-use super::{
-    nat::{nat_config, nat_datapath, reply},
-    xdp::{xdp_datapath, CONTAINER_VETH, XDP_REDIRECT},
-    *,
-};
+use super::*;
 
 /// Everything a packet may write: counters, per-peer traffic, the SNAT and
 /// inbound tables (with their entries' last-seen times).

@@ -18,21 +18,12 @@
 //!   changes a verdict.
 use std::net::Ipv4Addr;
 
-use dr_common::{
-    nat::{IPPROTO_TCP, IPPROTO_UDP},
-    Endpoint,
-};
+use dr_common::nat::{IPPROTO_TCP, IPPROTO_UDP};
 use etherparse::{icmpv4, Icmpv4Type};
 
-use super::{nat::nat_datapath, *};
+use super::*;
 
 const ROUNDS: usize = 100_000;
-const XDP_REDIRECT: u32 = 4;
-const ROUTER: [u8; 4] = [192, 168, 91, 254];
-/// The container's docker0 port: `ENDPOINT_PORTS` only takes existing
-/// devices, and a test run never transmits, so loopback stands in.
-const CONTAINER_VETH: u32 = 1;
-const CONTAINER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc2];
 const IPPROTO_ICMP: u8 = 1;
 
 /// Addresses a mutation picks from: every class the programs tell apart.
@@ -275,8 +266,8 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) {
     }
 }
 
-/// An ICMP error from `from` about `quoted` (an IP packet, from its header).
-fn icmp_error(
+/// An ICMP destination unreachable from `from` about `quoted` (an IP packet, from its header).
+fn unreachable(
     from: [u8; 4],
     to: [u8; 4],
     quoted: &[u8],
@@ -319,7 +310,7 @@ fn seeds(dp: &mut Datapath) -> Vec<Vec<u8>> {
             }
             _ => frame_ports(EXTERNAL, UPLINK_ADDR, 60, l4, dport, port),
         });
-        seeds.push(icmp_error(
+        seeds.push(unreachable(
             ROUTER,
             UPLINK_ADDR,
             sent.packet,
@@ -450,19 +441,12 @@ fn mutated_frames_never_break_the_invariants() {
     let mut dp = nat_datapath(
         DatapathConfig {
             uplink_mtu: 1400,
-            ..super::nat::nat_config()
+            ..nat_config()
         },
         DEFAULT_TABLE_SIZE,
     );
     dp.maps.sync_peer_hosts().unwrap();
-    let endpoint = Endpoint {
-        ifindex: CONTAINER_VETH,
-        mac: CONTAINER_MAC,
-        _pad: [0; 2],
-    };
-    dp.maps
-        .set_endpoints(&[(CONTAINER.into(), endpoint)])
-        .unwrap();
+    add_endpoint(&mut dp, CONTAINER);
     let seeds = seeds(&mut dp);
     let mut rng = Rng(0x6472_6675_7a7a);
     let mut redirects = 0;

@@ -12,10 +12,7 @@ use etherparse::{
     Ipv4Header, Ipv4HeaderSlice,
 };
 
-use super::{
-    nat::{nat_config, nat_datapath},
-    *,
-};
+use super::*;
 
 const UPLINK_MTU: u16 = 1400;
 /// The MACs of [`frame_ports`]: the container's, and docker0's as its gateway.

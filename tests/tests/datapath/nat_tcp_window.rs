@@ -5,11 +5,7 @@
 use dr_common::nat::{State, Timeouts, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use etherparse::TcpOptionElement;
 
-use super::{
-    nat::{nat_config, nat_datapath},
-    xdp::{add_endpoint, XDP_PASS, XDP_REDIRECT},
-    *,
-};
+use super::*;
 
 /// The only NAT port: a second flow to the same remote gets it only if the
 /// first one's translation is dead.
