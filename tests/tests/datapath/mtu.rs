@@ -30,6 +30,19 @@ fn mtu_config(base: DatapathConfig) -> DatapathConfig {
 
 /// A container's frame to `dst` whose IP packet is `ip_len` bytes long.
 fn sized_frame(dst: [u8; 4], l4: L4, ip_len: usize, dont_fragment: bool, ttl: u8) -> Vec<u8> {
+    let (sport, _) = default_ports(l4);
+    sized_frame_from((CONTAINER, sport), dst, l4, ip_len, dont_fragment, ttl)
+}
+
+/// [`sized_frame`] from `src` and source port (ICMP: identifier) `sport`.
+fn sized_frame_from(
+    (src, sport): ([u8; 4], u16),
+    dst: [u8; 4],
+    l4: L4,
+    ip_len: usize,
+    dont_fragment: bool,
+    ttl: u8,
+) -> Vec<u8> {
     let l4_header = match l4 {
         L4::Tcp => 20,
         L4::Udp | L4::Icmp => 8,
@@ -40,9 +53,9 @@ fn sized_frame(dst: [u8; 4], l4: L4, ip_len: usize, dont_fragment: bool, ttl: u8
         L4::Udp => IpNumber::UDP,
         L4::Icmp => IpNumber::ICMP,
     };
-    let mut ip = Ipv4Header::new(0, ttl, proto, CONTAINER, dst).unwrap();
+    let mut ip = Ipv4Header::new(0, ttl, proto, src, dst).unwrap();
     ip.dont_fragment = dont_fragment;
-    let (sport, dport) = default_ports(l4);
+    let (_, dport) = default_ports(l4);
     let builder = PacketBuilder::ethernet2(CONTAINER_MAC, DOCKER0_MAC)
         .ip(IpHeaders::Ipv4(ip, Default::default()));
     let mut out = Vec::new();
@@ -163,10 +176,15 @@ fn packet_of_exactly_the_uplink_mtu_is_translated_and_sent() {
     let packet = sized_frame(EXTERNAL, L4::Udp, UPLINK_MTU.into(), true, 64);
     let (verdict, out) = dp.run(Hook::BridgeIngress, &packet);
     assert_eq!(verdict, TC_ACT_REDIRECT);
-    assert_eq!(out.len(), packet.len());
-    let ip = Ipv4HeaderSlice::from_slice(&out[14..]).unwrap();
-    assert_eq!(ip.source(), UPLINK_ADDR);
-    assert_eq!(ip.total_len(), UPLINK_MTU);
+    let (sport, dport) = default_ports(L4::Udp);
+    let flow = dp.translation(CONTAINER, EXTERNAL, L4::Udp.proto(), (sport, dport));
+    let port = u16::from_be(flow.expect("translation recorded").nat_port);
+    let translated = (UPLINK_ADDR, port);
+    let mtu = UPLINK_MTU.into();
+    assert_eq!(
+        out,
+        sized_frame_from(translated, EXTERNAL, L4::Udp, mtu, true, 63)
+    );
     assert_eq!(dp.counter(Counter::NatOut).packets, 1);
     assert_eq!(dp.counter(Counter::IcmpFragNeeded).packets, 0);
 }
