@@ -1,6 +1,14 @@
 //! The dry-run copy behind `dr-ctl trace`: the verdict and frame of the
 //! attached programs, what they would have counted and where the packet
 //! would have gone, and no table touched.
+//!
+//! ```text
+//!  frame ──> attached program (test run) ──> verdict, frame, COUNTERS/PEER_TRAFFIC/NAT_* changed
+//!  frame ──> DryRun copy (DRY_RUN = 1, same pinned maps) ──> the same verdict and frame,
+//!                                                           TRACE {counters, redirect ifindex, next hop, new translation},
+//!                                                           COUNTERS, PEER_TRAFFIC, NAT_FLOWS, NAT_REVERSE as they were
+//!  hooks: bridge_ingress, uplink_ingress, uplink_egress, uplink_xdp; maps as in `harness.rs` (SNAT on where a test translates)
+//! ```
 use dr_common::{Counter, PeerTraffic, Trace};
 use dr_ctl::datapath::{DryRun, Run};
 
