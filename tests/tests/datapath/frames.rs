@@ -4,13 +4,16 @@
 //!
 //! ```text
 //!  frame / frame_ports   a container's (or peer's) packet: ICMP echo request, UDP, TCP SYN
+//!  write_request         the same after an IP header of the caller's (options, DF, size)
 //!  reply                 a remote's answer to a translated flow, from the wire
 //!  icmp_error            ROUTER's ICMP error quoting a packet
 //!  syn_ack, echo_reply   a container's answers to flows it did not start
 //!  more_fragments        a frame made the first fragment of its packet
 //!  non_ipv4_frames, malformed_frames
 //! ```
-use etherparse::{IcmpEchoHeader, Icmpv4Type, Ipv4HeaderSlice, PacketBuilder};
+use etherparse::{
+    IcmpEchoHeader, Icmpv4Type, IpHeaders, Ipv4HeaderSlice, PacketBuilder, PacketBuilderStep,
+};
 
 use super::harness::{CONTAINER, PEER_CONTAINER, ROUTER};
 
@@ -43,16 +46,26 @@ pub fn frame_ports(
     dst_port: u16,
 ) -> Vec<u8> {
     let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-    let ip = eth.ipv4(src, dst, ttl);
+    write_request(eth.ipv4(src, dst, ttl), l4, (src_port, dst_port), PAYLOAD)
+}
+
+/// The frame `ip` starts, carrying a request with `payload`: an ICMP echo
+/// request with identifier `src_port`, a UDP datagram, or a TCP SYN (the
+/// first segment of a connection the container opens).
+pub fn write_request(
+    ip: PacketBuilderStep<IpHeaders>,
+    l4: L4,
+    (src_port, dst_port): (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::new();
     match l4 {
-        L4::Icmp => ip.icmpv4_echo_request(src_port, 7).write(&mut out, PAYLOAD),
-        L4::Udp => ip.udp(src_port, dst_port).write(&mut out, PAYLOAD),
-        // A SYN: the first segment of a connection the container opens.
+        L4::Icmp => ip.icmpv4_echo_request(src_port, 7).write(&mut out, payload),
+        L4::Udp => ip.udp(src_port, dst_port).write(&mut out, payload),
         L4::Tcp => ip
             .tcp(src_port, dst_port, 1000, 65535)
             .syn()
-            .write(&mut out, PAYLOAD),
+            .write(&mut out, payload),
     }
     .unwrap();
     out

@@ -48,28 +48,12 @@ fn sized_frame_from(
         L4::Udp | L4::Icmp => 8,
     };
     let payload: Vec<u8> = (0..ip_len - 20 - l4_header).map(|i| i as u8).collect();
-    let proto = match l4 {
-        L4::Tcp => IpNumber::TCP,
-        L4::Udp => IpNumber::UDP,
-        L4::Icmp => IpNumber::ICMP,
-    };
-    let mut ip = Ipv4Header::new(0, ttl, proto, src, dst).unwrap();
+    let mut ip = Ipv4Header::new(0, ttl, IpNumber(l4.proto()), src, dst).unwrap();
     ip.dont_fragment = dont_fragment;
     let (_, dport) = default_ports(l4);
     let builder = PacketBuilder::ethernet2(CONTAINER_MAC, DOCKER0_MAC)
         .ip(IpHeaders::Ipv4(ip, Default::default()));
-    let mut out = Vec::new();
-    match l4 {
-        L4::Icmp => builder
-            .icmpv4_echo_request(sport, 7)
-            .write(&mut out, &payload),
-        L4::Udp => builder.udp(sport, dport).write(&mut out, &payload),
-        L4::Tcp => builder
-            .tcp(sport, dport, 1000, 65535)
-            .syn()
-            .write(&mut out, &payload),
-    }
-    .unwrap();
+    let out = write_request(builder, l4, (sport, dport), &payload);
     assert_eq!(out.len(), 14 + ip_len);
     out
 }
