@@ -7,35 +7,13 @@
 //!   container 10.0.128.2 ── docker0 (1001) ─[bridge_ingress]─ host ─ uplink (1000) ─ 203.0.113.7
 //!                                                            [uplink_ingress / uplink_xdp]
 //!   peer container 10.0.129.2 behind peer host 192.168.91.129; SNAT to 192.168.91.128.
-use std::time::Duration;
-
 use etherparse::{icmpv4, Icmpv4Type, TcpOptionElement};
 
-use super::{
-    nat::{icmp_error, nat_config, nat_datapath, reply},
-    xdp::{add_endpoint, XDP_REDIRECT},
-    *,
-};
+use super::*;
 
 /// Runs per path; the first few warm the tables and caches and are not kept.
 const RUNS: usize = 20_000;
 const WARMUP: usize = 200;
-
-/// One test run of `prog` on `packet`: its verdict and the kernel's run time.
-fn timed_run<P>(prog: &P, packet: &[u8]) -> (u32, Duration)
-where
-    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
-{
-    let mut out = vec![0u8; packet.len() + 256];
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    (result.return_value, result.duration)
-}
 
 /// Where a path's packets enter.
 #[derive(Clone, Copy)]
@@ -52,11 +30,13 @@ impl Datapath {
         let mut ns = Vec::with_capacity(RUNS);
         for i in 0..WARMUP + RUNS {
             let frame = packet(i);
-            let (got, took) = match entry {
-                Entry::Tc(hook) => {
-                    timed_run(datapath::program(&mut self.ebpf, hook).unwrap(), &frame)
-                }
-                Entry::Xdp => timed_run(self.xdp_program(), &frame),
+            let (got, _, _, took) = match entry {
+                Entry::Tc(hook) => test_run_ctx(
+                    datapath::program(&mut self.ebpf, hook).unwrap(),
+                    &frame,
+                    None,
+                ),
+                Entry::Xdp => test_run_ctx(self.xdp_program(), &frame, None),
             };
             assert_eq!(got, verdict, "{path}: run {i}");
             if i >= WARMUP {

@@ -1,14 +1,18 @@
 //! The dry-run copy behind `dr-ctl trace`: the verdict and frame of the
 //! attached programs, what they would have counted and where the packet
 //! would have gone, and no table touched.
+//!
+//! ```text
+//!  frame ──> attached program (test run) ──> verdict, frame, COUNTERS/PEER_TRAFFIC/NAT_* changed
+//!  frame ──> DryRun copy (DRY_RUN = 1, same pinned maps) ──> the same verdict and frame,
+//!                                                           TRACE {counters, redirect ifindex, next hop, new translation},
+//!                                                           COUNTERS, PEER_TRAFFIC, NAT_FLOWS, NAT_REVERSE as they were
+//!  hooks: bridge_ingress, uplink_ingress, uplink_egress, uplink_xdp; maps as in `harness.rs` (SNAT on where a test translates)
+//! ```
 use dr_common::{Counter, PeerTraffic, Trace};
 use dr_ctl::datapath::{DryRun, Run};
 
-use super::{
-    nat::{nat_config, nat_datapath, reply},
-    xdp::{xdp_datapath, CONTAINER_VETH, XDP_REDIRECT},
-    *,
-};
+use super::*;
 
 /// Everything a packet may write: counters, per-peer traffic, the SNAT and
 /// inbound tables (with their entries' last-seen times).

@@ -12,10 +12,7 @@ use etherparse::{
     Ipv4Header, Ipv4HeaderSlice,
 };
 
-use super::{
-    nat::{nat_config, nat_datapath},
-    *,
-};
+use super::*;
 
 const UPLINK_MTU: u16 = 1400;
 /// The MACs of [`frame_ports`]: the container's, and docker0's as its gateway.
@@ -33,33 +30,30 @@ fn mtu_config(base: DatapathConfig) -> DatapathConfig {
 
 /// A container's frame to `dst` whose IP packet is `ip_len` bytes long.
 fn sized_frame(dst: [u8; 4], l4: L4, ip_len: usize, dont_fragment: bool, ttl: u8) -> Vec<u8> {
+    let (sport, _) = default_ports(l4);
+    sized_frame_from((CONTAINER, sport), dst, l4, ip_len, dont_fragment, ttl)
+}
+
+/// [`sized_frame`] from `src` and source port (ICMP: identifier) `sport`.
+fn sized_frame_from(
+    (src, sport): ([u8; 4], u16),
+    dst: [u8; 4],
+    l4: L4,
+    ip_len: usize,
+    dont_fragment: bool,
+    ttl: u8,
+) -> Vec<u8> {
     let l4_header = match l4 {
         L4::Tcp => 20,
         L4::Udp | L4::Icmp => 8,
     };
     let payload: Vec<u8> = (0..ip_len - 20 - l4_header).map(|i| i as u8).collect();
-    let proto = match l4 {
-        L4::Tcp => IpNumber::TCP,
-        L4::Udp => IpNumber::UDP,
-        L4::Icmp => IpNumber::ICMP,
-    };
-    let mut ip = Ipv4Header::new(0, ttl, proto, CONTAINER, dst).unwrap();
+    let mut ip = Ipv4Header::new(0, ttl, IpNumber(l4.proto()), src, dst).unwrap();
     ip.dont_fragment = dont_fragment;
-    let (sport, dport) = default_ports(l4);
+    let (_, dport) = default_ports(l4);
     let builder = PacketBuilder::ethernet2(CONTAINER_MAC, DOCKER0_MAC)
         .ip(IpHeaders::Ipv4(ip, Default::default()));
-    let mut out = Vec::new();
-    match l4 {
-        L4::Icmp => builder
-            .icmpv4_echo_request(sport, 7)
-            .write(&mut out, &payload),
-        L4::Udp => builder.udp(sport, dport).write(&mut out, &payload),
-        L4::Tcp => builder
-            .tcp(sport, dport, 1000, 65535)
-            .syn()
-            .write(&mut out, &payload),
-    }
-    .unwrap();
+    let out = write_request(builder, l4, (sport, dport), &payload);
     assert_eq!(out.len(), 14 + ip_len);
     out
 }
@@ -113,7 +107,7 @@ impl Datapath {
     /// of `gso_size` payload bytes each.
     fn run_gso(&mut self, packet: &[u8], gso_size: u32, gso_segs: u32) -> (u32, Vec<u8>) {
         let prog = datapath::program(&mut self.ebpf, Hook::BridgeIngress).unwrap();
-        let (verdict, out, _) = test_run_ctx(prog, packet, Some(&gso_ctx(gso_size, gso_segs)));
+        let (verdict, out, ..) = test_run_ctx(prog, packet, Some(&gso_ctx(gso_size, gso_segs)));
         (verdict, out)
     }
 }
@@ -166,10 +160,15 @@ fn packet_of_exactly_the_uplink_mtu_is_translated_and_sent() {
     let packet = sized_frame(EXTERNAL, L4::Udp, UPLINK_MTU.into(), true, 64);
     let (verdict, out) = dp.run(Hook::BridgeIngress, &packet);
     assert_eq!(verdict, TC_ACT_REDIRECT);
-    assert_eq!(out.len(), packet.len());
-    let ip = Ipv4HeaderSlice::from_slice(&out[14..]).unwrap();
-    assert_eq!(ip.source(), UPLINK_ADDR);
-    assert_eq!(ip.total_len(), UPLINK_MTU);
+    let (sport, dport) = default_ports(L4::Udp);
+    let flow = dp.translation(CONTAINER, EXTERNAL, L4::Udp.proto(), (sport, dport));
+    let port = u16::from_be(flow.expect("translation recorded").nat_port);
+    let translated = (UPLINK_ADDR, port);
+    let mtu = UPLINK_MTU.into();
+    assert_eq!(
+        out,
+        sized_frame_from(translated, EXTERNAL, L4::Udp, mtu, true, 63)
+    );
     assert_eq!(dp.counter(Counter::NatOut).packets, 1);
     assert_eq!(dp.counter(Counter::IcmpFragNeeded).packets, 0);
 }

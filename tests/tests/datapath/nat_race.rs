@@ -21,7 +21,7 @@ use dr_common::{
     nat::{Flow, FlowKey},
 };
 
-use super::{nat::*, *};
+use super::*;
 
 const ROUNDS: u16 = 3000;
 

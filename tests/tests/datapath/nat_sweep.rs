@@ -18,7 +18,7 @@ use dr_common::{
 };
 use dr_ctl::datapath::Sweeper;
 
-use super::{nat::*, *};
+use super::*;
 
 const PORT: u16 = 61000;
 

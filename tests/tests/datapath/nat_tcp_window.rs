@@ -2,14 +2,19 @@
 //! translation only near the container's receive window. Out of it (an
 //! off-path sender guessing) it is still delivered, translated, for the
 //! container's stack to judge, but leaves the translation and its port alone.
+//!
+//! ```text
+//!  CONTAINER:40000 ──SYN (wscale 7), ACK──> [dr_bridge_ingress] ──> UPLINK_ADDR:61000 ──> EXTERNAL:80
+//!                                            records ack_out, window_out, wscale_out in NAT_FLOWS
+//!  CONTAINER <── [dr_uplink_ingress] <── RST / FIN, seq in or out of NEXT ± 502 << 7
+//!                 in: the flow closes, port 61000 reclaimable; out: delivered, counted, flow untouched
+//!  [dr_uplink_xdp]: leaves every RST and FIN to TC
+//!  maps: DATAPATH_CONFIG (one NAT port 61000, tcp_closed 0 s), NAT_FLOWS, NAT_REVERSE, ENDPOINTS (XDP test)
+//! ```
 use dr_common::nat::{State, Timeouts, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use etherparse::TcpOptionElement;
 
-use super::{
-    nat::{nat_config, nat_datapath},
-    xdp::{add_endpoint, XDP_PASS, XDP_REDIRECT},
-    *,
-};
+use super::*;
 
 /// The only NAT port: a second flow to the same remote gets it only if the
 /// first one's translation is dead.

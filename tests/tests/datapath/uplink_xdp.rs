@@ -1,53 +1,17 @@
-//! The XDP fast path on the uplink: peer traffic to known local containers
-//! is sent straight to their veth; everything else is left to TC.
-use aya::programs::Xdp;
-use dr_common::{program_names, Endpoint};
-
+//! `dr_uplink_xdp`, the fast path on the uplink (`up --xdp`): peer traffic
+//! and SNAT replies to known local containers go straight to their veth;
+//! everything else is left to TC, unchanged.
+//!
+//! ```text
+//!  PEER_CONTAINER 10.0.129.2 ─┐                                    ENDPOINTS: CONTAINER -> {veth 1, CONTAINER_MAC}
+//!  EXTERNAL 203.0.113.7 ──────┴─> dr-uplink [dr_uplink_xdp] ──XDP_REDIRECT──> veth 1 ──> CONTAINER 10.0.128.2
+//!                                  UPLINK_ADDR 192.168.91.128     │ TTL - 1, MACs BRIDGE_MAC -> CONTAINER_MAC,
+//!                                                                 │ a reply's destination translated back
+//!                                                                 └─XDP_PASS──> TC (uplink_ingress), unchanged
+//!  maps: DATAPATH_CONFIG, PEER_SUBNETS (10.0.129.0/24 via PEER_HOST), ENDPOINTS, ENDPOINT_PORTS,
+//!        NAT_FLOWS/NAT_REVERSE (filled by a translation on bridge_ingress first)
+//! ```
 use super::*;
-
-pub(super) const XDP_PASS: u32 = 2;
-pub(super) const XDP_REDIRECT: u32 = 4;
-pub(super) const CONTAINER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc2];
-/// The container's docker0 port: `ENDPOINT_PORTS` only takes existing
-/// devices, and a test run never transmits, so loopback stands in.
-pub(super) const CONTAINER_VETH: u32 = 1;
-
-/// A datapath whose endpoint table knows CONTAINER.
-pub(super) fn xdp_datapath() -> Datapath {
-    let mut dp = datapath(config());
-    add_endpoint(&mut dp, CONTAINER);
-    dp
-}
-
-/// Makes `container` a known endpoint, on CONTAINER_VETH with CONTAINER_MAC.
-pub(super) fn add_endpoint(dp: &mut Datapath, container: [u8; 4]) {
-    let ep = Endpoint {
-        ifindex: CONTAINER_VETH,
-        mac: CONTAINER_MAC,
-        _pad: [0; 2],
-    };
-    dp.maps.set_endpoints(&[(container.into(), ep)]).unwrap();
-}
-
-impl Datapath {
-    pub(super) fn run_xdp(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
-        test_run(self.xdp_program(), packet)
-    }
-
-    /// The XDP program, loaded on first use (`up` loads it only with `--xdp`).
-    pub(super) fn xdp_program(&mut self) -> &Xdp {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(program_names::UPLINK_XDP)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        if prog.fd().is_err() {
-            datapath::load_retrying(|| prog.load()).unwrap();
-        }
-        prog
-    }
-}
 
 #[test]
 fn peer_traffic_to_a_known_container_is_redirected_to_its_veth() {
@@ -96,22 +60,15 @@ fn everything_else_is_left_to_tc_unchanged() {
 
 #[test]
 fn snat_replies_to_a_known_container_are_translated_and_redirected() {
-    let mut dp = super::nat::nat_datapath(super::nat::nat_config(), DEFAULT_TABLE_SIZE);
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
     add_endpoint(&mut dp, CONTAINER);
     for l4 in ALL_L4 {
         let ports = default_ports(l4);
         let port = dp.translate_out(CONTAINER, EXTERNAL, l4, ports);
-        let (verdict, out) = dp.run_xdp(&super::nat::reply(
-            EXTERNAL,
-            UPLINK_ADDR,
-            l4,
-            port,
-            ports.1,
-            50,
-        ));
+        let (verdict, out) = dp.run_xdp(&reply(EXTERNAL, UPLINK_ADDR, l4, port, ports.1, 50));
         assert_eq!(verdict, XDP_REDIRECT, "{l4:?}");
         // The same bytes TC would produce, with the MACs of a frame from docker0.
-        let mut expected = super::nat::reply(EXTERNAL, CONTAINER, l4, ports.0, ports.1, 49);
+        let mut expected = reply(EXTERNAL, CONTAINER, l4, ports.0, ports.1, 49);
         expected[..6].copy_from_slice(&CONTAINER_MAC);
         expected[6..12].copy_from_slice(&BRIDGE_MAC);
         assert_eq!(out, expected, "{l4:?}");
@@ -119,9 +76,9 @@ fn snat_replies_to_a_known_container_are_translated_and_redirected() {
     assert_eq!(dp.counter(Counter::NatIn).packets, 3);
     // A reply for another container (no endpoint) or to an unknown port is TC's.
     let port = dp.translate_out(OTHER_CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53));
-    let other = super::nat::reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 53, 50);
+    let other = reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 53, 50);
     assert_eq!(dp.run_xdp(&other), (XDP_PASS, other.clone()));
-    let unknown = super::nat::reply(EXTERNAL, UPLINK_ADDR, L4::Udp, 20000, 53, 50);
+    let unknown = reply(EXTERNAL, UPLINK_ADDR, L4::Udp, 20000, 53, 50);
     assert_eq!(dp.run_xdp(&unknown), (XDP_PASS, unknown.clone()));
 }
 

@@ -1,0 +1,122 @@
+//! `dr_uplink_ingress` with SNAT on: a reply to a live translation is
+//! translated back to its container (destination address and port) and
+//! redirected to docker0; replies without one, expired ones and fragments
+//! go to the host.
+//!
+//! ```text
+//!  EXTERNAL 203.0.113.7:53 ──> dr-uplink [dr_uplink_ingress] ──TC_ACT_REDIRECT──> docker0 ──> CONTAINER 10.0.128.2:40000
+//!  to UPLINK_ADDR:port          NAT_REVERSE (remote, port)   │ dst CONTAINER:40000, TTL - 1, checksums
+//!                               -> NAT_FLOWS (live?)         └─TC_ACT_OK──> the host (no or dead translation, fragment)
+//!  maps: DATAPATH_CONFIG (nat_enabled), NAT_EXCLUDE, NAT_FLOWS/NAT_REVERSE (filled by a packet out on bridge_ingress first)
+//! ```
+use aya::maps::{HashMap, MapData};
+use dr_common::{
+    map_names,
+    nat::{Flow, FlowKey, Origin, ReverseKey, State},
+};
+use etherparse::{icmpv4, Icmpv4Type};
+
+use super::*;
+
+#[test]
+fn outbound_is_translated_and_replies_translated_back_byte_for_byte() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    for l4 in ALL_L4 {
+        let ports = default_ports(l4);
+        let port = dp.translate_out(CONTAINER, EXTERNAL, l4, ports);
+        assert!((10000..=32767).contains(&port));
+        // Again: the same translation is reused.
+        assert_eq!(dp.translate_out(CONTAINER, EXTERNAL, l4, ports), port);
+
+        let (verdict, out) = dp.run(
+            Hook::UplinkIngress,
+            &reply(EXTERNAL, UPLINK_ADDR, l4, port, ports.1, 50),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let back = reply(EXTERNAL, CONTAINER, l4, ports.0, ports.1, 49);
+        assert_eq!(out, back, "{l4:?} reply");
+    }
+    assert_eq!(dp.counter(Counter::NatCreated).packets, 3);
+    assert_eq!(dp.counter(Counter::NatOut).packets, 6);
+    assert_eq!(dp.counter(Counter::NatIn).packets, 3);
+    let tcp = dp
+        .translation(CONTAINER, EXTERNAL, 6, default_ports(L4::Tcp))
+        .unwrap();
+    assert_eq!(tcp.state, State::TcpEstablished as u8);
+}
+
+#[test]
+fn replies_without_a_translation_go_to_the_host() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53));
+    for packet in [
+        reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 54, 50), // other remote port
+        reply([203, 0, 113, 8], UPLINK_ADDR, L4::Udp, port, 53, 50), // other remote
+        reply(EXTERNAL, UPLINK_ADDR, L4::Tcp, port, 53, 50), // other protocol
+        reply(EXTERNAL, UPLINK_ADDR, L4::Udp, 33000, 53, 50), // the host's own port range
+    ] {
+        assert_eq!(
+            dp.run(Hook::UplinkIngress, &packet),
+            (TC_ACT_OK, packet.clone())
+        );
+    }
+}
+
+#[test]
+fn inbound_fragments_of_replies_go_to_the_host_counted() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53));
+    let fragment = more_fragments(reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 53, 50));
+    assert_eq!(
+        dp.run(Hook::UplinkIngress, &fragment),
+        (TC_ACT_OK, fragment.clone())
+    );
+    assert_eq!(dp.counter(Counter::NatFragmentIn).packets, 1);
+    assert_eq!(dp.counter(Counter::NatIn).packets, 0);
+}
+
+#[test]
+fn expired_translations_are_not_used_and_their_ports_are_reclaimed() {
+    let cfg = DatapathConfig {
+        nat_port_min: 61000,
+        nat_port_max: 61000,
+        ..nat_config()
+    };
+    let mut dp = nat_datapath(cfg, DEFAULT_TABLE_SIZE);
+    let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53));
+    assert_eq!(port, 61000);
+    // Age the translation past its timeout.
+    let mut flows: HashMap<MapData, FlowKey, Flow> = dp.raw_map(map_names::NAT_FLOWS);
+    let (key, mut flow) = flows.iter().next().unwrap().unwrap();
+    flow.last_seen_ns = 1;
+    flows.insert(key, flow, 0).unwrap();
+    // A late reply is not delivered.
+    let late = reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 53, 50);
+    assert_eq!(
+        dp.run(Hook::UplinkIngress, &late),
+        (TC_ACT_OK, late.clone())
+    );
+    assert_eq!(dp.counter(Counter::NatExpired).packets, 1);
+    // Nor is an ICMP error about it.
+    let sent = frame_ports(UPLINK_ADDR, EXTERNAL, 63, L4::Udp, port, 53);
+    let error = icmp_error(
+        UPLINK_ADDR,
+        Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port),
+        &sent[14..],
+        60,
+    );
+    assert_eq!(
+        dp.run(Hook::UplinkIngress, &error),
+        (TC_ACT_OK, error.clone())
+    );
+    assert_eq!(dp.counter(Counter::NatIcmpErrorIn).packets, 0);
+    assert_eq!(dp.counter(Counter::NatExpired).packets, 2);
+    // Another container gets the only port.
+    assert_eq!(
+        dp.translate_out(OTHER_CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53)),
+        61000
+    );
+    assert_eq!(dp.counter(Counter::NatExpired).packets, 3);
+    let reverse: HashMap<MapData, ReverseKey, Origin> = dp.raw_map(map_names::NAT_REVERSE);
+    assert_eq!(reverse.iter().count(), 1);
+}
