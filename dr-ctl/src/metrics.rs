@@ -299,6 +299,10 @@ pub fn render(peer_series: usize) -> Result<String> {
         maps::nat_table_size(node.pins().path())?.into(),
     );
     out.sample(&XDP_ENDPOINTS, &[], maps.endpoints()?.len() as u64);
-    out.sample(&XDP_INFO, &[("mode", xdp_mode_name(config.xdp_mode))], 1);
+    out.sample(
+        &XDP_INFO,
+        &[("mode", xdp_mode_name(node.state.xdp_mode))],
+        1,
+    );
     Ok(out.finish())
 }

@@ -5,10 +5,10 @@
 //! with `DR_KERNEL_RELEASE`. The VM subset runs it on 6.1 for real.
 use std::{path::Path, process::Output, time::Duration};
 
-use dr_common::DatapathConfig;
+use dr_common::NodeState;
 use dr_ctl::{
     kernel::{self, KernelVersion},
-    maps::Maps,
+    node,
 };
 use dr_tests::{dr_ctl_path, require_root, traffic, Cluster, Host};
 use serde_json::Value;
@@ -150,12 +150,16 @@ fn netlink_mode_is_persistent_idempotent_replaced_in_place_and_removed_exactly()
     assert_eq!(host_state(h0), state, "a refused switch changes nothing");
 
     // Another build's `up` swaps the programs at the same filter, no packet lost.
-    let mut maps = Maps::open(Path::new(&pin_dir(h0))).unwrap();
-    let config = maps.config().unwrap();
-    maps.set_config(&DatapathConfig {
-        object_hash: 0,
-        ..config
-    })
+    let pins = pin_dir(h0);
+    let pins = Path::new(&pins);
+    let state = node::state::read(pins).unwrap().expect("a node state");
+    node::state::write(
+        pins,
+        &NodeState {
+            object_hash: 0,
+            ..state
+        },
+    )
     .unwrap();
     let ping = traffic::ContinuousPing::start(&from.ns, to.addr, 300).unwrap();
     std::thread::sleep(Duration::from_millis(500));

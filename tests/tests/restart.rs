@@ -6,8 +6,8 @@ use std::{
     time::Duration,
 };
 
-use dr_common::DatapathConfig;
-use dr_ctl::maps::Maps;
+use dr_common::NodeState;
+use dr_ctl::node;
 use dr_tests::{
     dr_ctl_path,
     netns::unique_prefix,
@@ -114,12 +114,15 @@ fn up_with_another_build_swaps_programs_in_place_without_a_gap() {
     let before = status();
     // Pretend the attached programs came from another build.
     let pins = format!("/sys/fs/bpf/dr/netns-{}", h0.ns.inode().unwrap());
-    let mut maps = Maps::open(std::path::Path::new(&pins)).unwrap();
-    let config = maps.config().unwrap();
-    maps.set_config(&DatapathConfig {
-        object_hash: 0,
-        ..config
-    })
+    let pins = std::path::Path::new(&pins);
+    let state = node::state::read(pins).unwrap().expect("a node state");
+    node::state::write(
+        pins,
+        &NodeState {
+            object_hash: 0,
+            ..state
+        },
+    )
     .unwrap();
 
     let count = 300;

@@ -118,7 +118,7 @@ pub async fn run() -> Result<Status> {
         hooks,
         peers: peer::statuses(maps)?,
         peer_capacity: maps.peer_capacity(),
-        xdp: xdp_mode_name(config.xdp_mode),
+        xdp: xdp_mode_name(node.state.xdp_mode),
         endpoints: maps.endpoints()?.len(),
         nat: NatStatus {
             enabled: config.nat_enabled != 0,

@@ -39,7 +39,7 @@ use crate::{error::Result, migrate};
 /// is the level of the programs' aya-log events (0: off).
 pub fn load(map_dir: &Path, nat_table_size: u32, max_peers: u32, log_level: u8) -> Result<Ebpf> {
     // Maps an older dr pinned with another layout are created anew and
-    // filled from the old ones (see migrate.rs).
+    // filled from the old ones (see migrate/).
     migrate::set_aside_outdated(map_dir)?;
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(map_dir)
