@@ -252,7 +252,7 @@ pub fn render(peer_series: usize) -> Result<String> {
         return Ok(out.finish());
     }
     out.sample(&DATAPATH_UP, &[], 1);
-    for hook in Hook::ALL {
+    for hook in Hook::TC {
         let attached = hook_ids(&dir.pins, hook)?.is_some();
         out.sample(&HOOK_ATTACHED, &[("hook", hook.name())], attached.into());
     }

@@ -56,9 +56,9 @@ pub async fn run() -> Result<DownReport> {
     } else {
         Default::default()
     };
-    datapath::detach_xdp(pins)?;
     let nl = Netlink::connect()?;
-    for hook in Hook::ALL {
+    // In reverse of `up`'s order: XDP first.
+    for hook in Hook::ALL.into_iter().rev() {
         let iface = nl
             .interface_by_index(side_ifindex(&config, hook.side()))
             .await?;

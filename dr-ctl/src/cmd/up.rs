@@ -197,8 +197,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         let desired_state = setup::desired_state(args, state.owned, xdp_mode);
         let all_linked = Hook::ALL
             .iter()
-            .all(|&h| datapath::is_attached(pins, h, attach.mode))
-            && pins.join(datapath::XDP_LINK_PIN).exists() == args.xdp;
+            .all(|&h| datapath::is_attached(pins, h, attach.mode) == args.wants(h));
         if *config == desired
             && *state == desired_state
             && *exclusions == args.nat.exclusions()

@@ -21,11 +21,11 @@ use aya::{Ebpf, EbpfLoader};
 use dr_common::map_names;
 
 pub use attach::{
-    attach, attach_xdp, attached_mode, detach, detach_xdp, hook_ids, is_attached, load_retrying,
-    program, remove_map_pins, Attached, HookIds, XDP_LINK_PIN,
+    attach, attached_mode, detach, hook_ids, is_attached, load_retrying, program, remove_map_pins,
+    Attached, Attachment, HookIds,
 };
 pub use dry_run::{DryRun, Run};
-pub use hook::{Hook, Side, TC_PRIORITY};
+pub use hook::{Hook, Kind, Side, TC_PRIORITY};
 pub use sweeper::{pin_sweeper, Sweeper, SWEEPER_PIN};
 
 use object::EBPF_OBJECT;

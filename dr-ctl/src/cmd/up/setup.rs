@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 use super::args::UpArgs;
 use crate::{
     bpffs::PinDir,
-    datapath::{self, Attached, Hook, Side},
+    datapath::{self, Attached, Hook, Kind, Side},
     docker_config::DockerConfigChange,
     error::Result,
     kernel::AttachMode,
@@ -27,7 +27,6 @@ enum Undo {
     RemoveDir,
     RemoveMapPins,
     Detach(Hook, String),
-    DetachXdp,
 }
 
 async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
@@ -38,7 +37,6 @@ async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
             Undo::RemoveDir => pins.remove(),
             Undo::RemoveMapPins => datapath::remove_map_pins(pins),
             Undo::Detach(hook, iface) => datapath::detach(pins, hook, Some(&iface)).map(|_| ()),
-            Undo::DetachXdp => datapath::detach_xdp(pins).map(|_| ()),
         };
         if let Err(e) = result {
             warn!("rolling back: {e}");
@@ -179,6 +177,7 @@ impl Setup<'_> {
         maps.set_config(&config)?;
         datapath::pin_sweeper(&mut ebpf, pins.path())?;
         let mut attached = Vec::new();
+        let mut xdp_mode = XDP_OFF;
         for hook in Hook::ALL {
             let iface = match hook.side() {
                 Side::Bridge => &bridge,
@@ -188,28 +187,26 @@ impl Setup<'_> {
                 // The interface was recreated: its old attachment went with it.
                 datapath::detach(pins, hook, None)?;
             }
-            let how = datapath::attach(&mut ebpf, pins, hook, &iface.name, attach)?;
-            if how == Attached::New {
+            if !args.wants(hook) {
+                datapath::detach(pins, hook, Some(&iface.name))?;
+                continue;
+            }
+            let done = datapath::attach(&mut ebpf, pins, hook, &iface.name, attach)?;
+            if done.how == Attached::New {
                 undo.push(Undo::Detach(hook, iface.name.clone()));
             }
-            debug!("{} on {}: {how:?}", hook.program(), iface.name);
-            attached.push((hook.program(), how));
-        }
-        if existing.is_some_and(|(c, _)| c.uplink_ifindex != uplink.index) {
-            datapath::detach_xdp(pins)?;
-        }
-        let xdp_mode = if args.xdp {
-            let new = !pins.join(datapath::XDP_LINK_PIN).exists();
-            let mode = datapath::attach_xdp(&mut ebpf, pins, &uplink.name, old_xdp)?;
-            if new {
-                undo.push(Undo::DetachXdp);
+            debug!("{} on {}: {:?}", hook.program(), iface.name, done.how);
+            if hook.kind() == Kind::Xdp {
+                // A replaced program keeps its mode. The report lists the
+                // TC programs; XDP is reported by its mode (`status`).
+                xdp_mode = done.xdp_mode.unwrap_or(old_xdp);
+            } else {
+                attached.push((hook.program(), done.how));
             }
+        }
+        if args.xdp {
             sync_endpoints(nl, &mut maps, bridge.index, &args.subnet.net).await?;
-            mode
-        } else {
-            datapath::detach_xdp(pins)?;
-            XDP_OFF
-        };
+        }
         node::state::write(pins.path(), &desired_state(args, owned, xdp_mode))?;
         // The new programs are attached: an older dr's maps are no longer used.
         migrate::finish(pins.path())?;
