@@ -3,13 +3,11 @@
 //! and a kernel below dr's minimum is refused before anything changes.
 //! Runs on any kernel: netlink mode is forced, and older kernels are faked
 //! with `DR_KERNEL_RELEASE`. The VM subset runs it on 6.1 for real.
+mod another_build;
+
 use std::{path::Path, process::Output, time::Duration};
 
-use dr_common::NodeState;
-use dr_ctl::{
-    kernel::{self, KernelVersion},
-    node,
-};
+use dr_ctl::kernel::{self, KernelVersion};
 use dr_tests::{dr_ctl_path, require_root, traffic, Cluster, Host};
 use serde_json::Value;
 
@@ -150,17 +148,7 @@ fn netlink_mode_is_persistent_idempotent_replaced_in_place_and_removed_exactly()
     assert_eq!(host_state(h0), state, "a refused switch changes nothing");
 
     // Another build's `up` swaps the programs at the same filter, no packet lost.
-    let pins = pin_dir(h0);
-    let pins = Path::new(&pins);
-    let state = node::state::read(pins).unwrap().expect("a node state");
-    node::state::write(
-        pins,
-        &NodeState {
-            object_hash: 0,
-            ..state
-        },
-    )
-    .unwrap();
+    another_build::pretend(h0);
     let ping = traffic::ContinuousPing::start(&from.ns, to.addr, 300).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let up: Value =

@@ -1,13 +1,13 @@
 //! Restart safety: forwarding never depends on a running dr-ctl. Killing it
 //! at any moment, and replacing its programs with another build's, must not
 //! lose a single packet of a continuous ping.
+mod another_build;
+
 use std::{
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use dr_common::NodeState;
-use dr_ctl::node;
 use dr_tests::{
     dr_ctl_path,
     netns::unique_prefix,
@@ -112,18 +112,7 @@ fn up_with_another_build_swaps_programs_in_place_without_a_gap() {
     let status =
         || -> Value { serde_json::from_str(&h0.dr(&["status", "--json"]).unwrap()).unwrap() };
     let before = status();
-    // Pretend the attached programs came from another build.
-    let pins = format!("/sys/fs/bpf/dr/netns-{}", h0.ns.inode().unwrap());
-    let pins = std::path::Path::new(&pins);
-    let state = node::state::read(pins).unwrap().expect("a node state");
-    node::state::write(
-        pins,
-        &NodeState {
-            object_hash: 0,
-            ..state
-        },
-    )
-    .unwrap();
+    another_build::pretend(h0);
 
     let count = 300;
     let ping = continuous_ping(&c, count);
