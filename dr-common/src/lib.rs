@@ -47,6 +47,7 @@ map_names!(
     ENDPOINT_PORTS,
     PEER_HOSTS,
     INBOUND_FLOWS,
+    NODE_STATE,
 );
 
 /// The dry-run copy of the datapath (`dr-ctl trace`): its switch, a global
@@ -142,12 +143,40 @@ pub struct PeerTraffic {
     pub from_peer: Traffic,
 }
 
-/// `DatapathConfig::owned` bit: `dr-ctl up` created the bridge, `down` deletes it.
+/// `NodeState::owned` bit: `dr-ctl up` created the bridge, `down` deletes it.
 pub const OWNED_BRIDGE: u32 = 1;
-/// `DatapathConfig::owned` bit: `dr-ctl up` added the gateway address to the bridge.
+/// `NodeState::owned` bit: `dr-ctl up` added the gateway address to the bridge.
 pub const OWNED_ADDRESS: u32 = 2;
 
-/// Single entry of the `DATAPATH_CONFIG` array, written by `dr-ctl up`.
+/// Single entry of the `NODE_STATE` array: dr-ctl's bookkeeping about the
+/// node, which no program reads. Declared in the object with the programs'
+/// maps so that it is created, pinned, migrated and removed with them: it
+/// lives exactly as long as the datapath it describes, survives dr-ctl being
+/// killed (one map update is all or nothing) and any upgrade.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeState {
+    /// Non-zero once dr-ctl has written the entry. Zero in a map this version
+    /// created over an older dr's pins, whose bookkeeping is still in
+    /// `DatapathConfig`'s retired fields.
+    pub recorded: u32,
+    /// `OWNED_*` bits: what `up` created and `down` must remove.
+    pub owned: u32,
+    /// Hash of the eBPF object that dr-ctl attached: a different binary's
+    /// `up` swaps the programs in place (upgrade without a traffic gap).
+    pub object_hash: u64,
+    /// How the XDP program is attached: `XDP_OFF`, `XDP_NATIVE` or `XDP_GENERIC`.
+    pub xdp_mode: u8,
+    /// Level of the datapath's aya-log events (0: off, 1 error .. 5 trace),
+    /// fixed when the programs are loaded (`up --datapath-log`).
+    pub datapath_log: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Single entry of the `DATAPATH_CONFIG` array, written by `dr-ctl up`:
+/// what the programs read. dr-ctl's own bookkeeping is in [`NodeState`];
+/// the `retired_*` fields held it before and keep their bytes, since a
+/// pinned type only grows at its end.
 ///
 /// Kept in a map rather than in `.rodata` so that it is pinned with the other
 /// state: a later `dr-ctl` finds the host's configuration there, and the
@@ -160,18 +189,21 @@ pub struct DatapathConfig {
     pub enabled: u32,
     /// Local container subnet (docker0's network), network order, host bits clear.
     pub local_net: u32,
-    /// Netmask of the local subnet, network order.
+    /// Netmask of the local subnet, network order (dr-ctl reads the prefix
+    /// length from it).
     pub local_mask: u32,
-    /// Prefix length of the local subnet.
-    pub local_prefix_len: u32,
+    /// Retired (the local prefix length before it was read from
+    /// `local_mask`): written as zero.
+    pub retired_prefix_len: u32,
     /// docker0's address (Docker's `bip`), network order.
     pub gateway: u32,
     pub bridge_ifindex: u32,
     pub uplink_ifindex: u32,
     /// The uplink's IPv4 address, network order.
     pub uplink_addr: u32,
-    /// `OWNED_*` bits: what `up` created and `down` must remove.
-    pub owned: u32,
+    /// Retired (`NodeState::owned` before `NODE_STATE`): written as zero;
+    /// read only to carry an older dr's bookkeeping into `NODE_STATE`.
+    pub retired_owned: u32,
     /// Non-zero when container traffic to destinations outside the cluster
     /// (and outside `NAT_EXCLUDE`) leaves with `uplink_addr` as source.
     pub nat_enabled: u32,
@@ -182,14 +214,12 @@ pub struct DatapathConfig {
     pub nat_timeouts: nat::Timeouts,
     /// docker0's MAC address: the source of frames the XDP path delivers.
     pub bridge_mac: [u8; 6],
-    /// How the XDP program is attached: `XDP_OFF`, `XDP_NATIVE` or `XDP_GENERIC`.
-    pub xdp_mode: u8,
-    /// Level of the datapath's aya-log events (0: off, 1 error .. 5 trace),
-    /// fixed when the programs are loaded (`up --datapath-log`).
-    pub datapath_log: u8,
-    /// Hash of the eBPF object that dr-ctl attached: a different binary's
-    /// `up` swaps the programs in place (upgrade without a traffic gap).
-    pub object_hash: u64,
+    /// Retired like `retired_owned`: `NodeState::xdp_mode`.
+    pub retired_xdp_mode: u8,
+    /// Retired like `retired_owned`: `NodeState::datapath_log`.
+    pub retired_datapath_log: u8,
+    /// Retired like `retired_owned`: `NodeState::object_hash`.
+    pub retired_object_hash: u64,
     // Fields below were added after the first release: new fields go at the
     // end, so that an older configuration is a prefix of this one (see
     // `dr-ctl`'s map migration).
@@ -208,11 +238,21 @@ pub const XDP_GENERIC: u8 = 2;
 
 // Types stored in pinned maps are an ABI between versions of dr: every
 // field explicit (no implicit padding), and a type only grows at its end
-// (`dr-ctl` migrates a grown map in place, see migrate.rs). A changed size
+// (`dr-ctl` migrates a grown map in place, see its migrate/). A changed size
 // here must be a deliberate, appended field.
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<DatapathConfig>() == 104);
+    // The retired fields keep their places: an older dr's bookkeeping is
+    // read from there (dr-ctl's node state).
+    use core::mem::offset_of;
+    assert!(offset_of!(DatapathConfig, retired_prefix_len) == 12);
+    assert!(offset_of!(DatapathConfig, retired_owned) == 32);
+    assert!(offset_of!(DatapathConfig, retired_xdp_mode) == 86);
+    assert!(offset_of!(DatapathConfig, retired_datapath_log) == 87);
+    assert!(offset_of!(DatapathConfig, retired_object_hash) == 88);
+    assert!(offset_of!(DatapathConfig, uplink_mtu) == 96);
+    assert!(size_of::<NodeState>() == 24);
     assert!(size_of::<PeerEntry>() == 8);
     assert!(size_of::<Trace>() == 24);
     // One bit per counter in `Trace::counters`.
@@ -356,6 +396,7 @@ mod pod {
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::PeerTraffic {}
     unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::NodeState {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::nat::FlowKey {}
     unsafe impl aya::Pod for super::nat::Flow {}

@@ -252,7 +252,7 @@ pub fn render(peer_series: usize) -> Result<String> {
         return Ok(out.finish());
     }
     out.sample(&DATAPATH_UP, &[], 1);
-    for hook in Hook::ALL {
+    for hook in Hook::TC {
         let attached = hook_ids(&dir.pins, hook)?.is_some();
         out.sample(&HOOK_ATTACHED, &[("hook", hook.name())], attached.into());
     }
@@ -299,6 +299,10 @@ pub fn render(peer_series: usize) -> Result<String> {
         maps::nat_table_size(node.pins().path())?.into(),
     );
     out.sample(&XDP_ENDPOINTS, &[], maps.endpoints()?.len() as u64);
-    out.sample(&XDP_INFO, &[("mode", xdp_mode_name(config.xdp_mode))], 1);
+    out.sample(
+        &XDP_INFO,
+        &[("mode", xdp_mode_name(node.state.xdp_mode))],
+        1,
+    );
     Ok(out.finish())
 }

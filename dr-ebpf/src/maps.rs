@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use dr_common::{
     nat::{Flow, FlowKey, InboundFlow, Origin, ReverseKey, DEFAULT_TABLE_SIZE},
-    Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, COUNTER_COUNT,
+    Counter, DatapathConfig, Endpoint, NodeState, PeerEntry, PeerTraffic, Traffic, COUNTER_COUNT,
     DEFAULT_MAX_PEERS, MAX_ENDPOINTS, MAX_EXCLUSIONS,
 };
 
@@ -24,6 +24,11 @@ pub static PEER_TRAFFIC: PerCpuArray<PeerTraffic> = PerCpuArray::pinned(DEFAULT_
 /// This host's addressing and interfaces. Written by `dr-ctl up`.
 #[map]
 pub static DATAPATH_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// dr-ctl's bookkeeping about the node. No program reads it: it is declared
+/// here to be pinned, migrated and removed with the maps above.
+#[map]
+pub static NODE_STATE: Array<NodeState> = Array::pinned(1, 0);
 
 /// Verdict counters, indexed by `Counter`.
 #[map]

@@ -1,13 +1,13 @@
 //! Restart safety: forwarding never depends on a running dr-ctl. Killing it
 //! at any moment, and replacing its programs with another build's, must not
 //! lose a single packet of a continuous ping.
+mod another_build;
+
 use std::{
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use dr_common::DatapathConfig;
-use dr_ctl::maps::Maps;
 use dr_tests::{
     dr_ctl_path,
     netns::unique_prefix,
@@ -112,15 +112,7 @@ fn up_with_another_build_swaps_programs_in_place_without_a_gap() {
     let status =
         || -> Value { serde_json::from_str(&h0.dr(&["status", "--json"]).unwrap()).unwrap() };
     let before = status();
-    // Pretend the attached programs came from another build.
-    let pins = format!("/sys/fs/bpf/dr/netns-{}", h0.ns.inode().unwrap());
-    let mut maps = Maps::open(std::path::Path::new(&pins)).unwrap();
-    let config = maps.config().unwrap();
-    maps.set_config(&DatapathConfig {
-        object_hash: 0,
-        ..config
-    })
-    .unwrap();
+    another_build::pretend(h0);
 
     let count = 300;
     let ping = continuous_ping(&c, count);

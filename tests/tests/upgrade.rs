@@ -85,4 +85,8 @@ fn up_takes_over_from_the_previous_release_in_place() {
         .collect();
     assert!(!names.iter().any(|n| n.ends_with("_PREVIOUS")), "{names:?}");
     traffic::ping(&a.ns, b.containers[0].addr, 2).unwrap();
+    // The previous release's bookkeeping came along into the node state:
+    // `down` removes the bridge that release's `up` created.
+    let down: Value = serde_json::from_str(&b.dr(&["down", "--json"]).unwrap()).unwrap();
+    assert_eq!(down["removed_bridge"], true, "{down}");
 }

@@ -1,7 +1,7 @@
 //! `dr-ctl down`: detach and unpin the datapath and remove what `up` created.
 use std::fmt::Write as _;
 
-use dr_common::{DatapathConfig, OWNED_ADDRESS, OWNED_BRIDGE};
+use dr_common::{OWNED_ADDRESS, OWNED_BRIDGE};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
@@ -11,7 +11,7 @@ use crate::{
     error::Result,
     maps, migrate,
     netlink::Netlink,
-    node::{local_subnet, side_ifindex, NodeDir},
+    node::{self, local_subnet, side_ifindex, NodeDir},
 };
 
 #[derive(Debug, Serialize)]
@@ -50,14 +50,15 @@ pub async fn run() -> Result<DownReport> {
     if !report.was_up {
         return Ok(report);
     }
-    let config = if maps::pinned(pins.path()) {
-        migrate::pinned_config(pins.path())?
+    let (config, state) = if maps::pinned(pins.path()) {
+        let config = migrate::pinned_config(pins.path())?;
+        (config, node::state::pinned(pins.path(), &config)?)
     } else {
-        DatapathConfig::default()
+        Default::default()
     };
-    datapath::detach_xdp(pins)?;
     let nl = Netlink::connect()?;
-    for hook in Hook::ALL {
+    // In reverse of `up`'s order: XDP first.
+    for hook in Hook::ALL.into_iter().rev() {
         let iface = nl
             .interface_by_index(side_ifindex(&config, hook.side()))
             .await?;
@@ -65,10 +66,10 @@ pub async fn run() -> Result<DownReport> {
     }
     let bridge = nl.interface_by_index(config.bridge_ifindex).await?;
     if let Some(bridge) = bridge.filter(|_| config.enabled != 0) {
-        if config.owned & OWNED_BRIDGE != 0 {
+        if state.owned & OWNED_BRIDGE != 0 {
             nl.delete_interface(bridge.index).await?;
             report.removed_bridge = true;
-        } else if config.owned & OWNED_ADDRESS != 0 {
+        } else if state.owned & OWNED_ADDRESS != 0 {
             let local = local_subnet(&config)?;
             let bip =
                 Ipv4Net::new(local.gateway, local.net.prefix_len()).expect("a valid prefix length");

@@ -82,7 +82,7 @@ pub async fn run() -> Result<Status> {
     let nl = Netlink::connect()?;
     let local = node.local_subnet()?;
     let mut hooks = Vec::new();
-    for hook in Hook::ALL {
+    for hook in Hook::TC {
         let ifindex = side_ifindex(config, hook.side());
         let iface = nl.interface_by_index(ifindex).await?;
         let ids = datapath::hook_ids(pins, hook)?;
@@ -118,7 +118,7 @@ pub async fn run() -> Result<Status> {
         hooks,
         peers: peer::statuses(maps)?,
         peer_capacity: maps.peer_capacity(),
-        xdp: xdp_mode_name(config.xdp_mode),
+        xdp: xdp_mode_name(node.state.xdp_mode),
         endpoints: maps.endpoints()?.len(),
         nat: NatStatus {
             enabled: config.nat_enabled != 0,

@@ -48,7 +48,7 @@ pub async fn run() -> Result<SyncReport> {
         })?;
     }
     Ok(SyncReport {
-        xdp: xdp_mode_name(config.xdp_mode),
+        xdp: xdp_mode_name(node.state.xdp_mode),
         endpoints,
         uplink_mtu,
     })

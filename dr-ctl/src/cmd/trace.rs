@@ -361,7 +361,7 @@ pub async fn run(args: Args) -> Result<TraceReport> {
     // Holding the lock throughout: an `up` migrating a map removes its pin
     // for a moment, and the loader would create and pin one of its own.
     let node = Node::open()?;
-    if node.config.object_hash != datapath::object::hash() {
+    if node.state.object_hash != datapath::object::hash() {
         return Err(Error::Conflict(
             "the attached programs come from another build of dr: run `dr-ctl up` with this \
              one first, so that trace runs what is attached"
@@ -373,7 +373,7 @@ pub async fn run(args: Args) -> Result<TraceReport> {
         .ok_or_else(|| Error::Internal("the packet built does not parse".into()))?;
     let stages: &[Stage] = match args.from {
         Entry::Docker0 => &[Stage::Tc(Hook::BridgeIngress)],
-        Entry::Uplink if node.config.xdp_mode != XDP_OFF => {
+        Entry::Uplink if node.state.xdp_mode != XDP_OFF => {
             &[Stage::Xdp, Stage::Tc(Hook::UplinkIngress)]
         }
         Entry::Uplink => &[Stage::Tc(Hook::UplinkIngress)],

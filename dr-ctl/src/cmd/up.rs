@@ -20,8 +20,8 @@ use crate::{
     maps::{self, Maps},
     migrate,
     netlink::{Interface, Netlink},
-    node::{same_subnet, NodeDir},
-    subnet::{from_map_addr, overlaps, LocalSubnet},
+    node::{self, local_subnet, same_subnet, NodeDir},
+    subnet::{overlaps, LocalSubnet},
 };
 
 #[derive(Debug, Serialize)]
@@ -153,22 +153,22 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
     let existing = if maps::pinned(pins.path()) {
         // From any version of dr: an older one's maps are migrated below.
         let config = migrate::pinned_config(pins.path())?;
+        let state = node::state::pinned(pins.path(), &config)?;
         let exclusions = match Maps::open(pins.path()) {
             Ok(maps) => maps.exclusions()?,
             Err(Error::Conflict(_)) => Vec::new(),
             Err(e) => return Err(e),
         };
-        Some((config, exclusions)).filter(|(c, _)| c.enabled != 0)
+        Some((config, state, exclusions)).filter(|(c, ..)| c.enabled != 0)
     } else {
         None
     };
     let attach = kernel::choose_attach(args.attach, datapath::attached_mode(pins), kernel)?;
-    if let Some((config, exclusions)) = &existing {
+    if let Some((config, state, exclusions)) = &existing {
         if !same_subnet(config, &args.subnet) {
             return Err(Error::Conflict(format!(
-                "dr is already up here with subnet {}/{}; run `dr-ctl down` first",
-                from_map_addr(config.gateway),
-                config.local_prefix_len
+                "dr is already up here with subnet {}; run `dr-ctl down` first",
+                local_subnet(config)?.bip()
             )));
         }
         let size = maps::nat_table_size(pins.path())?;
@@ -188,25 +188,21 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         let bridge_index = bridge.as_ref().map_or(0, |b| b.index);
         let bridge_mac = bridge.as_ref().and_then(|b| b.mac).unwrap_or_default();
         // Wanting XDP where it is off (or the reverse) is a change.
-        let xdp_mode = match (args.xdp, config.xdp_mode) {
+        let xdp_mode = match (args.xdp, state.xdp_mode) {
             (false, _) => XDP_OFF,
             (true, XDP_OFF) => XDP_NATIVE,
             (true, mode) => mode,
         };
-        let desired = setup::desired_config(
-            args,
-            bridge_index,
-            &uplink,
-            uplink_addr,
-            config.owned,
-            bridge_mac,
-            xdp_mode,
-        );
+        let desired = setup::desired_config(args, bridge_index, &uplink, uplink_addr, bridge_mac);
+        let desired_state = setup::desired_state(args, state.owned, xdp_mode);
         let all_linked = Hook::ALL
             .iter()
-            .all(|&h| datapath::is_attached(pins, h, attach.mode))
-            && pins.join(datapath::XDP_LINK_PIN).exists() == args.xdp;
-        if *config == desired && *exclusions == args.nat.exclusions() && all_linked {
+            .all(|&h| datapath::is_attached(pins, h, attach.mode) == args.wants(h));
+        if *config == desired
+            && *state == desired_state
+            && *exclusions == args.nat.exclusions()
+            && all_linked
+        {
             let docker_config = args.merge_docker_config(&uplink)?;
             let changed = docker_config.as_ref().is_some_and(|c| c.written);
             return Ok(UpReport {
@@ -231,7 +227,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         args,
         uplink: &uplink,
         uplink_addr,
-        existing: existing.map(|(c, _)| c),
+        existing: existing.map(|(c, state, _)| (c, state)),
     }
     .run(bridge, attach.mode)
     .await?;

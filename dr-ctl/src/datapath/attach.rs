@@ -9,61 +9,35 @@ use aya::{
             self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
         },
         xdp::{XdpLink, XdpLinkId},
-        LinkOrder, ProgramError, ProgramInfo, SchedClassifier, Xdp, XdpMode,
+        LinkOrder, Program, ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf,
 };
-use dr_common::{map_names, program_names, XDP_GENERIC, XDP_NATIVE};
+use dr_common::{map_names, XDP_GENERIC, XDP_NATIVE};
 use serde::Serialize;
 
-use super::hook::{Hook, TC_PRIORITY};
+use super::hook::{Hook, Kind, TC_PRIORITY};
 use crate::{
     bpffs::PinDir,
     error::{io_context, Error, Result},
     kernel::AttachMode,
 };
 
-/// Pin of the XDP program's link on the uplink.
-pub const XDP_LINK_PIN: &str = "link_uplink_xdp";
-
-/// Attaches the XDP fast path to `iface` and pins the link: native mode
-/// where the driver supports it, generic otherwise. Returns the mode
-/// (`dr_common::XDP_NATIVE` or `XDP_GENERIC`). A pinned link gets the new
-/// program in place and keeps `current_mode`.
-pub fn attach_xdp(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, current_mode: u8) -> Result<u8> {
-    let name = program_names::UPLINK_XDP;
-    let prog: &mut Xdp = ebpf
+/// `hook`'s program in the object, as a `P` (its program type).
+fn object_program<'a, P>(ebpf: &'a mut Ebpf, hook: Hook) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let name = hook.program();
+    Ok(ebpf
         .program_mut(name)
         .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
-        .try_into()?;
-    load_retrying(|| prog.load())?;
-    let mut mode = current_mode;
-    attach_pinned(prog, &pins.join(XDP_LINK_PIN), |prog| {
-        match prog.attach(iface, XdpMode::Driver) {
-            Ok(id) => {
-                mode = XDP_NATIVE;
-                Ok(id)
-            }
-            Err(_) => {
-                mode = XDP_GENERIC;
-                Ok(prog.attach(iface, XdpMode::Skb)?)
-            }
-        }
-    })?;
-    Ok(mode)
+        .try_into()?)
 }
 
-/// Removes the XDP link pin, which detaches the program.
-pub fn detach_xdp(pins: &PinDir) -> Result<bool> {
-    remove_pin(pins.join(XDP_LINK_PIN))
-}
-
-/// The program of `hook`, loaded into the kernel.
+/// The program of TC hook `hook`, loaded into the kernel.
 pub fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(hook.program())
-        .ok_or_else(|| Error::Internal(format!("program {} missing from object", hook.program())))?
-        .try_into()?;
+    let prog: &mut SchedClassifier = object_program(ebpf, hook)?;
     if prog.fd().is_err() {
         load_retrying(|| prog.load())?;
     }
@@ -99,35 +73,65 @@ pub enum Attached {
     Replaced,
 }
 
-/// Attaches `hook`'s program to `iface` in `mode`. Where dr's attachment
-/// exists, swaps its program in place so traffic never sees a gap.
+/// What [`attach`] did to a hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub how: Attached,
+    /// XDP only: the mode of a new attachment, `dr_common::XDP_NATIVE`
+    /// where the driver supports it, `XDP_GENERIC` otherwise. None when a
+    /// program was replaced in place (it keeps the mode it had) and for TC.
+    pub xdp_mode: Option<u8>,
+}
+
+/// Attaches `hook`'s program to `iface`, TC hooks in `mode`. Where dr's
+/// attachment exists, swaps its program in place so traffic never sees a gap.
 pub fn attach(
     ebpf: &mut Ebpf,
     pins: &PinDir,
     hook: Hook,
     iface: &str,
     mode: AttachMode,
-) -> Result<Attached> {
+) -> Result<Attachment> {
+    let pin = pins.join(&hook.pin(mode));
+    let Kind::Tc(direction) = hook.kind() else {
+        return attach_xdp(ebpf, &pin, hook, iface);
+    };
     let prog = program(ebpf, hook)?;
-    match mode {
-        AttachMode::Tcx => attach_tcx(prog, pins, hook, iface),
-        AttachMode::Netlink => attach_netlink(prog, pins, hook, iface),
-    }
+    let how = match mode {
+        AttachMode::Tcx => attach_pinned(prog, &pin, |prog| {
+            Ok(prog.attach_with_options(
+                iface,
+                direction,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )?)
+        })?,
+        AttachMode::Netlink => attach_netlink(prog, pins, hook, direction, iface)?,
+    };
+    Ok(Attachment {
+        how,
+        xdp_mode: None,
+    })
 }
 
-fn attach_tcx(
-    prog: &mut SchedClassifier,
-    pins: &PinDir,
-    hook: Hook,
-    iface: &str,
-) -> Result<Attached> {
-    attach_pinned(prog, &pins.join(&hook.pin(AttachMode::Tcx)), |prog| {
-        Ok(prog.attach_with_options(
-            iface,
-            hook.attach_type(),
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )?)
-    })
+/// Attaches the XDP program through the link pinned at `pin`: native mode
+/// where the driver supports it, generic otherwise.
+fn attach_xdp(ebpf: &mut Ebpf, pin: &Path, hook: Hook, iface: &str) -> Result<Attachment> {
+    let prog: &mut Xdp = object_program(ebpf, hook)?;
+    load_retrying(|| prog.load())?;
+    let mut xdp_mode = None;
+    let how = attach_pinned(prog, pin, |prog| {
+        match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => {
+                xdp_mode = Some(XDP_NATIVE);
+                Ok(id)
+            }
+            Err(_) => {
+                xdp_mode = Some(XDP_GENERIC);
+                Ok(prog.attach(iface, XdpMode::Skb)?)
+            }
+        }
+    })?;
+    Ok(Attachment { how, xdp_mode })
 }
 
 /// A program attached through a link that dr pins (TCX and XDP).
@@ -194,21 +198,16 @@ fn tc_errno(e: &ProgramError) -> Option<i32> {
 }
 
 /// dr's filter for `hook` on `iface`, as a link object (nothing is sent).
-fn netlink_link(hook: Hook, iface: &str) -> Result<SchedClassifierLink> {
-    SchedClassifierLink::attached(
-        iface,
-        hook.attach_type(),
-        TC_PRIORITY,
-        hook.tc_handle(),
-        None,
-    )
-    .map_err(io_context(format!("finding interface {iface}")))
+fn netlink_link(hook: Hook, direction: TcAttachType, iface: &str) -> Result<SchedClassifierLink> {
+    SchedClassifierLink::attached(iface, direction, TC_PRIORITY, hook.tc_handle(), None)
+        .map_err(io_context(format!("finding interface {iface}")))
 }
 
 fn attach_netlink(
     prog: &mut SchedClassifier,
     pins: &PinDir,
     hook: Hook,
+    direction: TcAttachType,
     iface: &str,
 ) -> Result<Attached> {
     match tc::qdisc_add_clsact(iface) {
@@ -223,18 +222,15 @@ fn attach_netlink(
     // Create exclusively; if dr's filter is there (also when a killed run
     // left it without its program pin), replace its program in place:
     // cls_bpf swaps it at the same priority and handle.
-    let (id, how) = match prog.attach_with_options(
-        iface,
-        hook.attach_type(),
-        TcAttachOptions::Netlink(options),
-    ) {
-        Ok(id) => (id, Attached::New),
-        Err(e) if tc_errno(&e) == Some(libc::EEXIST) => (
-            prog.attach_to_link(netlink_link(hook, iface)?)?,
-            Attached::Replaced,
-        ),
-        Err(e) => return Err(e.into()),
-    };
+    let (id, how) =
+        match prog.attach_with_options(iface, direction, TcAttachOptions::Netlink(options)) {
+            Ok(id) => (id, Attached::New),
+            Err(e) if tc_errno(&e) == Some(libc::EEXIST) => (
+                prog.attach_to_link(netlink_link(hook, direction, iface)?)?,
+                Attached::Replaced,
+            ),
+            Err(e) => return Err(e.into()),
+        };
     // Dropping the link object would delete the filter: the kernel keeps
     // it, attached, after we exit.
     std::mem::forget(prog.take_link(id)?);
@@ -267,7 +263,7 @@ pub(super) fn pin_replacing(
 pub fn attached_mode(pins: &PinDir) -> Option<AttachMode> {
     [AttachMode::Tcx, AttachMode::Netlink]
         .into_iter()
-        .find(|&mode| Hook::ALL.iter().any(|h| pins.join(&h.pin(mode)).exists()))
+        .find(|&mode| Hook::TC.iter().any(|h| pins.join(&h.pin(mode)).exists()))
 }
 
 /// Whether `hook` is attached in `mode`.
@@ -275,16 +271,19 @@ pub fn is_attached(pins: &PinDir, hook: Hook, mode: AttachMode) -> bool {
     pins.join(&hook.pin(mode)).exists()
 }
 
-/// Detaches `hook` in whichever mode it is attached: removes the TCX link
-/// pin, or deletes exactly dr's filter (its priority and handle) on
-/// `iface` and the program pin. `iface` is None when the interface is
+/// Detaches `hook` in whichever mode it is attached: removes the TCX or
+/// XDP link pin, or deletes exactly dr's filter (its priority and handle)
+/// on `iface` and the program pin. `iface` is None when the interface is
 /// gone, and its filters with it. Other filters and the clsact qdisc stay.
 pub fn detach(pins: &PinDir, hook: Hook, iface: Option<&str>) -> Result<bool> {
     let mut detached = remove_pin(pins.join(&hook.pin(AttachMode::Tcx)))?;
+    let Kind::Tc(direction) = hook.kind() else {
+        return Ok(detached);
+    };
     let prog_pin = pins.join(&hook.pin(AttachMode::Netlink));
     if prog_pin.exists() {
         if let Some(iface) = iface {
-            match netlink_link(hook, iface)?.detach() {
+            match netlink_link(hook, direction, iface)?.detach() {
                 Ok(()) => detached = true,
                 // Deleted already (ENOENT), or its qdisc with it (EINVAL).
                 Err(e) if matches!(tc_errno(&e), Some(libc::ENOENT | libc::EINVAL)) => {}

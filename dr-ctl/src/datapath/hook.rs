@@ -1,5 +1,5 @@
-//! Which program goes where: each hook's interface, direction, pins and
-//! netlink filter handle.
+//! Which program goes where: each hook's interface, how it attaches (TC in
+//! a direction, or XDP), its pins and netlink filter handle.
 use aya::programs::{tc::TcHandle, TcAttachType};
 use dr_common::program_names;
 
@@ -30,6 +30,17 @@ pub enum Hook {
     UplinkIngress,
     BridgeEgress,
     UplinkEgress,
+    /// The XDP fast path (`up --xdp`).
+    UplinkXdp,
+}
+
+/// How a hook's program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A TC program, in [`AttachMode`], in this direction.
+    Tc(TcAttachType),
+    /// An XDP program, always through a pinned link.
+    Xdp,
 }
 
 /// cls_bpf priority of every dr filter in netlink mode. Filters without an
@@ -40,7 +51,20 @@ pub enum Hook {
 pub const TC_PRIORITY: u16 = 0x6472;
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [
+    /// Every hook, in the order `up` attaches them (`down` detaches in
+    /// reverse): XDP last, so that it only starts delivering to containers
+    /// once the TC programs handle what it passes.
+    pub const ALL: [Hook; 5] = [
+        Hook::BridgeIngress,
+        Hook::UplinkIngress,
+        Hook::BridgeEgress,
+        Hook::UplinkEgress,
+        Hook::UplinkXdp,
+    ];
+
+    /// The TC hooks: the ones [`AttachMode`] applies to, and the ones
+    /// `status` lists (it reports XDP by its mode).
+    pub const TC: [Hook; 4] = [
         Hook::BridgeIngress,
         Hook::UplinkIngress,
         Hook::BridgeEgress,
@@ -53,6 +77,7 @@ impl Hook {
             Hook::UplinkIngress => program_names::UPLINK_INGRESS,
             Hook::BridgeEgress => program_names::BRIDGE_EGRESS,
             Hook::UplinkEgress => program_names::UPLINK_EGRESS,
+            Hook::UplinkXdp => program_names::UPLINK_XDP,
         }
     }
 
@@ -63,48 +88,52 @@ impl Hook {
             Hook::UplinkIngress => "uplink_ingress",
             Hook::BridgeEgress => "bridge_egress",
             Hook::UplinkEgress => "uplink_egress",
+            Hook::UplinkXdp => "uplink_xdp",
         }
     }
 
     pub const fn side(self) -> Side {
         match self {
             Hook::BridgeIngress | Hook::BridgeEgress => Side::Bridge,
-            Hook::UplinkIngress | Hook::UplinkEgress => Side::Uplink,
+            Hook::UplinkIngress | Hook::UplinkEgress | Hook::UplinkXdp => Side::Uplink,
         }
     }
 
-    pub const fn attach_type(self) -> TcAttachType {
+    pub const fn kind(self) -> Kind {
         match self {
-            Hook::BridgeIngress | Hook::UplinkIngress => TcAttachType::Ingress,
-            Hook::BridgeEgress | Hook::UplinkEgress => TcAttachType::Egress,
+            Hook::BridgeIngress | Hook::UplinkIngress => Kind::Tc(TcAttachType::Ingress),
+            Hook::BridgeEgress | Hook::UplinkEgress => Kind::Tc(TcAttachType::Egress),
+            Hook::UplinkXdp => Kind::Xdp,
         }
     }
 
     pub const fn direction(self) -> &'static str {
-        match self.attach_type() {
-            TcAttachType::Egress => "egress",
+        match self.kind() {
+            Kind::Tc(TcAttachType::Egress) => "egress",
             _ => "ingress",
         }
     }
 
     /// The cls_bpf filter handle of this hook in netlink mode ("dr" and a
-    /// number per hook, shown by `tc filter show` as `0x6472000N`).
+    /// number per hook, shown by `tc filter show` as `0x6472000N`). XDP
+    /// has no filter: its number is never used.
     pub const fn tc_handle(self) -> TcHandle {
         let number = match self {
             Hook::BridgeIngress => 1,
             Hook::UplinkIngress => 2,
             Hook::BridgeEgress => 3,
             Hook::UplinkEgress => 4,
+            Hook::UplinkXdp => 5,
         };
         TcHandle::new(TC_PRIORITY, number)
     }
 
-    /// What this hook's attachment leaves pinned in `mode`: the TCX link,
-    /// or (netlink) the program the filter runs.
+    /// What this hook's attachment leaves pinned in `mode`: the TCX or XDP
+    /// link, or (a TC hook in netlink mode) the program the filter runs.
     pub fn pin(self, mode: AttachMode) -> String {
-        match mode {
-            AttachMode::Tcx => format!("link_{}", self.name()),
-            AttachMode::Netlink => format!("prog_{}", self.name()),
+        match (self.kind(), mode) {
+            (Kind::Tc(_), AttachMode::Netlink) => format!("prog_{}", self.name()),
+            _ => format!("link_{}", self.name()),
         }
     }
 }

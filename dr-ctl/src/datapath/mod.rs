@@ -21,11 +21,11 @@ use aya::{Ebpf, EbpfLoader};
 use dr_common::map_names;
 
 pub use attach::{
-    attach, attach_xdp, attached_mode, detach, detach_xdp, hook_ids, is_attached, load_retrying,
-    program, remove_map_pins, Attached, HookIds, XDP_LINK_PIN,
+    attach, attached_mode, detach, hook_ids, is_attached, load_retrying, program, remove_map_pins,
+    Attached, Attachment, HookIds,
 };
 pub use dry_run::{DryRun, Run};
-pub use hook::{Hook, Side, TC_PRIORITY};
+pub use hook::{Hook, Kind, Side, TC_PRIORITY};
 pub use sweeper::{pin_sweeper, Sweeper, SWEEPER_PIN};
 
 use object::EBPF_OBJECT;
@@ -39,7 +39,7 @@ use crate::{error::Result, migrate};
 /// is the level of the programs' aya-log events (0: off).
 pub fn load(map_dir: &Path, nat_table_size: u32, max_peers: u32, log_level: u8) -> Result<Ebpf> {
     // Maps an older dr pinned with another layout are created anew and
-    // filled from the old ones (see migrate.rs).
+    // filled from the old ones (see migrate/).
     migrate::set_aside_outdated(map_dir)?;
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(map_dir)

@@ -1,10 +1,12 @@
 //! dr's state on this node (this network namespace): the pin directory,
-//! the lock, the maps and the configuration, opened here for every command.
+//! the lock, the maps, the configuration and dr-ctl's node state, opened
+//! here for every command.
 mod lock;
+pub mod state;
 
 use std::net::Ipv4Addr;
 
-use dr_common::{DatapathConfig, Endpoint, XDP_GENERIC, XDP_NATIVE};
+use dr_common::{DatapathConfig, Endpoint, NodeState, XDP_GENERIC, XDP_NATIVE};
 use ipnet::Ipv4Net;
 use tracing::warn;
 
@@ -46,17 +48,20 @@ impl NodeDir {
         })
     }
 
-    /// Opens the maps and configuration of a datapath that is up; `NotUp` otherwise.
+    /// Opens the maps, configuration and node state of a datapath that is
+    /// up; `NotUp` otherwise.
     pub fn open(self) -> Result<Node> {
         if !self.pins.exists() {
             return Err(Error::NotUp);
         }
         let maps = Maps::open(self.pins.path())?;
         let config = maps.enabled_config()?;
+        let state = state::pinned(self.pins.path(), &config)?;
         Ok(Node {
             dir: self,
             maps,
             config,
+            state,
         })
     }
 }
@@ -66,6 +71,7 @@ pub struct Node {
     pub dir: NodeDir,
     pub maps: Maps,
     pub config: DatapathConfig,
+    pub state: NodeState,
 }
 
 impl Node {
@@ -128,19 +134,19 @@ impl Node {
 
 /// The local subnet a configuration holds.
 pub fn local_subnet(config: &DatapathConfig) -> Result<LocalSubnet> {
-    let prefix = config.local_prefix_len as u8;
-    let net = Ipv4Net::new(from_map_addr(config.local_net), prefix)
-        .map_err(|_| Error::Internal(format!("corrupt prefix length {prefix}")))?;
+    let mask = from_map_addr(config.local_mask);
+    let net = Ipv4Net::with_netmask(from_map_addr(config.local_net), mask)
+        .map_err(|_| Error::Internal(format!("corrupt netmask {mask}")))?;
     Ok(LocalSubnet {
         gateway: from_map_addr(config.gateway),
         net,
     })
 }
 
-/// Whether `config` is for `subnet` (same network, prefix and gateway).
+/// Whether `config` is for `subnet` (same network, netmask and gateway).
 pub fn same_subnet(config: &DatapathConfig, subnet: &LocalSubnet) -> bool {
     config.local_net == to_map_addr(subnet.net.network())
-        && config.local_prefix_len == u32::from(subnet.net.prefix_len())
+        && config.local_mask == to_map_addr(subnet.net.netmask())
         && config.gateway == to_map_addr(subnet.gateway)
 }
 

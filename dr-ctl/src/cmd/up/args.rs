@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use dr_common::{DEFAULT_MAX_PEERS, MAX_PEERS_LIMIT};
 
 use crate::{
+    datapath::{Hook, Kind},
     docker_config::{self, DockerConfigChange, DockerSettings},
     error::{Error, Result},
     kernel::AttachMode,
@@ -165,6 +166,11 @@ pub struct UpArgs {
 }
 
 impl UpArgs {
+    /// Whether `hook` is to be attached: every TC hook, XDP with `--xdp`.
+    pub(super) fn wants(&self, hook: Hook) -> bool {
+        hook.kind() != Kind::Xdp || self.xdp
+    }
+
     /// The capacity of peer tables `up` creates.
     pub(super) fn max_peers(&self) -> u32 {
         self.max_peers.unwrap_or(DEFAULT_MAX_PEERS)

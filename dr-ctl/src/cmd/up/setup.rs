@@ -2,21 +2,21 @@
 //! each step recorded so that a failure undoes the steps before it.
 use std::net::Ipv4Addr;
 
-use dr_common::{DatapathConfig, OWNED_ADDRESS, OWNED_BRIDGE, XDP_OFF};
+use dr_common::{DatapathConfig, NodeState, OWNED_ADDRESS, OWNED_BRIDGE, XDP_OFF};
 use ipnet::Ipv4Net;
 use tracing::{debug, warn};
 
 use super::args::UpArgs;
 use crate::{
     bpffs::PinDir,
-    datapath::{self, Attached, Hook, Side},
+    datapath::{self, Attached, Hook, Kind, Side},
     docker_config::DockerConfigChange,
     error::Result,
     kernel::AttachMode,
     maps::{self, Maps},
     migrate,
     netlink::{Interface, Netlink},
-    node::{side_ifindex, sync_endpoints},
+    node::{self, side_ifindex, sync_endpoints},
     subnet::to_map_addr,
 };
 
@@ -27,7 +27,6 @@ enum Undo {
     RemoveDir,
     RemoveMapPins,
     Detach(Hook, String),
-    DetachXdp,
 }
 
 async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
@@ -38,7 +37,6 @@ async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
             Undo::RemoveDir => pins.remove(),
             Undo::RemoveMapPins => datapath::remove_map_pins(pins),
             Undo::Detach(hook, iface) => datapath::detach(pins, hook, Some(&iface)).map(|_| ()),
-            Undo::DetachXdp => datapath::detach_xdp(pins).map(|_| ()),
         };
         if let Err(e) = result {
             warn!("rolling back: {e}");
@@ -52,32 +50,35 @@ pub(super) fn desired_config(
     bridge_ifindex: u32,
     uplink: &Interface,
     uplink_addr: Ipv4Addr,
-    owned: u32,
     bridge_mac: [u8; 6],
-    xdp_mode: u8,
 ) -> DatapathConfig {
     let (nat_port_min, nat_port_max) = args.nat.ports;
     DatapathConfig {
         enabled: 1,
         local_net: to_map_addr(args.subnet.net.network()),
         local_mask: to_map_addr(args.subnet.net.netmask()),
-        local_prefix_len: args.subnet.net.prefix_len().into(),
+        retired_prefix_len: 0,
         gateway: to_map_addr(args.subnet.gateway),
         bridge_ifindex,
         uplink_ifindex: uplink.index,
         uplink_addr: to_map_addr(uplink_addr),
         uplink_mtu: uplink.mtu,
-        owned,
+        retired_owned: 0,
         nat_enabled: args.nat.cluster_cidr.is_some().into(),
         nat_port_min: nat_port_min.into(),
         nat_port_max: nat_port_max.into(),
         nat_timeouts: args.nat.timeouts,
         bridge_mac,
-        xdp_mode,
-        datapath_log: args.datapath_log,
+        retired_xdp_mode: 0,
+        retired_datapath_log: 0,
         _pad: 0,
-        object_hash: datapath::object::hash(),
+        retired_object_hash: 0,
     }
+}
+
+/// The node state `up` records, given what it owns and how XDP is attached.
+pub(super) fn desired_state(args: &UpArgs, owned: u32, xdp_mode: u8) -> NodeState {
+    node::state::recorded(owned, datapath::object::hash(), xdp_mode, args.datapath_log)
 }
 
 /// What `up` found, all checked, with the node lock held.
@@ -87,8 +88,8 @@ pub(super) struct Setup<'a> {
     pub args: &'a UpArgs,
     pub uplink: &'a Interface,
     pub uplink_addr: Ipv4Addr,
-    /// The configuration of the datapath that is up, if it is.
-    pub existing: Option<DatapathConfig>,
+    /// The configuration and node state of the datapath that is up, if it is.
+    pub existing: Option<(DatapathConfig, NodeState)>,
 }
 
 /// What the setup changed.
@@ -124,7 +125,7 @@ impl Setup<'_> {
             uplink_addr,
             existing,
         } = *self;
-        let mut owned = existing.map_or(0, |c| c.owned);
+        let mut owned = existing.map_or(0, |(_, state)| state.owned);
         let created_bridge = bridge.is_none();
         let bridge = match bridge {
             Some(b) => b,
@@ -168,53 +169,45 @@ impl Setup<'_> {
         // Exclusions first: the datapath must never translate what they cover.
         maps.set_exclusions(&args.nat.exclusions())?;
         let bridge_mac = bridge.mac.unwrap_or_default();
-        let old_xdp = existing.map_or(XDP_OFF, |c| c.xdp_mode);
-        let config = |xdp_mode| {
-            desired_config(
-                args,
-                bridge.index,
-                uplink,
-                uplink_addr,
-                owned,
-                bridge_mac,
-                xdp_mode,
-            )
-        };
-        maps.set_config(&config(old_xdp))?;
+        let old_xdp = existing.map_or(XDP_OFF, |(_, state)| state.xdp_mode);
+        // The node state before the configuration, which zeroes an older
+        // dr's bookkeeping: a dr-ctl killed between the two loses nothing.
+        node::state::write(pins.path(), &desired_state(args, owned, old_xdp))?;
+        let config = desired_config(args, bridge.index, uplink, uplink_addr, bridge_mac);
+        maps.set_config(&config)?;
         datapath::pin_sweeper(&mut ebpf, pins.path())?;
         let mut attached = Vec::new();
+        let mut xdp_mode = XDP_OFF;
         for hook in Hook::ALL {
             let iface = match hook.side() {
                 Side::Bridge => &bridge,
                 Side::Uplink => uplink,
             };
-            if existing.is_some_and(|c| side_ifindex(&c, hook.side()) != iface.index) {
+            if existing.is_some_and(|(c, _)| side_ifindex(&c, hook.side()) != iface.index) {
                 // The interface was recreated: its old attachment went with it.
                 datapath::detach(pins, hook, None)?;
             }
-            let how = datapath::attach(&mut ebpf, pins, hook, &iface.name, attach)?;
-            if how == Attached::New {
+            if !args.wants(hook) {
+                datapath::detach(pins, hook, Some(&iface.name))?;
+                continue;
+            }
+            let done = datapath::attach(&mut ebpf, pins, hook, &iface.name, attach)?;
+            if done.how == Attached::New {
                 undo.push(Undo::Detach(hook, iface.name.clone()));
             }
-            debug!("{} on {}: {how:?}", hook.program(), iface.name);
-            attached.push((hook.program(), how));
-        }
-        if existing.is_some_and(|c| c.uplink_ifindex != uplink.index) {
-            datapath::detach_xdp(pins)?;
-        }
-        let xdp_mode = if args.xdp {
-            let new = !pins.join(datapath::XDP_LINK_PIN).exists();
-            let mode = datapath::attach_xdp(&mut ebpf, pins, &uplink.name, old_xdp)?;
-            if new {
-                undo.push(Undo::DetachXdp);
+            debug!("{} on {}: {:?}", hook.program(), iface.name, done.how);
+            if hook.kind() == Kind::Xdp {
+                // A replaced program keeps its mode. The report lists the
+                // TC programs; XDP is reported by its mode (`status`).
+                xdp_mode = done.xdp_mode.unwrap_or(old_xdp);
+            } else {
+                attached.push((hook.program(), done.how));
             }
+        }
+        if args.xdp {
             sync_endpoints(nl, &mut maps, bridge.index, &args.subnet.net).await?;
-            mode
-        } else {
-            datapath::detach_xdp(pins)?;
-            XDP_OFF
-        };
-        maps.set_config(&config(xdp_mode))?;
+        }
+        node::state::write(pins.path(), &desired_state(args, owned, xdp_mode))?;
         // The new programs are attached: an older dr's maps are no longer used.
         migrate::finish(pins.path())?;
         Ok(Done {
