@@ -21,7 +21,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use crate::{
     dry_run::{dry_run, record_redirect},
     maps::count,
-    packet::{drop, l4_offset, load_into, src_addr},
+    packet::{drop, l4_offset, load_into, src_addr, TCP_DATA_OFFSET},
 };
 
 const IP_DF: u16 = 0x4000;
@@ -88,7 +88,7 @@ fn wire_len(ctx: &TcContext, ip: &Ipv4Hdr) -> u32 {
     let l4_header_len = match ip.proto {
         // TCP's data offset, in 32-bit words; the minimum header if unreadable.
         IPPROTO_TCP => ctx
-            .load::<u8>(l4_offset(ip) + 12)
+            .load::<u8>(l4_offset(ip) + TCP_DATA_OFFSET)
             .map_or(20, |offset| (offset >> 4) as u32 * 4),
         IPPROTO_UDP => 8,
         _ => 0,

@@ -1,5 +1,5 @@
 //! Header access and the rewrites shared by the programs.
-use core::mem::size_of;
+use core::mem::{offset_of, size_of};
 
 use aya_ebpf::{
     bindings::{bpf_redir_neigh, TC_ACT_OK, TC_ACT_SHOT},
@@ -13,7 +13,10 @@ use dr_common::{
 };
 use network_types::{
     eth::{EthHdr, EtherType},
+    icmp::Icmpv4Hdr,
     ip::Ipv4Hdr,
+    tcp::TcpHdr,
+    udp::UdpHdr,
 };
 
 use crate::{
@@ -222,39 +225,105 @@ pub fn is_fragment(ip: &Ipv4Hdr) -> bool {
 }
 
 /// Offsets of IPv4 header fields from the start of the frame.
-pub const IP_CHECK: usize = EthHdr::LEN + 10;
-pub const IP_SRC: usize = EthHdr::LEN + 12;
-pub const IP_DST: usize = EthHdr::LEN + 16;
+pub const IP_CHECK: usize = EthHdr::LEN + offset_of!(Ipv4Hdr, check);
+pub const IP_SRC: usize = EthHdr::LEN + offset_of!(Ipv4Hdr, src_addr);
+pub const IP_DST: usize = EthHdr::LEN + offset_of!(Ipv4Hdr, dst_addr);
+
+/// Offsets of L4 header fields from the start of the L4 header.
+pub const TCP_SEQ: usize = offset_of!(TcpHdr, seq);
+/// The byte whose high nibble is TCP's data offset; the flags byte follows.
+pub const TCP_DATA_OFFSET: usize = offset_of!(TcpHdr, _bitfield_1);
+pub const TCP_FLAGS: usize = TCP_DATA_OFFSET + 1;
+pub const TCP_CHECK: usize = offset_of!(TcpHdr, check);
+pub const UDP_CHECK: usize = offset_of!(UdpHdr, check);
+pub const ICMP_CHECK: usize = offset_of!(Icmpv4Hdr, check);
+/// An echo's identifier opens the header's last word.
+pub const ICMP_ID: usize = offset_of!(Icmpv4Hdr, data);
 
 /// Whether the TCP (20 bytes), UDP or ICMP (8) header lies inside the IP
 /// packet's total length; bytes past it, such as Ethernet padding, are not
 /// the packet's.
 #[inline(always)]
 pub fn l4_header_fits(ip: &Ipv4Hdr) -> bool {
-    let header_len = if ip.proto == IPPROTO_TCP { 20 } else { 8 };
+    let header_len = if ip.proto == IPPROTO_TCP {
+        TcpHdr::LEN
+    } else {
+        UdpHdr::LEN
+    };
     l4_offset(ip) + header_len <= EthHdr::LEN + u16::from_be_bytes(ip.tot_len) as usize
 }
 
+/// Reads a value at an offset into the frame, so that one parser serves
+/// TC (through `bpf_skb_load_bytes`, paged skbs too) and XDP (its linear
+/// bytes, directly).
+pub trait FrameBytes {
+    fn read<T: Copy>(&self, offset: usize) -> Option<T>;
+}
+
+impl FrameBytes for TcContext {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        self.load(offset).ok()
+    }
+}
+
+/// The linear bytes `[data, data_end)` of an XDP frame.
+#[derive(Clone, Copy)]
+pub struct LinearFrame {
+    pub data: usize,
+    pub data_end: usize,
+}
+
+impl LinearFrame {
+    /// Pointer to a `T` at `offset`, if it lies inside the frame.
+    #[inline(always)]
+    pub fn ptr<T>(&self, offset: usize) -> Option<*mut T> {
+        ptr_at(self.data, self.data_end, offset)
+    }
+
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.data_end - self.data
+    }
+}
+
+/// Not for a single byte at the start of a header: LLVM turns its check into
+/// `data + offset >= data_end`, from which the verifier learns no range.
+impl FrameBytes for LinearFrame {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        // The end read anew: LLVM could otherwise find the bounds check
+        // implied by the IP header checks (total length within the frame,
+        // L4 header within the total length) and drop it, and the verifier
+        // cannot follow that reasoning.
+        // SAFETY: a plain field of `self`.
+        let data_end = unsafe { core::ptr::read_volatile(&self.data_end) };
+        let at = ptr_at::<T>(self.data, data_end, offset)?;
+        // SAFETY: bounds checked by ptr_at; packet bytes have no alignment.
+        Some(unsafe { at.read_unaligned() })
+    }
+}
+
 /// The ports (or ICMP identifier, 0) and TCP flags of a TCP/UDP/ICMP packet;
-/// None if its header is cut short.
+/// None if its header is cut short. The one L4 parser of TC and XDP.
 #[inline(always)]
-pub fn l4_ports(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(u16, u16, u8)> {
+pub fn l4_ports(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(u16, u16, u8)> {
     if !l4_header_fits(ip) {
         return None;
     }
     let (l4, proto) = (l4_offset(ip), ip.proto);
     match proto {
         IPPROTO_TCP => {
-            let p: [u16; 2] = ctx.load(l4).ok()?;
-            let flags: u8 = ctx.load(l4 + 13).ok()?;
+            let p: [u16; 2] = frame.read(l4)?;
+            let flags: u8 = frame.read(l4 + TCP_FLAGS)?;
             Some((p[0], p[1], flags))
         }
         IPPROTO_UDP => {
-            let p: [u16; 2] = ctx.load(l4).ok()?;
+            let p: [u16; 2] = frame.read(l4)?;
             Some((p[0], p[1], 0))
         }
         _ => {
-            let id: u16 = ctx.load(l4 + 4).ok()?;
+            let id: u16 = frame.read(l4 + ICMP_ID)?;
             Some((id, 0, 0))
         }
     }
@@ -264,11 +333,11 @@ pub fn l4_ports(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(u16, u16, u8)> {
 /// port) and its TCP flags; None for other protocols, fragments and cut
 /// headers.
 #[inline(always)]
-pub fn flow_of(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
+pub fn flow_of(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
     if !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) || is_fragment(ip) {
         return None;
     }
-    let (src_port, dst_port, tcp_flags) = l4_ports(ctx, ip)?;
+    let (src_port, dst_port, tcp_flags) = l4_ports(frame, ip)?;
     let key = FlowKey {
         src_addr: src_addr(ip),
         dst_addr: dst_addr(ip),

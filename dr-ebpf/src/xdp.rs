@@ -9,28 +9,29 @@ use aya_ebpf::{
 };
 use dr_common::{
     checksum,
-    nat::{
-        rewritten_l4_checksum, ReverseKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST,
-    },
+    nat::{rewritten_l4_checksum, IPPROTO_ICMP, TCP_FIN, TCP_RST},
     Counter, DatapathConfig, Endpoint,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
     dry_run::{dry_run, record_redirect},
     maps::{config, count, endpoint, peer_for, peer_traffic, ENDPOINT_PORTS},
-    nat::{live_reply, touch_reply, ICMP_ECHO_REPLY},
+    nat::{layout, live_reply, reply_key, touch_reply, ICMP_ECHO_REPLY},
     packet::{
-        decrement_ttl, dst_addr, is_fragment, l4_header_fits, l4_offset, parse_frame, ptr_at,
-        src_addr, Frame,
+        decrement_ttl, dst_addr, is_fragment, l4_offset, parse_frame, src_addr, Frame, FrameBytes,
+        LinearFrame,
     },
 };
 
 #[xdp]
 pub fn dr_uplink_xdp(ctx: XdpContext) -> u32 {
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    let bytes = (data_end - data) as u64;
-    let verdict = deliver(data, data_end);
+    let frame = LinearFrame {
+        data: ctx.data(),
+        data_end: ctx.data_end(),
+    };
+    let bytes = frame.len() as u64;
+    let verdict = deliver(frame);
     if verdict == XDP_PASS {
         count(Counter::XdpPass, bytes);
     }
@@ -40,30 +41,29 @@ pub fn dr_uplink_xdp(ctx: XdpContext) -> u32 {
 /// Peer traffic and SNAT replies for known local containers go straight to
 /// them; everything else is TC's.
 #[inline(always)]
-fn deliver(data: usize, data_end: usize) -> u32 {
+fn deliver(frame: LinearFrame) -> u32 {
     let Some(cfg) = config() else {
         return XDP_PASS;
     };
-    let Frame::Ipv4(ip) = parse_frame(data, data_end, data_end - data) else {
+    let Frame::Ipv4(ip) = parse_frame(frame.data, frame.data_end, frame.len()) else {
         return XDP_PASS;
     };
     if dst_addr(ip) == cfg.uplink_addr && cfg.nat_enabled != 0 {
-        return deliver_reply(data, data_end, cfg, ip);
+        return deliver_reply(frame, cfg, ip);
     }
-    deliver_from_peer(data, data_end, cfg, ip)
+    deliver_from_peer(frame, cfg, ip)
 }
 
 /// Sets the MACs of a frame from docker0 to `endpoint`, counts it and
 /// redirects it into the endpoint's veth.
 #[inline(always)]
 fn redirect_to(
-    data: usize,
-    data_end: usize,
+    frame: LinearFrame,
     cfg: &DatapathConfig,
     endpoint: &Endpoint,
     counter: Counter,
 ) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
+    let Some(eth) = frame.ptr::<EthHdr>(0) else {
         return XDP_PASS;
     };
     // SAFETY: bounds checked by ptr_at.
@@ -71,7 +71,7 @@ fn redirect_to(
         (*eth).dst_addr = endpoint.mac;
         (*eth).src_addr = cfg.bridge_mac;
     }
-    let bytes = (data_end - data) as u64;
+    let bytes = frame.len() as u64;
     count(counter, bytes);
     count(Counter::XdpRedirect, bytes);
     if dry_run() {
@@ -88,68 +88,29 @@ fn redirect_to(
 /// checksums fixed arithmetically (frames from the wire carry complete
 /// checksums). ICMP errors, TCP RSTs and FINs, and anything unknown are TC's.
 #[inline(always)]
-fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
+fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
     let proto = ip.proto;
-    if is_fragment(ip) || ip.ttl <= 1 || !l4_header_fits(ip) {
+    if is_fragment(ip) || ip.ttl <= 1 {
         return XDP_PASS;
     }
+    let Some(layout) = layout(proto) else {
+        return XDP_PASS;
+    };
+    let Some((rkey, flags)) = reply_key(&frame, ip) else {
+        return XDP_PASS;
+    };
     let l4 = l4_offset(ip);
-    // (remote port, nat port, TCP flags, offset of the nat port, of the checksum)
-    let (remote_port, nat_port, flags, port_at, check_at) = match proto {
-        IPPROTO_TCP => {
-            let Some(h) = ptr_at::<[u8; 20]>(data, data_end, l4) else {
-                return XDP_PASS;
-            };
-            // SAFETY: bounds checked by ptr_at.
-            let h = unsafe { &*h };
-            // A RST or FIN is checked against the container's window
-            // before it may close the translation: TC's (rare, and one
-            // place for that check).
-            if h[13] & (TCP_RST | TCP_FIN) != 0 {
-                return XDP_PASS;
-            }
-            (
-                u16::from_ne_bytes([h[0], h[1]]),
-                u16::from_ne_bytes([h[2], h[3]]),
-                h[13],
-                2,
-                16,
-            )
-        }
-        IPPROTO_UDP => {
-            let Some(h) = ptr_at::<[u8; 8]>(data, data_end, l4) else {
-                return XDP_PASS;
-            };
-            // SAFETY: bounds checked by ptr_at.
-            let h = unsafe { &*h };
-            (
-                u16::from_ne_bytes([h[0], h[1]]),
-                u16::from_ne_bytes([h[2], h[3]]),
-                0,
-                2,
-                6,
-            )
-        }
-        IPPROTO_ICMP => {
-            let Some(h) = ptr_at::<[u8; 8]>(data, data_end, l4) else {
-                return XDP_PASS;
-            };
-            // SAFETY: bounds checked by ptr_at.
-            let h = unsafe { &*h };
-            if h[0] != ICMP_ECHO_REPLY {
-                return XDP_PASS;
-            }
-            (0, u16::from_ne_bytes([h[4], h[5]]), 0, 4, 2)
-        }
-        _ => return XDP_PASS,
-    };
-    let rkey = ReverseKey {
-        remote_addr: src_addr(ip),
-        remote_port,
-        nat_port,
-        proto,
-        _pad: [0; 3],
-    };
+    // A RST or FIN is checked against the container's window before it may
+    // close the translation: TC's (rare, and one place for that check).
+    if flags & (TCP_RST | TCP_FIN) != 0 {
+        return XDP_PASS;
+    }
+    // The whole header read for its type: see LinearFrame::read.
+    if proto == IPPROTO_ICMP
+        && frame.read::<Icmpv4Hdr>(l4).map(|h| h.type_) != Some(ICMP_ECHO_REPLY)
+    {
+        return XDP_PASS;
+    }
     let Some((origin, flow)) = live_reply(cfg, &rkey) else {
         return XDP_PASS;
     };
@@ -157,8 +118,8 @@ fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ip
         return XDP_PASS;
     };
     let (Some(port), Some(check)) = (
-        ptr_at::<[u8; 2]>(data, data_end, l4 + port_at),
-        ptr_at::<[u8; 2]>(data, data_end, l4 + check_at),
+        frame.ptr::<[u8; 2]>(l4 + layout.reply_port),
+        frame.ptr::<[u8; 2]>(l4 + layout.check),
     ) else {
         return XDP_PASS;
     };
@@ -167,6 +128,7 @@ fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ip
     ip.dst_addr = origin.addr.to_ne_bytes();
     ip.check = checksum::replace_u32(u16::from_ne_bytes(ip.check), cfg.uplink_addr, origin.addr)
         .to_ne_bytes();
+    let nat_port = rkey.nat_port;
     // SAFETY: bounds checked by ptr_at.
     unsafe {
         *port = origin.port.to_ne_bytes();
@@ -174,12 +136,12 @@ fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ip
         let addrs = (cfg.uplink_addr, origin.addr);
         *check = rewritten_l4_checksum(proto, old, addrs, (nat_port, origin.port)).to_ne_bytes();
     }
-    redirect_to(data, data_end, cfg, &endpoint, Counter::NatIn)
+    redirect_to(frame, cfg, &endpoint, Counter::NatIn)
 }
 
 /// Traffic from a peer subnet to a local container.
 #[inline(always)]
-fn deliver_from_peer(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
+fn deliver_from_peer(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
     let dst = dst_addr(ip);
     if !cfg.is_container(dst) {
         return XDP_PASS;
@@ -196,7 +158,7 @@ fn deliver_from_peer(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mu
     }
     decrement_ttl(ip);
     if let Some(traffic) = peer_traffic(peer) {
-        traffic.from_peer.add((data_end - data) as u64);
+        traffic.from_peer.add(frame.len() as u64);
     }
-    redirect_to(data, data_end, cfg, &endpoint, Counter::FromPeer)
+    redirect_to(frame, cfg, &endpoint, Counter::FromPeer)
 }

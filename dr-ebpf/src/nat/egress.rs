@@ -6,7 +6,7 @@ use dr_common::{
     nat::{Flow, DELIVERED_BY_KERNEL, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_SYN},
     Counter, DatapathConfig,
 };
-use network_types::ip::Ipv4Hdr;
+use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
 
 use super::{
     now,
@@ -21,7 +21,7 @@ use crate::{
     mtu::too_big,
     packet::{
         decrement_ttl, drop, dst_addr, flow_of, forward, is_fragment, l4_offset, load_prefix, pass,
-        send, IP_SRC,
+        send, IP_SRC, TCP_SEQ,
     },
     route::leaves_by_uplink,
 };
@@ -185,7 +185,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
 #[inline(never)]
 fn record_container_window(ctx: &TcContext, l4_at: usize, flags: u8, flow: *mut Flow) {
     // Sequence, acknowledgment, data offset, flags, window.
-    let Ok(h) = ctx.load::<[u8; 12]>(l4_at + 4) else {
+    let Ok(h) = ctx.load::<[u8; 12]>(l4_at + TCP_SEQ) else {
         return;
     };
     let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
@@ -214,9 +214,9 @@ const TCP_MAX_OPTION_BYTES: usize = 40;
 /// nothing.
 #[inline(always)]
 fn syn_window_scale(ctx: &TcContext, l4_at: usize, data_offset: u8) -> u8 {
-    let options = (data_offset as usize * 4).saturating_sub(20);
+    let options = (data_offset as usize * 4).saturating_sub(TcpHdr::LEN);
     let mut bytes = [0u8; TCP_MAX_OPTION_BYTES];
-    if load_prefix(ctx, l4_at + 20, &mut bytes, options).is_err() {
+    if load_prefix(ctx, l4_at + TcpHdr::LEN, &mut bytes, options).is_err() {
         return 0;
     }
     let mut shift = 0;

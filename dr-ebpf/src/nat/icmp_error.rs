@@ -1,19 +1,25 @@
 //! External -> container: an ICMP error (destination unreachable, time
 //! exceeded, parameter problem) quoting a translated packet.
+use core::mem::offset_of;
+
 use aya_ebpf::programs::TcContext;
 use dr_common::{
     checksum,
     nat::{rewritten_l4_checksum, Origin, ReverseKey, IPPROTO_ICMP},
     Counter, DatapathConfig,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use super::{
     ingress::live_reply,
     rewrite::{layout, L4Layout},
     ICMP_ECHO,
 };
-use crate::packet::{decrement_ttl, drop, send, IP_CHECK, IP_DST};
+use crate::packet::{decrement_ttl, drop, send, ICMP_CHECK, ICMP_ID, IP_CHECK, IP_DST};
+
+/// Offsets in the quoted IPv4 header.
+const QUOTED_CHECK: usize = offset_of!(Ipv4Hdr, check);
+const QUOTED_SRC: usize = offset_of!(Ipv4Hdr, src_addr);
 
 /// An ICMP error quoting a translated packet: translate the outer destination
 /// and the quoted packet's source (address, port, both checksums), keeping the
@@ -27,15 +33,15 @@ pub(super) fn icmp_error_reply(
     l4_at: usize,
     bytes: u64,
 ) -> Option<i32> {
-    let inner = l4_at + 8;
+    let inner = l4_at + Icmpv4Hdr::LEN;
     let vihl: u8 = ctx.load(inner).ok()?;
     let inner_len = (vihl & 0x0f) as usize * 4;
     if vihl >> 4 != 4 || inner_len < 20 {
         return None;
     }
-    let proto: u8 = ctx.load(inner + 9).ok()?;
-    let quoted_src: u32 = ctx.load(inner + 12).ok()?;
-    let remote: u32 = ctx.load(inner + 16).ok()?;
+    let proto: u8 = ctx.load(inner + offset_of!(Ipv4Hdr, proto)).ok()?;
+    let quoted_src: u32 = ctx.load(inner + QUOTED_SRC).ok()?;
+    let remote: u32 = ctx.load(inner + offset_of!(Ipv4Hdr, dst_addr)).ok()?;
     if quoted_src != cfg.uplink_addr {
         return None;
     }
@@ -51,7 +57,7 @@ pub(super) fn icmp_error_reply(
         if ctx.load::<u8>(inner_l4).ok()? != ICMP_ECHO {
             return None;
         }
-        (ctx.load::<u16>(inner_l4 + 4).ok()?, 0)
+        (ctx.load::<u16>(inner_l4 + ICMP_ID).ok()?, 0)
     } else {
         let p: [u16; 2] = ctx.load(inner_l4).ok()?;
         (p[0], p[1])
@@ -101,7 +107,7 @@ fn translate_icmp_error(
     origin: &Origin,
     nat_port: u16,
 ) -> Result<(), i64> {
-    let icmp_check = l4_at + 2;
+    let icmp_check = l4_at + ICMP_CHECK;
     // The ICMP checksum covers the quoted packet: every quoted change is
     // folded into it as well. No pseudo-header for ICMP.
     let fold = |old: u64, new: u64, size: u64| ctx.l4_csum_replace(icmp_check, old, new, size);
@@ -111,10 +117,10 @@ fn translate_icmp_error(
     ctx.l3_csum_replace(IP_CHECK, cfg.uplink_addr as u64, origin.addr as u64, 4)?;
 
     // Quoted source address and the quoted header's checksum.
-    let old_check: u16 = ctx.load(inner + 10)?;
+    let old_check: u16 = ctx.load(inner + QUOTED_CHECK)?;
     let new_check = checksum::replace_u32(old_check, cfg.uplink_addr, origin.addr);
-    ctx.store(inner + 12, &origin.addr, 0)?;
-    ctx.store(inner + 10, &new_check, 0)?;
+    ctx.store(inner + QUOTED_SRC, &origin.addr, 0)?;
+    ctx.store(inner + QUOTED_CHECK, &new_check, 0)?;
     fold(cfg.uplink_addr as u64, origin.addr as u64, 4)?;
     fold(old_check as u64, new_check as u64, 2)?;
 

@@ -16,7 +16,10 @@ use super::{
 use crate::{
     dry_run::dry_run,
     maps::{count, NAT_FLOWS, NAT_REVERSE},
-    packet::{decrement_ttl, drop, is_fragment, l4_offset, l4_ports, pass, send, src_addr, IP_DST},
+    packet::{
+        decrement_ttl, drop, is_fragment, l4_offset, l4_ports, pass, send, src_addr, FrameBytes,
+        IP_DST, TCP_SEQ,
+    },
 };
 
 /// The container end of a reply to a live translation, and its flow entry.
@@ -52,7 +55,7 @@ pub fn live_reply(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, &'
 /// within the verifier's budget.
 #[inline(never)]
 fn teardown_in_window(ctx: &TcContext, l4_at: usize, flow: &Flow) -> bool {
-    match ctx.load::<u32>(l4_at + 4) {
+    match ctx.load::<u32>(l4_at + TCP_SEQ) {
         Ok(seq) => flow.in_window(u32::from_be(seq)),
         // Not reached: the caller read the flags further on.
         Err(_) => true,
@@ -67,6 +70,28 @@ pub fn touch_reply(flow: &mut Flow, tcp_flags: u8) {
     }
     flow.last_seen_ns = now();
     flow.record(tcp_flags, true);
+}
+
+/// The translation a TCP/UDP packet or ICMP echo reply would answer
+/// (remote end, NAT port), and its TCP flags; None if its header is cut
+/// short. Shared by TC and XDP.
+#[inline(always)]
+pub fn reply_key(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(ReverseKey, u8)> {
+    let (remote_port, nat_port, tcp_flags) = l4_ports(frame, ip)?;
+    // An echo reply's identifier is the NAT port; ICMP has no remote port.
+    let (remote_port, nat_port) = if ip.proto == IPPROTO_ICMP {
+        (0, remote_port)
+    } else {
+        (remote_port, nat_port)
+    };
+    let rkey = ReverseKey {
+        remote_addr: src_addr(ip),
+        remote_port,
+        nat_port,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    Some((rkey, tcp_flags))
 }
 
 /// External -> container: a packet to the uplink address that answers a
@@ -96,19 +121,7 @@ pub fn snat_reply(
             _ => return None,
         }
     }
-    let (remote_port, nat_port, tcp_flags) = l4_ports(ctx, ip)?;
-    let (remote_port, nat_port) = if proto == IPPROTO_ICMP {
-        (0, remote_port)
-    } else {
-        (remote_port, nat_port)
-    };
-    let rkey = ReverseKey {
-        remote_addr: src_addr(ip),
-        remote_port,
-        nat_port,
-        proto,
-        _pad: [0; 3],
-    };
+    let (rkey, tcp_flags) = reply_key(ctx, ip)?;
     let (origin, flow) = live_reply(cfg, &rkey)?;
     // A RST or FIN far from the container's window is not believed (an
     // off-path sender guessing), but still delivered: the container's stack
@@ -122,16 +135,14 @@ pub fn snat_reply(
         return Some(drop(Counter::DropTtlExceeded, bytes));
     }
     let addrs = (cfg.uplink_addr, origin.addr);
-    // The reply's destination port (ICMP: the identifier) is the NAT port.
-    let port_at = l4_at + if proto == IPPROTO_ICMP { l4.port } else { 2 };
     if rewrite(
         ctx,
         proto,
         l4_at + l4.check,
         IP_DST,
         addrs,
-        port_at,
-        (nat_port, origin.port),
+        l4_at + l4.reply_port,
+        (rkey.nat_port, origin.port),
     )
     .is_err()
     {

@@ -21,7 +21,8 @@ mod rewrite;
 mod table;
 
 pub use egress::{excluded, snat_out};
-pub use ingress::{live_reply, snat_reply, touch_reply};
+pub use ingress::{live_reply, reply_key, snat_reply, touch_reply};
+pub use rewrite::layout;
 pub use table::{release_dead, remove_translation};
 
 pub const ICMP_ECHO_REPLY: u8 = 0;

@@ -1,27 +1,45 @@
 //! Where each protocol keeps its ports (or ICMP identifier) and checksum,
 //! and the rewrite of an address and a port with both checksums fixed.
+use core::mem::offset_of;
+
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
 use dr_common::nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
-use crate::packet::IP_CHECK;
+use crate::packet::{ICMP_CHECK, ICMP_ID, IP_CHECK, TCP_CHECK, UDP_CHECK};
 
-/// Where a protocol keeps its ports (or ICMP identifier) and its checksum.
+/// Where a protocol keeps its ports (or ICMP identifier) and its checksum,
+/// as offsets from the start of its header.
 #[derive(Clone, Copy)]
-pub(super) struct L4Layout {
-    /// Offset of the "source" port; the destination port follows it (not for ICMP).
+pub struct L4Layout {
+    /// The container's port in its packets (ICMP: the identifier).
     pub port: usize,
+    /// The NAT port in a reply: its destination port (ICMP: the identifier).
+    pub reply_port: usize,
     pub check: usize,
 }
 
 #[inline(always)]
-pub(super) fn layout(proto: u8) -> Option<L4Layout> {
+pub fn layout(proto: u8) -> Option<L4Layout> {
     match proto {
-        IPPROTO_TCP => Some(L4Layout { port: 0, check: 16 }),
-        IPPROTO_UDP => Some(L4Layout { port: 0, check: 6 }),
-        IPPROTO_ICMP => Some(L4Layout { port: 4, check: 2 }),
+        IPPROTO_TCP => Some(L4Layout {
+            port: offset_of!(TcpHdr, source),
+            reply_port: offset_of!(TcpHdr, dest),
+            check: TCP_CHECK,
+        }),
+        IPPROTO_UDP => Some(L4Layout {
+            port: offset_of!(UdpHdr, src),
+            reply_port: offset_of!(UdpHdr, dst),
+            check: UDP_CHECK,
+        }),
+        IPPROTO_ICMP => Some(L4Layout {
+            port: ICMP_ID,
+            reply_port: ICMP_ID,
+            check: ICMP_CHECK,
+        }),
         _ => None,
     }
 }
