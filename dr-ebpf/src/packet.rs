@@ -1,11 +1,7 @@
-//! Header access and the rewrites shared by the programs.
+//! Header access, parsing and the header rewrites shared by the programs.
 use core::mem::{offset_of, size_of};
 
-use aya_ebpf::{
-    bindings::{bpf_redir_neigh, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::{bpf_redirect_neigh, bpf_skb_load_bytes},
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use dr_common::{
     checksum,
     nat::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
@@ -19,10 +15,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::{
-    dry_run::{dry_run, record_redirect},
-    maps::{config, count},
-};
+use crate::{maps::config, verdict::Verdict};
 
 pub const AF_INET: u8 = 2;
 
@@ -109,42 +102,19 @@ pub fn decrement_ttl(ip: &mut Ipv4Hdr) -> bool {
     true
 }
 
-/// Sends the frame out of `ifindex`, with L2 addresses from the neighbour table
-/// for `next_hop` (network order), or for the packet's destination when `None`.
-/// Neither the FIB nor netfilter nor `ip_forward` are involved.
-#[inline(always)]
-pub fn redirect_neigh(ifindex: u32, next_hop: Option<u32>) -> i32 {
-    if dry_run() {
-        record_redirect(ifindex, next_hop.unwrap_or(0));
-    }
-    let ret = match next_hop {
-        Some(addr) => {
-            let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-            nh.nh_family = AF_INET.into();
-            nh.__bindgen_anon_1.ipv4_nh = addr;
-            // SAFETY: nh lives across the call; the size matches the struct.
-            unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) }
-        }
-        // SAFETY: a null parameter block is allowed when its length is 0.
-        None => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) },
-    };
-    ret as i32
-}
-
 /// The configuration and the IPv4 header of a frame the TC programs act on,
-/// or the verdict (counted) for any other frame: dr not enabled, not IPv4,
+/// or the verdict for any other frame: dr not enabled, not IPv4,
 /// or a malformed header.
 #[inline(always)]
 pub fn ipv4_frame(
     ctx: &TcContext,
-    bytes: u64,
-) -> Result<(&'static DatapathConfig, &'static mut Ipv4Hdr), i32> {
+) -> Result<(&'static DatapathConfig, &'static mut Ipv4Hdr), Verdict> {
     let Some(cfg) = config() else {
-        return Err(pass(Counter::Passed, bytes));
+        return Err(Verdict::Pass(Counter::Passed));
     };
     match parse(ctx) {
-        Frame::NotIpv4 => Err(pass(Counter::Passed, bytes)),
-        Frame::Malformed => Err(pass(Counter::Malformed, bytes)),
+        Frame::NotIpv4 => Err(Verdict::Pass(Counter::Passed)),
+        Frame::Malformed => Err(Verdict::Pass(Counter::Malformed)),
         Frame::Ipv4(ip) => Ok((cfg, ip)),
     }
 }
@@ -159,56 +129,6 @@ pub fn egress_frame(ctx: &TcContext) -> Option<(&'static DatapathConfig, &'stati
         Frame::Ipv4(ip) => Some((cfg, ip)),
         _ => None,
     }
-}
-
-/// Leaves the frame to the kernel stack, counted.
-#[inline(always)]
-pub fn pass(counter: Counter, bytes: u64) -> i32 {
-    count(counter, bytes);
-    TC_ACT_OK
-}
-
-/// Drops the frame, counted by reason.
-#[inline(always)]
-pub fn drop(counter: Counter, bytes: u64) -> i32 {
-    count(counter, bytes);
-    TC_ACT_SHOT
-}
-
-/// Sends the frame out of `ifindex` (see [`redirect_neigh`]) and counts the
-/// verdict under `counter`. Returns the TC verdict and whether it was sent.
-/// The frame carries dr's mark to the egress program there.
-#[inline(always)]
-pub fn send(
-    ctx: &TcContext,
-    ifindex: u32,
-    next_hop: Option<u32>,
-    counter: Counter,
-    bytes: u64,
-) -> (i32, bool) {
-    mark_redirect(ctx);
-    let verdict = redirect_neigh(ifindex, next_hop);
-    if verdict == TC_ACT_SHOT {
-        return (drop(Counter::DropRedirectFailed, bytes), false);
-    }
-    count(counter, bytes);
-    (verdict, true)
-}
-
-/// Forwards an IPv4 packet unchanged but for its TTL: see [`send`].
-#[inline(always)]
-pub fn forward(
-    ctx: &TcContext,
-    ip: &mut Ipv4Hdr,
-    ifindex: u32,
-    next_hop: Option<u32>,
-    counter: Counter,
-    bytes: u64,
-) -> (i32, bool) {
-    if !decrement_ttl(ip) {
-        return (drop(Counter::DropTtlExceeded, bytes), false);
-    }
-    send(ctx, ifindex, next_hop, counter, bytes)
 }
 
 /// Offset of the L4 header (after IPv4 options).
@@ -347,30 +267,6 @@ pub fn flow_of(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
         _pad: [0; 3],
     };
     Some((key, tcp_flags))
-}
-
-/// `skb->mark` bit on a packet dr redirects: it goes to the egress of docker0
-/// or of the uplink, where dr's egress program knows the packet is dr's,
-/// clears the bit and leaves the packet alone. Set just before the redirect.
-const DR_REDIRECT_MARK: u32 = 1 << 20;
-
-#[inline(always)]
-fn mark_redirect(ctx: &TcContext) {
-    // SAFETY: the context's skb is valid for the whole run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    ctx.set_mark(mark | DR_REDIRECT_MARK);
-}
-
-/// Whether dr redirected this packet here; clears the mark.
-#[inline(always)]
-pub fn take_redirect_mark(ctx: &TcContext) -> bool {
-    // SAFETY: the context's skb is valid for the whole run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    if mark & DR_REDIRECT_MARK == 0 {
-        return false;
-    }
-    ctx.set_mark(mark & !DR_REDIRECT_MARK);
-    true
 }
 
 /// Copies the `len` bytes at `offset` of the skb (linear or not; at most

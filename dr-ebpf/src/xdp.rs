@@ -2,11 +2,7 @@
 //! containers and for replies to SNAT translations. It delivers straight into
 //! the container's veth when it knows the container (`ENDPOINTS`), and leaves
 //! everything else to the TC programs (`XDP_PASS`), which handle all cases.
-use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_PASS},
-    macros::xdp,
-    programs::XdpContext,
-};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 use dr_common::{
     checksum,
     nat::{rewritten_l4_checksum, IPPROTO_ICMP, TCP_FIN, TCP_RST},
@@ -16,12 +12,13 @@ use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
     dry_run::{dry_run, record_redirect},
-    maps::{config, count, endpoint, peer_for, peer_traffic, ENDPOINT_PORTS},
+    maps::{config, endpoint, peer_for, peer_traffic, ENDPOINT_PORTS},
     nat::{layout, live_reply, reply_key, touch_reply, ICMP_ECHO_REPLY},
     packet::{
         decrement_ttl, dst_addr, is_fragment, l4_offset, parse_frame, src_addr, Frame, FrameBytes,
         LinearFrame,
     },
+    verdict::Verdict,
 };
 
 #[xdp]
@@ -30,23 +27,21 @@ pub fn dr_uplink_xdp(ctx: XdpContext) -> u32 {
         data: ctx.data(),
         data_end: ctx.data_end(),
     };
-    let bytes = frame.len() as u64;
-    let verdict = deliver(frame);
-    if verdict == XDP_PASS {
-        count(Counter::XdpPass, bytes);
-    }
-    verdict
+    deliver(frame).xdp_action(frame.len() as u64)
 }
+
+/// Everything XDP does not deliver itself: TC's.
+const TO_TC: Verdict = Verdict::Pass(Counter::XdpPass);
 
 /// Peer traffic and SNAT replies for known local containers go straight to
 /// them; everything else is TC's.
 #[inline(always)]
-fn deliver(frame: LinearFrame) -> u32 {
+fn deliver(frame: LinearFrame) -> Verdict {
     let Some(cfg) = config() else {
-        return XDP_PASS;
+        return TO_TC;
     };
     let Frame::Ipv4(ip) = parse_frame(frame.data, frame.data_end, frame.len()) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     if dst_addr(ip) == cfg.uplink_addr && cfg.nat_enabled != 0 {
         return deliver_reply(frame, cfg, ip);
@@ -54,74 +49,72 @@ fn deliver(frame: LinearFrame) -> u32 {
     deliver_from_peer(frame, cfg, ip)
 }
 
-/// Sets the MACs of a frame from docker0 to `endpoint`, counts it and
-/// redirects it into the endpoint's veth.
+/// Sets the MACs of a frame from docker0 to `endpoint` and redirects it
+/// into the endpoint's veth, to be counted under `counter`.
 #[inline(always)]
 fn redirect_to(
     frame: LinearFrame,
     cfg: &DatapathConfig,
     endpoint: &Endpoint,
     counter: Counter,
-) -> u32 {
+) -> Verdict {
     let Some(eth) = frame.ptr::<EthHdr>(0) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     // SAFETY: bounds checked by ptr_at.
     unsafe {
         (*eth).dst_addr = endpoint.mac;
         (*eth).src_addr = cfg.bridge_mac;
     }
-    let bytes = frame.len() as u64;
-    count(counter, bytes);
-    count(Counter::XdpRedirect, bytes);
     if dry_run() {
         record_redirect(endpoint.ifindex, 0);
     }
     // The port was there a moment ago (`endpoint`); should it vanish now,
     // the frame is lost like any frame in flight to a deleted device.
-    ENDPOINT_PORTS
-        .redirect(endpoint.ifindex, 0)
-        .unwrap_or(XDP_ABORTED)
+    match ENDPOINT_PORTS.redirect(endpoint.ifindex, 0) {
+        Ok(_) => Verdict::Redirect(counter),
+        Err(_) => Verdict::Drop(counter),
+    }
 }
 
 /// A reply to a translated TCP/UDP flow or ping, translated back with
 /// checksums fixed arithmetically (frames from the wire carry complete
 /// checksums). ICMP errors, TCP RSTs and FINs, and anything unknown are TC's.
 #[inline(always)]
-fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
+fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verdict {
     let proto = ip.proto;
     if is_fragment(ip) || ip.ttl <= 1 {
-        return XDP_PASS;
+        return TO_TC;
     }
     let Some(layout) = layout(proto) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     let Some((rkey, flags)) = reply_key(&frame, ip) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     let l4 = l4_offset(ip);
     // A RST or FIN is checked against the container's window before it may
     // close the translation: TC's (rare, and one place for that check).
     if flags & (TCP_RST | TCP_FIN) != 0 {
-        return XDP_PASS;
+        return TO_TC;
     }
     // The whole header read for its type: see LinearFrame::read.
     if proto == IPPROTO_ICMP
         && frame.read::<Icmpv4Hdr>(l4).map(|h| h.type_) != Some(ICMP_ECHO_REPLY)
     {
-        return XDP_PASS;
+        return TO_TC;
     }
     let Some((origin, flow)) = live_reply(cfg, &rkey) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     let Some(endpoint) = endpoint(origin.addr) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     let (Some(port), Some(check)) = (
         frame.ptr::<[u8; 2]>(l4 + layout.reply_port),
         frame.ptr::<[u8; 2]>(l4 + layout.check),
     ) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     touch_reply(flow, flags);
     decrement_ttl(ip);
@@ -141,20 +134,20 @@ fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> 
 
 /// Traffic from a peer subnet to a local container.
 #[inline(always)]
-fn deliver_from_peer(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
+fn deliver_from_peer(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verdict {
     let dst = dst_addr(ip);
     if !cfg.is_container(dst) {
-        return XDP_PASS;
+        return TO_TC;
     }
     let Some(peer) = peer_for(src_addr(ip)) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     let Some(endpoint) = endpoint(dst) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     // An expiring TTL is TC's to drop and count.
     if ip.ttl <= 1 {
-        return XDP_PASS;
+        return TO_TC;
     }
     decrement_ttl(ip);
     if let Some(traffic) = peer_traffic(peer) {

@@ -20,10 +20,11 @@ use crate::{
     maps::{NAT_EXCLUDE, NAT_FLOWS},
     mtu::too_big,
     packet::{
-        decrement_ttl, drop, dst_addr, flow_of, forward, is_fragment, l4_offset, load_prefix, pass,
-        send, IP_SRC, TCP_SEQ,
+        decrement_ttl, dst_addr, flow_of, is_fragment, l4_offset, load_prefix, IP_SRC, TCP_SEQ,
     },
+    redirect::{forward, send},
     route::leaves_by_uplink,
+    verdict::Verdict,
 };
 
 /// Whether container traffic to `addr` keeps the container's source address.
@@ -44,18 +45,18 @@ pub fn excluded(cfg: &DatapathConfig, addr: u32) -> bool {
 /// the host routes out of the uplink is translated to the uplink's address
 /// (SNAT) and sent there; everything else goes to the stack.
 #[inline(always)]
-pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: u64) -> i32 {
+pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verdict {
     let dst = dst_addr(ip);
     let nat_enabled = cfg.nat_enabled != 0;
     let proto = ip.proto;
     let Some(l4) = layout(proto) else {
-        return pass(Counter::Passed, bytes);
+        return Verdict::Pass(Counter::Passed);
     };
     if is_fragment(ip) {
         if nat_enabled && !excluded(cfg, dst) {
-            return drop(Counter::DropNatFragment, bytes);
+            return Verdict::Drop(Counter::DropNatFragment);
         }
-        return pass(Counter::Passed, bytes);
+        return Verdict::Pass(Counter::Passed);
     }
     let l4_at = l4_offset(ip);
     // Echo requests start translations and echo replies answer inbound
@@ -63,13 +64,13 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
     let icmp_type = if proto == IPPROTO_ICMP {
         match ctx.load::<u8>(l4_at) {
             Ok(t @ (ICMP_ECHO | ICMP_ECHO_REPLY)) => t,
-            _ => return pass(Counter::Passed, bytes),
+            _ => return Verdict::Pass(Counter::Passed),
         }
     } else {
         ICMP_ECHO
     };
     let Some((key, tcp_flags)) = flow_of(ctx, ip) else {
-        return pass(Counter::Malformed, bytes);
+        return Verdict::Pass(Counter::Malformed);
     };
     let now = now();
     let starts = icmp_type == ICMP_ECHO;
@@ -82,39 +83,31 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
     };
     if live.is_none() {
         match inbound_answered(&key, cfg, now) {
-            Some(DELIVERED_BY_KERNEL) => return pass(Counter::InboundReply, bytes),
+            Some(DELIVERED_BY_KERNEL) => return Verdict::Pass(Counter::InboundReply),
             Some(_) => {
-                if let Some(verdict) = too_big(ctx, cfg, ip, bytes) {
+                if let Some(verdict) = too_big(ctx, cfg, ip) {
                     return verdict;
                 }
-                return forward(
-                    ctx,
-                    ip,
-                    cfg.uplink_ifindex,
-                    Some(dst),
-                    Counter::ToPeer,
-                    bytes,
-                )
-                .0;
+                return forward(ctx, ip, cfg.uplink_ifindex, Some(dst), Counter::ToPeer);
             }
             None => {}
         }
         if !nat_enabled || !starts || excluded(cfg, dst) {
-            return pass(Counter::Passed, bytes);
+            return Verdict::Pass(Counter::Passed);
         }
         // Only a SYN opens a TCP translation: any other segment answers a
         // connection the kernel knows (or one long gone).
         if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-            return pass(Counter::InboundReply, bytes);
+            return Verdict::Pass(Counter::InboundReply);
         }
         // Only a new flow asks the FIB: a live one left by the uplink when
         // it started, and its packets keep the path they had.
         if !leaves_by_uplink(ctx, cfg, &key, ip.tos) {
-            return pass(Counter::Passed, bytes);
+            return Verdict::Pass(Counter::Passed);
         }
     }
     // Before any translation is made: a packet refused here creates none.
-    if let Some(verdict) = too_big(ctx, cfg, ip, bytes) {
+    if let Some(verdict) = too_big(ctx, cfg, ip) {
         return verdict;
     }
     let (nat_port, flow) = match live {
@@ -129,7 +122,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
         }
         None => {
             if ip.ttl <= 1 {
-                return drop(Counter::DropTtlExceeded, bytes);
+                return Verdict::Drop(Counter::DropTtlExceeded);
             }
             match allocate(&key, cfg, now, tcp_flags) {
                 Ok(port) => (port, None),
@@ -147,7 +140,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
                             "no free port"
                         }
                     );
-                    return drop(reason, bytes);
+                    return Verdict::Drop(reason);
                 }
             }
         }
@@ -159,7 +152,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
         }
     }
     if !decrement_ttl(ip) {
-        return drop(Counter::DropTtlExceeded, bytes);
+        return Verdict::Drop(Counter::DropTtlExceeded);
     }
     let addrs = (key.src_addr, cfg.uplink_addr);
     let port_at = l4_at + l4.port;
@@ -174,9 +167,9 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, bytes: 
     )
     .is_err()
     {
-        return drop(Counter::DropRedirectFailed, bytes);
+        return Verdict::Drop(Counter::DropRedirectFailed);
     }
-    send(ctx, cfg.uplink_ifindex, None, Counter::NatOut, bytes).0
+    send(ctx, cfg.uplink_ifindex, None, Counter::NatOut)
 }
 
 /// Records the container's receive window from its TCP segment at `l4_at`

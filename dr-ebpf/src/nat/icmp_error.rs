@@ -15,7 +15,11 @@ use super::{
     rewrite::{layout, L4Layout},
     ICMP_ECHO,
 };
-use crate::packet::{decrement_ttl, drop, send, ICMP_CHECK, ICMP_ID, IP_CHECK, IP_DST};
+use crate::{
+    packet::{decrement_ttl, ICMP_CHECK, ICMP_ID, IP_CHECK, IP_DST},
+    redirect::send,
+    verdict::Verdict,
+};
 
 /// Offsets in the quoted IPv4 header.
 const QUOTED_CHECK: usize = offset_of!(Ipv4Hdr, check);
@@ -31,8 +35,7 @@ pub(super) fn icmp_error_reply(
     cfg: &DatapathConfig,
     ip: &mut Ipv4Hdr,
     l4_at: usize,
-    bytes: u64,
-) -> Option<i32> {
+) -> Option<Verdict> {
     let inner = l4_at + Icmpv4Hdr::LEN;
     let vihl: u8 = ctx.load(inner).ok()?;
     let inner_len = (vihl & 0x0f) as usize * 4;
@@ -72,25 +75,16 @@ pub(super) fn icmp_error_reply(
     // The same checks as a reply's: a dead translation delivers nothing.
     let (origin, _) = live_reply(cfg, &rkey)?;
     if !decrement_ttl(ip) {
-        return Some(drop(Counter::DropTtlExceeded, bytes));
+        return Some(Verdict::Drop(Counter::DropTtlExceeded));
     }
     if translate_icmp_error(
         ctx, cfg, l4_at, inner, inner_l4, packet_end, proto, l4, &origin, nat_port,
     )
     .is_err()
     {
-        return Some(drop(Counter::DropRedirectFailed, bytes));
+        return Some(Verdict::Drop(Counter::DropRedirectFailed));
     }
-    Some(
-        send(
-            ctx,
-            cfg.bridge_ifindex,
-            None,
-            Counter::NatIcmpErrorIn,
-            bytes,
-        )
-        .0,
-    )
+    Some(send(ctx, cfg.bridge_ifindex, None, Counter::NatIcmpErrorIn))
 }
 
 #[allow(clippy::too_many_arguments)]

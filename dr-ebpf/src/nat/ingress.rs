@@ -17,9 +17,10 @@ use crate::{
     dry_run::dry_run,
     maps::{count, NAT_FLOWS, NAT_REVERSE},
     packet::{
-        decrement_ttl, drop, is_fragment, l4_offset, l4_ports, pass, send, src_addr, FrameBytes,
-        IP_DST, TCP_SEQ,
+        decrement_ttl, is_fragment, l4_offset, l4_ports, src_addr, FrameBytes, IP_DST, TCP_SEQ,
     },
+    redirect::send,
+    verdict::Verdict,
 };
 
 /// The container end of a reply to a live translation, and its flow entry.
@@ -98,25 +99,20 @@ pub fn reply_key(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(ReverseKey, u
 /// translation is translated back and delivered to docker0. None when it is
 /// not for a translation (the host's own traffic).
 #[inline(always)]
-pub fn snat_reply(
-    ctx: &TcContext,
-    cfg: &DatapathConfig,
-    ip: &mut Ipv4Hdr,
-    bytes: u64,
-) -> Option<i32> {
+pub fn snat_reply(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Option<Verdict> {
     let proto = ip.proto;
     let l4 = layout(proto)?;
     if is_fragment(ip) {
         // Only the first fragment has ports; dr does not track fragments by
         // IP id (as Cilium does): the stack gets them, counted.
-        return Some(pass(Counter::NatFragmentIn, bytes));
+        return Some(Verdict::Pass(Counter::NatFragmentIn));
     }
     let l4_at = l4_offset(ip);
     if proto == IPPROTO_ICMP {
         match ctx.load::<u8>(l4_at).ok()? {
             ICMP_ECHO_REPLY => {}
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
-                return icmp_error_reply(ctx, cfg, ip, l4_at, bytes);
+                return icmp_error_reply(ctx, cfg, ip, l4_at);
             }
             _ => return None,
         }
@@ -132,7 +128,7 @@ pub fn snat_reply(
         count(Counter::NatTeardownOutOfWindow, 0);
     }
     if !decrement_ttl(ip) {
-        return Some(drop(Counter::DropTtlExceeded, bytes));
+        return Some(Verdict::Drop(Counter::DropTtlExceeded));
     }
     let addrs = (cfg.uplink_addr, origin.addr);
     if rewrite(
@@ -146,7 +142,7 @@ pub fn snat_reply(
     )
     .is_err()
     {
-        return Some(drop(Counter::DropRedirectFailed, bytes));
+        return Some(Verdict::Drop(Counter::DropRedirectFailed));
     }
-    Some(send(ctx, cfg.bridge_ifindex, None, Counter::NatIn, bytes).0)
+    Some(send(ctx, cfg.bridge_ifindex, None, Counter::NatIn))
 }
