@@ -3,7 +3,7 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use aya_log_ebpf::warn;
 use dr_common::{
-    nat::{Flow, DELIVERED_BY_KERNEL, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_SYN},
+    nat::{Flow, FlowKey, DELIVERED_BY_KERNEL, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_SYN},
     Counter, DatapathConfig,
 };
 use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
@@ -111,15 +111,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
         return verdict;
     }
     let (nat_port, flow) = match live {
-        Some(flow) => {
-            // SAFETY: map value pointer, valid for this program run.
-            let entry = unsafe { &mut *flow };
-            if !dry_run() {
-                entry.last_seen_ns = now;
-                entry.record(tcp_flags, false);
-            }
-            (entry.nat_port, Some(flow))
-        }
+        Some(flow) => (refresh(flow, tcp_flags, now), Some(flow)),
         None => {
             if ip.ttl <= 1 {
                 return Verdict::Drop(Counter::DropTtlExceeded);
@@ -127,19 +119,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
             match allocate(&key, cfg, now, tcp_flags) {
                 Ok(port) => (port, None),
                 Err(reason) => {
-                    warn!(
-                        ctx,
-                        "snat: no translation for {:i}:{} -> {:i}:{} ({})",
-                        u32::from_be(key.src_addr),
-                        u16::from_be(key.src_port),
-                        u32::from_be(dst),
-                        u16::from_be(key.dst_port),
-                        if reason == Counter::DropNatTableFull {
-                            "table full"
-                        } else {
-                            "no free port"
-                        }
-                    );
+                    warn_no_translation(ctx, &key, reason);
                     return Verdict::Drop(reason);
                 }
             }
@@ -170,6 +150,37 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
         return Verdict::Drop(Counter::DropRedirectFailed);
     }
     send(ctx, cfg.uplink_ifindex, None, Counter::NatOut)
+}
+
+/// Records a container's packet on its live translation (time, TCP state);
+/// returns the translation's port.
+#[inline(always)]
+fn refresh(flow: *mut Flow, tcp_flags: u8, now: u64) -> u16 {
+    // SAFETY: map value pointer, valid for this program run.
+    let entry = unsafe { &mut *flow };
+    if !dry_run() {
+        entry.last_seen_ns = now;
+        entry.record(tcp_flags, false);
+    }
+    entry.nat_port
+}
+
+/// Logs why `key`'s new flow got no translation (`reason`, its drop counter).
+#[inline(always)]
+fn warn_no_translation(ctx: &TcContext, key: &FlowKey, reason: Counter) {
+    warn!(
+        ctx,
+        "snat: no translation for {:i}:{} -> {:i}:{} ({})",
+        u32::from_be(key.src_addr),
+        u16::from_be(key.src_port),
+        u32::from_be(key.dst_addr),
+        u16::from_be(key.dst_port),
+        if reason == Counter::DropNatTableFull {
+            "table full"
+        } else {
+            "no free port"
+        }
+    );
 }
 
 /// Records the container's receive window from its TCP segment at `l4_at`
