@@ -7,8 +7,16 @@ use crate::{
     maps::{peer_for, peer_traffic},
     mtu::too_big,
     nat::snat_out,
-    packet::{drop, dst_addr, forward, ipv4_frame, pass, src_addr},
+    packet::{dst_addr, ipv4_frame, src_addr},
+    redirect::forward,
+    verdict::Verdict,
 };
+
+#[classifier]
+pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
+    let bytes = ctx.len() as u64;
+    from_container(&ctx, bytes).tc_action(bytes)
+}
 
 /// A container's packet for a peer subnet goes straight out of the uplink to
 /// the peer host; one for an external destination is translated to the
@@ -16,40 +24,32 @@ use crate::{
 /// is no container address of the local subnet (outside it, or the host's
 /// gateway, network or broadcast address, which the kernel would drop as
 /// martian) is dropped; everything else goes to the stack.
-#[classifier]
-pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
-    let bytes = ctx.len() as u64;
-    let (cfg, ip) = match ipv4_frame(&ctx, bytes) {
+#[inline(always)]
+fn from_container(ctx: &TcContext, bytes: u64) -> Verdict {
+    let (cfg, ip) = match ipv4_frame(ctx) {
         Ok(frame) => frame,
         Err(verdict) => return verdict,
     };
     if !cfg.is_container(src_addr(ip)) {
         warn!(
-            &ctx,
+            ctx,
             "docker0: dropped a packet from spoofed source {:i}",
             u32::from_be(src_addr(ip))
         );
-        return drop(Counter::DropSpoofed, bytes);
+        return Verdict::Drop(Counter::DropSpoofed);
     }
     let dst = dst_addr(ip);
     if cfg.is_local(dst) {
-        return pass(Counter::Passed, bytes);
+        return Verdict::Pass(Counter::Passed);
     }
     let Some(peer) = peer_for(dst) else {
-        return snat_out(&ctx, cfg, ip, bytes);
+        return snat_out(ctx, cfg, ip);
     };
-    if let Some(verdict) = too_big(&ctx, cfg, ip, bytes) {
+    if let Some(verdict) = too_big(ctx, cfg, ip) {
         return verdict;
     }
-    let (verdict, sent) = forward(
-        &ctx,
-        ip,
-        cfg.uplink_ifindex,
-        Some(peer.via),
-        Counter::ToPeer,
-        bytes,
-    );
-    if sent {
+    let verdict = forward(ctx, ip, cfg.uplink_ifindex, Some(peer.via), Counter::ToPeer);
+    if verdict.redirected() {
         if let Some(traffic) = peer_traffic(peer) {
             traffic.to_peer.add(bytes);
         }

@@ -13,9 +13,11 @@ mod mtu;
 mod nat;
 mod nat_sweep;
 mod packet;
+mod redirect;
 mod route;
 mod uplink;
 mod uplink_egress;
+mod verdict;
 mod xdp;
 
 #[cfg(not(test))]

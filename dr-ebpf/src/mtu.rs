@@ -20,8 +20,8 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     dry_run::{dry_run, record_redirect},
-    maps::count,
-    packet::{drop, l4_offset, load_into, src_addr},
+    packet::{l4_offset, load_into, src_addr, TCP_DATA_OFFSET},
+    verdict::Verdict,
 };
 
 const IP_DF: u16 = 0x4000;
@@ -51,7 +51,7 @@ struct FragNeeded {
 /// None when it fits (the caller goes on redirecting it). Called before the
 /// TTL is decremented, so the error quotes the packet as the container sent it.
 #[inline(always)]
-pub fn too_big(ctx: &TcContext, cfg: &DatapathConfig, ip: &Ipv4Hdr, bytes: u64) -> Option<i32> {
+pub fn too_big(ctx: &TcContext, cfg: &DatapathConfig, ip: &Ipv4Hdr) -> Option<Verdict> {
     // 0: not known yet (a configuration from before dr checked the MTU).
     if cfg.uplink_mtu == 0 || wire_len(ctx, ip) <= cfg.uplink_mtu {
         return None;
@@ -62,15 +62,16 @@ pub fn too_big(ctx: &TcContext, cfg: &DatapathConfig, ip: &Ipv4Hdr, bytes: u64) 
         Counter::IcmpFragNeeded
     };
     if frag_needed(ctx, cfg, src_addr(ip)).is_err() {
-        return Some(drop(Counter::DropRedirectFailed, bytes));
+        return Some(Verdict::Drop(Counter::DropRedirectFailed));
     }
-    count(counter, bytes);
     if dry_run() {
         record_redirect(cfg.bridge_ifindex, 0);
     }
     // SAFETY: no memory access. Out of docker0, whose bridge delivers the
-    // frame to the container's port by its destination MAC.
-    Some(unsafe { bpf_redirect(cfg.bridge_ifindex, 0) } as i32)
+    // frame to the container's port by its destination MAC. Without flags
+    // the helper always takes the frame (TC_ACT_REDIRECT).
+    unsafe { bpf_redirect(cfg.bridge_ifindex, 0) };
+    Some(Verdict::Redirect(counter))
 }
 
 /// The largest IP packet the uplink would send for this skb: the packet
@@ -88,7 +89,7 @@ fn wire_len(ctx: &TcContext, ip: &Ipv4Hdr) -> u32 {
     let l4_header_len = match ip.proto {
         // TCP's data offset, in 32-bit words; the minimum header if unreadable.
         IPPROTO_TCP => ctx
-            .load::<u8>(l4_offset(ip) + 12)
+            .load::<u8>(l4_offset(ip) + TCP_DATA_OFFSET)
             .map_or(20, |offset| (offset >> 4) as u32 * 4),
         IPPROTO_UDP => 8,
         _ => 0,

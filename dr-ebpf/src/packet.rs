@@ -1,11 +1,7 @@
-//! Header access and the rewrites shared by the programs.
-use core::mem::size_of;
+//! Header access, parsing and the header rewrites shared by the programs.
+use core::mem::{offset_of, size_of};
 
-use aya_ebpf::{
-    bindings::{bpf_redir_neigh, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::{bpf_redirect_neigh, bpf_skb_load_bytes},
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use dr_common::{
     checksum,
     nat::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
@@ -13,13 +9,13 @@ use dr_common::{
 };
 use network_types::{
     eth::{EthHdr, EtherType},
+    icmp::Icmpv4Hdr,
     ip::Ipv4Hdr,
+    tcp::TcpHdr,
+    udp::UdpHdr,
 };
 
-use crate::{
-    dry_run::{dry_run, record_redirect},
-    maps::{config, count},
-};
+use crate::{maps::config, verdict::Verdict};
 
 pub const AF_INET: u8 = 2;
 
@@ -106,42 +102,19 @@ pub fn decrement_ttl(ip: &mut Ipv4Hdr) -> bool {
     true
 }
 
-/// Sends the frame out of `ifindex`, with L2 addresses from the neighbour table
-/// for `next_hop` (network order), or for the packet's destination when `None`.
-/// Neither the FIB nor netfilter nor `ip_forward` are involved.
-#[inline(always)]
-pub fn redirect_neigh(ifindex: u32, next_hop: Option<u32>) -> i32 {
-    if dry_run() {
-        record_redirect(ifindex, next_hop.unwrap_or(0));
-    }
-    let ret = match next_hop {
-        Some(addr) => {
-            let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-            nh.nh_family = AF_INET.into();
-            nh.__bindgen_anon_1.ipv4_nh = addr;
-            // SAFETY: nh lives across the call; the size matches the struct.
-            unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) }
-        }
-        // SAFETY: a null parameter block is allowed when its length is 0.
-        None => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) },
-    };
-    ret as i32
-}
-
 /// The configuration and the IPv4 header of a frame the TC programs act on,
-/// or the verdict (counted) for any other frame: dr not enabled, not IPv4,
+/// or the verdict for any other frame: dr not enabled, not IPv4,
 /// or a malformed header.
 #[inline(always)]
 pub fn ipv4_frame(
     ctx: &TcContext,
-    bytes: u64,
-) -> Result<(&'static DatapathConfig, &'static mut Ipv4Hdr), i32> {
+) -> Result<(&'static DatapathConfig, &'static mut Ipv4Hdr), Verdict> {
     let Some(cfg) = config() else {
-        return Err(pass(Counter::Passed, bytes));
+        return Err(Verdict::Pass(Counter::Passed));
     };
     match parse(ctx) {
-        Frame::NotIpv4 => Err(pass(Counter::Passed, bytes)),
-        Frame::Malformed => Err(pass(Counter::Malformed, bytes)),
+        Frame::NotIpv4 => Err(Verdict::Pass(Counter::Passed)),
+        Frame::Malformed => Err(Verdict::Pass(Counter::Malformed)),
         Frame::Ipv4(ip) => Ok((cfg, ip)),
     }
 }
@@ -158,56 +131,6 @@ pub fn egress_frame(ctx: &TcContext) -> Option<(&'static DatapathConfig, &'stati
     }
 }
 
-/// Leaves the frame to the kernel stack, counted.
-#[inline(always)]
-pub fn pass(counter: Counter, bytes: u64) -> i32 {
-    count(counter, bytes);
-    TC_ACT_OK
-}
-
-/// Drops the frame, counted by reason.
-#[inline(always)]
-pub fn drop(counter: Counter, bytes: u64) -> i32 {
-    count(counter, bytes);
-    TC_ACT_SHOT
-}
-
-/// Sends the frame out of `ifindex` (see [`redirect_neigh`]) and counts the
-/// verdict under `counter`. Returns the TC verdict and whether it was sent.
-/// The frame carries dr's mark to the egress program there.
-#[inline(always)]
-pub fn send(
-    ctx: &TcContext,
-    ifindex: u32,
-    next_hop: Option<u32>,
-    counter: Counter,
-    bytes: u64,
-) -> (i32, bool) {
-    mark_redirect(ctx);
-    let verdict = redirect_neigh(ifindex, next_hop);
-    if verdict == TC_ACT_SHOT {
-        return (drop(Counter::DropRedirectFailed, bytes), false);
-    }
-    count(counter, bytes);
-    (verdict, true)
-}
-
-/// Forwards an IPv4 packet unchanged but for its TTL: see [`send`].
-#[inline(always)]
-pub fn forward(
-    ctx: &TcContext,
-    ip: &mut Ipv4Hdr,
-    ifindex: u32,
-    next_hop: Option<u32>,
-    counter: Counter,
-    bytes: u64,
-) -> (i32, bool) {
-    if !decrement_ttl(ip) {
-        return (drop(Counter::DropTtlExceeded, bytes), false);
-    }
-    send(ctx, ifindex, next_hop, counter, bytes)
-}
-
 /// Offset of the L4 header (after IPv4 options).
 #[inline(always)]
 pub fn l4_offset(ip: &Ipv4Hdr) -> usize {
@@ -222,39 +145,105 @@ pub fn is_fragment(ip: &Ipv4Hdr) -> bool {
 }
 
 /// Offsets of IPv4 header fields from the start of the frame.
-pub const IP_CHECK: usize = EthHdr::LEN + 10;
-pub const IP_SRC: usize = EthHdr::LEN + 12;
-pub const IP_DST: usize = EthHdr::LEN + 16;
+pub const IP_CHECK: usize = EthHdr::LEN + offset_of!(Ipv4Hdr, check);
+pub const IP_SRC: usize = EthHdr::LEN + offset_of!(Ipv4Hdr, src_addr);
+pub const IP_DST: usize = EthHdr::LEN + offset_of!(Ipv4Hdr, dst_addr);
+
+/// Offsets of L4 header fields from the start of the L4 header.
+pub const TCP_SEQ: usize = offset_of!(TcpHdr, seq);
+/// The byte whose high nibble is TCP's data offset; the flags byte follows.
+pub const TCP_DATA_OFFSET: usize = offset_of!(TcpHdr, _bitfield_1);
+pub const TCP_FLAGS: usize = TCP_DATA_OFFSET + 1;
+pub const TCP_CHECK: usize = offset_of!(TcpHdr, check);
+pub const UDP_CHECK: usize = offset_of!(UdpHdr, check);
+pub const ICMP_CHECK: usize = offset_of!(Icmpv4Hdr, check);
+/// An echo's identifier opens the header's last word.
+pub const ICMP_ID: usize = offset_of!(Icmpv4Hdr, data);
 
 /// Whether the TCP (20 bytes), UDP or ICMP (8) header lies inside the IP
 /// packet's total length; bytes past it, such as Ethernet padding, are not
 /// the packet's.
 #[inline(always)]
 pub fn l4_header_fits(ip: &Ipv4Hdr) -> bool {
-    let header_len = if ip.proto == IPPROTO_TCP { 20 } else { 8 };
+    let header_len = if ip.proto == IPPROTO_TCP {
+        TcpHdr::LEN
+    } else {
+        UdpHdr::LEN
+    };
     l4_offset(ip) + header_len <= EthHdr::LEN + u16::from_be_bytes(ip.tot_len) as usize
 }
 
+/// Reads a value at an offset into the frame, so that one parser serves
+/// TC (through `bpf_skb_load_bytes`, paged skbs too) and XDP (its linear
+/// bytes, directly).
+pub trait FrameBytes {
+    fn read<T: Copy>(&self, offset: usize) -> Option<T>;
+}
+
+impl FrameBytes for TcContext {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        self.load(offset).ok()
+    }
+}
+
+/// The linear bytes `[data, data_end)` of an XDP frame.
+#[derive(Clone, Copy)]
+pub struct LinearFrame {
+    pub data: usize,
+    pub data_end: usize,
+}
+
+impl LinearFrame {
+    /// Pointer to a `T` at `offset`, if it lies inside the frame.
+    #[inline(always)]
+    pub fn ptr<T>(&self, offset: usize) -> Option<*mut T> {
+        ptr_at(self.data, self.data_end, offset)
+    }
+
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.data_end - self.data
+    }
+}
+
+/// Not for a single byte at the start of a header: LLVM turns its check into
+/// `data + offset >= data_end`, from which the verifier learns no range.
+impl FrameBytes for LinearFrame {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        // The end read anew: LLVM could otherwise find the bounds check
+        // implied by the IP header checks (total length within the frame,
+        // L4 header within the total length) and drop it, and the verifier
+        // cannot follow that reasoning.
+        // SAFETY: a plain field of `self`.
+        let data_end = unsafe { core::ptr::read_volatile(&self.data_end) };
+        let at = ptr_at::<T>(self.data, data_end, offset)?;
+        // SAFETY: bounds checked by ptr_at; packet bytes have no alignment.
+        Some(unsafe { at.read_unaligned() })
+    }
+}
+
 /// The ports (or ICMP identifier, 0) and TCP flags of a TCP/UDP/ICMP packet;
-/// None if its header is cut short.
+/// None if its header is cut short. The one L4 parser of TC and XDP.
 #[inline(always)]
-pub fn l4_ports(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(u16, u16, u8)> {
+pub fn l4_ports(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(u16, u16, u8)> {
     if !l4_header_fits(ip) {
         return None;
     }
     let (l4, proto) = (l4_offset(ip), ip.proto);
     match proto {
         IPPROTO_TCP => {
-            let p: [u16; 2] = ctx.load(l4).ok()?;
-            let flags: u8 = ctx.load(l4 + 13).ok()?;
+            let p: [u16; 2] = frame.read(l4)?;
+            let flags: u8 = frame.read(l4 + TCP_FLAGS)?;
             Some((p[0], p[1], flags))
         }
         IPPROTO_UDP => {
-            let p: [u16; 2] = ctx.load(l4).ok()?;
+            let p: [u16; 2] = frame.read(l4)?;
             Some((p[0], p[1], 0))
         }
         _ => {
-            let id: u16 = ctx.load(l4 + 4).ok()?;
+            let id: u16 = frame.read(l4 + ICMP_ID)?;
             Some((id, 0, 0))
         }
     }
@@ -264,11 +253,11 @@ pub fn l4_ports(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(u16, u16, u8)> {
 /// port) and its TCP flags; None for other protocols, fragments and cut
 /// headers.
 #[inline(always)]
-pub fn flow_of(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
+pub fn flow_of(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
     if !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) || is_fragment(ip) {
         return None;
     }
-    let (src_port, dst_port, tcp_flags) = l4_ports(ctx, ip)?;
+    let (src_port, dst_port, tcp_flags) = l4_ports(frame, ip)?;
     let key = FlowKey {
         src_addr: src_addr(ip),
         dst_addr: dst_addr(ip),
@@ -278,30 +267,6 @@ pub fn flow_of(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
         _pad: [0; 3],
     };
     Some((key, tcp_flags))
-}
-
-/// `skb->mark` bit on a packet dr redirects: it goes to the egress of docker0
-/// or of the uplink, where dr's egress program knows the packet is dr's,
-/// clears the bit and leaves the packet alone. Set just before the redirect.
-const DR_REDIRECT_MARK: u32 = 1 << 20;
-
-#[inline(always)]
-fn mark_redirect(ctx: &TcContext) {
-    // SAFETY: the context's skb is valid for the whole run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    ctx.set_mark(mark | DR_REDIRECT_MARK);
-}
-
-/// Whether dr redirected this packet here; clears the mark.
-#[inline(always)]
-pub fn take_redirect_mark(ctx: &TcContext) -> bool {
-    // SAFETY: the context's skb is valid for the whole run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    if mark & DR_REDIRECT_MARK == 0 {
-        return false;
-    }
-    ctx.set_mark(mark & !DR_REDIRECT_MARK);
-    true
 }
 
 /// Copies the `len` bytes at `offset` of the skb (linear or not; at most

@@ -6,39 +6,46 @@ use crate::{
     inbound::record_inbound,
     maps::{is_peer_host, peer_for, peer_traffic},
     nat::{now, snat_reply},
-    packet::{dst_addr, flow_of, forward, ipv4_frame, pass, src_addr},
+    packet::{dst_addr, flow_of, ipv4_frame, src_addr},
+    redirect::forward,
+    verdict::Verdict,
 };
+
+#[classifier]
+pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
+    let bytes = ctx.len() as u64;
+    from_uplink(&ctx, bytes).tc_action(bytes)
+}
 
 /// A packet from a known peer subnet, or from a peer host itself, to a local
 /// container is delivered to docker0 directly; a reply to a translated flow (or an ICMP error about
 /// one) is translated back and delivered; everything else goes to the stack.
-#[classifier]
-pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
-    let bytes = ctx.len() as u64;
-    let (cfg, ip) = match ipv4_frame(&ctx, bytes) {
+#[inline(always)]
+fn from_uplink(ctx: &TcContext, bytes: u64) -> Verdict {
+    let (cfg, ip) = match ipv4_frame(ctx) {
         Ok(frame) => frame,
         Err(verdict) => return verdict,
     };
     let dst = dst_addr(ip);
     if dst == cfg.uplink_addr && cfg.nat_enabled != 0 {
-        return snat_reply(&ctx, cfg, ip, bytes).unwrap_or_else(|| pass(Counter::Passed, bytes));
+        return snat_reply(ctx, cfg, ip).unwrap_or(Verdict::Pass(Counter::Passed));
     }
     if !cfg.is_container(dst) {
-        return pass(Counter::Passed, bytes);
+        return Verdict::Pass(Counter::Passed);
     }
     let src = src_addr(ip);
     let Some(peer) = peer_for(src) else {
         if !is_peer_host(src) {
-            return pass(Counter::Passed, bytes);
+            return Verdict::Pass(Counter::Passed);
         }
         // A peer host's own process: its container answers go straight back.
-        if let Some((flow, _)) = flow_of(&ctx, ip) {
+        if let Some((flow, _)) = flow_of(ctx, ip) {
             record_inbound(&flow.answer(), DELIVERED_FROM_PEER_HOST, now());
         }
-        return forward(&ctx, ip, cfg.bridge_ifindex, None, Counter::FromPeer, bytes).0;
+        return forward(ctx, ip, cfg.bridge_ifindex, None, Counter::FromPeer);
     };
-    let (verdict, sent) = forward(&ctx, ip, cfg.bridge_ifindex, None, Counter::FromPeer, bytes);
-    if sent {
+    let verdict = forward(ctx, ip, cfg.bridge_ifindex, None, Counter::FromPeer);
+    if verdict.redirected() {
         if let Some(traffic) = peer_traffic(peer) {
             traffic.from_peer.add(bytes);
         }

@@ -13,60 +13,55 @@ use aya_ebpf::{
 use dr_common::Counter;
 
 use crate::{
-    maps::{count, peer_for, peer_traffic},
-    packet::{drop, dst_addr, egress_frame, send, src_addr, take_redirect_mark, AF_INET},
+    maps::{peer_for, peer_traffic},
+    packet::{dst_addr, egress_frame, src_addr, AF_INET},
+    redirect::{send, take_redirect_mark},
+    verdict::Verdict,
 };
 
-/// A packet of the host's own for a peer subnet (a process reaching a
-/// container on another host: the kernel has no route for the subnet and sent
-/// it toward its default gateway) goes to the peer host instead, with the
-/// uplink address as its source. Everything else leaves as the kernel sent it.
 #[classifier]
 pub fn dr_uplink_egress(ctx: TcContext) -> i32 {
     // A redirect below leaves by this same device: the packet comes back once.
     if take_redirect_mark(&ctx) {
         return TC_ACT_OK;
     }
-    let Some((cfg, ip)) = egress_frame(&ctx) else {
-        return TC_ACT_OK;
-    };
-    if src_addr(ip) != cfg.uplink_addr {
-        return TC_ACT_OK;
-    }
-    let Some(peer) = peer_for(dst_addr(ip)) else {
-        return TC_ACT_OK;
-    };
     let bytes = ctx.len() as u64;
-    let verdict = match neighbour_mac(&ctx, cfg.uplink_ifindex, peer.via) {
+    to_peer_host(&ctx, bytes).map_or(TC_ACT_OK, |verdict| verdict.tc_action(bytes))
+}
+
+/// A packet of the host's own for a peer subnet (a process reaching a
+/// container on another host: the kernel has no route for the subnet and sent
+/// it toward its default gateway) goes to the peer host instead, with the
+/// uplink address as its source. Everything else leaves as the kernel sent
+/// it, uncounted (None).
+#[inline(always)]
+fn to_peer_host(ctx: &TcContext, bytes: u64) -> Option<Verdict> {
+    let (cfg, ip) = egress_frame(ctx)?;
+    if src_addr(ip) != cfg.uplink_addr {
+        return None;
+    }
+    let peer = peer_for(dst_addr(ip))?;
+    let verdict = match neighbour_mac(ctx, cfg.uplink_ifindex, peer.via) {
         // Same device: only the next hop's MAC changes.
         Some((src, dst)) => {
             if ctx.store(0, &dst, 0).is_err() || ctx.store(6, &src, 0).is_err() {
-                return drop(Counter::DropRedirectFailed, bytes);
+                return Some(Verdict::Drop(Counter::DropRedirectFailed));
             }
-            count(Counter::HostToPeer, bytes);
-            TC_ACT_OK
+            Verdict::Pass(Counter::HostToPeer)
         }
         // The peer host is not in the neighbour table yet: the kernel resolves
         // it. The packet still carries its route toward the default gateway,
         // and a packet queued for resolution leaves by that route's next hop,
         // so this one may be lost; the following ones find the neighbour.
-        None => {
-            match send(
-                &ctx,
-                cfg.uplink_ifindex,
-                Some(peer.via),
-                Counter::HostToPeer,
-                bytes,
-            ) {
-                (verdict, true) => verdict,
-                (dropped, false) => return dropped,
-            }
-        }
+        None => match send(ctx, cfg.uplink_ifindex, Some(peer.via), Counter::HostToPeer) {
+            dropped @ Verdict::Drop(_) => return Some(dropped),
+            sent => sent,
+        },
     };
     if let Some(traffic) = peer_traffic(peer) {
         traffic.to_peer.add(bytes);
     }
-    verdict
+    Some(verdict)
 }
 
 /// The uplink's and the neighbour `addr`'s MAC addresses, if the kernel

@@ -2,171 +2,126 @@
 //! containers and for replies to SNAT translations. It delivers straight into
 //! the container's veth when it knows the container (`ENDPOINTS`), and leaves
 //! everything else to the TC programs (`XDP_PASS`), which handle all cases.
-use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_PASS},
-    macros::xdp,
-    programs::XdpContext,
-};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 use dr_common::{
     checksum,
-    nat::{
-        rewritten_l4_checksum, ReverseKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST,
-    },
+    nat::{rewritten_l4_checksum, IPPROTO_ICMP, TCP_FIN, TCP_RST},
     Counter, DatapathConfig, Endpoint,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
     dry_run::{dry_run, record_redirect},
-    maps::{config, count, endpoint, peer_for, peer_traffic, ENDPOINT_PORTS},
-    nat::{live_reply, touch_reply, ICMP_ECHO_REPLY},
+    maps::{config, endpoint, peer_for, peer_traffic, ENDPOINT_PORTS},
+    nat::{layout, live_reply, reply_key, touch_reply, ICMP_ECHO_REPLY},
     packet::{
-        decrement_ttl, dst_addr, is_fragment, l4_header_fits, l4_offset, parse_frame, ptr_at,
-        src_addr, Frame,
+        decrement_ttl, dst_addr, is_fragment, l4_offset, parse_frame, src_addr, Frame, FrameBytes,
+        LinearFrame,
     },
+    verdict::Verdict,
 };
 
 #[xdp]
 pub fn dr_uplink_xdp(ctx: XdpContext) -> u32 {
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    let bytes = (data_end - data) as u64;
-    let verdict = deliver(data, data_end);
-    if verdict == XDP_PASS {
-        count(Counter::XdpPass, bytes);
-    }
-    verdict
+    let frame = LinearFrame {
+        data: ctx.data(),
+        data_end: ctx.data_end(),
+    };
+    deliver(frame).xdp_action(frame.len() as u64)
 }
+
+/// Everything XDP does not deliver itself: TC's.
+const TO_TC: Verdict = Verdict::Pass(Counter::XdpPass);
 
 /// Peer traffic and SNAT replies for known local containers go straight to
 /// them; everything else is TC's.
 #[inline(always)]
-fn deliver(data: usize, data_end: usize) -> u32 {
+fn deliver(frame: LinearFrame) -> Verdict {
     let Some(cfg) = config() else {
-        return XDP_PASS;
+        return TO_TC;
     };
-    let Frame::Ipv4(ip) = parse_frame(data, data_end, data_end - data) else {
-        return XDP_PASS;
+    let Frame::Ipv4(ip) = parse_frame(frame.data, frame.data_end, frame.len()) else {
+        return TO_TC;
     };
     if dst_addr(ip) == cfg.uplink_addr && cfg.nat_enabled != 0 {
-        return deliver_reply(data, data_end, cfg, ip);
+        return deliver_reply(frame, cfg, ip);
     }
-    deliver_from_peer(data, data_end, cfg, ip)
+    deliver_from_peer(frame, cfg, ip)
 }
 
-/// Sets the MACs of a frame from docker0 to `endpoint`, counts it and
-/// redirects it into the endpoint's veth.
+/// Sets the MACs of a frame from docker0 to `endpoint` and redirects it
+/// into the endpoint's veth, to be counted under `counter`.
 #[inline(always)]
 fn redirect_to(
-    data: usize,
-    data_end: usize,
+    frame: LinearFrame,
     cfg: &DatapathConfig,
     endpoint: &Endpoint,
     counter: Counter,
-) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
-        return XDP_PASS;
+) -> Verdict {
+    let Some(eth) = frame.ptr::<EthHdr>(0) else {
+        return TO_TC;
     };
     // SAFETY: bounds checked by ptr_at.
     unsafe {
         (*eth).dst_addr = endpoint.mac;
         (*eth).src_addr = cfg.bridge_mac;
     }
-    let bytes = (data_end - data) as u64;
-    count(counter, bytes);
-    count(Counter::XdpRedirect, bytes);
     if dry_run() {
         record_redirect(endpoint.ifindex, 0);
     }
     // The port was there a moment ago (`endpoint`); should it vanish now,
     // the frame is lost like any frame in flight to a deleted device.
-    ENDPOINT_PORTS
-        .redirect(endpoint.ifindex, 0)
-        .unwrap_or(XDP_ABORTED)
+    match ENDPOINT_PORTS.redirect(endpoint.ifindex, 0) {
+        Ok(_) => Verdict::Redirect(counter),
+        Err(_) => Verdict::Drop(counter),
+    }
 }
 
 /// A reply to a translated TCP/UDP flow or ping, translated back with
 /// checksums fixed arithmetically (frames from the wire carry complete
 /// checksums). ICMP errors, TCP RSTs and FINs, and anything unknown are TC's.
 #[inline(always)]
-fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
+fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verdict {
     let proto = ip.proto;
-    if is_fragment(ip) || ip.ttl <= 1 || !l4_header_fits(ip) {
-        return XDP_PASS;
+    if is_fragment(ip) || ip.ttl <= 1 {
+        return TO_TC;
     }
+    let Some(layout) = layout(proto) else {
+        return TO_TC;
+    };
+    let Some((rkey, flags)) = reply_key(&frame, ip) else {
+        return TO_TC;
+    };
     let l4 = l4_offset(ip);
-    // (remote port, nat port, TCP flags, offset of the nat port, of the checksum)
-    let (remote_port, nat_port, flags, port_at, check_at) = match proto {
-        IPPROTO_TCP => {
-            let Some(h) = ptr_at::<[u8; 20]>(data, data_end, l4) else {
-                return XDP_PASS;
-            };
-            // SAFETY: bounds checked by ptr_at.
-            let h = unsafe { &*h };
-            // A RST or FIN is checked against the container's window
-            // before it may close the translation: TC's (rare, and one
-            // place for that check).
-            if h[13] & (TCP_RST | TCP_FIN) != 0 {
-                return XDP_PASS;
-            }
-            (
-                u16::from_ne_bytes([h[0], h[1]]),
-                u16::from_ne_bytes([h[2], h[3]]),
-                h[13],
-                2,
-                16,
-            )
-        }
-        IPPROTO_UDP => {
-            let Some(h) = ptr_at::<[u8; 8]>(data, data_end, l4) else {
-                return XDP_PASS;
-            };
-            // SAFETY: bounds checked by ptr_at.
-            let h = unsafe { &*h };
-            (
-                u16::from_ne_bytes([h[0], h[1]]),
-                u16::from_ne_bytes([h[2], h[3]]),
-                0,
-                2,
-                6,
-            )
-        }
-        IPPROTO_ICMP => {
-            let Some(h) = ptr_at::<[u8; 8]>(data, data_end, l4) else {
-                return XDP_PASS;
-            };
-            // SAFETY: bounds checked by ptr_at.
-            let h = unsafe { &*h };
-            if h[0] != ICMP_ECHO_REPLY {
-                return XDP_PASS;
-            }
-            (0, u16::from_ne_bytes([h[4], h[5]]), 0, 4, 2)
-        }
-        _ => return XDP_PASS,
-    };
-    let rkey = ReverseKey {
-        remote_addr: src_addr(ip),
-        remote_port,
-        nat_port,
-        proto,
-        _pad: [0; 3],
-    };
+    // A RST or FIN is checked against the container's window before it may
+    // close the translation: TC's (rare, and one place for that check).
+    if flags & (TCP_RST | TCP_FIN) != 0 {
+        return TO_TC;
+    }
+    // The whole header read for its type: see LinearFrame::read.
+    if proto == IPPROTO_ICMP
+        && frame.read::<Icmpv4Hdr>(l4).map(|h| h.type_) != Some(ICMP_ECHO_REPLY)
+    {
+        return TO_TC;
+    }
     let Some((origin, flow)) = live_reply(cfg, &rkey) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     let Some(endpoint) = endpoint(origin.addr) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     let (Some(port), Some(check)) = (
-        ptr_at::<[u8; 2]>(data, data_end, l4 + port_at),
-        ptr_at::<[u8; 2]>(data, data_end, l4 + check_at),
+        frame.ptr::<[u8; 2]>(l4 + layout.reply_port),
+        frame.ptr::<[u8; 2]>(l4 + layout.check),
     ) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     touch_reply(flow, flags);
     decrement_ttl(ip);
     ip.dst_addr = origin.addr.to_ne_bytes();
     ip.check = checksum::replace_u32(u16::from_ne_bytes(ip.check), cfg.uplink_addr, origin.addr)
         .to_ne_bytes();
+    let nat_port = rkey.nat_port;
     // SAFETY: bounds checked by ptr_at.
     unsafe {
         *port = origin.port.to_ne_bytes();
@@ -174,29 +129,29 @@ fn deliver_reply(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ip
         let addrs = (cfg.uplink_addr, origin.addr);
         *check = rewritten_l4_checksum(proto, old, addrs, (nat_port, origin.port)).to_ne_bytes();
     }
-    redirect_to(data, data_end, cfg, &endpoint, Counter::NatIn)
+    redirect_to(frame, cfg, &endpoint, Counter::NatIn)
 }
 
 /// Traffic from a peer subnet to a local container.
 #[inline(always)]
-fn deliver_from_peer(data: usize, data_end: usize, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> u32 {
+fn deliver_from_peer(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verdict {
     let dst = dst_addr(ip);
     if !cfg.is_container(dst) {
-        return XDP_PASS;
+        return TO_TC;
     }
     let Some(peer) = peer_for(src_addr(ip)) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     let Some(endpoint) = endpoint(dst) else {
-        return XDP_PASS;
+        return TO_TC;
     };
     // An expiring TTL is TC's to drop and count.
     if ip.ttl <= 1 {
-        return XDP_PASS;
+        return TO_TC;
     }
     decrement_ttl(ip);
     if let Some(traffic) = peer_traffic(peer) {
-        traffic.from_peer.add((data_end - data) as u64);
+        traffic.from_peer.add(frame.len() as u64);
     }
-    redirect_to(data, data_end, cfg, &endpoint, Counter::FromPeer)
+    redirect_to(frame, cfg, &endpoint, Counter::FromPeer)
 }

@@ -1,0 +1,233 @@
+//! Container -> external: a new flow gets a translation, and every packet
+//! of a translated flow leaves with the uplink's address and its NAT port.
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_log_ebpf::warn;
+use dr_common::{
+    nat::{Flow, FlowKey, DELIVERED_BY_KERNEL, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_SYN},
+    Counter, DatapathConfig,
+};
+use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
+
+use super::{
+    now,
+    rewrite::{layout, rewrite},
+    table::{allocate, live_flow},
+    ICMP_ECHO, ICMP_ECHO_REPLY,
+};
+use crate::{
+    dry_run::dry_run,
+    inbound::inbound_answered,
+    maps::{NAT_EXCLUDE, NAT_FLOWS},
+    mtu::too_big,
+    packet::{
+        decrement_ttl, dst_addr, flow_of, is_fragment, l4_offset, load_prefix, IP_SRC, TCP_SEQ,
+    },
+    redirect::{forward, send},
+    route::leaves_by_uplink,
+    verdict::Verdict,
+};
+
+/// Whether container traffic to `addr` keeps the container's source address.
+/// Multicast and broadcast never leave by the uplink as one flow's answer
+/// could come back: the stack handles them.
+#[inline(always)]
+pub fn excluded(cfg: &DatapathConfig, addr: u32) -> bool {
+    let first_octet = addr.to_ne_bytes()[0];
+    addr == cfg.uplink_addr
+        || addr == cfg.gateway
+        || first_octet >= 224
+        || NAT_EXCLUDE.get(Key::new(32, addr)).is_some()
+}
+
+/// A container's packet for neither the local subnet nor a peer subnet.
+/// An answer to an inbound flow leaves the way the flow came (to the kernel,
+/// or straight to the peer host); a packet for an external destination that
+/// the host routes out of the uplink is translated to the uplink's address
+/// (SNAT) and sent there; everything else goes to the stack.
+#[inline(always)]
+pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verdict {
+    let dst = dst_addr(ip);
+    let nat_enabled = cfg.nat_enabled != 0;
+    let proto = ip.proto;
+    let Some(l4) = layout(proto) else {
+        return Verdict::Pass(Counter::Passed);
+    };
+    if is_fragment(ip) {
+        if nat_enabled && !excluded(cfg, dst) {
+            return Verdict::Drop(Counter::DropNatFragment);
+        }
+        return Verdict::Pass(Counter::Passed);
+    }
+    let l4_at = l4_offset(ip);
+    // Echo requests start translations and echo replies answer inbound
+    // pings; other ICMP goes to the stack.
+    let icmp_type = if proto == IPPROTO_ICMP {
+        match ctx.load::<u8>(l4_at) {
+            Ok(t @ (ICMP_ECHO | ICMP_ECHO_REPLY)) => t,
+            _ => return Verdict::Pass(Counter::Passed),
+        }
+    } else {
+        ICMP_ECHO
+    };
+    let Some((key, tcp_flags)) = flow_of(ctx, ip) else {
+        return Verdict::Pass(Counter::Malformed);
+    };
+    let now = now();
+    let starts = icmp_type == ICMP_ECHO;
+    // A live translation is used without asking the exclusions again: as
+    // with conntrack, a rule changed later applies to new flows.
+    let live = if nat_enabled && starts {
+        live_flow(&key, cfg, now)
+    } else {
+        None
+    };
+    if live.is_none() {
+        match inbound_answered(&key, cfg, now) {
+            Some(DELIVERED_BY_KERNEL) => return Verdict::Pass(Counter::InboundReply),
+            Some(_) => {
+                if let Some(verdict) = too_big(ctx, cfg, ip) {
+                    return verdict;
+                }
+                return forward(ctx, ip, cfg.uplink_ifindex, Some(dst), Counter::ToPeer);
+            }
+            None => {}
+        }
+        if !nat_enabled || !starts || excluded(cfg, dst) {
+            return Verdict::Pass(Counter::Passed);
+        }
+        // Only a SYN opens a TCP translation: any other segment answers a
+        // connection the kernel knows (or one long gone).
+        if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            return Verdict::Pass(Counter::InboundReply);
+        }
+        // Only a new flow asks the FIB: a live one left by the uplink when
+        // it started, and its packets keep the path they had.
+        if !leaves_by_uplink(ctx, cfg, &key, ip.tos) {
+            return Verdict::Pass(Counter::Passed);
+        }
+    }
+    // Before any translation is made: a packet refused here creates none.
+    if let Some(verdict) = too_big(ctx, cfg, ip) {
+        return verdict;
+    }
+    let (nat_port, flow) = match live {
+        Some(flow) => (refresh(flow, tcp_flags, now), Some(flow)),
+        None => {
+            if ip.ttl <= 1 {
+                return Verdict::Drop(Counter::DropTtlExceeded);
+            }
+            match allocate(&key, cfg, now, tcp_flags) {
+                Ok(port) => (port, None),
+                Err(reason) => {
+                    warn_no_translation(ctx, &key, reason);
+                    return Verdict::Drop(reason);
+                }
+            }
+        }
+    };
+    if proto == IPPROTO_TCP && !dry_run() {
+        // A new flow's entry is looked up again: only its SYN pays for that.
+        if let Some(flow) = flow.or_else(|| NAT_FLOWS.get_ptr_mut(key)) {
+            record_container_window(ctx, l4_at, tcp_flags, flow);
+        }
+    }
+    if !decrement_ttl(ip) {
+        return Verdict::Drop(Counter::DropTtlExceeded);
+    }
+    let addrs = (key.src_addr, cfg.uplink_addr);
+    let port_at = l4_at + l4.port;
+    if rewrite(
+        ctx,
+        proto,
+        l4_at + l4.check,
+        IP_SRC,
+        addrs,
+        port_at,
+        (key.src_port, nat_port),
+    )
+    .is_err()
+    {
+        return Verdict::Drop(Counter::DropRedirectFailed);
+    }
+    send(ctx, cfg.uplink_ifindex, None, Counter::NatOut)
+}
+
+/// Records a container's packet on its live translation (time, TCP state);
+/// returns the translation's port.
+#[inline(always)]
+fn refresh(flow: *mut Flow, tcp_flags: u8, now: u64) -> u16 {
+    // SAFETY: map value pointer, valid for this program run.
+    let entry = unsafe { &mut *flow };
+    if !dry_run() {
+        entry.last_seen_ns = now;
+        entry.record(tcp_flags, false);
+    }
+    entry.nat_port
+}
+
+/// Logs why `key`'s new flow got no translation (`reason`, its drop counter).
+#[inline(always)]
+fn warn_no_translation(ctx: &TcContext, key: &FlowKey, reason: Counter) {
+    warn!(
+        ctx,
+        "snat: no translation for {:i}:{} -> {:i}:{} ({})",
+        u32::from_be(key.src_addr),
+        u16::from_be(key.src_port),
+        u32::from_be(key.dst_addr),
+        u16::from_be(key.dst_port),
+        if reason == Counter::DropNatTableFull {
+            "table full"
+        } else {
+            "no free port"
+        }
+    );
+}
+
+/// Records the container's receive window from its TCP segment at `l4_at`
+/// ([`Flow::record_window`]), for judging the remote's RSTs and FINs. Not
+/// inlined, for the verifier (see `table::claim`).
+#[inline(never)]
+fn record_container_window(ctx: &TcContext, l4_at: usize, flags: u8, flow: *mut Flow) {
+    // Sequence, acknowledgment, data offset, flags, window.
+    let Ok(h) = ctx.load::<[u8; 12]>(l4_at + TCP_SEQ) else {
+        return;
+    };
+    let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    let window = u16::from_be_bytes([h[10], h[11]]);
+    let wscale = if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        syn_window_scale(ctx, l4_at, h[8] >> 4)
+    } else {
+        0
+    };
+    // SAFETY: map value pointer, valid for this program run.
+    unsafe { (*flow).record_window(flags, ack, window, wscale) };
+}
+
+const TCPOPT_WINDOW: u8 = 3;
+/// At most 40 bytes of options (a 60-byte header).
+const TCP_MAX_OPTION_BYTES: usize = 40;
+
+/// The window scale a SYN whose header is `data_offset` words long offers:
+/// the largest shift among the bytes that read as a window scale option
+/// (kind 3, length 3), 0 without one. Not a walk of the option list: a loop
+/// whose position depends on each option's length took the verifier past
+/// its budget, while this one's iterations all look alike to it. The real
+/// option is among the matches, and a false one (inside another option's
+/// value) only widens the window judged. The options are copied once (one
+/// helper call, not one per position): bytes past them stay zero and match
+/// nothing.
+#[inline(always)]
+fn syn_window_scale(ctx: &TcContext, l4_at: usize, data_offset: u8) -> u8 {
+    let options = (data_offset as usize * 4).saturating_sub(TcpHdr::LEN);
+    let mut bytes = [0u8; TCP_MAX_OPTION_BYTES];
+    if load_prefix(ctx, l4_at + TcpHdr::LEN, &mut bytes, options).is_err() {
+        return 0;
+    }
+    let mut shift = 0;
+    for i in 0..TCP_MAX_OPTION_BYTES - 2 {
+        if bytes[i] == TCPOPT_WINDOW && bytes[i + 1] == 3 && bytes[i + 2] > shift {
+            shift = bytes[i + 2];
+        }
+    }
+    shift
+}

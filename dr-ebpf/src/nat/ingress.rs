@@ -1,0 +1,148 @@
+//! External -> container: a reply to a live translation is translated back
+//! and delivered to docker0.
+use aya_ebpf::programs::TcContext;
+use dr_common::{
+    nat::{Flow, Origin, ReverseKey, IPPROTO_ICMP, TCP_FIN, TCP_RST},
+    Counter, DatapathConfig,
+};
+use network_types::ip::Ipv4Hdr;
+
+use super::{
+    icmp_error::icmp_error_reply,
+    now,
+    rewrite::{layout, rewrite},
+    ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
+};
+use crate::{
+    dry_run::dry_run,
+    maps::{count, NAT_FLOWS, NAT_REVERSE},
+    packet::{
+        decrement_ttl, is_fragment, l4_offset, l4_ports, src_addr, FrameBytes, IP_DST, TCP_SEQ,
+    },
+    redirect::send,
+    verdict::Verdict,
+};
+
+/// The container end of a reply to a live translation, and its flow entry.
+/// None when the reply's port is outside the NAT range or no live
+/// translation matches (then the packet is the host's own traffic). A dead
+/// or half-evicted translation is never used: a stale mapping must not
+/// deliver to a container.
+#[inline(always)]
+pub fn live_reply(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, &'static mut Flow)> {
+    let host_port = u16::from_be(rkey.nat_port) as u32;
+    if host_port < cfg.nat_port_min || host_port > cfg.nat_port_max {
+        return None;
+    }
+    // SAFETY: map value, copied out.
+    let origin: Origin = unsafe { NAT_REVERSE.get(rkey) }.copied()?;
+    let flow = NAT_FLOWS.get_ptr_mut(rkey.forward(&origin))?;
+    // SAFETY: map value pointer, valid for this program run.
+    let flow = unsafe { &mut *flow };
+    if flow.nat_port != rkey.nat_port {
+        count(Counter::NatEvicted, 0);
+        return None;
+    }
+    if flow.expired(now(), &cfg.nat_timeouts) {
+        count(Counter::NatExpired, 0);
+        return None;
+    }
+    Some((origin, flow))
+}
+
+/// Whether the remote's segment at `l4_at` lies near enough to the
+/// container's receive window for its RST or FIN to count
+/// ([`Flow::in_window`]). Not inlined: keeps the reply path's branches
+/// within the verifier's budget.
+#[inline(never)]
+fn teardown_in_window(ctx: &TcContext, l4_at: usize, flow: &Flow) -> bool {
+    match ctx.load::<u32>(l4_at + TCP_SEQ) {
+        Ok(seq) => flow.in_window(u32::from_be(seq)),
+        // Not reached: the caller read the flags further on.
+        Err(_) => true,
+    }
+}
+
+/// Records a reply on its flow: time and TCP state.
+#[inline(always)]
+pub fn touch_reply(flow: &mut Flow, tcp_flags: u8) {
+    if dry_run() {
+        return;
+    }
+    flow.last_seen_ns = now();
+    flow.record(tcp_flags, true);
+}
+
+/// The translation a TCP/UDP packet or ICMP echo reply would answer
+/// (remote end, NAT port), and its TCP flags; None if its header is cut
+/// short. Shared by TC and XDP.
+#[inline(always)]
+pub fn reply_key(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(ReverseKey, u8)> {
+    let (remote_port, nat_port, tcp_flags) = l4_ports(frame, ip)?;
+    // An echo reply's identifier is the NAT port; ICMP has no remote port.
+    let (remote_port, nat_port) = if ip.proto == IPPROTO_ICMP {
+        (0, remote_port)
+    } else {
+        (remote_port, nat_port)
+    };
+    let rkey = ReverseKey {
+        remote_addr: src_addr(ip),
+        remote_port,
+        nat_port,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    Some((rkey, tcp_flags))
+}
+
+/// External -> container: a packet to the uplink address that answers a
+/// translation is translated back and delivered to docker0. None when it is
+/// not for a translation (the host's own traffic).
+#[inline(always)]
+pub fn snat_reply(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Option<Verdict> {
+    let proto = ip.proto;
+    let l4 = layout(proto)?;
+    if is_fragment(ip) {
+        // Only the first fragment has ports; dr does not track fragments by
+        // IP id (as Cilium does): the stack gets them, counted.
+        return Some(Verdict::Pass(Counter::NatFragmentIn));
+    }
+    let l4_at = l4_offset(ip);
+    if proto == IPPROTO_ICMP {
+        match ctx.load::<u8>(l4_at).ok()? {
+            ICMP_ECHO_REPLY => {}
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
+                return icmp_error_reply(ctx, cfg, ip, l4_at);
+            }
+            _ => return None,
+        }
+    }
+    let (rkey, tcp_flags) = reply_key(ctx, ip)?;
+    let (origin, flow) = live_reply(cfg, &rkey)?;
+    // A RST or FIN far from the container's window is not believed (an
+    // off-path sender guessing), but still delivered: the container's stack
+    // judges it again (RFC 5961) and answers with a challenge ACK.
+    if tcp_flags & (TCP_RST | TCP_FIN) == 0 || teardown_in_window(ctx, l4_at, flow) {
+        touch_reply(flow, tcp_flags);
+    } else {
+        count(Counter::NatTeardownOutOfWindow, 0);
+    }
+    if !decrement_ttl(ip) {
+        return Some(Verdict::Drop(Counter::DropTtlExceeded));
+    }
+    let addrs = (cfg.uplink_addr, origin.addr);
+    if rewrite(
+        ctx,
+        proto,
+        l4_at + l4.check,
+        IP_DST,
+        addrs,
+        l4_at + l4.reply_port,
+        (rkey.nat_port, origin.port),
+    )
+    .is_err()
+    {
+        return Some(Verdict::Drop(Counter::DropRedirectFailed));
+    }
+    Some(send(ctx, cfg.bridge_ifindex, None, Counter::NatIn))
+}

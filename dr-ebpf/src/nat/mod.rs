@@ -1,0 +1,38 @@
+//! SNAT for container traffic to external destinations, in place of
+//! `iptables ... -j MASQUERADE`, split by concern as Cilium's
+//! `bpf/lib/nat.h` keeps its table operations apart from its rewrites:
+//! - `table.rs`: the connection table (lookup, port allocation, expiry,
+//!   reclaiming), shared with `dr_nat_sweep`;
+//! - `rewrite.rs`: where each protocol keeps its ports and checksum, and
+//!   the address and port rewrite;
+//! - `egress.rs`: container -> external (`snat_out`);
+//! - `ingress.rs`: external -> container, replies (`snat_reply`);
+//! - `icmp_error.rs`: ICMP errors quoting a translated packet.
+//!
+//! Rewrites go through `bpf_skb_store_bytes` and the `l3/l4_csum_replace`
+//! helpers, which keep checksums right for CHECKSUM_PARTIAL skbs (as veth
+//! produces) where direct arithmetic on the field would not.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+
+mod egress;
+mod icmp_error;
+mod ingress;
+mod rewrite;
+mod table;
+
+pub use egress::{excluded, snat_out};
+pub use ingress::{live_reply, reply_key, snat_reply, touch_reply};
+pub use rewrite::layout;
+pub use table::{release_dead, remove_translation};
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: no arguments, no memory access.
+    unsafe { bpf_ktime_get_ns() }
+}

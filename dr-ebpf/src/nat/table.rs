@@ -1,0 +1,242 @@
+//! The SNAT connection table: the live translation of a flow, port
+//! allocation for a new one, expiry and reclaiming. `NAT_FLOWS` holds a
+//! flow's forward half, `NAT_REVERSE` its reverse half (which port toward
+//! which remote endpoint belongs to which container).
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::bpf_get_prandom_u32,
+};
+use dr_common::{
+    nat::{Flow, FlowKey, Origin, ReverseKey, State, PORT_TRIES},
+    Counter, DatapathConfig,
+};
+
+use crate::{
+    dry_run::{dry_run, record_new_translation},
+    maps::{count, NAT_FLOWS, NAT_REVERSE},
+};
+
+/// The live translation of `key`, or None. Drops an expired one, and one
+/// whose reverse half another flow reclaimed (after finding this one dead).
+#[inline(always)]
+pub(super) fn live_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64) -> Option<*mut Flow> {
+    let flow = NAT_FLOWS.get_ptr_mut(key)?;
+    // SAFETY: map value pointer, valid for this program run.
+    let nat_port = unsafe { (*flow).nat_port };
+    if unsafe { (*flow).expired(now, &cfg.nat_timeouts) } {
+        count(Counter::NatExpired, 0);
+    } else {
+        // SAFETY: as above.
+        match unsafe { NAT_REVERSE.get(key.reverse(nat_port)) } {
+            Some(origin) if *origin == key.origin() => return Some(flow),
+            _ => count(Counter::NatEvicted, 0),
+        }
+    }
+    remove_translation(key, nat_port);
+    None
+}
+
+/// Removes the translation of `key`: its forward half, then its reverse half
+/// if that still names this flow (another CPU may have reclaimed the port
+/// since). Whoever removes the forward half frees the reverse one: false
+/// when another CPU removed it first.
+#[inline(always)]
+pub fn remove_translation(key: &FlowKey, nat_port: u16) -> bool {
+    if dry_run() {
+        return false;
+    }
+    if NAT_FLOWS.remove(key).is_err() {
+        return false;
+    }
+    release(&key.reverse(nat_port), &key.origin());
+    true
+}
+
+/// Who may find a translation dead, and what counts as dead for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reclaimer {
+    /// The datapath, claiming a port: only an expired translation is dead.
+    Datapath,
+    /// `dr_nat_sweep`: also an orphan, a reverse half whose forward half is
+    /// gone (evicted from the LRU table) or on another port.
+    Sweeper,
+}
+
+/// Whether the translation holding `rkey` is dead, in which case the caller
+/// is the only one to reclaim the entry. An expired one: its forward half is
+/// removed here, and of several CPUs only the one whose removal succeeds
+/// gets true. The datapath never takes an orphan: the claim of a CPU that
+/// has inserted the reverse half but not yet the forward half looks the same,
+/// and two CPUs taking it would send two flows from one port (seen by
+/// tests/tests/datapath/nat_race.rs). The sweeper takes only orphans older
+/// than its listing of the table (milliseconds), which a claim never is.
+#[inline(always)]
+fn dead(rkey: &ReverseKey, holder: &Origin, cfg: &DatapathConfig, now: u64, by: Reclaimer) -> bool {
+    let fkey = rkey.forward(holder);
+    // SAFETY: map value, copied out.
+    match unsafe { NAT_FLOWS.get(fkey) }.copied() {
+        Some(flow) if flow.nat_port == rkey.nat_port => {
+            if !flow.expired(now, &cfg.nat_timeouts) || NAT_FLOWS.remove(fkey).is_err() {
+                return false;
+            }
+            count(Counter::NatExpired, 0);
+            true
+        }
+        _ if by == Reclaimer::Sweeper => {
+            count(Counter::NatEvicted, 0);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// [`claim`]'s outcomes.
+const CLAIMED: u32 = 0;
+const BUSY: u32 = 1;
+const TABLE_FULL: u32 = 2;
+
+/// Claims `rkey` for `origin`: a free port, or one whose translation has
+/// expired. The entry of an expired one is overwritten in place by the one
+/// CPU [`dead`] chose, never deleted and inserted again: between the two,
+/// another CPU could claim the port, and a delete by key removes whatever
+/// is there.
+/// A function of its own (not inlined): the verifier then sees one of three
+/// results per candidate port instead of every path through it.
+#[inline(never)]
+fn claim(rkey: &ReverseKey, origin: &Origin, cfg: &DatapathConfig, now: u64) -> u32 {
+    // A dry run takes the first free candidate and reclaims nothing.
+    if dry_run() {
+        // SAFETY: only the presence of the value is read.
+        return if unsafe { NAT_REVERSE.get(rkey) }.is_none() {
+            CLAIMED
+        } else {
+            BUSY
+        };
+    }
+    match NAT_REVERSE.insert(rkey, origin, BPF_NOEXIST as u64) {
+        Ok(()) => return CLAIMED,
+        Err(e) if e != -EEXIST => return TABLE_FULL,
+        Err(_) => {}
+    }
+    // SAFETY: map value, copied out.
+    let Some(holder) = (unsafe { NAT_REVERSE.get(rkey) }).copied() else {
+        return BUSY;
+    };
+    if !dead(rkey, &holder, cfg, now, Reclaimer::Datapath) {
+        return BUSY;
+    }
+    // If gone since (the sweeper took it as an orphan), claimed afresh.
+    if NAT_REVERSE.insert(rkey, origin, BPF_EXIST as u64).is_ok()
+        || NAT_REVERSE.insert(rkey, origin, BPF_NOEXIST as u64).is_ok()
+    {
+        return CLAIMED;
+    }
+    BUSY
+}
+
+/// The sweeper's removal of a dead reverse entry (expired, or an orphan);
+/// true if it removed one.
+#[inline(always)]
+pub fn release_dead(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
+    // SAFETY: map value, copied out.
+    let Some(holder) = (unsafe { NAT_REVERSE.get(rkey) }).copied() else {
+        return false;
+    };
+    if !dead(rkey, &holder, cfg, now, Reclaimer::Sweeper) {
+        return false;
+    }
+    release(rkey, &holder);
+    true
+}
+
+/// Removes the reverse entry `rkey` if it still names `origin`.
+#[inline(always)]
+fn release(rkey: &ReverseKey, origin: &Origin) {
+    // SAFETY: map value, only compared.
+    if unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| o == origin) {
+        let _ = NAT_REVERSE.remove(rkey);
+    }
+}
+
+const EEXIST: i32 = 17;
+
+/// Allocates a source port for a new flow and records both halves.
+/// Tries up to PORT_TRIES ports from a random start in the range; a port is
+/// taken only if no live translation uses it toward the same remote endpoint.
+/// Both halves are inserted with `BPF_NOEXIST`: of two CPUs starting the same
+/// flow (a retransmitted SYN, UDP), the second undoes its claim and uses the
+/// first one's port, so every packet of the flow leaves from one port.
+#[inline(always)]
+pub(super) fn allocate(
+    key: &FlowKey,
+    cfg: &DatapathConfig,
+    now: u64,
+    tcp_flags: u8,
+) -> Result<u16, Counter> {
+    let origin = key.origin();
+    // checked_rem: no panic path for the verifier to reject (range is never 0).
+    let range = cfg
+        .nat_port_max
+        .wrapping_sub(cfg.nat_port_min)
+        .wrapping_add(1);
+    // SAFETY: no arguments.
+    let start = unsafe { bpf_get_prandom_u32() }
+        .checked_rem(range)
+        .unwrap_or(0);
+    for i in 0..PORT_TRIES {
+        // A small range is scanned whole; in a large one, independent random
+        // candidates avoid the clusters a linear probe runs into when busy.
+        let offset = if range <= PORT_TRIES {
+            start.wrapping_add(i).checked_rem(range).unwrap_or(0)
+        } else if i == 0 {
+            start
+        } else {
+            // SAFETY: no arguments.
+            unsafe { bpf_get_prandom_u32() }
+                .checked_rem(range)
+                .unwrap_or(0)
+        };
+        let port = (cfg.nat_port_min.wrapping_add(offset) as u16).to_be();
+        let rkey = key.reverse(port);
+        match claim(&rkey, &origin, cfg, now) {
+            CLAIMED => {}
+            TABLE_FULL => return Err(Counter::DropNatTableFull),
+            _ => continue,
+        }
+        if dry_run() {
+            record_new_translation();
+            count(Counter::NatCreated, 0);
+            return Ok(port);
+        }
+        let flow = Flow {
+            created_ns: now,
+            last_seen_ns: now,
+            nat_port: port,
+            state: State::initial(key.proto, tcp_flags) as u8,
+            ..Flow::default()
+        };
+        if let Err(e) = NAT_FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
+            // SAFETY: map value, copied out.
+            let winner = unsafe { NAT_FLOWS.get(key) }.map(|f| f.nat_port);
+            if winner != Some(port) {
+                release(&rkey, &origin);
+            }
+            return match winner {
+                Some(port) if e == -EEXIST => Ok(port),
+                _ => Err(Counter::DropNatTableFull),
+            };
+        }
+        // A CPU that found the claim stale in the instant between the two
+        // inserts took the port: nothing has left with it yet, try another.
+        // SAFETY: map value, only compared.
+        if !unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| *o == origin) {
+            if unsafe { NAT_FLOWS.get(key) }.is_some_and(|f| f.nat_port == port) {
+                let _ = NAT_FLOWS.remove(key);
+            }
+            continue;
+        }
+        count(Counter::NatCreated, 0);
+        return Ok(port);
+    }
+    Err(Counter::DropNatPortsExhausted)
+}

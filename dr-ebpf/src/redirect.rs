@@ -1,0 +1,90 @@
+//! Sending a frame on from TC: straight out of a device, with L2 addresses
+//! from the neighbour table, carrying dr's mark to the egress program there.
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{bpf_redir_neigh, TC_ACT_SHOT},
+    helpers::generated::bpf_redirect_neigh,
+    programs::TcContext,
+};
+use dr_common::Counter;
+use network_types::ip::Ipv4Hdr;
+
+use crate::{
+    dry_run::{dry_run, record_redirect},
+    packet::{decrement_ttl, AF_INET},
+    verdict::Verdict,
+};
+
+/// Sends the frame out of `ifindex`, with L2 addresses from the neighbour table
+/// for `next_hop` (network order), or for the packet's destination when `None`.
+/// Neither the FIB nor netfilter nor `ip_forward` are involved.
+#[inline(always)]
+fn redirect_neigh(ifindex: u32, next_hop: Option<u32>) -> i32 {
+    if dry_run() {
+        record_redirect(ifindex, next_hop.unwrap_or(0));
+    }
+    let ret = match next_hop {
+        Some(addr) => {
+            let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+            nh.nh_family = AF_INET.into();
+            nh.__bindgen_anon_1.ipv4_nh = addr;
+            // SAFETY: nh lives across the call; the size matches the struct.
+            unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) }
+        }
+        // SAFETY: a null parameter block is allowed when its length is 0.
+        None => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) },
+    };
+    ret as i32
+}
+
+/// Sends the frame out of `ifindex` (see [`redirect_neigh`]), to be counted
+/// under `counter`; a refused redirect is a drop. The frame carries dr's
+/// mark to the egress program there.
+#[inline(always)]
+pub fn send(ctx: &TcContext, ifindex: u32, next_hop: Option<u32>, counter: Counter) -> Verdict {
+    mark_redirect(ctx);
+    if redirect_neigh(ifindex, next_hop) == TC_ACT_SHOT {
+        return Verdict::Drop(Counter::DropRedirectFailed);
+    }
+    Verdict::Redirect(counter)
+}
+
+/// Forwards an IPv4 packet unchanged but for its TTL: see [`send`].
+#[inline(always)]
+pub fn forward(
+    ctx: &TcContext,
+    ip: &mut Ipv4Hdr,
+    ifindex: u32,
+    next_hop: Option<u32>,
+    counter: Counter,
+) -> Verdict {
+    if !decrement_ttl(ip) {
+        return Verdict::Drop(Counter::DropTtlExceeded);
+    }
+    send(ctx, ifindex, next_hop, counter)
+}
+
+/// `skb->mark` bit on a packet dr redirects: it goes to the egress of docker0
+/// or of the uplink, where dr's egress program knows the packet is dr's,
+/// clears the bit and leaves the packet alone. Set just before the redirect.
+const DR_REDIRECT_MARK: u32 = 1 << 20;
+
+#[inline(always)]
+fn mark_redirect(ctx: &TcContext) {
+    // SAFETY: the context's skb is valid for the whole run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    ctx.set_mark(mark | DR_REDIRECT_MARK);
+}
+
+/// Whether dr redirected this packet here; clears the mark.
+#[inline(always)]
+pub fn take_redirect_mark(ctx: &TcContext) -> bool {
+    // SAFETY: the context's skb is valid for the whole run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & DR_REDIRECT_MARK == 0 {
+        return false;
+    }
+    ctx.set_mark(mark & !DR_REDIRECT_MARK);
+    true
+}
