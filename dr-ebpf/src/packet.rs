@@ -279,13 +279,16 @@ pub fn load_prefix<const N: usize>(
     dst: &mut [u8; N],
     len: usize,
 ) -> Result<(), i64> {
-    // Through memory, so the compiler cannot drop the checks below on what
-    // it knows of `len`'s origin: the verifier needs to see them.
-    // SAFETY: a read of a local.
-    let len = unsafe { core::ptr::read_volatile(&len) }.min(N);
-    if len == 0 {
+    // The length goes through memory so that the compiler cannot drop the
+    // checks below on what it knows of its origin: the verifier needs them.
+    // SAFETY: reads of locals.
+    if unsafe { core::ptr::read_volatile(&len) } == 0 {
         return Err(-1);
     }
+    // The verifier of older kernels (Debian 12's 6.1) learns nothing from
+    // "not zero": it is given 1..=N as the last byte's index, clamped, plus
+    // one.
+    let len = unsafe { core::ptr::read_volatile(&(len - 1)) }.min(N - 1) + 1;
     // SAFETY: dst holds at least len writable bytes; the helper checks the
     // skb's bounds.
     let ret = unsafe {
