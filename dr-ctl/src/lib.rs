@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod nat_plan;
 pub mod netlink;
 pub mod node;
+pub mod peer;
 pub mod plan;
 pub mod service;
 pub mod subnet;

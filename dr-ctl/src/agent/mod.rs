@@ -20,7 +20,6 @@ mod registry;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
     time::Duration,
 };
 
@@ -45,7 +44,8 @@ use crate::{
     nat_plan::NatPlan,
     netlink::Netlink,
     node::Node,
-    subnet::{check_peers, LocalSubnet},
+    peer::{check_peers, Peer},
+    subnet::LocalSubnet,
 };
 
 /// The agent's settings, checked (`cmd::agent` builds them).
@@ -141,9 +141,12 @@ async fn reconcile(
         .iter()
         .chain(registry.gone.iter().map(|(k, (_, e))| (k, e)));
     let (valid, mut ignored) = validate(&args.prefix, &args.cluster, all);
-    let mut wanted: Vec<(Ipv4Net, Ipv4Addr)> = Vec::new();
+    let mut wanted: Vec<Peer> = Vec::new();
     for v in valid.iter().filter(|v| v.key != mine) {
-        let peer = (v.subnet.net, v.registration.address);
+        let peer = Peer {
+            subnet: v.subnet.net,
+            via: v.registration.address,
+        };
         match check_peers(&[peer], me, &uplink_nets, &[]) {
             Ok(_) => wanted.push(peer),
             Err(e) => {
