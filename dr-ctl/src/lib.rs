@@ -1,5 +1,4 @@
 //! dr-ctl: the control plane of dr. See ARCHITECTURE.md.
-pub mod agent;
 pub mod bpffs;
 pub mod cli;
 pub mod cmd;
