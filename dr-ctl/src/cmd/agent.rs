@@ -106,6 +106,7 @@ impl From<Error> for Stop {
 
 /// The error with its causes: tonic's transport errors say what went wrong
 /// (an unknown certificate issuer, a refused connection) only in their sources.
+/// Internal, not `Invalid`: etcd failing is not the input's fault.
 fn etcd_err(e: etcd_client::Error) -> Error {
     let mut text = format!("etcd: {e}");
     let mut source = std::error::Error::source(&e);
@@ -113,7 +114,7 @@ fn etcd_err(e: etcd_client::Error) -> Error {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    Error::Invalid(text)
+    Error::Internal(text)
 }
 
 /// Runs dr-ctl work that may wait on the pin lock (a blocking flock) off the
