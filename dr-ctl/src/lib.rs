@@ -1,5 +1,4 @@
 //! dr-ctl: the control plane of dr. See ARCHITECTURE.md.
-pub mod agent;
 pub mod bpffs;
 pub mod cli;
 pub mod cmd;
@@ -14,6 +13,7 @@ pub mod migrate;
 pub mod nat_plan;
 pub mod netlink;
 pub mod node;
+pub mod peer;
 pub mod plan;
 pub mod service;
 pub mod subnet;

@@ -19,14 +19,14 @@ use ipnet::Ipv4Net;
 use crate::{
     error::{io_context, Error, Result},
     migrate,
+    peer::Peer,
     subnet::{from_map_addr, to_map_addr},
 };
 
-/// A peer as stored in `PEER_SUBNETS`.
+/// A peer as stored in `PEER_SUBNETS`, with its `PEER_TRAFFIC` slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Peer {
-    pub subnet: Ipv4Net,
-    pub via: Ipv4Addr,
+pub struct StoredPeer {
+    pub peer: Peer,
     pub slot: u32,
 }
 
@@ -145,17 +145,17 @@ impl Maps {
         Ok(self.config.set(0, config, 0)?)
     }
 
-    pub fn peers(&self) -> Result<Vec<Peer>> {
+    pub fn peers(&self) -> Result<Vec<StoredPeer>> {
         let mut peers = Vec::new();
         for item in self.peers.iter() {
             let (k, v) = item?;
-            peers.push(Peer {
+            let peer = Peer {
                 subnet: subnet_of(&k)?,
                 via: from_map_addr(v.via),
-                slot: v.slot,
-            });
+            };
+            peers.push(StoredPeer { peer, slot: v.slot });
         }
-        peers.sort_by_key(|p| (p.subnet.network(), p.subnet.prefix_len()));
+        peers.sort_by_key(|p| (p.peer.subnet.network(), p.peer.subnet.prefix_len()));
         Ok(peers)
     }
 
@@ -167,13 +167,13 @@ impl Maps {
     /// Inserts or replaces peers. Each new peer gets the lowest free traffic
     /// slot, zeroed before the peer becomes visible to the datapath. Peers
     /// beyond the capacity are refused before anything is written.
-    pub fn upsert_peers(&mut self, peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
+    pub fn upsert_peers(&mut self, peers: &[Peer]) -> Result<()> {
         let existing = self.peers()?;
         let slots: std::collections::HashMap<Ipv4Net, u32> =
-            existing.iter().map(|p| (p.subnet, p.slot)).collect();
+            existing.iter().map(|p| (p.peer.subnet, p.slot)).collect();
         let new: BTreeSet<Ipv4Net> = peers
             .iter()
-            .map(|p| p.0)
+            .map(|p| p.subnet)
             .filter(|s| !slots.contains_key(s))
             .collect();
         let capacity = self.peer_capacity;
@@ -189,7 +189,7 @@ impl Maps {
         used.sort_unstable();
         let mut free = (0..capacity).filter(|s| used.binary_search(s).is_err());
         let cpus = cpus()?;
-        for &(subnet, via) in peers {
+        for &Peer { subnet, via } in peers {
             let slot = match slots.get(&subnet) {
                 Some(slot) => *slot,
                 None => {
@@ -221,7 +221,11 @@ impl Maps {
     /// Makes `PEER_HOSTS` the set of the peers' `via` addresses, adding
     /// before removing.
     pub fn sync_peer_hosts(&mut self) -> Result<()> {
-        let wanted: BTreeSet<u32> = self.peers()?.iter().map(|p| to_map_addr(p.via)).collect();
+        let wanted: BTreeSet<u32> = self
+            .peers()?
+            .iter()
+            .map(|p| to_map_addr(p.peer.via))
+            .collect();
         let current: BTreeSet<u32> = self
             .peer_hosts
             .keys()

@@ -269,7 +269,7 @@ pub fn render(peer_series: usize) -> Result<String> {
     out.sample(&PEERS, &[], peers.len() as u64);
     for p in peers.iter().take(peer_series) {
         let t = maps.peer_traffic(p.slot)?;
-        let (subnet, via) = (p.subnet.to_string(), p.via.to_string());
+        let (subnet, via) = (p.peer.subnet.to_string(), p.peer.via.to_string());
         for (direction, tr) in [("to_peer", t.to_peer), ("from_peer", t.from_peer)] {
             let labels = [
                 ("subnet", &*subnet),

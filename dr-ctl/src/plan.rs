@@ -1,7 +1,7 @@
 //! The declarative cluster plan (`dr-ctl apply -f cluster.toml`): one file
 //! for the whole cluster, the same on every host. Parsing, validation of the
-//! whole plan, finding this host's entry and the difference against what is
-//! live are pure functions here; `commands::apply` acts on them.
+//! whole plan, finding this host's entry and the peers it must have are pure
+//! functions here; `cmd::apply` acts on them.
 //!
 //! ```toml
 //! cluster_cidr = "10.0.0.0/16"
@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::{
     error::{Error, Result},
+    peer::Peer,
     subnet::{overlaps, parse_cidr, LocalSubnet},
 };
 
@@ -167,7 +168,8 @@ impl Plan {
     }
 
     /// This machine's entry: the one named `name`, whose address must be
-    /// among `local_addrs`; or, unnamed, the one whose address is local.
+    /// among `local_addrs`; or, unnamed, the one whose address is local
+    /// (an error when none or several are: the caller says how to name one).
     pub fn this_host(
         &self,
         file: &str,
@@ -196,10 +198,10 @@ impl Plan {
                 match mine[..] {
                     [h] => Ok(h),
                     [] => Err(Error::Invalid(format!(
-                        "{file}: no host entry has an address of this machine (pass --host NAME)"
+                        "{file}: no host entry has an address of this machine"
                     ))),
                     _ => Err(Error::Invalid(format!(
-                        "{file}: several host entries match this machine (pass --host NAME)"
+                        "{file}: several host entries match this machine"
                     ))),
                 }
             }
@@ -207,57 +209,15 @@ impl Plan {
     }
 
     /// The peers `me` must have: every other host's subnet via its address.
-    pub fn peers_of(&self, me: &PlanHost) -> Vec<(Ipv4Net, Ipv4Addr)> {
+    pub fn peers_of(&self, me: &PlanHost) -> Vec<Peer> {
         self.hosts
             .iter()
             .filter(|h| h.name != me.name)
-            .map(|h| (h.subnet.net, h.address))
+            .map(|h| Peer {
+                subnet: h.subnet.net,
+                via: h.address,
+            })
             .collect()
-    }
-}
-
-/// The peer changes that take a host from `live` to `wanted`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct PeerDiff {
-    pub add: Vec<(Ipv4Net, Ipv4Addr)>,
-    /// (subnet, old via, new via)
-    pub change: Vec<(Ipv4Net, Ipv4Addr, Ipv4Addr)>,
-    pub remove: Vec<(Ipv4Net, Ipv4Addr)>,
-    pub unchanged: usize,
-}
-
-impl PeerDiff {
-    pub fn between(live: &[(Ipv4Net, Ipv4Addr)], wanted: &[(Ipv4Net, Ipv4Addr)]) -> Self {
-        let live_map: HashMap<Ipv4Net, Ipv4Addr> = live.iter().copied().collect();
-        let wanted_map: HashMap<Ipv4Net, Ipv4Addr> = wanted.iter().copied().collect();
-        let mut d = Self::default();
-        for &(net, via) in wanted {
-            match live_map.get(&net) {
-                None => d.add.push((net, via)),
-                Some(&old) if old != via => d.change.push((net, old, via)),
-                Some(_) => d.unchanged += 1,
-            }
-        }
-        d.remove = live
-            .iter()
-            .filter(|(n, _)| !wanted_map.contains_key(n))
-            .copied()
-            .collect();
-        d.add.sort();
-        d.change.sort();
-        d.remove.sort();
-        d
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.change.is_empty() && self.remove.is_empty()
-    }
-
-    /// What to write before removing anything: added and switched peers.
-    pub fn upserts(&self) -> Vec<(Ipv4Net, Ipv4Addr)> {
-        let mut out = self.add.clone();
-        out.extend(self.change.iter().map(|&(n, _, via)| (n, via)));
-        out
     }
 }
 
@@ -299,10 +259,7 @@ uplink = "ens3"
         let peers = p.peers_of(&p.hosts[0]);
         assert_eq!(
             peers,
-            vec![(
-                "10.0.129.0/24".parse().unwrap(),
-                "192.168.91.129".parse().unwrap()
-            )]
+            vec![Peer::parse("10.0.129.0/24", "192.168.91.129").unwrap()]
         );
     }
 
@@ -382,33 +339,7 @@ uplink = "ens3"
             .this_host("f", None, &[])
             .unwrap_err()
             .to_string()
-            .contains("--host"));
-    }
-
-    #[test]
-    fn diff_adds_and_switches_before_it_removes() {
-        let n = |s: &str| -> Ipv4Net { s.parse().unwrap() };
-        let a = |s: &str| -> Ipv4Addr { s.parse().unwrap() };
-        let live = [
-            (n("10.0.1.0/24"), a("192.168.0.1")),
-            (n("10.0.2.0/24"), a("192.168.0.2")),
-            (n("10.0.3.0/24"), a("192.168.0.3")),
-        ];
-        let wanted = [
-            (n("10.0.1.0/24"), a("192.168.0.1")),
-            (n("10.0.2.0/24"), a("192.168.0.9")),
-            (n("10.0.4.0/24"), a("192.168.0.4")),
-        ];
-        let d = PeerDiff::between(&live, &wanted);
-        assert_eq!(d.add, vec![(n("10.0.4.0/24"), a("192.168.0.4"))]);
-        assert_eq!(
-            d.change,
-            vec![(n("10.0.2.0/24"), a("192.168.0.2"), a("192.168.0.9"))]
-        );
-        assert_eq!(d.remove, vec![(n("10.0.3.0/24"), a("192.168.0.3"))]);
-        assert_eq!(d.unchanged, 1);
-        assert_eq!(d.upserts().len(), 2);
-        assert!(PeerDiff::between(&wanted, &wanted).is_empty());
+            .ends_with("no host entry has an address of this machine"));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use crate::{
     nat_plan::NatPlan,
     netlink::Netlink,
     node::{same_subnet, Node, NodeDir},
-    plan::{PeerDiff, Plan},
-    subnet::check_peers,
+    peer::{check_peers, PeerDiff},
+    plan::Plan,
 };
 
 #[derive(Debug, clap::Args)]
@@ -52,14 +52,18 @@ impl Report for ApplyReport {
             self.host, self.address, self.subnet, self.up
         );
         let d = &self.peers;
-        for (net, via) in &d.add {
-            let _ = writeln!(out, "+ peer {net} via {via}");
+        for peer in &d.add {
+            let _ = writeln!(out, "+ peer {peer}");
         }
-        for (net, old, new) in &d.change {
-            let _ = writeln!(out, "~ peer {net} via {old} -> {new}");
+        for s in &d.change {
+            let _ = writeln!(
+                out,
+                "~ peer {} via {} -> {}",
+                s.peer.subnet, s.old_via, s.peer.via
+            );
         }
-        for (net, via) in &d.remove {
-            let _ = writeln!(out, "- peer {net} via {via}");
+        for peer in &d.remove {
+            let _ = writeln!(out, "- peer {peer}");
         }
         let _ = writeln!(out, "= {} peers unchanged", d.unchanged);
         if self.dry_run {
@@ -78,7 +82,12 @@ pub async fn run(args: Args) -> Result<ApplyReport> {
         std::fs::read_to_string(&args.file).map_err(io_context(format!("reading {file}")))?;
     let plan = Plan::parse(&file, &text)?;
     let nl = Netlink::connect()?;
-    let me = plan.this_host(&file, args.host.as_deref(), &nl.all_ipv4_addresses().await?)?;
+    let me = plan
+        .this_host(&file, args.host.as_deref(), &nl.all_ipv4_addresses().await?)
+        .map_err(|e| match args.host {
+            Some(_) => e,
+            None => Error::Invalid(format!("{e} (pass --host NAME)")),
+        })?;
     let wanted = plan.peers_of(me);
     let uplink = nl.require_interface(&me.uplink).await?;
     let uplink_nets = nl.ipv4_addresses(uplink.index).await?;
@@ -118,7 +127,7 @@ pub async fn run(args: Args) -> Result<ApplyReport> {
         let (config, live) = match &maps {
             Some(m) => (
                 Some(m.config()?),
-                m.peers()?.iter().map(|p| (p.subnet, p.via)).collect(),
+                m.peers()?.iter().map(|p| p.peer).collect(),
             ),
             None => (None, Vec::new()),
         };

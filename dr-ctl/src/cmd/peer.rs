@@ -10,7 +10,8 @@ use crate::{
     maps::Maps,
     netlink::Netlink,
     node::Node,
-    subnet::{check_peers, from_map_addr, parse_peer_list, parse_peer_subnet, PeerChange},
+    peer::{self, check_peers, Peer, PeerChange},
+    subnet::from_map_addr,
 };
 
 #[derive(Debug, clap::Subcommand)]
@@ -164,11 +165,11 @@ pub async fn run(command: PeerCommand, json: bool) -> Result<String> {
             subnet, via, file, ..
         } => match (subnet, via, file) {
             (Some(subnet), Some(via), None) => {
-                let peer = (parse_peer_subnet(&subnet)?, parse_via(&via)?);
+                let peer = Peer::parse(&subnet, &via)?;
                 render(&add(&[peer]).await?.remove(0), json)
             }
             (_, _, Some(path)) => {
-                let peers = parse_peer_list(&read_input(&path)?)
+                let peers = peer::parse_list(&read_input(&path)?)
                     .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
                 render(&PeerBatch::from(add(&peers).await?.as_slice()), json)
             }
@@ -178,7 +179,7 @@ pub async fn run(command: PeerCommand, json: bool) -> Result<String> {
                 ))
             }
         },
-        PeerCommand::Del { subnet } => render(&del(parse_peer_subnet(&subnet)?)?, json),
+        PeerCommand::Del { subnet } => render(&del(peer::parse_subnet(&subnet)?)?, json),
         PeerCommand::List => render(&PeerTable(statuses(&Node::open()?.maps)?), json),
         PeerCommand::Get { address } => {
             let address = address.parse().map_err(|_| {
@@ -246,11 +247,11 @@ fn way_to(node: &Node, address: Ipv4Addr) -> Result<Way> {
         .maps
         .peers()?
         .into_iter()
-        .find(|p| p.subnet.contains(&address))
+        .find(|p| p.peer.subnet.contains(&address))
     {
         Path::Peer {
-            subnet: peer.subnet,
-            via: peer.via,
+            subnet: peer.peer.subnet,
+            via: peer.peer.via,
         }
     } else {
         let config = &node.config;
@@ -278,26 +279,13 @@ fn read_input(path: &std::path::Path) -> Result<String> {
     }
 }
 
-fn parse_via(via: &str) -> Result<Ipv4Addr> {
-    via.parse().map_err(|_| {
-        Error::Invalid(format!(
-            "invalid via address {via:?}: expected an IPv4 address"
-        ))
-    })
-}
-
 /// Adds (or switches) peers: all are validated, against the host, the
 /// existing peers and each other, before any is written.
-async fn add(peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<Vec<PeerReport>> {
+async fn add(peers: &[Peer]) -> Result<Vec<PeerReport>> {
     let mut node = Node::open()?;
     let nl = Netlink::connect()?;
     let uplink_nets = nl.ipv4_addresses(node.config.uplink_ifindex).await?;
-    let existing: Vec<_> = node
-        .maps
-        .peers()?
-        .iter()
-        .map(|p| (p.subnet, p.via))
-        .collect();
+    let existing: Vec<Peer> = node.maps.peers()?.iter().map(|p| p.peer).collect();
     let changes = check_peers(peers, &node.local_subnet()?, &uplink_nets, &existing)?;
     let to_write: Vec<_> = peers
         .iter()
@@ -306,14 +294,14 @@ async fn add(peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<Vec<PeerReport>> {
         .map(|(p, _)| *p)
         .collect();
     node.maps.upsert_peers(&to_write)?;
-    node.resolve_peer_hosts(&nl, to_write.iter().map(|p| p.1))
+    node.resolve_peer_hosts(&nl, to_write.iter().map(|p| p.via))
         .await;
     Ok(peers
         .iter()
         .zip(changes)
-        .map(|(&(subnet, via), change)| PeerReport {
-            subnet,
-            via: Some(via),
+        .map(|(peer, change)| PeerReport {
+            subnet: peer.subnet,
+            via: Some(peer.via),
             change: change.into(),
         })
         .collect())
@@ -321,13 +309,18 @@ async fn add(peers: &[(Ipv4Net, Ipv4Addr)]) -> Result<Vec<PeerReport>> {
 
 fn del(subnet: Ipv4Net) -> Result<PeerReport> {
     let mut node = Node::open()?;
-    let Some(peer) = node.maps.peers()?.into_iter().find(|p| p.subnet == subnet) else {
+    let Some(stored) = node
+        .maps
+        .peers()?
+        .into_iter()
+        .find(|p| p.peer.subnet == subnet)
+    else {
         return Err(Error::Invalid(format!("no peer {subnet}")));
     };
     node.maps.remove_peers(&[subnet])?;
     Ok(PeerReport {
         subnet,
-        via: Some(peer.via),
+        via: Some(stored.peer.via),
         change: PeerOutcome::Deleted,
     })
 }
@@ -339,8 +332,8 @@ pub fn statuses(maps: &Maps) -> Result<Vec<PeerStatus>> {
         .map(|p| {
             let traffic = maps.peer_traffic(p.slot)?;
             Ok(PeerStatus {
-                subnet: p.subnet,
-                via: p.via,
+                subnet: p.peer.subnet,
+                via: p.peer.via,
                 to_peer: traffic.to_peer.into(),
                 from_peer: traffic.from_peer.into(),
             })

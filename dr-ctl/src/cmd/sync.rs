@@ -35,7 +35,7 @@ pub async fn run() -> Result<SyncReport> {
     let nl = Netlink::connect()?;
     let local = node.local_subnet()?;
     let endpoints = sync_endpoints(&nl, &mut node.maps, config.bridge_ifindex, &local.net).await?;
-    node.resolve_peer_hosts(&nl, node.maps.peers()?.iter().map(|p| p.via))
+    node.resolve_peer_hosts(&nl, node.maps.peers()?.iter().map(|p| p.peer.via))
         .await;
     let uplink_mtu = nl
         .interface_by_index(config.uplink_ifindex)

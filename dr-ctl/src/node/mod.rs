@@ -16,7 +16,7 @@ use crate::{
     error::{Error, Result},
     maps::Maps,
     netlink::Netlink,
-    plan::PeerDiff,
+    peer::{Peer, PeerDiff},
     subnet::{from_map_addr, to_map_addr, LocalSubnet},
 };
 
@@ -97,19 +97,14 @@ impl Node {
     /// Makes the peer map exactly `wanted` (already validated): new and switched
     /// peers are written before stale ones are removed, so a peer that stays is
     /// never missing. Returns what changed.
-    pub async fn reconcile_peers(&mut self, wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<PeerDiff> {
-        let current: Vec<_> = self
-            .maps
-            .peers()?
-            .iter()
-            .map(|p| (p.subnet, p.via))
-            .collect();
+    pub async fn reconcile_peers(&mut self, wanted: &[Peer]) -> Result<PeerDiff> {
+        let current: Vec<Peer> = self.maps.peers()?.iter().map(|p| p.peer).collect();
         let diff = PeerDiff::between(&current, wanted);
         let upserts = diff.upserts();
         self.maps.upsert_peers(&upserts)?;
-        let stale: Vec<_> = diff.remove.iter().map(|(net, _)| *net).collect();
+        let stale: Vec<_> = diff.remove.iter().map(|p| p.subnet).collect();
         self.maps.remove_peers(&stale)?;
-        self.resolve_peer_hosts(&Netlink::connect()?, upserts.iter().map(|p| p.1))
+        self.resolve_peer_hosts(&Netlink::connect()?, upserts.iter().map(|p| p.via))
             .await;
         Ok(diff)
     }

@@ -29,6 +29,7 @@ use dr_common::{
 use dr_ctl::{
     datapath::{self, Hook},
     maps::Maps,
+    peer::Peer,
     subnet::to_map_addr,
 };
 use dr_tests::{
@@ -189,8 +190,11 @@ pub fn datapath_sized(config: DatapathConfig, nat_table_size: u32) -> Datapath {
     datapath::pin_sweeper(&mut ebpf, &dir).expect("pin the NAT sweeper");
     let mut maps = Maps::open(&dir).unwrap();
     maps.set_config(&config).unwrap();
-    maps.upsert_peers(&[("10.0.129.0/24".parse().unwrap(), PEER_HOST.into())])
-        .unwrap();
+    maps.upsert_peers(&[Peer {
+        subnet: "10.0.129.0/24".parse().unwrap(),
+        via: PEER_HOST.into(),
+    }])
+    .unwrap();
     Datapath { ebpf, maps, dir }
 }
 

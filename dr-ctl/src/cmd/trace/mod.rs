@@ -3,13 +3,18 @@
 //! programs (`datapath::DryRun`) against the live tables: its verdict, the
 //! counter that gives the reason, the headers it rewrote and where it would
 //! have gone. Nothing is counted, no translation is made, no table changes.
-use std::{fmt::Write as _, net::Ipv4Addr, str::FromStr};
+mod headers;
+mod report;
+
+use std::{net::Ipv4Addr, str::FromStr};
 
 use dr_common::{program_names, Counter, Trace, XDP_OFF};
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use serde::Serialize;
+use etherparse::PacketBuilder;
 
-use super::Report;
+pub use self::{
+    headers::{Change, Headers},
+    report::{Redirect, Step, TraceReport},
+};
 use crate::{
     datapath::{self, DryRun, Hook, Run},
     error::{Error, Result},
@@ -122,196 +127,6 @@ impl Args {
         }
         .map_err(|e| Error::Internal(format!("building the packet: {e}")))?;
         Ok(frame)
-    }
-}
-
-/// The IPv4 and L4 header fields trace reports.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Headers {
-    pub src_mac: String,
-    pub dst_mac: String,
-    pub src_addr: Ipv4Addr,
-    pub dst_addr: Ipv4Addr,
-    pub ttl: u8,
-    /// "tcp", "udp", "icmp" or the protocol number.
-    pub protocol: String,
-    /// TCP/UDP port, or the ICMP echo identifier.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub src_port: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dst_port: Option<u16>,
-    /// ICMP type.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub icmp_type: Option<u8>,
-}
-
-fn mac(m: &[u8]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-impl Headers {
-    /// The headers of an Ethernet/IPv4 frame; None for anything else.
-    fn of(frame: &[u8]) -> Option<Self> {
-        let packet = SlicedPacket::from_ethernet(frame).ok()?;
-        let Some(NetSlice::Ipv4(ip)) = &packet.net else {
-            return None;
-        };
-        let ip = ip.header();
-        let (src_port, dst_port, icmp_type) = match &packet.transport {
-            Some(TransportSlice::Tcp(t)) => {
-                (Some(t.source_port()), Some(t.destination_port()), None)
-            }
-            Some(TransportSlice::Udp(u)) => {
-                (Some(u.source_port()), Some(u.destination_port()), None)
-            }
-            Some(TransportSlice::Icmpv4(i)) => {
-                let echo_id = match i.header().icmp_type {
-                    etherparse::Icmpv4Type::EchoRequest(e)
-                    | etherparse::Icmpv4Type::EchoReply(e) => Some(e.id),
-                    _ => None,
-                };
-                (echo_id, None, Some(i.type_u8()))
-            }
-            _ => (None, None, None),
-        };
-        let protocol = match ip.protocol().0 {
-            6 => "tcp".to_string(),
-            17 => "udp".to_string(),
-            1 => "icmp".to_string(),
-            n => n.to_string(),
-        };
-        Some(Self {
-            src_mac: mac(&frame[6..12]),
-            dst_mac: mac(&frame[0..6]),
-            src_addr: ip.source_addr(),
-            dst_addr: ip.destination_addr(),
-            ttl: ip.ttl(),
-            protocol,
-            src_port,
-            dst_port,
-            icmp_type,
-        })
-    }
-
-    /// The fields that differ in `after`, as (field, before, after).
-    fn changes(&self, after: &Headers) -> Vec<Change> {
-        let opt = |p: Option<u16>| p.map_or("-".into(), |p| p.to_string());
-        let icmp = |t: Option<u8>| t.map_or("-".into(), |t| t.to_string());
-        [
-            ("src_mac", self.src_mac.clone(), after.src_mac.clone()),
-            ("dst_mac", self.dst_mac.clone(), after.dst_mac.clone()),
-            (
-                "src_addr",
-                self.src_addr.to_string(),
-                after.src_addr.to_string(),
-            ),
-            (
-                "dst_addr",
-                self.dst_addr.to_string(),
-                after.dst_addr.to_string(),
-            ),
-            ("ttl", self.ttl.to_string(), after.ttl.to_string()),
-            ("protocol", self.protocol.clone(), after.protocol.clone()),
-            ("src_port", opt(self.src_port), opt(after.src_port)),
-            ("dst_port", opt(self.dst_port), opt(after.dst_port)),
-            ("icmp_type", icmp(self.icmp_type), icmp(after.icmp_type)),
-        ]
-        .into_iter()
-        .filter(|(_, before, after)| before != after)
-        .map(|(field, before, after)| Change {
-            field,
-            before,
-            after,
-        })
-        .collect()
-    }
-}
-
-/// A header field the program rewrote.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Change {
-    pub field: &'static str,
-    pub before: String,
-    pub after: String,
-}
-
-/// Where a redirected packet would go.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Redirect {
-    pub interface: String,
-    pub ifindex: u32,
-    /// The neighbour it is sent to; None: the packet's destination, by the
-    /// routing table.
-    pub next_hop: Option<Ipv4Addr>,
-}
-
-/// One program's part.
-#[derive(Clone, Debug, Serialize)]
-pub struct Step {
-    pub program: &'static str,
-    /// "pass", "drop", "redirect" (TC) or also "tx", "aborted" (XDP).
-    pub verdict: String,
-    /// The counters it would have bumped: the verdict's reason.
-    pub counters: Vec<&'static str>,
-    /// A new SNAT translation would have been made (the port shown is one
-    /// free candidate: a real packet draws a random one).
-    pub new_translation: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub redirect: Option<Redirect>,
-    /// The header fields it rewrote.
-    pub rewritten: Vec<Change>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TraceReport {
-    pub packet: Headers,
-    pub steps: Vec<Step>,
-}
-
-impl Report for TraceReport {
-    fn text(&self) -> String {
-        let p = &self.packet;
-        let (src, dst) = match (p.protocol.as_str(), p.src_port, p.dst_port) {
-            ("icmp", Some(id), _) => (format!("{} id {id}", p.src_addr), p.dst_addr.to_string()),
-            (_, Some(sport), Some(dport)) => (
-                format!("{}:{sport}", p.src_addr),
-                format!("{}:{dport}", p.dst_addr),
-            ),
-            _ => (p.src_addr.to_string(), p.dst_addr.to_string()),
-        };
-        let mut out = format!("packet: {} {src} -> {dst} ttl {}\n", p.protocol, p.ttl);
-        for step in &self.steps {
-            let _ = write!(out, "{}: {}", step.program, step.verdict);
-            if !step.counters.is_empty() {
-                let _ = write!(out, " ({})", step.counters.join(", "));
-            }
-            out.push('\n');
-            if let Some(r) = &step.redirect {
-                let next_hop = r
-                    .next_hop
-                    .map_or("the destination, by the routing table".into(), |a| {
-                        a.to_string()
-                    });
-                let _ = writeln!(
-                    out,
-                    "  out of {} (ifindex {}) toward {next_hop}",
-                    r.interface, r.ifindex
-                );
-            }
-            if step.new_translation {
-                out.push_str(
-                    "  would create a SNAT translation (its port here is one free \
-                     candidate: a real packet draws its own)\n",
-                );
-            }
-            for c in &step.rewritten {
-                let _ = writeln!(out, "  {}: {} -> {}", c.field, c.before, c.after);
-            }
-        }
-        out
     }
 }
 
