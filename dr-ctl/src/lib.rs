@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod nat_plan;
 pub mod netlink;
 pub mod node;
+pub mod object;
 pub mod peer;
 pub mod plan;
 pub mod service;

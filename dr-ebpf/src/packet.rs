@@ -269,42 +269,6 @@ pub fn flow_of(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
     Some((key, tcp_flags))
 }
 
-/// Copies the `len` bytes at `offset` of the skb (linear or not; at most
-/// `N`) into the start of `dst` with one helper call. aya's `load_bytes`
-/// lets the verifier see a zero length, which the helper refuses.
-#[inline(always)]
-pub fn load_prefix<const N: usize>(
-    ctx: &TcContext,
-    offset: usize,
-    dst: &mut [u8; N],
-    len: usize,
-) -> Result<(), i64> {
-    // The length goes through memory so that the compiler cannot drop the
-    // checks below on what it knows of its origin: the verifier needs them.
-    // SAFETY: reads of locals.
-    if unsafe { core::ptr::read_volatile(&len) } == 0 {
-        return Err(-1);
-    }
-    // The verifier of older kernels (Debian 12's 6.1) learns nothing from
-    // "not zero": it is given 1..=N as the last byte's index, clamped, plus
-    // one.
-    let len = unsafe { core::ptr::read_volatile(&(len - 1)) }.min(N - 1) + 1;
-    // SAFETY: dst holds at least len writable bytes; the helper checks the
-    // skb's bounds.
-    let ret = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const core::ffi::c_void,
-            offset as u32,
-            dst.as_mut_ptr() as *mut core::ffi::c_void,
-            len as u32,
-        )
-    };
-    if ret != 0 {
-        return Err(ret);
-    }
-    Ok(())
-}
-
 /// Copies `N` bytes at `offset` of the skb (linear or not) into `dst`,
 /// straight into place (no copy on a stack the datapath shares).
 #[inline(always)]
@@ -313,5 +277,17 @@ pub fn load_into<const N: usize>(
     offset: usize,
     dst: &mut [u8; N],
 ) -> Result<(), i64> {
-    load_prefix(ctx, offset, dst, N)
+    // SAFETY: dst is N writable bytes; the helper checks the skb's bounds.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const core::ffi::c_void,
+            offset as u32,
+            dst.as_mut_ptr() as *mut core::ffi::c_void,
+            N as u32,
+        )
+    };
+    if ret != 0 {
+        return Err(ret);
+    }
+    Ok(())
 }

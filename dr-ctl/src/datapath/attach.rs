@@ -1,6 +1,6 @@
 //! Attaching the programs so they outlive dr-ctl, replacing them in place,
 //! detaching them, and reading back what is attached.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aya::{
     programs::{
@@ -13,10 +13,13 @@ use aya::{
     },
     Ebpf,
 };
-use dr_common::{map_names, XDP_GENERIC, XDP_NATIVE};
+use dr_common::{XDP_GENERIC, XDP_NATIVE};
 use serde::Serialize;
 
-use super::hook::{Hook, Kind, TC_PRIORITY};
+use super::{
+    hook::{Hook, Kind, TC_PRIORITY},
+    pins::{pin_replacing, remove_pin},
+};
 use crate::{
     bpffs::PinDir,
     error::{io_context, Error, Result},
@@ -241,24 +244,6 @@ fn attach_netlink(
     Ok(how)
 }
 
-/// Pins a program as `name`, replacing the pin there without a moment when
-/// `name` is missing: pinned under a temporary name, then renamed over the
-/// old pin. (bpffs refuses dots in names.)
-pub(super) fn pin_replacing(
-    dir: &Path,
-    name: &str,
-    pin: impl FnOnce(&Path) -> std::result::Result<(), aya::pin::PinError>,
-) -> Result<()> {
-    let path = dir.join(name);
-    let fresh = dir.join(format!("new_{name}"));
-    remove_pin(fresh.clone())?;
-    pin(&fresh).map_err(|source| Error::Pin {
-        path: fresh.clone(),
-        source,
-    })?;
-    std::fs::rename(&fresh, &path).map_err(io_context(format!("renaming {}", fresh.display())))
-}
-
 /// The mode dr's TC programs are attached in here, if any are.
 pub fn attached_mode(pins: &PinDir) -> Option<AttachMode> {
     [AttachMode::Tcx, AttachMode::Netlink]
@@ -293,24 +278,6 @@ pub fn detach(pins: &PinDir, hook: Hook, iface: Option<&str>) -> Result<bool> {
         detached |= remove_pin(prog_pin)?;
     }
     Ok(detached)
-}
-
-/// Removes the map pins (the maps go when their last user does) and the
-/// NAT sweeper's, which only works on them.
-pub fn remove_map_pins(pins: &PinDir) -> Result<()> {
-    for name in map_names::ALL {
-        remove_pin(pins.join(name))?;
-    }
-    remove_pin(pins.join(super::sweeper::SWEEPER_PIN))?;
-    Ok(())
-}
-
-fn remove_pin(path: PathBuf) -> Result<bool> {
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_context(format!("removing {}", path.display()))(e)),
-    }
 }
 
 /// Kernel ids of an attached hook.

@@ -13,7 +13,8 @@ use aya::{
 };
 use dr_common::{dry_run, map_names, program_names, Trace};
 
-use super::{attach::program, object::EBPF_OBJECT, Hook};
+use super::{attach::program, Hook};
+use crate::object::EBPF_OBJECT;
 use crate::{
     error::{Error, Result},
     maps::nat_table_size,

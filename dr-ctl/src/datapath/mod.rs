@@ -7,12 +7,13 @@
 //!
 //! `hook.rs` says which program goes where; `attach.rs` attaches,
 //! replaces and detaches them and reads back what is attached;
-//! `sweeper.rs` runs the one program that is never attached; `dry_run.rs`
+//! `pins.rs` replaces and removes pins; `sweeper.rs` runs the one program
+//! that is never attached; `dry_run.rs`
 //! loads the copy that `trace` runs packets through.
 mod attach;
 mod dry_run;
 mod hook;
-pub mod object;
+mod pins;
 mod sweeper;
 
 use std::path::Path;
@@ -21,16 +22,15 @@ use aya::{Ebpf, EbpfLoader};
 use dr_common::map_names;
 
 pub use attach::{
-    attach, attached_mode, detach, hook_ids, is_attached, load_retrying, program, remove_map_pins,
-    Attached, Attachment, HookIds,
+    attach, attached_mode, detach, hook_ids, is_attached, load_retrying, program, Attached,
+    Attachment, HookIds,
 };
 pub use dry_run::{DryRun, Run};
 pub use hook::{Hook, Kind, Side, TC_PRIORITY};
-pub use sweeper::{pin_sweeper, Sweeper, SWEEPER_PIN};
+pub use pins::{remove_map_pins, SWEEPER_PIN};
+pub use sweeper::{pin_sweeper, Sweeper};
 
-use object::EBPF_OBJECT;
-
-use crate::{error::Result, migrate};
+use crate::{error::Result, migrate, object::EBPF_OBJECT};
 
 /// Loads the object; its maps are created and pinned in `map_dir` (a bpffs
 /// directory), or adopted from there if already pinned, so state survives

@@ -19,14 +19,11 @@ use dr_common::{
     program_names,
 };
 
-use super::attach::pin_replacing;
+use super::pins::{pin_replacing, SWEEPER_PIN};
 use crate::{
     error::{Error, Result},
     maps::{monotonic_ns, Maps},
 };
-
-/// The sweeper's pin in the pin directory.
-pub const SWEEPER_PIN: &str = "prog_nat_sweep";
 
 /// XDP_PASS: the sweeper read the request.
 const DONE: u32 = 2;

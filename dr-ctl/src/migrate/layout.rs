@@ -4,8 +4,8 @@ use std::{collections::HashMap, path::Path};
 use aya::maps::MapInfo;
 
 use crate::{
-    datapath::object::EBPF_OBJECT,
     error::{Error, Result},
+    object::EBPF_OBJECT,
 };
 
 const BPF_MAP_TYPE_HASH: u32 = 1;

@@ -206,3 +206,67 @@ fn xdp_leaves_remote_rsts_and_fins_to_tc() {
     }
     assert_eq!(dp.counter(Counter::NatTeardownOutOfWindow).packets, 0);
 }
+
+/// The window scale is found wherever the SYN's options put it: Linux's
+/// layout, alone, where only the second or the third of the chunks the
+/// datapath reads the options in sees it whole, at the very end of 40
+/// bytes of options, and none at all.
+#[test]
+fn a_syn_offers_its_window_scale_wherever_its_options_put_it() {
+    use TcpOptionElement::*;
+    let nops = |n: usize| vec![Noop; n];
+    let layouts: [(&str, Vec<TcpOptionElement>, u8); 6] = [
+        (
+            "linux",
+            vec![
+                MaximumSegmentSize(1460),
+                SelectiveAcknowledgementPermitted,
+                Timestamp(1, 0),
+                Noop,
+                WindowScale(9),
+            ],
+            9,
+        ),
+        ("alone", vec![WindowScale(3)], 3),
+        (
+            "at byte 18, whole in the second chunk only",
+            [nops(18), vec![WindowScale(5)]].concat(),
+            5,
+        ),
+        (
+            "at byte 36, whole in the third chunk only",
+            [nops(36), vec![WindowScale(6)]].concat(),
+            6,
+        ),
+        (
+            "at byte 37, the last",
+            [nops(37), vec![WindowScale(8)]].concat(),
+            8,
+        ),
+        (
+            "none",
+            vec![MaximumSegmentSize(1460), SelectiveAcknowledgementPermitted],
+            0,
+        ),
+    ];
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    for (i, (layout, options, wscale)) in layouts.into_iter().enumerate() {
+        let ports = (SRC_PORT + i as u16, REMOTE_PORT);
+        let mut syn = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 1])
+            .ipv4(CONTAINER, EXTERNAL, 64)
+            .tcp(ports.0, ports.1, CONTAINER_ISN, WINDOW)
+            .syn()
+            .options(&options)
+            .unwrap()
+            .write(&mut syn, &[])
+            .unwrap();
+        assert_eq!(
+            dp.run(Hook::BridgeIngress, &syn).0,
+            TC_ACT_REDIRECT,
+            "{layout}"
+        );
+        let flow = dp.translation(CONTAINER, EXTERNAL, 6, ports).expect(layout);
+        assert_eq!(flow.wscale_out, wscale, "{layout}");
+    }
+}

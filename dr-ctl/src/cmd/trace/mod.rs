@@ -16,10 +16,11 @@ pub use self::{
     report::{Redirect, Step, TraceReport},
 };
 use crate::{
-    datapath::{self, DryRun, Hook, Run},
+    datapath::{DryRun, Hook, Run},
     error::{Error, Result},
     netlink::Netlink,
     node::Node,
+    object,
     subnet::from_map_addr,
 };
 
@@ -176,7 +177,7 @@ pub async fn run(args: Args) -> Result<TraceReport> {
     // Holding the lock throughout: an `up` migrating a map removes its pin
     // for a moment, and the loader would create and pin one of its own.
     let node = Node::open()?;
-    if node.state.object_hash != datapath::object::hash() {
+    if node.state.object_hash != object::hash() {
         return Err(Error::Conflict(
             "the attached programs come from another build of dr: run `dr-ctl up` with this \
              one first, so that trace runs what is attached"

@@ -17,6 +17,7 @@ use crate::{
     migrate,
     netlink::{Interface, Netlink},
     node::{self, side_ifindex, sync_endpoints},
+    object,
     subnet::to_map_addr,
 };
 
@@ -78,7 +79,7 @@ pub(super) fn desired_config(
 
 /// The node state `up` records, given what it owns and how XDP is attached.
 pub(super) fn desired_state(args: &UpArgs, owned: u32, xdp_mode: u8) -> NodeState {
-    node::state::recorded(owned, datapath::object::hash(), xdp_mode, args.datapath_log)
+    node::state::recorded(owned, object::hash(), xdp_mode, args.datapath_log)
 }
 
 /// What `up` found, all checked, with the node lock held.
