@@ -4,7 +4,7 @@ use ipnet::Ipv4Net;
 
 use crate::{
     error::{Error, Result},
-    subnet::{overlaps, parse_cidr, LocalSubnet},
+    subnet::{overlaps, LocalSubnet},
 };
 
 /// What to translate and how.
@@ -33,11 +33,11 @@ impl Default for NatPlan {
     }
 }
 
-/// `10000-32767`
-pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
+/// `10000-32767`; `what` names the setting in the error.
+pub fn parse_port_range(what: &str, s: &str) -> Result<(u16, u16)> {
     let bad = || {
         Error::Invalid(format!(
-            "invalid --nat-ports {s:?}: expected LOW-HIGH, like 10000-32767"
+            "invalid {what} {s:?}: expected LOW-HIGH, like 10000-32767"
         ))
     };
     let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
@@ -45,7 +45,7 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
     let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
     if lo < 1024 || lo > hi {
         return Err(Error::Invalid(format!(
-            "invalid --nat-ports {s}: need 1024 <= LOW <= HIGH"
+            "invalid {what} {s}: need 1024 <= LOW <= HIGH"
         )));
     }
     Ok((lo, hi))
@@ -53,8 +53,8 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
 
 /// `udp=30`: sets one timeout (seconds). Kinds: tcp-syn, tcp-established,
 /// tcp-closing, tcp-closed, tcp-time-wait, udp, icmp.
-pub fn parse_timeout(s: &str, t: &mut Timeouts) -> Result<()> {
-    let bad = |why: &str| Error::Invalid(format!("invalid --nat-timeout {s:?}: {why}"));
+pub fn parse_timeout(what: &str, s: &str, t: &mut Timeouts) -> Result<()> {
+    let bad = |why: &str| Error::Invalid(format!("invalid {what} {s:?}: {why}"));
     let (kind, secs) = s
         .split_once('=')
         .ok_or_else(|| bad("expected KIND=SECONDS"))?;
@@ -68,53 +68,38 @@ pub fn parse_timeout(s: &str, t: &mut Timeouts) -> Result<()> {
         "tcp-syn" => &mut t.tcp_syn,
         "tcp-established" => &mut t.tcp_established,
         "tcp-closing" => &mut t.tcp_closing,
-                "tcp-closed" => &mut t.tcp_closed,
+        "tcp-closed" => &mut t.tcp_closed,
         "tcp-time-wait" => &mut t.tcp_time_wait,
         "udp" => &mut t.udp,
         "icmp" => &mut t.icmp,
-        _ => {
-            return Err(bad(
-                "KIND is one of tcp-syn, tcp-established, tcp-closing, tcp-closed, tcp-time-wait, udp, icmp",
-            ))
-        }
+        _ => return Err(bad(TIMEOUT_KINDS)),
     };
     *slot = secs;
     Ok(())
 }
 
+const TIMEOUT_KINDS: &str =
+    "KIND is one of tcp-syn, tcp-established, tcp-closing, tcp-closed, tcp-time-wait, udp, icmp";
+
+/// Entries in each translation map: 1024 ..= 2^24.
+pub fn check_table_size(what: &str, size: u32) -> Result<u32> {
+    if !(1024..=(1 << 24)).contains(&size) {
+        return Err(Error::Invalid(format!(
+            "invalid {what} {size}: between 1024 and 16777216"
+        )));
+    }
+    Ok(size)
+}
+
 impl NatPlan {
-    pub fn parse(
-        cluster_cidr: Option<&str>,
-        no_masquerade: &[String],
-        ports: Option<&str>,
-        table_size: Option<u32>,
-        timeouts: &[String],
-    ) -> Result<Self> {
-        let mut plan = Self {
-            cluster_cidr: cluster_cidr
-                .map(|c| parse_cidr("--cluster-cidr", c))
-                .transpose()?,
-            no_masquerade: no_masquerade
-                .iter()
-                .map(|c| parse_cidr("--no-masquerade", c))
-                .collect::<Result<_>>()?,
+    /// SNAT on for traffic leaving `cluster_cidr` (and `no_masquerade`),
+    /// with the default ports, table size and timeouts.
+    pub fn masquerade_outside(cluster_cidr: Ipv4Net, no_masquerade: Vec<Ipv4Net>) -> Self {
+        Self {
+            cluster_cidr: Some(cluster_cidr),
+            no_masquerade,
             ..Self::default()
-        };
-        if let Some(p) = ports {
-            plan.ports = parse_port_range(p)?;
         }
-        if let Some(size) = table_size {
-            if !(1024..=(1 << 24)).contains(&size) {
-                return Err(Error::Invalid(format!(
-                    "invalid --nat-table-size {size}: between 1024 and 16777216"
-                )));
-            }
-            plan.table_size = size;
-        }
-        for t in timeouts {
-            parse_timeout(t, &mut plan.timeouts)?;
-        }
-        Ok(plan)
     }
 
     /// Checks the plan against this host: the local subnet must be inside the
@@ -122,23 +107,18 @@ impl NatPlan {
     /// ephemeral ports (`ephemeral`, from net.ipv4.ip_local_port_range).
     pub fn check(&self, local: &LocalSubnet, ephemeral: (u16, u16)) -> Result<()> {
         let Some(cluster) = self.cluster_cidr else {
-            if !self.no_masquerade.is_empty() {
-                return Err(Error::Invalid(
-                    "--no-masquerade needs --cluster-cidr".into(),
-                ));
-            }
             return Ok(());
         };
         if !cluster.contains(&local.net) {
             return Err(Error::Invalid(format!(
-                "local subnet {} is not inside --cluster-cidr {cluster}",
+                "local subnet {} is not inside the cluster CIDR {cluster}",
                 local.net
             )));
         }
         let (lo, hi) = self.ports;
         if lo <= ephemeral.1 && ephemeral.0 <= hi {
             return Err(Error::Invalid(format!(
-                "--nat-ports {lo}-{hi} overlaps the host's ephemeral ports {}-{} (net.ipv4.ip_local_port_range); translated flows could collide with the host's own connections",
+                "the SNAT port range {lo}-{hi} overlaps the host's ephemeral ports {}-{} (net.ipv4.ip_local_port_range); translated flows could collide with the host's own connections",
                 ephemeral.0, ephemeral.1
             )));
         }
@@ -172,14 +152,16 @@ mod tests {
         LocalSubnet::parse("10.0.128.1/24").unwrap()
     }
 
-    fn plan(cluster: Option<&str>, extra: &[&str]) -> NatPlan {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        NatPlan::parse(cluster, &extra, None, None, &[]).unwrap()
+    fn plan(cluster: &str, extra: &[&str]) -> NatPlan {
+        NatPlan::masquerade_outside(
+            cluster.parse().unwrap(),
+            extra.iter().map(|s| s.parse().unwrap()).collect(),
+        )
     }
 
     #[test]
     fn defaults_avoid_linux_ephemeral_ports() {
-        let p = plan(Some("10.0.0.0/16"), &[]);
+        let p = plan("10.0.0.0/16", &[]);
         assert_eq!(p.ports, (10000, 32767));
         p.check(&local(), (32768, 60999)).unwrap();
         let e = p.check(&local(), (30000, 60999)).unwrap_err().to_string();
@@ -189,40 +171,44 @@ mod tests {
     #[test]
     fn exclusions_are_cluster_plus_extra_without_redundancy() {
         let p = plan(
-            Some("10.0.0.0/16"),
+            "10.0.0.0/16",
             &["172.16.0.0/12", "10.0.5.0/24", "172.16.0.0/12"],
         );
         let got: Vec<String> = p.exclusions().iter().map(|n| n.to_string()).collect();
         assert_eq!(got, ["10.0.0.0/16", "172.16.0.0/12"]);
-        assert!(plan(None, &[]).exclusions().is_empty());
+        assert!(NatPlan::default().exclusions().is_empty());
     }
 
     #[test]
     fn checks_name_the_problem() {
-        let e = |p: NatPlan| p.check(&local(), (32768, 60999)).unwrap_err().to_string();
-        assert!(e(plan(Some("10.1.0.0/16"), &[])).contains("not inside --cluster-cidr"));
-        assert!(e(plan(None, &["10.9.0.0/16"])).contains("needs --cluster-cidr"));
-        let parse = |c: &str| {
-            NatPlan::parse(Some(c), &[], None, None, &[])
-                .unwrap_err()
-                .to_string()
-        };
-        assert!(parse("10.0.0.1/16").contains("host bits"));
-        assert!(parse("10.0.0.0").contains("--cluster-cidr"));
+        let e = plan("10.1.0.0/16", &[])
+            .check(&local(), (32768, 60999))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not inside the cluster CIDR 10.1.0.0/16"), "{e}");
+        NatPlan::default().check(&local(), (10000, 60999)).unwrap();
     }
 
     #[test]
-    fn port_ranges_and_timeouts_parse() {
-        assert_eq!(parse_port_range("61000-61003").unwrap(), (61000, 61003));
+    fn port_ranges_timeouts_and_sizes_parse() {
+        assert_eq!(
+            parse_port_range("ports", "61000-61003").unwrap(),
+            (61000, 61003)
+        );
         for bad in ["61000", "5-10", "62000-61000", "a-b", "61000-70000"] {
-            assert!(parse_port_range(bad).is_err(), "{bad}");
+            let e = parse_port_range("ports", bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid ports"), "{e}");
         }
         let mut t = Timeouts::default();
-        parse_timeout("udp=2", &mut t).unwrap();
-        parse_timeout("tcp-established=100", &mut t).unwrap();
+        parse_timeout("timeout", "udp=2", &mut t).unwrap();
+        parse_timeout("timeout", "tcp-established=100", &mut t).unwrap();
         assert_eq!((t.udp, t.tcp_established), (2, 100));
         for bad in ["udp", "udp=0", "udp=x", "sctp=3"] {
-            assert!(parse_timeout(bad, &mut t).is_err(), "{bad}");
+            assert!(parse_timeout("timeout", bad, &mut t).is_err(), "{bad}");
+        }
+        assert_eq!(check_table_size("size", 1024).unwrap(), 1024);
+        for bad in [5, 1023, (1 << 24) + 1] {
+            assert!(check_table_size("size", bad).is_err(), "{bad}");
         }
     }
 }

@@ -92,7 +92,7 @@ fn bad_input_fails_with_one_line_and_changes_nothing() {
         ("up --subnet 192.168.91.1/25 --uplink eth0", "overlaps the uplink"),
         ("up --subnet 10.0.128.1/24 --uplink eth0 --bridge eth0", "both"),
         ("up --subnet 10.0.128.1/24 --uplink eth0 --bridge lo", "not a bridge"),
-        ("up --subnet 10.0.128.1/24 --uplink eth0 --cluster-cidr 10.1.0.0/16", "not inside --cluster-cidr"),
+        ("up --subnet 10.0.128.1/24 --uplink eth0 --cluster-cidr 10.1.0.0/16", "not inside the cluster CIDR"),
         ("up --subnet 10.0.128.1/24 --uplink eth0 --cluster-cidr 10.0.0.1/16", "host bits"),
         ("up --subnet 10.0.128.1/24 --uplink eth0 --cluster-cidr 10.0.0.0/16 --nat-ports 40000-50000", "ephemeral"),
         ("up --subnet 10.0.128.1/24 --uplink eth0 --cluster-cidr 10.0.0.0/16 --nat-table-size 5", "--nat-table-size"),

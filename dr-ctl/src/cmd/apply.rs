@@ -100,11 +100,7 @@ pub async fn run(args: Args) -> Result<ApplyReport> {
         subnet: me.subnet,
         uplink: me.uplink.clone(),
         docker_config: None,
-        nat: NatPlan {
-            cluster_cidr: Some(plan.cluster_cidr),
-            no_masquerade: plan.no_masquerade.clone(),
-            ..NatPlan::default()
-        },
+        nat: NatPlan::masquerade_outside(plan.cluster_cidr, plan.no_masquerade.clone()),
         attach: args.attach.mode(),
         max_peers: args.max_peers.check()?,
     };

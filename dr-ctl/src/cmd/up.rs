@@ -4,7 +4,9 @@
 mod args;
 mod setup;
 
-pub use args::{Args, Attach, AttachArg, DatapathLog, MaxPeersArg, UpArgs};
+pub use args::{
+    nat_from_flags, Args, Attach, AttachArg, DatapathLog, MaxPeersArg, NatFlags, UpArgs,
+};
 
 use std::fmt::Write as _;
 

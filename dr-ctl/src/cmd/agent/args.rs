@@ -6,9 +6,8 @@ use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 
 use super::AgentConfig;
 use crate::{
-    cmd::up::{AttachArg, DatapathLog, MaxPeersArg},
+    cmd::up::{nat_from_flags, AttachArg, DatapathLog, MaxPeersArg, NatFlags},
     error::{io_context, Error, Result},
-    nat_plan::NatPlan,
     subnet::LocalSubnet,
 };
 
@@ -116,13 +115,11 @@ impl Args {
     /// The checked form of the command line.
     pub(super) fn check(self) -> Result<AgentConfig> {
         let connect = self.connect_options()?;
-        let nat = NatPlan::parse(
-            Some(&self.cluster_cidr),
-            &self.no_masquerade,
-            None,
-            None,
-            &[],
-        )?;
+        let nat = nat_from_flags(NatFlags {
+            cluster_cidr: Some(&self.cluster_cidr),
+            no_masquerade: &self.no_masquerade,
+            ..NatFlags::default()
+        })?;
         let subnet = self
             .subnet
             .as_deref()

@@ -8,9 +8,9 @@ use crate::{
     docker_config::{self, DockerConfigChange, DockerSettings},
     error::{Error, Result},
     kernel::AttachMode,
-    nat_plan::NatPlan,
+    nat_plan::{check_table_size, parse_port_range, parse_timeout, NatPlan},
     netlink::Interface,
-    subnet::LocalSubnet,
+    subnet::{parse_cidr, LocalSubnet},
 };
 
 /// Levels of the datapath's aya-log events; `off` costs one branch per event site.
@@ -132,19 +132,61 @@ impl Args {
             xdp: self.xdp,
             datapath_log: self.datapath_log as u8,
             subnet: LocalSubnet::parse_as("--subnet", &self.subnet)?,
-            nat: NatPlan::parse(
-                self.cluster_cidr.as_deref(),
-                &self.no_masquerade,
-                self.nat_ports.as_deref(),
-                self.nat_table_size,
-                &self.nat_timeout,
-            )?,
+            nat: nat_from_flags(NatFlags {
+                cluster_cidr: self.cluster_cidr.as_deref(),
+                no_masquerade: &self.no_masquerade,
+                ports: self.nat_ports.as_deref(),
+                table_size: self.nat_table_size,
+                timeouts: &self.nat_timeout,
+            })?,
             bridge: self.bridge,
             uplink: self.uplink,
             docker_config: self.docker_config,
             attach: self.attach.mode(),
         })
     }
+}
+
+/// The SNAT flags as given (`up` has them all, `agent` the first two).
+#[derive(Default)]
+pub struct NatFlags<'a> {
+    pub cluster_cidr: Option<&'a str>,
+    pub no_masquerade: &'a [String],
+    pub ports: Option<&'a str>,
+    pub table_size: Option<u32>,
+    pub timeouts: &'a [String],
+}
+
+/// The SNAT flags checked; errors name the flag.
+pub fn nat_from_flags(flags: NatFlags) -> Result<NatPlan> {
+    let cluster_cidr = flags
+        .cluster_cidr
+        .map(|c| parse_cidr("--cluster-cidr", c))
+        .transpose()?;
+    let no_masquerade = flags
+        .no_masquerade
+        .iter()
+        .map(|c| parse_cidr("--no-masquerade", c))
+        .collect::<Result<Vec<_>>>()?;
+    let mut plan = match cluster_cidr {
+        Some(cluster) => NatPlan::masquerade_outside(cluster, no_masquerade),
+        None if no_masquerade.is_empty() => NatPlan::default(),
+        None => {
+            return Err(Error::Invalid(
+                "--no-masquerade needs --cluster-cidr".into(),
+            ))
+        }
+    };
+    if let Some(p) = flags.ports {
+        plan.ports = parse_port_range("--nat-ports", p)?;
+    }
+    if let Some(size) = flags.table_size {
+        plan.table_size = check_table_size("--nat-table-size", size)?;
+    }
+    for t in flags.timeouts {
+        parse_timeout("--nat-timeout", t, &mut plan.timeouts)?;
+    }
+    Ok(plan)
 }
 
 /// What `up` is to set up (from the command line, a plan or the agent).
@@ -191,5 +233,90 @@ impl UpArgs {
             .as_ref()
             .map(|path| docker_config::merge(path, &self.docker_settings(uplink)))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(flags: NatFlags) -> String {
+        nat_from_flags(flags).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn nat_flag_errors_name_the_flag() {
+        let cases: [(NatFlags, &str); 6] = [
+            (
+                NatFlags {
+                    cluster_cidr: Some("10.0.0.0"),
+                    ..NatFlags::default()
+                },
+                "invalid --cluster-cidr",
+            ),
+            (
+                NatFlags {
+                    cluster_cidr: Some("10.0.0.1/16"),
+                    ..NatFlags::default()
+                },
+                "host bits",
+            ),
+            (
+                NatFlags {
+                    no_masquerade: &["10.9.0.0/16".into()],
+                    ..NatFlags::default()
+                },
+                "--no-masquerade needs --cluster-cidr",
+            ),
+            (
+                NatFlags {
+                    ports: Some("5-10"),
+                    ..NatFlags::default()
+                },
+                "invalid --nat-ports",
+            ),
+            (
+                NatFlags {
+                    table_size: Some(5),
+                    ..NatFlags::default()
+                },
+                "invalid --nat-table-size",
+            ),
+            (
+                NatFlags {
+                    timeouts: &["sctp=3".into()],
+                    ..NatFlags::default()
+                },
+                "invalid --nat-timeout",
+            ),
+        ];
+        for (flags, expected) in cases {
+            let e = err(flags);
+            assert!(e.contains(expected), "{e:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn nat_flags_make_the_plan() {
+        let extra = ["172.16.0.0/12".to_string()];
+        let timeouts = ["udp=5".to_string()];
+        let plan = nat_from_flags(NatFlags {
+            cluster_cidr: Some("10.0.0.0/16"),
+            no_masquerade: &extra,
+            ports: Some("20000-20099"),
+            table_size: Some(4096),
+            timeouts: &timeouts,
+        })
+        .unwrap();
+        assert_eq!(plan.cluster_cidr, Some("10.0.0.0/16".parse().unwrap()));
+        assert_eq!(plan.no_masquerade, ["172.16.0.0/12".parse().unwrap()]);
+        assert_eq!(
+            (plan.ports, plan.table_size, plan.timeouts.udp),
+            ((20000, 20099), 4096, 5)
+        );
+        assert_eq!(
+            nat_from_flags(NatFlags::default()).unwrap(),
+            NatPlan::default()
+        );
     }
 }
