@@ -1,6 +1,7 @@
 //! What forwarding costs the host, not how fast it goes: every workload runs
 //! at a fixed offered load (below every mode's ceiling here) and the
-//! machine's CPU time over the run (/proc/stat) is divided by what it
+//! machine's busy CPU time over the run (wall time minus measured idle
+//! time, see `CpuSample`) is divided by what it
 //! moved. The same workloads between two containers on one bridge give the
 //! floor (no forwarding at all); each mode's overhead is its cost above the
 //! floor. Both kinds of segment: wire-like (no GSO/TSO, as now) and
@@ -12,7 +13,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duratio
 use anyhow::{Context as _, Result};
 use dr_tests::{
     cluster::EXTERNAL_ADDR,
-    load::{self, cpu_jiffies, Server},
+    load::{self, CpuSample, Server},
     netns::Netns,
     Cluster, Host,
 };
@@ -189,12 +190,10 @@ impl Bench {
         ];
         for (workload, unit) in workloads {
             let before = prog_stats(&progs)?;
-            let (busy0, _) = cpu_jiffies()?;
+            let cpu0 = CpuSample::now()?;
             let done = run_workload(workload, &ends, d)?;
-            let (busy1, _) = cpu_jiffies()?;
+            let cpu_secs = CpuSample::now()?.busy_since(&cpu0);
             let after = prog_stats(&progs)?;
-            // USER_HZ is 100 on Linux.
-            let cpu_secs = (busy1 - busy0) as f64 / 100.0;
             let per_unit = if unit == "CPU-s/GB" { 1.0 } else { 1e6 };
             let cost = cpu_secs * per_unit / done.max(1e-9);
             let key = format!("{segment}: {workload}");
