@@ -106,6 +106,31 @@ impl Netns {
         run("ip", &full)
     }
 
+    /// The links (name, MAC, flags) and IPv4 addresses, from `ip -br`,
+    /// without what a link's carrier sets (the operational state column,
+    /// NO-CARRIER, LOWER_UP): a fresh veth gains its carrier on its own,
+    /// while what dr could change stays in.
+    pub fn links_and_addresses(&self) -> Result<String> {
+        let brief =
+            self.ip(&["-br", "link", "show"])? + &self.ip(&["-br", "-4", "addr", "show"])?;
+        Ok(brief
+            .lines()
+            .map(|line| {
+                let mut words = line.split_whitespace();
+                let name = words.next().unwrap_or_default();
+                let _operstate = words.next();
+                let rest: Vec<String> = words
+                    .map(|w| {
+                        w.replace("NO-CARRIER,", "")
+                            .replace(",LOWER_UP", "")
+                            .replace("LOWER_UP,", "")
+                    })
+                    .collect();
+                format!("{name} {}\n", rest.join(" "))
+            })
+            .collect())
+    }
+
     /// The namespace's inode number: dr-ctl names its pin directory after it.
     pub fn inode(&self) -> Result<u64> {
         Ok(std::fs::metadata(format!("/run/netns/{}", self.name))?.ino())

@@ -431,9 +431,7 @@ fn pin_directories_others_could_touch_are_refused() {
     let dir = pin_dir(host);
     let up_args = host.up_args();
     let up_args: Vec<&str> = up_args.iter().map(String::as_str).collect();
-    let network = || {
-        host.ns.ip(&["-br", "link", "show"]).unwrap() + &host.ns.ip(&["-br", "-4", "addr"]).unwrap()
-    };
+    let network = || host.ns.links_and_addresses().unwrap();
     let before = network();
     std::fs::create_dir_all("/sys/fs/bpf/dr").unwrap();
     let elsewhere = format!("/sys/fs/bpf/dr/planted-{}", host.ns.inode().unwrap());

@@ -52,8 +52,7 @@ fn one_line_error(out: &Output) -> String {
 
 /// Interfaces, addresses, qdiscs and filters, and the pins: what `up` could change.
 fn host_state(host: &Host) -> String {
-    let mut s = host.ns.ip(&["-br", "link", "show"]).unwrap();
-    s += &host.ns.ip(&["-br", "-4", "addr", "show"]).unwrap();
+    let mut s = host.ns.links_and_addresses().unwrap();
     s += &host.ns.exec("tc", &["qdisc", "show"]).unwrap();
     s += &ingress_filters(host, "eth0");
     s += &format!("pins: {}", Path::new(&pin_dir(host)).exists());
