@@ -295,7 +295,7 @@ fn proc_stat_idle_us() -> Result<u64> {
 
 /// Bulk TCP throughput with iperf3 from `client` to a one-off server in
 /// `server` at `addr`: (bits per second, CPU seconds per gigabyte moved,
-/// machine-wide from /proc/stat).
+/// machine-wide, see [`CpuSample`]).
 pub fn iperf3(
     client: &Netns,
     server: &Netns,
