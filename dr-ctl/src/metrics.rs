@@ -93,7 +93,7 @@ pub const XDP_PACKETS: Family = family(
 pub const XDP_ENDPOINTS: Family = family(
     "dr_xdp_endpoints",
     "gauge",
-    "Local containers the XDP fast path knows.",
+    "Local containers dr delivers to directly (TC and XDP; the name is older than TC's use).",
 );
 pub const XDP_INFO: Family = family(
     "dr_xdp_info",

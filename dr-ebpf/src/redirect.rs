@@ -1,17 +1,19 @@
 //! Sending a frame on from TC: straight out of a device, with L2 addresses
-//! from the neighbour table, carrying dr's mark to the egress program there.
+//! from the neighbour table, carrying dr's mark to the egress program there;
+//! or, to a local container dr knows, straight into the container.
 use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{bpf_redir_neigh, TC_ACT_SHOT},
-    helpers::generated::bpf_redirect_neigh,
+    helpers::generated::{bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use dr_common::Counter;
+use dr_common::{Counter, DatapathConfig};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     dry_run::{dry_run, record_redirect},
+    maps::endpoint,
     packet::{decrement_ttl, AF_INET},
     verdict::Verdict,
 };
@@ -63,6 +65,35 @@ pub fn forward(
         return Verdict::Drop(Counter::DropTtlExceeded);
     }
     send(ctx, ifindex, next_hop, counter)
+}
+
+/// Delivers a packet that came in on the uplink to local container `dst`
+/// (network order). When `ENDPOINTS` knows the container and its docker0
+/// port still exists, the frame gets the MACs docker0 would give it and
+/// `bpf_redirect_peer` hands it to the ingress of the veth's other end, in
+/// the container's namespace: no pass through docker0 and the bridge, no
+/// second trip through the backlog queue, the way the XDP path delivers.
+/// A container not learned yet (or restarted on a new port since) is sent
+/// out of docker0 as before. Not marked: it meets no egress program.
+#[inline(always)]
+pub fn to_container(ctx: &TcContext, cfg: &DatapathConfig, dst: u32, counter: Counter) -> Verdict {
+    let Some(endpoint) = endpoint(dst) else {
+        return send(ctx, cfg.bridge_ifindex, None, counter);
+    };
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&endpoint.mac);
+    macs[6..].copy_from_slice(&cfg.bridge_mac);
+    if ctx.store(0, &macs, 0).is_err() {
+        return Verdict::Drop(Counter::DropRedirectFailed);
+    }
+    if dry_run() {
+        record_redirect(endpoint.ifindex, 0);
+    }
+    // SAFETY: a plain helper call; the kernel checks the device when it acts.
+    if unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } as i32 == TC_ACT_SHOT {
+        return Verdict::Drop(Counter::DropRedirectFailed);
+    }
+    Verdict::Redirect(counter)
 }
 
 /// `skb->mark` bit on a packet dr redirects: it goes to the egress of docker0

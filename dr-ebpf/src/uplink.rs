@@ -1,13 +1,14 @@
 //! Uplink ingress: packets from the shared segment.
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use dr_common::{nat::DELIVERED_FROM_PEER_HOST, Counter};
+use dr_common::{nat::DELIVERED_FROM_PEER_HOST, Counter, DatapathConfig};
+use network_types::ip::Ipv4Hdr;
 
 use crate::{
     inbound::record_inbound,
     maps::{is_peer_host, peer_for, peer_traffic},
     nat::{now, snat_reply},
-    packet::{dst_addr, flow_of, ipv4_frame, src_addr},
-    redirect::forward,
+    packet::{decrement_ttl, dst_addr, flow_of, ipv4_frame, src_addr},
+    redirect::to_container,
     verdict::Verdict,
 };
 
@@ -18,7 +19,7 @@ pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
 }
 
 /// A packet from a known peer subnet, or from a peer host itself, to a local
-/// container is delivered to docker0 directly; a reply to a translated flow (or an ICMP error about
+/// container is delivered to it directly; a reply to a translated flow (or an ICMP error about
 /// one) is translated back and delivered; everything else goes to the stack.
 #[inline(always)]
 fn from_uplink(ctx: &TcContext, bytes: u64) -> Verdict {
@@ -42,13 +43,22 @@ fn from_uplink(ctx: &TcContext, bytes: u64) -> Verdict {
         if let Some((flow, _)) = flow_of(ctx, ip) {
             record_inbound(&flow.answer(), DELIVERED_FROM_PEER_HOST, now());
         }
-        return forward(ctx, ip, cfg.bridge_ifindex, None, Counter::FromPeer);
+        return deliver(ctx, cfg, ip, dst);
     };
-    let verdict = forward(ctx, ip, cfg.bridge_ifindex, None, Counter::FromPeer);
+    let verdict = deliver(ctx, cfg, ip, dst);
     if verdict.redirected() {
         if let Some(traffic) = peer_traffic(peer) {
             traffic.from_peer.add(bytes);
         }
     }
     verdict
+}
+
+/// Forwards a packet to local container `dst`, TTL decremented.
+#[inline(always)]
+fn deliver(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr, dst: u32) -> Verdict {
+    if !decrement_ttl(ip) {
+        return Verdict::Drop(Counter::DropTtlExceeded);
+    }
+    to_container(ctx, cfg, dst, Counter::FromPeer)
 }

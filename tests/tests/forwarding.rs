@@ -1,5 +1,5 @@
 //! Cross-host forwarding through the real dr-ctl in emulated hosts.
-use dr_tests::{dr_ctl_path, require_root, traffic, Cluster};
+use dr_tests::{dr_ctl_path, netns::Netns, require_root, traffic, Cluster};
 
 fn cluster(tag: &str) -> Cluster {
     require_root();
@@ -77,6 +77,54 @@ fn xdp_leaves_a_restarted_containers_traffic_to_tc_until_sync() {
     let before = redirected();
     traffic::ping(&from.ns, to, 3).unwrap();
     assert!(redirected() >= before + 3);
+}
+
+/// Once `sync` has learned a container (the host's neighbour entry and the
+/// bridge FDB), peer traffic to it goes straight into its veth: the bytes
+/// arrive, and docker0 transmits (almost) none of the frames. A container
+/// restarted on a new port is reached through docker0 again until the next
+/// `sync` learns it.
+#[test]
+fn peer_traffic_to_a_learned_container_skips_docker0() {
+    let c = cluster("drdirect");
+    let (from, host) = (&c.hosts[0].containers[0], &c.hosts[1]);
+    let to = &host.containers[0];
+    // The host meets the container (through docker0) and learns it.
+    traffic::ping(&from.ns, to.addr, 2).unwrap();
+    host.dr(&["sync"]).unwrap();
+    assert!(host.status().unwrap()["endpoints"].as_u64().unwrap() >= 1);
+
+    let (docker0, eth0) = (tx_packets(&host.ns, "docker0"), rx_packets(&to.ns, "eth0"));
+    let (_, seen) = traffic::tcp_transfer(&from.ns, &to.ns, to.addr, 8 << 20).unwrap();
+    assert_eq!(seen.ip(), from.addr);
+    let via_docker0 = tx_packets(&host.ns, "docker0") - docker0;
+    let received = rx_packets(&to.ns, "eth0") - eth0;
+    // At least 128 frames even as 64 KiB GSO frames; the host's own ARP may
+    // pass docker0 meanwhile.
+    assert!(received >= 128, "the container received {received} frames");
+    assert!(
+        via_docker0 <= 5,
+        "docker0 sent {via_docker0} of the {received} frames"
+    );
+
+    host.restart_container_link(0).unwrap();
+    let docker0 = tx_packets(&host.ns, "docker0");
+    traffic::ping(&from.ns, to.addr, 3).unwrap();
+    assert!(tx_packets(&host.ns, "docker0") >= docker0 + 3);
+}
+
+/// A link's statistics, as `ip -s link` shows them.
+fn link_stats(ns: &Netns, link: &str) -> serde_json::Value {
+    let out = ns.ip(&["-j", "-s", "link", "show", "dev", link]).unwrap();
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["stats64"].clone()
+}
+
+fn tx_packets(ns: &Netns, link: &str) -> u64 {
+    link_stats(ns, link)["tx"]["packets"].as_u64().unwrap()
+}
+
+fn rx_packets(ns: &Netns, link: &str) -> u64 {
+    link_stats(ns, link)["rx"]["packets"].as_u64().unwrap()
 }
 
 fn cross_host_traffic(c: &Cluster) {

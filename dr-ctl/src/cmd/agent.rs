@@ -315,7 +315,7 @@ async fn session(
                 }
             }
             _ = housekeeping.tick() => {
-                // The XDP path's endpoints and expired translations; failures
+                // The endpoints of direct delivery and expired translations; failures
                 // here never end the session.
                 if let Err(e) = off_thread(|rt| rt.block_on(sync::run())).await {
                     warn!("sync: {e}");

@@ -185,10 +185,11 @@ impl Report for Status {
                 let _ = writeln!(out, "  {line}");
             }
         }
+        let _ = writeln!(out, "xdp: {}", self.xdp);
         let _ = writeln!(
             out,
-            "xdp: {} ({} local endpoints)",
-            self.xdp, self.endpoints
+            "local endpoints: {} (containers delivered to directly, see `dr-ctl sync`)",
+            self.endpoints
         );
         let n = &self.nat;
         if n.enabled {

@@ -20,14 +20,14 @@ pub struct SyncReport {
 impl Report for SyncReport {
     fn text(&self) -> String {
         format!(
-            "xdp {}; {} local endpoints; uplink mtu {}\n",
-            self.xdp, self.endpoints, self.uplink_mtu
+            "{} local endpoints; xdp {}; uplink mtu {}\n",
+            self.endpoints, self.xdp, self.uplink_mtu
         )
     }
 }
 
 /// Refreshes what the datapath learns from the kernel: the local container
-/// endpoints of the XDP fast path, and the uplink's MTU (which may change
+/// endpoints it delivers to directly (TC and XDP), and the uplink's MTU (which may change
 /// after `up`). Safe to run at any time (e.g. from a timer).
 pub async fn run() -> Result<SyncReport> {
     let mut node = Node::open()?;

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     packet::{decrement_ttl, ICMP_CHECK, ICMP_ID, IP_CHECK, IP_DST},
-    redirect::send,
+    redirect::to_container,
     verdict::Verdict,
 };
 
@@ -84,7 +84,7 @@ pub(super) fn icmp_error_reply(
     {
         return Some(Verdict::Drop(Counter::DropRedirectFailed));
     }
-    Some(send(ctx, cfg.bridge_ifindex, None, Counter::NatIcmpErrorIn))
+    Some(to_container(ctx, cfg, origin.addr, Counter::NatIcmpErrorIn))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -19,7 +19,7 @@ use crate::{
     packet::{
         decrement_ttl, is_fragment, l4_offset, l4_ports, src_addr, FrameBytes, IP_DST, TCP_SEQ,
     },
-    redirect::send,
+    redirect::to_container,
     verdict::Verdict,
 };
 
@@ -144,5 +144,5 @@ pub fn snat_reply(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Op
     {
         return Some(Verdict::Drop(Counter::DropRedirectFailed));
     }
-    Some(send(ctx, cfg.bridge_ifindex, None, Counter::NatIn))
+    Some(to_container(ctx, cfg, origin.addr, Counter::NatIn))
 }

@@ -168,6 +168,24 @@ fn a_reply_to_a_live_translation_is_translated_back_and_not_refreshed() {
 }
 
 #[test]
+fn tc_delivers_to_a_learned_containers_veth_as_the_attached_program() {
+    let mut dp = xdp_datapath();
+    let packet = frame(PEER_CONTAINER, CONTAINER, 62, L4::Tcp);
+    let dry = dp.dry_run(Hook::UplinkIngress, &packet);
+    assert_eq!(
+        dry.trace,
+        Trace {
+            counters: counted(&[Counter::FromPeer]),
+            redirect_ifindex: CONTAINER_VETH,
+            ..Default::default()
+        }
+    );
+    let (verdict, out) = dp.run(Hook::UplinkIngress, &packet);
+    assert_eq!((dry.verdict, dry.frame), (verdict, out));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+}
+
+#[test]
 fn xdp_delivers_to_the_container_veth_as_the_attached_program() {
     let mut dp = xdp_datapath();
     let packet = frame(PEER_CONTAINER, CONTAINER, 62, L4::Udp);

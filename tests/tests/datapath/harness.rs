@@ -303,6 +303,14 @@ pub const CONTAINER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc2];
 /// devices, and a test run never transmits, so loopback stands in.
 pub const CONTAINER_VETH: u32 = 1;
 
+/// `frame` with the MACs of a frame docker0 sends to CONTAINER: how dr
+/// delivers straight into a known container's veth.
+pub fn from_docker0(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[..6].copy_from_slice(&CONTAINER_MAC);
+    frame[6..12].copy_from_slice(&BRIDGE_MAC);
+    frame
+}
+
 /// A datapath whose endpoint table knows CONTAINER.
 pub fn xdp_datapath() -> Datapath {
     let mut dp = datapath(config());

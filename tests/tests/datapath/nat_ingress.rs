@@ -45,6 +45,26 @@ fn outbound_is_translated_and_replies_translated_back_byte_for_byte() {
     assert_eq!(tcp.state, State::TcpEstablished as u8);
 }
 
+/// A reply for a container dr has learned goes straight into its veth, with
+/// the bytes TC gives it otherwise and the MACs of a frame from docker0.
+#[test]
+fn replies_to_a_learned_container_go_straight_into_its_veth() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    add_endpoint(&mut dp, CONTAINER);
+    for l4 in ALL_L4 {
+        let ports = default_ports(l4);
+        let port = dp.translate_out(CONTAINER, EXTERNAL, l4, ports);
+        let (verdict, out) = dp.run(
+            Hook::UplinkIngress,
+            &reply(EXTERNAL, UPLINK_ADDR, l4, port, ports.1, 50),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let back = from_docker0(reply(EXTERNAL, CONTAINER, l4, ports.0, ports.1, 49));
+        assert_eq!(out, back, "{l4:?} reply");
+    }
+    assert_eq!(dp.counter(Counter::NatIn).packets, 3);
+}
+
 #[test]
 fn replies_without_a_translation_go_to_the_host() {
     let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);

@@ -1,15 +1,19 @@
 //! `dr_uplink_ingress` for peer traffic: a packet from a peer subnet to a
-//! local container is redirected to docker0, TTL decremented; what is not
+//! local container is redirected to docker0, TTL decremented, or straight
+//! into the container's veth once dr knows it (`ENDPOINTS`); what is not
 //! from a peer to a container passes; expiring TTLs are dropped. (SNAT
 //! replies on this hook: `nat_ingress.rs`, `nat_icmp_error.rs`; peer
 //! hosts' own packets: `inbound.rs`.)
 //!
 //! ```text
 //!  PEER_CONTAINER 10.0.129.2 ──> dr-uplink [dr_uplink_ingress] ──TC_ACT_REDIRECT──> docker0 ──> CONTAINER 10.0.128.2
-//!  (via PEER_HOST)               UPLINK_ADDR 192.168.91.128       │ TTL - 1
+//!  (via PEER_HOST)               UPLINK_ADDR 192.168.91.128       │ TTL - 1                               ^
+//!                                                                 ├─TC_ACT_REDIRECT (peer)──> veth 1 ─────┘ known endpoint:
+//!                                                                 │   TTL - 1, MACs BRIDGE_MAC -> CONTAINER_MAC
 //!                                                                 ├─TC_ACT_OK──> the stack (not from a peer, to the host)
 //!                                                                 └─TC_ACT_SHOT (TTL 1 or 0)
-//!  maps: DATAPATH_CONFIG, PEER_SUBNETS 10.0.129.0/24 via PEER_HOST, PEER_HOSTS, PEER_TRAFFIC, COUNTERS
+//!  maps: DATAPATH_CONFIG, PEER_SUBNETS 10.0.129.0/24 via PEER_HOST, PEER_HOSTS, PEER_TRAFFIC, COUNTERS,
+//!        ENDPOINTS/ENDPOINT_PORTS (CONTAINER -> {veth 1, CONTAINER_MAC}) in the direct-delivery test
 //! ```
 use super::*;
 
@@ -26,6 +30,27 @@ fn delivers_peer_traffic_to_local_containers() {
     let peer = dp.maps.peers().unwrap()[0];
     let traffic = dp.maps.peer_traffic(peer.slot).unwrap();
     assert_eq!((traffic.from_peer.packets, traffic.to_peer.packets), (3, 0));
+}
+
+/// A container dr has learned gets the frame as docker0 would have sent it,
+/// handed to its veth directly (`bpf_redirect_peer`); one it has not learned
+/// still goes through docker0, unchanged but for its TTL.
+#[test]
+fn delivers_straight_into_a_learned_containers_veth() {
+    let mut dp = xdp_datapath();
+    for (i, l4) in ALL_L4.into_iter().enumerate() {
+        let (verdict, out) = dp.run(
+            Hook::UplinkIngress,
+            &frame(PEER_CONTAINER, CONTAINER, 62, l4),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out, from_docker0(frame(PEER_CONTAINER, CONTAINER, 61, l4)));
+        dp.assert_only(Counter::FromPeer, i as u64 + 1);
+    }
+    let unknown = frame(PEER_CONTAINER, OTHER_CONTAINER, 62, L4::Udp);
+    let (verdict, out) = dp.run(Hook::UplinkIngress, &unknown);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, frame(PEER_CONTAINER, OTHER_CONTAINER, 61, L4::Udp));
 }
 
 #[test]

@@ -20,10 +20,7 @@ fn peer_traffic_to_a_known_container_is_redirected_to_its_veth() {
         let (verdict, out) = dp.run_xdp(&frame(PEER_CONTAINER, CONTAINER, 62, l4));
         assert_eq!(verdict, XDP_REDIRECT);
         // TTL and checksum as in TC, and the MACs of a frame from docker0 to the container.
-        let mut expected = frame(PEER_CONTAINER, CONTAINER, 61, l4);
-        expected[..6].copy_from_slice(&CONTAINER_MAC);
-        expected[6..12].copy_from_slice(&BRIDGE_MAC);
-        assert_eq!(out, expected);
+        assert_eq!(out, from_docker0(frame(PEER_CONTAINER, CONTAINER, 61, l4)));
         assert_eq!(dp.counter(Counter::XdpRedirect).packets, i as u64 + 1);
         assert_eq!(dp.counter(Counter::FromPeer).packets, i as u64 + 1);
     }
@@ -68,9 +65,7 @@ fn snat_replies_to_a_known_container_are_translated_and_redirected() {
         let (verdict, out) = dp.run_xdp(&reply(EXTERNAL, UPLINK_ADDR, l4, port, ports.1, 50));
         assert_eq!(verdict, XDP_REDIRECT, "{l4:?}");
         // The same bytes TC would produce, with the MACs of a frame from docker0.
-        let mut expected = reply(EXTERNAL, CONTAINER, l4, ports.0, ports.1, 49);
-        expected[..6].copy_from_slice(&CONTAINER_MAC);
-        expected[6..12].copy_from_slice(&BRIDGE_MAC);
+        let expected = from_docker0(reply(EXTERNAL, CONTAINER, l4, ports.0, ports.1, 49));
         assert_eq!(out, expected, "{l4:?}");
     }
     assert_eq!(dp.counter(Counter::NatIn).packets, 3);

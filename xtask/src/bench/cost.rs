@@ -15,11 +15,11 @@ use dr_tests::{
     cluster::EXTERNAL_ADDR,
     load::{self, CpuSample, Server},
     netns::Netns,
-    Cluster, Host,
+    Host,
 };
 use serde_json::Value;
 
-use super::{fmt_num, spread, Bench, Mode, Row};
+use super::{fmt_num, spread, Bench, Mode, Row, Segment, SEGMENTS};
 
 /// Offered loads: a fifth or less of the lowest rate any mode reached here.
 const UDP_PPS: u64 = 30_000;
@@ -28,8 +28,6 @@ const CONNS_PER_SEC: u64 = 1_000;
 const UDP_RR_PER_SEC: u64 = 10_000;
 /// ICMP errors only feed the per-program table (the ICMP error path).
 const ICMP_ERRORS_PER_SEC: u64 = 500;
-
-const SEGMENTS: [(&str, bool); 2] = [("wire", true), ("offloaded", false)];
 
 /// A setup measured: no forwarding (the floor) or one of the modes.
 #[derive(Clone, Copy)]
@@ -112,7 +110,7 @@ impl Bench {
     /// Every setup on both segments, the setups in a rotating order.
     pub(super) fn cost_round(&mut self, round: usize) -> Result<()> {
         let _stats = BpfStats::enable()?;
-        for (segment, wire) in SEGMENTS {
+        for segment in SEGMENTS {
             let mut setups = [
                 Setup::Floor,
                 Setup::Forwarding(Mode::Recipe),
@@ -120,33 +118,23 @@ impl Bench {
                 Setup::Forwarding(Mode::Xdp),
             ];
             setups.rotate_left(round % 4);
-            // XDP sees a veth's checksum-offloaded frames before their
-            // checksum is filled in and delivers them unfinished; on a real
-            // NIC's wire every frame is complete. So dr-xdp runs on the
-            // wire-like segment only.
-            let xdp = |s: &Setup| matches!(s, Setup::Forwarding(Mode::Xdp));
-            for setup in setups.into_iter().filter(|s| wire || !xdp(s)) {
-                self.cost_setup(segment, wire, setup, round)
-                    .with_context(|| format!("cost: {} on {segment}", setup.name()))?;
+            let runs = |s: &Setup| match s {
+                Setup::Forwarding(mode) => segment.runs(*mode),
+                Setup::Floor => true,
+            };
+            for setup in setups.into_iter().filter(runs) {
+                self.cost_setup(segment, setup, round)
+                    .with_context(|| format!("cost: {} on {}", setup.name(), segment.name()))?;
             }
         }
         Ok(())
     }
 
-    fn cost_setup(&mut self, segment: &str, wire: bool, setup: Setup, round: usize) -> Result<()> {
-        let mut c = Cluster::new("drcost", 2, &self.dr_ctl)?;
-        c.add_external()?;
-        if wire {
-            c.emulate_wire()?;
-        }
+    fn cost_setup(&mut self, segment: Segment, setup: Setup, round: usize) -> Result<()> {
+        let mut c = self.cluster_on(segment)?;
         match setup {
             Setup::Floor => c.bare_all(3)?,
-            Setup::Forwarding(Mode::Recipe) => c.recipe_all(3)?,
-            Setup::Forwarding(Mode::Tc) => c.up_all(3)?,
-            Setup::Forwarding(Mode::Xdp) => {
-                c.up_all_with(3, &["--xdp"])?;
-                c.sync_endpoints()?;
-            }
+            Setup::Forwarding(mode) => mode.set_up(&mut c, 3)?,
         }
         let ext = c.external.as_ref().context("external")?;
         // Errors for the ICMP error path come back at the offered rate.
@@ -196,13 +184,13 @@ impl Bench {
             let after = prog_stats(&progs)?;
             let per_unit = if unit == "CPU-s/GB" { 1.0 } else { 1e6 };
             let cost = cpu_secs * per_unit / done.max(1e-9);
-            let key = format!("{segment}: {workload}");
+            let key = format!("{}: {workload}", segment.name());
             self.record("cost", mode, round, &key, unit, cost);
             for (prog, (runs1, ns1)) in &after {
                 let (runs0, ns0) = before[prog];
                 if runs1 - runs0 >= 100 {
                     let ns = (ns1 - ns0) as f64 / (runs1 - runs0) as f64;
-                    let key = format!("{segment}: {workload}: {prog}");
+                    let key = format!("{}: {workload}: {prog}", segment.name());
                     self.record("bpf", mode, round, &key, "ns/run", ns);
                 }
             }

@@ -205,9 +205,9 @@ impl Setup<'_> {
                 attached.push((hook.program(), done.how));
             }
         }
-        if args.xdp {
-            sync_endpoints(nl, &mut maps, bridge.index, &args.subnet.net).await?;
-        }
+        // Containers the host already knows get direct delivery (TC's and
+        // XDP's) at once; `sync` learns later ones.
+        sync_endpoints(nl, &mut maps, bridge.index, &args.subnet.net).await?;
         node::state::write(pins.path(), &desired_state(args, owned, xdp_mode))?;
         // The new programs are attached: an older dr's maps are no longer used.
         migrate::finish(pins.path())?;
