@@ -74,7 +74,11 @@ pub struct Trace {
     pub next_hop: u32,
     /// 1: a new SNAT translation would have been made.
     pub new_translation: u8,
-    pub _pad: [u8; 7],
+    /// 1: the redirect hands the packet to the container behind the docker0
+    /// port `redirect_ifindex` (TC's `bpf_redirect_peer`, XDP's redirect
+    /// into the veth), not out of a device.
+    pub into_container: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Capacity of the local container endpoint table (XDP fast path).

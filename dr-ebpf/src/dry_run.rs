@@ -48,6 +48,16 @@ pub fn record_redirect(ifindex: u32, next_hop: u32) {
     })
 }
 
+/// The packet would have been handed to the container behind docker0 port
+/// `ifindex`.
+#[inline(always)]
+pub fn record_delivery(ifindex: u32) {
+    record(|t| {
+        t.redirect_ifindex = ifindex;
+        t.into_container = 1;
+    })
+}
+
 /// A new SNAT translation would have been made.
 #[inline(always)]
 pub fn record_new_translation() {

@@ -12,7 +12,7 @@ use dr_common::{Counter, DatapathConfig};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    dry_run::{dry_run, record_redirect},
+    dry_run::{dry_run, record_delivery, record_redirect},
     maps::endpoint,
     packet::{decrement_ttl, AF_INET},
     verdict::Verdict,
@@ -87,7 +87,7 @@ pub fn to_container(ctx: &TcContext, cfg: &DatapathConfig, dst: u32, counter: Co
         return Verdict::Drop(Counter::DropRedirectFailed);
     }
     if dry_run() {
-        record_redirect(endpoint.ifindex, 0);
+        record_delivery(endpoint.ifindex);
     }
     // SAFETY: a plain helper call; the kernel checks the device when it acts.
     if unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } as i32 == TC_ACT_SHOT {

@@ -11,7 +11,7 @@ use dr_common::{
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
-    dry_run::{dry_run, record_redirect},
+    dry_run::{dry_run, record_delivery},
     maps::{config, endpoint, peer_for, peer_traffic, ENDPOINT_PORTS},
     nat::{layout, live_reply, reply_key, touch_reply, ICMP_ECHO_REPLY},
     packet::{
@@ -67,7 +67,7 @@ fn redirect_to(
         (*eth).src_addr = cfg.bridge_mac;
     }
     if dry_run() {
-        record_redirect(endpoint.ifindex, 0);
+        record_delivery(endpoint.ifindex);
     }
     // The port was there a moment ago (`endpoint`); should it vanish now,
     // the frame is lost like any frame in flight to a deleted device.

@@ -107,6 +107,22 @@ fn trace_explains_verdicts_without_counting_or_translating() {
     assert_eq!(step["verdict"], "redirect");
     assert_eq!(step["counters"], json!(["from_peer"]));
     assert_eq!(step["redirect"]["interface"], "docker0");
+    assert_eq!(step["redirect"]["into_container"], false);
+    // Once the peer host has learned its containers: straight into the
+    // container, through its docker0 port.
+    c.sync_endpoints().unwrap();
+    let args = ["--from", "uplink", &container, &peer_container, "udp"];
+    let step = trace(h1, &args);
+    assert_eq!(step["verdict"], "redirect");
+    assert_eq!(step["counters"], json!(["from_peer"]));
+    assert_eq!(step["redirect"]["into_container"], true);
+    let port = step["redirect"]["interface"].as_str().unwrap();
+    assert!(port.starts_with("veth"), "{step}");
+    let text = h1.dr(&[&["trace"][..], &args].concat()).unwrap();
+    assert!(
+        text.contains(&format!("into the container behind {port}")),
+        "{text}"
+    );
 
     // The host's own packet for a peer container: to the peer host's MAC.
     let h0_addr = h0.uplink_addr.to_string();
@@ -164,6 +180,7 @@ fn from_the_uplink_xdp_runs_first() {
     assert_eq!(steps[0]["program"], "dr_uplink_xdp");
     assert_eq!(steps[0]["verdict"], "redirect");
     assert_eq!(steps[0]["counters"], json!(["from_peer", "xdp_redirect"]));
+    assert_eq!(steps[0]["redirect"]["into_container"], true);
     let veth = steps[0]["redirect"]["interface"].as_str().unwrap();
     let master = h1
         .ns

@@ -177,6 +177,7 @@ fn tc_delivers_to_a_learned_containers_veth_as_the_attached_program() {
         Trace {
             counters: counted(&[Counter::FromPeer]),
             redirect_ifindex: CONTAINER_VETH,
+            into_container: 1,
             ..Default::default()
         }
     );
@@ -195,6 +196,7 @@ fn xdp_delivers_to_the_container_veth_as_the_attached_program() {
         Trace {
             counters: counted(&[Counter::FromPeer, Counter::XdpRedirect]),
             redirect_ifindex: CONTAINER_VETH,
+            into_container: 1,
             ..Default::default()
         }
     );

@@ -232,6 +232,7 @@ async fn step(
                 .map_or("(gone)".into(), |i| i.name),
             ifindex,
             next_hop: (run.trace.next_hop != 0).then(|| from_map_addr(run.trace.next_hop)),
+            into_container: run.trace.into_container != 0,
         }),
     };
     let rewritten = match (before, Headers::of(&run.frame)) {

@@ -15,6 +15,8 @@ pub struct Redirect {
     /// The neighbour it is sent to; None: the packet's destination, by the
     /// routing table.
     pub next_hop: Option<Ipv4Addr>,
+    /// Handed to the container behind this docker0 port, not sent out of it.
+    pub into_container: bool,
 }
 
 /// One program's part.
@@ -58,17 +60,27 @@ impl Report for TraceReport {
                 let _ = write!(out, " ({})", step.counters.join(", "));
             }
             out.push('\n');
-            if let Some(r) = &step.redirect {
-                let next_hop = r
-                    .next_hop
-                    .map_or("the destination, by the routing table".into(), |a| {
-                        a.to_string()
-                    });
-                let _ = writeln!(
-                    out,
-                    "  out of {} (ifindex {}) toward {next_hop}",
-                    r.interface, r.ifindex
-                );
+            match &step.redirect {
+                Some(r) if r.into_container => {
+                    let _ = writeln!(
+                        out,
+                        "  into the container behind {} (ifindex {})",
+                        r.interface, r.ifindex
+                    );
+                }
+                Some(r) => {
+                    let next_hop = r
+                        .next_hop
+                        .map_or("the destination, by the routing table".into(), |a| {
+                            a.to_string()
+                        });
+                    let _ = writeln!(
+                        out,
+                        "  out of {} (ifindex {}) toward {next_hop}",
+                        r.interface, r.ifindex
+                    );
+                }
+                None => {}
             }
             if step.new_translation {
                 out.push_str(
