@@ -6,7 +6,7 @@ pub mod state;
 
 use std::net::Ipv4Addr;
 
-use dr_common::{DatapathConfig, Endpoint, NodeState, XDP_GENERIC, XDP_NATIVE};
+use dr_common::{DatapathConfig, Endpoint, NodeState, MAX_ENDPOINTS, XDP_GENERIC, XDP_NATIVE};
 use ipnet::Ipv4Net;
 use tracing::warn;
 
@@ -162,14 +162,16 @@ pub fn xdp_mode_name(mode: u8) -> &'static str {
 }
 
 /// Fills `ENDPOINTS` with the containers behind the bridge that are in the
-/// local subnet, from the kernel's neighbour table and bridge FDB.
+/// local subnet, from the kernel's neighbour table and bridge FDB. Beyond
+/// the table's capacity the rest are left out: their packets go through
+/// docker0, as for a container not learned yet.
 pub async fn sync_endpoints(
     nl: &Netlink,
     maps: &mut Maps,
     bridge: u32,
     local: &Ipv4Net,
 ) -> Result<usize> {
-    let endpoints: Vec<(Ipv4Addr, Endpoint)> = nl
+    let mut endpoints: Vec<(Ipv4Addr, Endpoint)> = nl
         .bridge_neighbours(bridge)
         .await?
         .into_iter()
@@ -185,6 +187,13 @@ pub async fn sync_endpoints(
             )
         })
         .collect();
+    if endpoints.len() > MAX_ENDPOINTS as usize {
+        warn!(
+            "{} local containers: the first {MAX_ENDPOINTS} are delivered to directly, the rest through the bridge",
+            endpoints.len()
+        );
+        endpoints.truncate(MAX_ENDPOINTS as usize);
+    }
     maps.set_endpoints(&endpoints)?;
     Ok(endpoints.len())
 }
