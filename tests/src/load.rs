@@ -224,12 +224,15 @@ pub fn udp_rate(client: &Netns, server: &Netns, addr: Ipv4Addr, duration: Durati
 }
 
 /// The machine's busy CPU time between two samples, in seconds: wall time
-/// times online CPUs minus the time they spent idle. Idle time is measured
-/// at idle entry and exit (cpuidle's per-state residency in microseconds, or
-/// /proc/stat's idle, which NO_HZ kernels also account that way), while
-/// /proc/stat's busy fields are sampled by the tick (250 Hz here): a paced
-/// workload of short bursts aliases with it (3 s of 750 ICMP errors through
-/// the recipe's NAT read as 0 ticks busy).
+/// times online CPUs minus the time they spent idle, from /proc/stat's idle
+/// and iowait. On a NO_HZ kernel (Debian's) the kernel measures those at
+/// idle entry and exit and adds the idle period in progress when read,
+/// while /proc/stat's busy fields are sampled by the tick (250 Hz here): a
+/// paced workload of short bursts aliases with the tick (3 s of 750 ICMP
+/// errors through the recipe's NAT read as 0 ticks busy). cpuidle's
+/// per-state residency is no better: it grows only when a CPU leaves idle,
+/// so a CPU idle across the first sample has that whole idle period counted
+/// in the interval (1 s of spinning read as 0.5 s busy, and floors as 0).
 #[derive(Clone, Copy, Debug)]
 pub struct CpuSample {
     wall: Instant,
@@ -239,10 +242,7 @@ pub struct CpuSample {
 
 impl CpuSample {
     pub fn now() -> Result<Self> {
-        let idle_us = match cpuidle_residency_us()? {
-            Some(us) => us,
-            None => proc_stat_idle_us()?,
-        };
+        let idle_us = proc_stat_idle_us()?;
         let cpus = std::thread::available_parallelism()?.get() as u64;
         Ok(Self {
             wall: Instant::now(),
@@ -257,27 +257,6 @@ impl CpuSample {
         let idle = self.idle_us.saturating_sub(earlier.idle_us) as f64 / 1e6;
         (wall - idle).max(0.0)
     }
-}
-
-/// Sum over CPUs and idle states of the time spent in them (µs), when the
-/// kernel has a cpuidle driver.
-fn cpuidle_residency_us() -> Result<Option<u64>> {
-    let mut total = 0;
-    let mut found = false;
-    for cpu in std::fs::read_dir("/sys/devices/system/cpu")? {
-        let states = cpu?.path().join("cpuidle");
-        let Ok(states) = std::fs::read_dir(&states) else {
-            continue;
-        };
-        for state in states {
-            let time = state?.path().join("time");
-            if let Ok(t) = std::fs::read_to_string(&time) {
-                total += t.trim().parse::<u64>().context("cpuidle time")?;
-                found = true;
-            }
-        }
-    }
-    Ok(found.then_some(total))
 }
 
 /// /proc/stat's idle and iowait (USER_HZ, 100 a second), in µs.
@@ -487,5 +466,26 @@ mod tests {
             "busy {busy:.3} s over {wall:.3} s of spinning"
         );
         assert!(busy <= wall * before.cpus as f64 + 0.02, "busy {busy:.3} s");
+    }
+
+    /// Spinning right after a quiet spell (the CPUs deep in idle when the
+    /// first sample is taken) still reads as busy: the idle period in
+    /// progress at the first sample is not counted after it.
+    #[test]
+    fn busy_time_after_a_quiet_spell_counts_the_spinning() {
+        std::thread::sleep(Duration::from_millis(1500));
+        let before = CpuSample::now().unwrap();
+        // On a thread of its own, as a workload's processes: the scheduler
+        // may wake the CPU that was idle at the sample.
+        std::thread::spawn(|| {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(500) {
+                std::hint::spin_loop();
+            }
+        })
+        .join()
+        .unwrap();
+        let busy = CpuSample::now().unwrap().busy_since(&before);
+        assert!(busy >= 0.45, "busy {busy:.3} s over 500 ms of spinning");
     }
 }
