@@ -149,6 +149,27 @@ fn docker_containers_reach_peers_and_peer_hosts_through_forward_drop_and_docker_
     exchange_with_peer(&client, peer);
     traffic::ping(&web.ns, peer.addr, 2).unwrap();
 
+    // `sync` learns Docker's containers: B's traffic to them skips docker0.
+    a.dr(&["sync"]).unwrap();
+    assert_eq!(
+        a.status().unwrap()["endpoints"],
+        2,
+        "client and web learned"
+    );
+    let docker0_tx = || {
+        let link =
+            a.ns.ip(&["-j", "-s", "link", "show", "dev", "docker0"])
+                .unwrap();
+        serde_json::from_str::<serde_json::Value>(&link).unwrap()[0]["stats64"]["tx"]["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = docker0_tx();
+    let (_, seen) = traffic::tcp_transfer(&peer.ns, &web.ns, web.addr, 4 << 20).unwrap();
+    assert_eq!(seen.ip(), peer.addr);
+    let via_docker0 = docker0_tx() - before;
+    assert!(via_docker0 <= 5, "docker0 sent {via_docker0} frames");
+
     // Where Docker tells operators to filter: dr's path never reaches it.
     a.ns.exec("iptables", &["-I", "DOCKER-USER", "-j", "DROP"])
         .unwrap();
