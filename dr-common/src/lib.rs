@@ -81,7 +81,7 @@ pub struct Trace {
     pub _pad: [u8; 6],
 }
 
-/// Capacity of the local container endpoint table (XDP fast path).
+/// Capacity of the local container endpoint table (direct delivery, TC and XDP).
 pub const MAX_ENDPOINTS: u32 = 4096;
 
 /// Names of the eBPF programs in the object.

@@ -52,15 +52,17 @@ pub static NAT_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_TAB
 #[map]
 pub static NAT_REVERSE: HashMap<ReverseKey, Origin> = HashMap::pinned(DEFAULT_TABLE_SIZE, 0);
 
-/// Local containers the XDP path can deliver to: address -> docker0 port
-/// and MAC. Written by dr-ctl from the neighbour table and the bridge FDB.
+/// Local containers dr delivers to directly (XDP, and TC's `to_container`):
+/// address -> docker0 port and MAC. Written by dr-ctl from the neighbour
+/// table and the bridge FDB.
 #[map]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 /// The docker0 ports of `ENDPOINTS`, by ifindex: XDP redirects through this
-/// map, whose entries the kernel deletes with their device. A container
-/// restarted on a new veth is thus never sent to its old, gone port: its
-/// frames go to TC until dr-ctl learns the new one.
+/// map, TC looks ports up in it, and the kernel deletes entries with their
+/// device. A container restarted on a new veth is thus never sent to its
+/// old, gone port: its frames go through docker0 until dr-ctl learns the
+/// new one.
 #[map]
 pub static ENDPOINT_PORTS: DevMapHash = DevMapHash::pinned(MAX_ENDPOINTS, 0);
 
