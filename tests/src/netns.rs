@@ -131,6 +131,16 @@ impl Netns {
             .collect())
     }
 
+    /// Packets `link` has counted in `direction` ("rx" or "tx"), as
+    /// `ip -s link` shows them.
+    pub fn link_packets(&self, link: &str, direction: &str) -> Result<u64> {
+        let out = self.ip(&["-j", "-s", "link", "show", "dev", link])?;
+        let links: serde_json::Value = serde_json::from_str(&out)?;
+        links[0]["stats64"][direction]["packets"]
+            .as_u64()
+            .with_context(|| format!("{direction} packets of {link}: {out}"))
+    }
+
     /// The namespace's inode number: dr-ctl names its pin directory after it.
     pub fn inode(&self) -> Result<u64> {
         Ok(std::fs::metadata(format!("/run/netns/{}", self.name))?.ino())

@@ -156,14 +156,7 @@ fn docker_containers_reach_peers_and_peer_hosts_through_forward_drop_and_docker_
         2,
         "client and web learned"
     );
-    let docker0_tx = || {
-        let link =
-            a.ns.ip(&["-j", "-s", "link", "show", "dev", "docker0"])
-                .unwrap();
-        serde_json::from_str::<serde_json::Value>(&link).unwrap()[0]["stats64"]["tx"]["packets"]
-            .as_u64()
-            .unwrap()
-    };
+    let docker0_tx = || a.ns.link_packets("docker0", "tx").unwrap();
     let before = docker0_tx();
     let (_, seen) = traffic::tcp_transfer(&peer.ns, &web.ns, web.addr, 4 << 20).unwrap();
     assert_eq!(seen.ip(), peer.addr);

@@ -1,5 +1,5 @@
 //! Cross-host forwarding through the real dr-ctl in emulated hosts.
-use dr_tests::{dr_ctl_path, netns::Netns, require_root, traffic, Cluster};
+use dr_tests::{dr_ctl_path, require_root, traffic, Cluster};
 
 fn cluster(tag: &str) -> Cluster {
     require_root();
@@ -94,11 +94,12 @@ fn peer_traffic_to_a_learned_container_skips_docker0() {
     host.dr(&["sync"]).unwrap();
     assert!(host.status().unwrap()["endpoints"].as_u64().unwrap() >= 1);
 
-    let (docker0, eth0) = (tx_packets(&host.ns, "docker0"), rx_packets(&to.ns, "eth0"));
+    let docker0_tx = || host.ns.link_packets("docker0", "tx").unwrap();
+    let (docker0, eth0) = (docker0_tx(), to.ns.link_packets("eth0", "rx").unwrap());
     let (_, seen) = traffic::tcp_transfer(&from.ns, &to.ns, to.addr, 8 << 20).unwrap();
     assert_eq!(seen.ip(), from.addr);
-    let via_docker0 = tx_packets(&host.ns, "docker0") - docker0;
-    let received = rx_packets(&to.ns, "eth0") - eth0;
+    let via_docker0 = docker0_tx() - docker0;
+    let received = to.ns.link_packets("eth0", "rx").unwrap() - eth0;
     // At least 128 frames even as 64 KiB GSO frames; the host's own ARP may
     // pass docker0 meanwhile.
     assert!(received >= 128, "the container received {received} frames");
@@ -108,23 +109,9 @@ fn peer_traffic_to_a_learned_container_skips_docker0() {
     );
 
     host.restart_container_link(0).unwrap();
-    let docker0 = tx_packets(&host.ns, "docker0");
+    let docker0 = docker0_tx();
     traffic::ping(&from.ns, to.addr, 3).unwrap();
-    assert!(tx_packets(&host.ns, "docker0") >= docker0 + 3);
-}
-
-/// A link's statistics, as `ip -s link` shows them.
-fn link_stats(ns: &Netns, link: &str) -> serde_json::Value {
-    let out = ns.ip(&["-j", "-s", "link", "show", "dev", link]).unwrap();
-    serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["stats64"].clone()
-}
-
-fn tx_packets(ns: &Netns, link: &str) -> u64 {
-    link_stats(ns, link)["tx"]["packets"].as_u64().unwrap()
-}
-
-fn rx_packets(ns: &Netns, link: &str) -> u64 {
-    link_stats(ns, link)["rx"]["packets"].as_u64().unwrap()
+    assert!(docker0_tx() >= docker0 + 3);
 }
 
 fn cross_host_traffic(c: &Cluster) {
