@@ -87,6 +87,8 @@ pub const MAX_ENDPOINTS: u32 = 4096;
 /// Names of the eBPF programs in the object.
 pub mod program_names {
     pub const BRIDGE_INGRESS: &str = "dr_bridge_ingress";
+    /// On each learned container's docker0 port (see port.rs).
+    pub const PORT_INGRESS: &str = "dr_port_ingress";
     pub const UPLINK_INGRESS: &str = "dr_uplink_ingress";
     pub const UPLINK_XDP: &str = "dr_uplink_xdp";
     pub const BRIDGE_EGRESS: &str = "dr_bridge_egress";

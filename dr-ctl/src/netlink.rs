@@ -75,8 +75,8 @@ impl Netlink {
         }
     }
 
-    /// Names of the interfaces enslaved to `bridge` (a container's veth each, under Docker).
-    pub async fn bridge_ports(&self, bridge: u32) -> Result<Vec<String>> {
+    /// The interfaces enslaved to `bridge` (a container's veth each, under Docker).
+    pub async fn bridge_ports(&self, bridge: u32) -> Result<Vec<Interface>> {
         let mut links = self.handle.link().get().execute();
         let mut ports = Vec::new();
         while let Some(link) = links.try_next().await? {
@@ -85,7 +85,7 @@ impl Netlink {
                 .iter()
                 .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == bridge))
             {
-                ports.push(interface_of(&link).name);
+                ports.push(interface_of(&link));
             }
         }
         Ok(ports)

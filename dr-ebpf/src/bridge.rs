@@ -25,7 +25,7 @@ pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
 /// gateway, network or broadcast address, which the kernel would drop as
 /// martian) is dropped; everything else goes to the stack.
 #[inline(always)]
-fn from_container(ctx: &TcContext, bytes: u64) -> Verdict {
+pub fn from_container(ctx: &TcContext, bytes: u64) -> Verdict {
     let (cfg, ip) = match ipv4_frame(ctx) {
         Ok(frame) => frame,
         Err(verdict) => return verdict,

@@ -1,5 +1,6 @@
 //! dr's datapath: TC programs on docker0 and the uplink (ingress and
-//! egress) and an XDP program on the uplink.
+//! egress) and on the containers' docker0 ports (ingress), and an XDP
+//! program on the uplink.
 //! See ARCHITECTURE.md for the packet's way through them.
 #![no_std]
 #![no_main]
@@ -13,6 +14,7 @@ mod mtu;
 mod nat;
 mod nat_sweep;
 mod packet;
+mod port;
 mod redirect;
 mod route;
 mod uplink;

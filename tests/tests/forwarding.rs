@@ -1,5 +1,6 @@
 //! Cross-host forwarding through the real dr-ctl in emulated hosts.
-use dr_tests::{dr_ctl_path, require_root, traffic, Cluster};
+use dr_tests::{dr_ctl_path, require_root, traffic, Cluster, Host};
+use serde_json::Value;
 
 fn cluster(tag: &str) -> Cluster {
     require_root();
@@ -79,39 +80,54 @@ fn xdp_leaves_a_restarted_containers_traffic_to_tc_until_sync() {
     assert!(redirected() >= before + 3);
 }
 
-/// Once `sync` has learned a container (the host's neighbour entry and the
-/// bridge FDB), peer traffic to it goes straight into its veth: the bytes
-/// arrive, and docker0 transmits (almost) none of the frames. A container
-/// restarted on a new port is reached through docker0 again until the next
-/// `sync` learns it.
+/// Once the hosts have learned their containers (`sync`: neighbour table
+/// and bridge FDB), traffic between two of them skips both bridges: the
+/// sender's port program sends it to the uplink before docker0 sees it, and
+/// the receiving host puts it straight into the container's veth. The bytes
+/// arrive, and docker0 receives and transmits (almost) none of the frames on
+/// either host. A container restarted on a new port is reached through
+/// docker0 again until the next `sync` learns it and hooks the new port.
 #[test]
-fn peer_traffic_to_a_learned_container_skips_docker0() {
+fn peer_traffic_between_learned_containers_skips_docker0() {
     let c = cluster("drdirect");
-    let (from, host) = (&c.hosts[0].containers[0], &c.hosts[1]);
-    let to = &host.containers[0];
-    // The host meets the container (through docker0) and learns it.
+    let (from_host, to_host) = (&c.hosts[0], &c.hosts[1]);
+    let (from, to) = (&from_host.containers[0], &to_host.containers[0]);
+    // The hosts meet the containers (through docker0) and learn them.
     traffic::ping(&from.ns, to.addr, 2).unwrap();
-    host.dr(&["sync"]).unwrap();
-    assert!(host.status().unwrap()["endpoints"].as_u64().unwrap() >= 1);
+    for host in [from_host, to_host] {
+        let sync: Value = serde_json::from_str(&host.dr(&["sync", "--json"]).unwrap()).unwrap();
+        assert!(sync["endpoints"].as_u64().unwrap() >= 1, "{sync}");
+        assert_eq!(sync["port_hooks"], sync["endpoints"], "{sync}");
+    }
 
-    let docker0_tx = || host.ns.link_packets("docker0", "tx").unwrap();
-    let (docker0, eth0) = (docker0_tx(), to.ns.link_packets("eth0", "rx").unwrap());
+    let docker0 = |host: &Host| {
+        let ns = &host.ns;
+        ns.link_packets("docker0", "rx").unwrap() + ns.link_packets("docker0", "tx").unwrap()
+    };
+    let before = [docker0(from_host), docker0(to_host)];
+    let eth0 = to.ns.link_packets("eth0", "rx").unwrap();
     let (_, seen) = traffic::tcp_transfer(&from.ns, &to.ns, to.addr, 8 << 20).unwrap();
     assert_eq!(seen.ip(), from.addr);
-    let via_docker0 = docker0_tx() - docker0;
     let received = to.ns.link_packets("eth0", "rx").unwrap() - eth0;
-    // At least 128 frames even as 64 KiB GSO frames; the host's own ARP may
+    // At least 128 frames even as 64 KiB GSO frames; the hosts' own ARP may
     // pass docker0 meanwhile.
     assert!(received >= 128, "the container received {received} frames");
-    assert!(
-        via_docker0 <= 5,
-        "docker0 sent {via_docker0} of the {received} frames"
-    );
+    for (host, before) in [from_host, to_host].into_iter().zip(before) {
+        let via_docker0 = docker0(host) - before;
+        assert!(
+            via_docker0 <= 5,
+            "host {}: docker0 carried {via_docker0} frames of a transfer of {received}",
+            host.id
+        );
+    }
 
-    host.restart_container_link(0).unwrap();
-    let docker0 = docker0_tx();
+    to_host.restart_container_link(0).unwrap();
+    let tx = || to_host.ns.link_packets("docker0", "tx").unwrap();
+    let before = tx();
     traffic::ping(&from.ns, to.addr, 3).unwrap();
-    assert!(docker0_tx() >= docker0 + 3);
+    assert!(tx() >= before + 3);
+    let sync: Value = serde_json::from_str(&to_host.dr(&["sync", "--json"]).unwrap()).unwrap();
+    assert_eq!(sync["port_hooks"], sync["endpoints"], "{sync}");
 }
 
 fn cross_host_traffic(c: &Cluster) {

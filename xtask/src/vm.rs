@@ -20,7 +20,7 @@ const VM_TESTS: [(&str, &str); 7] = [
     ),
     (
         "forwarding",
-        "peer_traffic_to_a_learned_container_skips_docker0",
+        "peer_traffic_between_learned_containers_skips_docker0",
     ),
     (
         "nat",

@@ -57,6 +57,12 @@ pub async fn run() -> Result<DownReport> {
         Default::default()
     };
     let nl = Netlink::connect()?;
+    // The ports first: their program sends to the uplink.
+    let ports = match config.bridge_ifindex {
+        0 => Vec::new(),
+        bridge => nl.bridge_ports(bridge).await?,
+    };
+    datapath::unhook_ports(pins, &ports)?;
     // In reverse of `up`'s order: XDP first.
     for hook in Hook::ALL.into_iter().rev() {
         let iface = nl

@@ -61,6 +61,9 @@ pub struct Status {
     /// How the TC programs are attached ("tcx" or "netlink"), if they are.
     pub attach_mode: Option<AttachMode>,
     pub hooks: Vec<HookStatus>,
+    /// The program `sync` puts on learned containers' docker0 ports, if
+    /// pinned (see `dr-ctl sync` for how many ports have it).
+    pub port_program_id: Option<u32>,
     pub peers: Vec<PeerStatus>,
     /// How many peers the peer tables hold (`up --max-peers`).
     pub peer_capacity: u32,
@@ -116,6 +119,7 @@ pub async fn run() -> Result<Status> {
         uplink_mtu: config.uplink_mtu,
         attach_mode: datapath::attached_mode(pins),
         hooks,
+        port_program_id: datapath::port_program_id(pins)?,
         peers: peer::statuses(maps)?,
         peer_capacity: maps.peer_capacity(),
         xdp: xdp_mode_name(node.state.xdp_mode),
@@ -177,6 +181,13 @@ impl Report for Status {
                 out,
                 "  {:<18} {} {} (ifindex {}): {state}",
                 h.program, h.interface, h.direction, h.ifindex
+            );
+        }
+        if let Some(id) = self.port_program_id {
+            let _ = writeln!(
+                out,
+                "  {:<18} learned containers' docker0 ports ingress: prog {id} (see `dr-ctl sync`)",
+                dr_common::program_names::PORT_INGRESS
             );
         }
         let _ = writeln!(out, "peers: {} of {}", self.peers.len(), self.peer_capacity);

@@ -13,6 +13,8 @@ use crate::{
 pub struct SyncReport {
     pub xdp: &'static str,
     pub endpoints: usize,
+    /// Learned containers' docker0 ports with dr's port program.
+    pub port_hooks: usize,
     /// The uplink MTU the datapath checks container packets against.
     pub uplink_mtu: u32,
 }
@@ -20,21 +22,29 @@ pub struct SyncReport {
 impl Report for SyncReport {
     fn text(&self) -> String {
         format!(
-            "{} local endpoints; xdp {}; uplink mtu {}\n",
-            self.endpoints, self.xdp, self.uplink_mtu
+            "{} local endpoints ({} ports hooked); xdp {}; uplink mtu {}\n",
+            self.endpoints, self.port_hooks, self.xdp, self.uplink_mtu
         )
     }
 }
 
 /// Refreshes what the datapath learns from the kernel: the local container
-/// endpoints it delivers to directly (TC and XDP), and the uplink's MTU (which may change
-/// after `up`). Safe to run at any time (e.g. from a timer).
+/// endpoints it delivers to directly (TC and XDP) and whose docker0 ports
+/// get dr's port program, and the uplink's MTU (which may change after `up`). Safe to run at any time (e.g. from a timer).
 pub async fn run() -> Result<SyncReport> {
     let mut node = Node::open()?;
     let config = node.config;
     let nl = Netlink::connect()?;
     let local = node.local_subnet()?;
-    let endpoints = sync_endpoints(&nl, &mut node.maps, config.bridge_ifindex, &local.net).await?;
+    let learned = sync_endpoints(
+        &nl,
+        &mut node.maps,
+        &node.dir.pins,
+        config.bridge_ifindex,
+        &local.net,
+        false,
+    )
+    .await?;
     node.resolve_peer_hosts(&nl, node.maps.peers()?.iter().map(|p| p.peer.via))
         .await;
     let uplink_mtu = nl
@@ -49,7 +59,8 @@ pub async fn run() -> Result<SyncReport> {
     }
     Ok(SyncReport {
         xdp: xdp_mode_name(node.state.xdp_mode),
-        endpoints,
+        endpoints: learned.endpoints,
+        port_hooks: learned.port_hooks,
         uplink_mtu,
     })
 }

@@ -274,7 +274,7 @@ async fn refuse_occupied_bridge(
          then restart dockerd",
         bridge.name,
         ports.len(),
-        ports.join(", "),
+        ports.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
         subnet.bip()
     )))
 }

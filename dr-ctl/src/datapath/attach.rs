@@ -193,7 +193,7 @@ fn attach_pinned<P: LinkProgram>(
 }
 
 /// The netlink error number behind a TC operation's failure, if any.
-fn tc_errno(e: &ProgramError) -> Option<i32> {
+pub(super) fn tc_errno(e: &ProgramError) -> Option<i32> {
     match e {
         ProgramError::TcError(TcError::NetlinkError(e)) => e.raw_os_error(),
         _ => None,

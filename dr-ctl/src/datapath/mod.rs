@@ -7,13 +7,15 @@
 //!
 //! `hook.rs` says which program goes where; `attach.rs` attaches,
 //! replaces and detaches them and reads back what is attached;
-//! `pins.rs` replaces and removes pins; `sweeper.rs` runs the one program
-//! that is never attached; `dry_run.rs`
+//! `pins.rs` replaces and removes pins; `ports.rs` attaches the port
+//! program to each learned container's docker0 port; `sweeper.rs` runs
+//! the one program that is never attached; `dry_run.rs`
 //! loads the copy that `trace` runs packets through.
 mod attach;
 mod dry_run;
 mod hook;
 mod pins;
+mod ports;
 mod sweeper;
 
 use std::path::Path;
@@ -28,6 +30,7 @@ pub use attach::{
 pub use dry_run::{DryRun, Run};
 pub use hook::{Hook, Kind, Side, TC_PRIORITY};
 pub use pins::{remove_map_pins, SWEEPER_PIN};
+pub use ports::{hook_ports, pin_port_program, port_program_id, unhook_ports, PORT_PROGRAM_PIN};
 pub use sweeper::{pin_sweeper, Sweeper};
 
 use crate::{error::Result, migrate, object::EBPF_OBJECT};

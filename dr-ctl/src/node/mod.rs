@@ -4,7 +4,7 @@
 mod lock;
 pub mod state;
 
-use std::net::Ipv4Addr;
+use std::{collections::HashSet, net::Ipv4Addr};
 
 use dr_common::{DatapathConfig, Endpoint, NodeState, MAX_ENDPOINTS, XDP_GENERIC, XDP_NATIVE};
 use ipnet::Ipv4Net;
@@ -12,10 +12,10 @@ use tracing::warn;
 
 use crate::{
     bpffs::PinDir,
-    datapath::Side,
+    datapath::{self, Side},
     error::{Error, Result},
     maps::Maps,
-    netlink::Netlink,
+    netlink::{Interface, Neighbour, Netlink},
     peer::{Peer, PeerDiff},
     subnet::{from_map_addr, to_map_addr, LocalSubnet},
 };
@@ -161,21 +161,37 @@ pub fn xdp_mode_name(mode: u8) -> &'static str {
     }
 }
 
+/// What [`sync_endpoints`] learned.
+#[derive(Clone, Copy, Debug)]
+pub struct Learned {
+    /// Containers in `ENDPOINTS`.
+    pub endpoints: usize,
+    /// Their docker0 ports with dr's port program.
+    pub port_hooks: usize,
+}
+
 /// Fills `ENDPOINTS` with the containers behind the bridge that are in the
-/// local subnet, from the kernel's neighbour table and bridge FDB. Beyond
-/// the table's capacity the rest are left out: their packets go through
+/// local subnet, from the kernel's neighbour table and bridge FDB, and puts
+/// dr's port program on their docker0 ports (`replace`: swap its program
+/// where attached, after `up` pinned a new one). Beyond the table's
+/// capacity the rest are left out of `ENDPOINTS`: their packets go through
 /// docker0, as for a container not learned yet.
 pub async fn sync_endpoints(
     nl: &Netlink,
     maps: &mut Maps,
+    pins: &PinDir,
     bridge: u32,
     local: &Ipv4Net,
-) -> Result<usize> {
-    let mut endpoints: Vec<(Ipv4Addr, Endpoint)> = nl
+    replace: bool,
+) -> Result<Learned> {
+    let neighbours: Vec<Neighbour> = nl
         .bridge_neighbours(bridge)
         .await?
         .into_iter()
         .filter(|n| local.contains(&n.addr))
+        .collect();
+    let mut endpoints: Vec<(Ipv4Addr, Endpoint)> = neighbours
+        .iter()
         .map(|n| {
             (
                 n.addr,
@@ -195,5 +211,37 @@ pub async fn sync_endpoints(
         endpoints.truncate(MAX_ENDPOINTS as usize);
     }
     maps.set_endpoints(&endpoints)?;
-    Ok(endpoints.len())
+    Ok(Learned {
+        endpoints: endpoints.len(),
+        port_hooks: hook_learned_ports(nl, pins, bridge, &neighbours, replace).await?,
+    })
+}
+
+/// Puts dr's port program on the docker0 port of every learned container
+/// (all of them: the program needs no `ENDPOINTS` entry), in the TC hooks'
+/// attach mode; returns how many ports have it. Only ports behind which a
+/// container of the local subnet answered: anything else enslaved to the
+/// bridge is left alone.
+async fn hook_learned_ports(
+    nl: &Netlink,
+    pins: &PinDir,
+    bridge: u32,
+    neighbours: &[Neighbour],
+    replace: bool,
+) -> Result<usize> {
+    let Some(mode) = datapath::attached_mode(pins) else {
+        return Ok(0);
+    };
+    if !pins.join(datapath::PORT_PROGRAM_PIN).exists() {
+        // A datapath an older dr set up: its next `up` pins the program.
+        return Ok(0);
+    }
+    let current = nl.bridge_ports(bridge).await?;
+    let learned: HashSet<u32> = neighbours.iter().map(|n| n.port).collect();
+    let ports: Vec<Interface> = current
+        .iter()
+        .filter(|p| learned.contains(&p.index))
+        .cloned()
+        .collect();
+    datapath::hook_ports(pins, mode, &ports, &current, replace)
 }

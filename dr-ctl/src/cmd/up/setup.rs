@@ -206,8 +206,10 @@ impl Setup<'_> {
             }
         }
         // Containers the host already knows get direct delivery (TC's and
-        // XDP's) at once; `sync` learns later ones.
-        sync_endpoints(nl, &mut maps, bridge.index, &args.subnet.net).await?;
+        // XDP's) and their ports the new port program at once; `sync`
+        // learns later ones.
+        datapath::pin_port_program(&mut ebpf, pins.path())?;
+        sync_endpoints(nl, &mut maps, pins, bridge.index, &args.subnet.net, true).await?;
         node::state::write(pins.path(), &desired_state(args, owned, xdp_mode))?;
         // The new programs are attached: an older dr's maps are no longer used.
         migrate::finish(pins.path())?;

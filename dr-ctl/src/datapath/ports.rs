@@ -1,0 +1,211 @@
+//! `dr_port_ingress` on the docker0 ports of the containers dr has learned
+//! (see dr-ebpf/src/port.rs). `up` loads the program and pins it; `up` and
+//! `sync` attach the pinned program to each port, in the TC hooks' attach
+//! mode. A port's attachment goes with its device: the netlink filter with
+//! it, a TCX link is left defunct and its pin is removed by the next `sync`.
+//! Containers not learned yet are handled by docker0's own program.
+use std::{collections::HashSet, ffi::CString, path::Path};
+
+use aya::{
+    programs::{
+        links::{FdLink, Link, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+        LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttachType,
+    },
+    Ebpf,
+};
+use dr_common::program_names;
+
+use super::{
+    attach::{load_retrying, tc_errno},
+    hook::TC_PRIORITY,
+    pins::{pin_replacing, remove_pin},
+};
+use crate::{
+    bpffs::PinDir,
+    error::{Error, Result},
+    kernel::AttachMode,
+    netlink::Interface,
+};
+
+/// The port program's pin: `sync` attaches it without the object.
+pub const PORT_PROGRAM_PIN: &str = "prog_port_ingress";
+
+/// A port's TCX link pin: this and the port's ifindex.
+const PORT_LINK_PIN: &str = "link_port_";
+
+/// The netlink filter handle on every port, next to the hooks' (1-5).
+const PORT_TC_HANDLE: TcHandle = TcHandle::new(TC_PRIORITY, 6);
+
+/// Loads the port program of `ebpf` (whose maps are the ones pinned in
+/// `dir`) and pins it there in place of an older version's.
+pub fn pin_port_program(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
+    let name = program_names::PORT_INGRESS;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
+        .try_into()?;
+    load_retrying(|| prog.load())?;
+    pin_replacing(dir, PORT_PROGRAM_PIN, |path| prog.pin(path))
+}
+
+/// The pinned port program's id; None before `up` pinned one.
+pub fn port_program_id(pins: &PinDir) -> Result<Option<u32>> {
+    let pin = pins.join(PORT_PROGRAM_PIN);
+    if !pin.exists() {
+        return Ok(None);
+    }
+    Ok(Some(ProgramInfo::from_pin(&pin)?.id()))
+}
+
+fn link_pin(ifindex: u32) -> String {
+    format!("{PORT_LINK_PIN}{ifindex}")
+}
+
+/// Whether an interface of this name exists (here, now).
+fn exists(name: &str) -> bool {
+    CString::new(name).is_ok_and(|c| {
+        // SAFETY: a NUL-terminated string that lives across the call.
+        unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+    })
+}
+
+/// Attaches the pinned port program to each of `ports` in `mode`: where it
+/// is attached already, its program is swapped in place if `replace` (`up`,
+/// after pinning a new version) and left alone otherwise. A port that
+/// vanishes meanwhile (its container stopped) is skipped. Then removes the
+/// TCX link pins of ports that are no longer docker0's (`current`).
+/// Returns how many of `ports` have the program.
+pub fn hook_ports(
+    pins: &PinDir,
+    mode: AttachMode,
+    ports: &[Interface],
+    current: &[Interface],
+    replace: bool,
+) -> Result<usize> {
+    let mut prog = SchedClassifier::from_pin(pins.join(PORT_PROGRAM_PIN))?;
+    let mut hooked = 0;
+    for port in ports {
+        let result = match mode {
+            AttachMode::Tcx => hook_tcx(&mut prog, pins, port, replace),
+            AttachMode::Netlink => hook_netlink(&mut prog, &port.name, replace),
+        };
+        match result {
+            Ok(()) => hooked += 1,
+            Err(_) if !exists(&port.name) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let live: HashSet<u32> = current.iter().map(|p| p.index).collect();
+    for ifindex in pinned_links(pins)? {
+        if !live.contains(&ifindex) {
+            remove_pin(pins.join(&link_pin(ifindex)))?;
+        }
+    }
+    Ok(hooked)
+}
+
+/// The ifindexes of the ports with a pinned TCX link.
+fn pinned_links(pins: &PinDir) -> Result<Vec<u32>> {
+    let Ok(entries) = std::fs::read_dir(pins.path()) else {
+        return Ok(Vec::new());
+    };
+    Ok(entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| name.strip_prefix(PORT_LINK_PIN)?.parse().ok())
+        .collect())
+}
+
+fn hook_tcx(
+    prog: &mut SchedClassifier,
+    pins: &PinDir,
+    port: &Interface,
+    replace: bool,
+) -> Result<()> {
+    let pin = pins.join(&link_pin(port.index));
+    if pin.exists() {
+        if replace {
+            let link = SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(&pin)?))?;
+            let id = prog.attach_to_link(link)?;
+            // The pin keeps the link; our handle may go.
+            drop(prog.take_link(id)?);
+        }
+        return Ok(());
+    }
+    let id = prog.attach_with_options(
+        &port.name,
+        TcAttachType::Ingress,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    )?;
+    let link: FdLink = prog.take_link(id)?.try_into()?;
+    link.pin(&pin)
+        .map_err(|source| Error::Pin { path: pin, source })?;
+    Ok(())
+}
+
+fn hook_netlink(prog: &mut SchedClassifier, port: &str, replace: bool) -> Result<()> {
+    match tc::qdisc_add_clsact(port) {
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        result => result.map_err(ProgramError::from)?,
+    }
+    let options = NlOptions {
+        priority: TC_PRIORITY,
+        handle: PORT_TC_HANDLE,
+        ..NlOptions::default()
+    };
+    let id = match prog.attach_with_options(
+        port,
+        TcAttachType::Ingress,
+        TcAttachOptions::Netlink(options),
+    ) {
+        Ok(id) => id,
+        Err(e) if tc_errno(&e) == Some(libc::EEXIST) => {
+            if !replace {
+                return Ok(());
+            }
+            prog.attach_to_link(port_filter(port)?)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Dropping the link object would delete the filter.
+    std::mem::forget(prog.take_link(id)?);
+    Ok(())
+}
+
+/// dr's filter on `port`, as a link object (nothing is sent).
+fn port_filter(port: &str) -> Result<SchedClassifierLink> {
+    SchedClassifierLink::attached(
+        port,
+        TcAttachType::Ingress,
+        TC_PRIORITY,
+        PORT_TC_HANDLE,
+        None,
+    )
+    .map_err(crate::error::io_context(format!(
+        "finding interface {port}"
+    )))
+}
+
+/// Takes the port program off every port (`down`): removes the TCX link
+/// pins, and deletes exactly dr's filter on each of `ports` (docker0's);
+/// then the program's pin.
+pub fn unhook_ports(pins: &PinDir, ports: &[Interface]) -> Result<()> {
+    for ifindex in pinned_links(pins)? {
+        remove_pin(pins.join(&link_pin(ifindex)))?;
+    }
+    if pins.join(PORT_PROGRAM_PIN).exists() {
+        for port in ports {
+            let Ok(filter) = port_filter(&port.name) else {
+                continue; // gone
+            };
+            match filter.detach() {
+                // Deleted, never there (ENOENT), or no clsact (EINVAL).
+                Ok(()) => {}
+                Err(e) if matches!(tc_errno(&e), Some(libc::ENOENT | libc::EINVAL)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    remove_pin(pins.join(PORT_PROGRAM_PIN))?;
+    Ok(())
+}
