@@ -30,7 +30,9 @@ pub use attach::{
 pub use dry_run::{DryRun, Run};
 pub use hook::{Hook, Kind, Side, TC_PRIORITY};
 pub use pins::{remove_map_pins, SWEEPER_PIN};
-pub use ports::{hook_ports, pin_port_program, port_program_id, unhook_ports, PORT_PROGRAM_PIN};
+pub use ports::{
+    hook_ports, pin_port_program, port_program, port_program_id, unhook_ports, PORT_PROGRAM_PIN,
+};
 pub use sweeper::{pin_sweeper, Sweeper};
 
 use crate::{error::Result, migrate, object::EBPF_OBJECT};

@@ -40,13 +40,21 @@ const PORT_TC_HANDLE: TcHandle = TcHandle::new(TC_PRIORITY, 6);
 /// Loads the port program of `ebpf` (whose maps are the ones pinned in
 /// `dir`) and pins it there in place of an older version's.
 pub fn pin_port_program(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
+    let prog = port_program(ebpf)?;
+    pin_replacing(dir, PORT_PROGRAM_PIN, |path| prog.pin(path))
+}
+
+/// The port program in the object, loaded into the kernel.
+pub fn port_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
     let name = program_names::PORT_INGRESS;
     let prog: &mut SchedClassifier = ebpf
         .program_mut(name)
         .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
         .try_into()?;
-    load_retrying(|| prog.load())?;
-    pin_replacing(dir, PORT_PROGRAM_PIN, |path| prog.pin(path))
+    if prog.fd().is_err() {
+        load_retrying(|| prog.load())?;
+    }
+    Ok(prog)
 }
 
 /// The pinned port program's id; None before `up` pinned one.

@@ -4,7 +4,7 @@
 //!  CONTAINER 10.0.128.2 ─┐                                    ┌─ PEER_HOST 192.168.91.129
 //!  OTHER_CONTAINER .3 ───┤ dr-bridge (ifindex 1001)           │    └─ PEER_CONTAINER 10.0.129.2
 //!                        │ GATEWAY 10.0.128.1, BRIDGE_MAC     │       (peer 10.0.129.0/24)
-//!                        │ [bridge_ingress] [bridge_egress]   │
+//!  [port_ingress]        │ [bridge_ingress] [bridge_egress]   │
 //!                     this host ─── dr-uplink (ifindex 1000) ─┴─ ROUTER 192.168.91.254 ── EXTERNAL 203.0.113.7
 //!                                   UPLINK_ADDR 192.168.91.128/24, default route via ROUTER
 //!                                   [uplink_ingress] [uplink_egress] [uplink_xdp]
@@ -202,6 +202,12 @@ impl Datapath {
     /// Runs `hook`'s program on `packet`; returns the verdict and the packet as it left.
     pub fn run(&mut self, hook: Hook, packet: &[u8]) -> (u32, Vec<u8>) {
         test_run(datapath::program(&mut self.ebpf, hook).unwrap(), packet)
+    }
+
+    /// Runs the port program (`dr_port_ingress`, on a container's docker0
+    /// port) on `packet`, like [`Self::run`].
+    pub fn run_port(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+        test_run(datapath::port_program(&mut self.ebpf).unwrap(), packet)
     }
 
     /// [`Self::run`] with the skb's mark: returns the mark as it left too.

@@ -14,6 +14,7 @@ mod egress;
 mod nat_egress;
 mod nat_icmp_error;
 mod nat_ingress;
+mod port_ingress;
 mod uplink_ingress;
 mod uplink_xdp;
 
