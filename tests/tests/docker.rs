@@ -14,6 +14,7 @@ use dr_tests::{
     traffic::{self, TestServer},
     Cluster, Container, Host, Netns,
 };
+use serde_json::Value;
 
 /// What every test container runs; the tests' servers and clients enter its
 /// network namespace from outside.
@@ -147,21 +148,45 @@ fn docker_containers_reach_peers_and_peer_hosts_through_forward_drop_and_docker_
         "dockerd did not set FORWARD's policy to DROP:\n{forward}"
     );
     exchange_with_peer(&client, peer);
+    // With Docker's br_netfilter, iptables sees what crosses the bridge:
+    // web's packets, until dr hooks web's port.
+    let web_src = web.addr.to_string();
+    a.ns.exec(
+        "iptables",
+        &[
+            "-t",
+            "raw",
+            "-I",
+            "PREROUTING",
+            "-s",
+            &web_src,
+            "-j",
+            "ACCEPT",
+        ],
+    )
+    .unwrap();
+    let netfilter_saw = || rule_packets(&a.ns, "raw", "PREROUTING", "ACCEPT", &web_src).unwrap();
     traffic::ping(&web.ns, peer.addr, 2).unwrap();
-
-    // `sync` learns Docker's containers: B's traffic to them skips docker0.
-    a.dr(&["sync"]).unwrap();
-    assert_eq!(
-        a.status().unwrap()["endpoints"],
-        2,
-        "client and web learned"
+    assert!(
+        netfilter_saw() >= 2,
+        "br_netfilter is off: the test cannot see"
     );
-    let docker0_tx = || a.ns.link_packets("docker0", "tx").unwrap();
-    let before = docker0_tx();
+
+    // `sync` learns Docker's containers and hooks their ports: traffic
+    // between them and B's skips docker0 both ways, and netfilter.
+    let sync: Value = serde_json::from_str(&a.dr(&["sync", "--json"]).unwrap()).unwrap();
+    assert_eq!(sync["endpoints"], 2, "client and web learned: {sync}");
+    assert_eq!(sync["port_hooks"], 2, "{sync}");
+    let docker0 = |dir| a.ns.link_packets("docker0", dir).unwrap();
+    let (tx, rx, seen_before) = (docker0("tx"), docker0("rx"), netfilter_saw());
     let (_, seen) = traffic::tcp_transfer(&peer.ns, &web.ns, web.addr, 4 << 20).unwrap();
     assert_eq!(seen.ip(), peer.addr);
-    let via_docker0 = docker0_tx() - before;
-    assert!(via_docker0 <= 5, "docker0 sent {via_docker0} frames");
+    let (_, seen) = traffic::tcp_transfer(&web.ns, &peer.ns, peer.addr, 4 << 20).unwrap();
+    assert_eq!(seen.ip(), web.addr);
+    let (via_tx, via_rx) = (docker0("tx") - tx, docker0("rx") - rx);
+    assert!(via_tx <= 5, "docker0 sent {via_tx} frames");
+    assert!(via_rx <= 5, "docker0 received {via_rx} frames");
+    assert_eq!(netfilter_saw(), seen_before, "iptables saw web's packets");
 
     // Where Docker tells operators to filter: dr's path never reaches it.
     a.ns.exec("iptables", &["-I", "DOCKER-USER", "-j", "DROP"])
