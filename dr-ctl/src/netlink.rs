@@ -91,6 +91,36 @@ impl Netlink {
         Ok(ports)
     }
 
+    /// Whether interface `index` has a TC ingress filter with `priority`
+    /// and `handle` (a cls_bpf filter of dr's, in netlink mode). No clsact
+    /// qdisc, or no interface: no filter.
+    pub async fn has_ingress_filter(&self, index: u32, priority: u16, handle: u32) -> Result<bool> {
+        let mut filters = self
+            .handle
+            .traffic_filter(index as i32)
+            .get()
+            .ingress()
+            .execute();
+        loop {
+            match filters.try_next().await {
+                Ok(Some(msg)) => {
+                    let h = msg.header.handle;
+                    let filter_handle = (u32::from(h.major) << 16) | u32::from(h.minor);
+                    if filter_handle == handle && (msg.header.info >> 16) as u16 == priority {
+                        return Ok(true);
+                    }
+                }
+                Ok(None) => return Ok(false),
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if matches!(-e.raw_code(), libc::EINVAL | libc::ENOENT | libc::ENODEV) =>
+                {
+                    return Ok(false)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// The interface's IPv4 addresses with their prefix lengths.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
         let mut addrs = self

@@ -259,7 +259,11 @@ fn down_removes_everything_up_created_and_nothing_else() {
     let mut program_ids = Vec::new();
     let mut hooks_by_host = Vec::new();
     for host in &c.hosts {
+        // Each host learned its container from the ping: its port is hooked.
+        host.dr(&["sync"]).unwrap();
         let s: Value = serde_json::from_str(&host.dr(&["status", "--json"]).unwrap()).unwrap();
+        assert_eq!(s["port_hooks"]["hooked"], 1, "{}", s["port_hooks"]);
+        program_ids.push(s["port_hooks"]["program_id"].as_u64().unwrap());
         let hooks = s["hooks"].as_array().unwrap().clone();
         program_ids.extend(hooks.iter().map(|h| h["program_id"].as_u64().unwrap()));
         hooks_by_host.push(hooks);
@@ -278,8 +282,9 @@ fn down_removes_everything_up_created_and_nothing_else() {
         // Repeating down is fine.
         assert!(host.dr(&["down"]).unwrap().contains("not up"));
     }
-    // Nothing holds the programs any more (TCX link or cls_bpf filter, and
-    // pins): the kernel frees them, after an RCU grace period.
+    // Nothing holds the programs any more (TCX link or cls_bpf filter, on
+    // the hooks' interfaces and the containers' ports, and pins): the
+    // kernel frees them, after an RCU grace period.
     for id in program_ids {
         let gone = || {
             !dr_tests::netns::output("bpftool", &["prog", "show", "id", &id.to_string()])

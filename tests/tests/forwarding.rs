@@ -98,6 +98,11 @@ fn peer_traffic_between_learned_containers_skips_docker0() {
         let sync: Value = serde_json::from_str(&host.dr(&["sync", "--json"]).unwrap()).unwrap();
         assert!(sync["endpoints"].as_u64().unwrap() >= 1, "{sync}");
         assert_eq!(sync["port_hooks"], sync["endpoints"], "{sync}");
+        let status = host.status().unwrap();
+        assert_eq!(
+            status["port_hooks"]["hooked"], sync["port_hooks"],
+            "{status}"
+        );
     }
 
     let docker0 = |host: &Host| {

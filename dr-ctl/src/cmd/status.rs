@@ -12,6 +12,7 @@ use super::{
     Counts, Report,
 };
 use crate::{
+    bpffs::PinDir,
     datapath::{self, Hook, HookIds},
     error::Result,
     kernel::AttachMode,
@@ -38,6 +39,17 @@ pub struct HookStatus {
     pub ids: Option<HookIds>,
 }
 
+/// dr's program on the containers' docker0 ports.
+#[derive(Clone, Debug, Serialize)]
+pub struct PortHooks {
+    /// None before `up` pinned one (a datapath an older dr set up).
+    pub program_id: Option<u32>,
+    /// docker0's ports that run it (those of learned containers).
+    pub hooked: usize,
+    /// docker0's ports.
+    pub ports: usize,
+}
+
 /// SNAT settings and table use, as reported.
 #[derive(Clone, Debug, Serialize)]
 pub struct NatStatus {
@@ -61,9 +73,8 @@ pub struct Status {
     /// How the TC programs are attached ("tcx" or "netlink"), if they are.
     pub attach_mode: Option<AttachMode>,
     pub hooks: Vec<HookStatus>,
-    /// The program `sync` puts on learned containers' docker0 ports, if
-    /// pinned (see `dr-ctl sync` for how many ports have it).
-    pub port_program_id: Option<u32>,
+    /// The program `sync` puts on learned containers' docker0 ports.
+    pub port_hooks: PortHooks,
     pub peers: Vec<PeerStatus>,
     /// How many peers the peer tables hold (`up --max-peers`).
     pub peer_capacity: u32,
@@ -77,6 +88,20 @@ pub struct Status {
     /// What keeps dr from working whole: hooks not attached, interfaces
     /// gone. Empty when healthy; `status` then exits 0, else 4.
     pub problems: Vec<String>,
+}
+
+async fn port_hooks(nl: &Netlink, pins: &PinDir, bridge: u32) -> Result<PortHooks> {
+    let ports = nl.bridge_ports(bridge).await?;
+    let program_id = datapath::port_program_id(pins)?;
+    let hooked = match (program_id, datapath::attached_mode(pins)) {
+        (Some(id), Some(mode)) => datapath::hooked_ports(nl, mode, id, &ports).await?,
+        _ => 0,
+    };
+    Ok(PortHooks {
+        program_id,
+        hooked,
+        ports: ports.len(),
+    })
 }
 
 pub async fn run() -> Result<Status> {
@@ -119,7 +144,7 @@ pub async fn run() -> Result<Status> {
         uplink_mtu: config.uplink_mtu,
         attach_mode: datapath::attached_mode(pins),
         hooks,
-        port_program_id: datapath::port_program_id(pins)?,
+        port_hooks: port_hooks(&nl, pins, config.bridge_ifindex).await?,
         peers: peer::statuses(maps)?,
         peer_capacity: maps.peer_capacity(),
         xdp: xdp_mode_name(node.state.xdp_mode),
@@ -183,11 +208,14 @@ impl Report for Status {
                 h.program, h.interface, h.direction, h.ifindex
             );
         }
-        if let Some(id) = self.port_program_id {
+        let p = &self.port_hooks;
+        if let Some(id) = p.program_id {
             let _ = writeln!(
                 out,
-                "  {:<18} learned containers' docker0 ports ingress: prog {id} (see `dr-ctl sync`)",
-                dr_common::program_names::PORT_INGRESS
+                "  {:<18} {} of {} docker0 ports ingress, those of learned containers: prog {id} (see `dr-ctl sync`)",
+                dr_common::program_names::PORT_INGRESS,
+                p.hooked,
+                p.ports
             );
         }
         let _ = writeln!(out, "peers: {} of {}", self.peers.len(), self.peer_capacity);

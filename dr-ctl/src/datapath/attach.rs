@@ -192,10 +192,13 @@ fn attach_pinned<P: LinkProgram>(
     Ok(Attached::New)
 }
 
-/// The netlink error number behind a TC operation's failure, if any.
+/// The netlink error number behind a TC operation's failure, if any
+/// (attaching reports it as a `TcError`, detaching as a bare netlink error).
 pub(super) fn tc_errno(e: &ProgramError) -> Option<i32> {
     match e {
-        ProgramError::TcError(TcError::NetlinkError(e)) => e.raw_os_error(),
+        ProgramError::TcError(TcError::NetlinkError(e)) | ProgramError::NetlinkError(e) => {
+            e.raw_os_error()
+        }
         _ => None,
     }
 }

@@ -31,7 +31,8 @@ pub use dry_run::{DryRun, Run};
 pub use hook::{Hook, Kind, Side, TC_PRIORITY};
 pub use pins::{remove_map_pins, SWEEPER_PIN};
 pub use ports::{
-    hook_ports, pin_port_program, port_program, port_program_id, unhook_ports, PORT_PROGRAM_PIN,
+    hook_ports, hooked_ports, pin_port_program, port_program, port_program_id, unhook_ports,
+    PORT_PROGRAM_PIN,
 };
 pub use sweeper::{pin_sweeper, Sweeper};
 

@@ -25,7 +25,7 @@ use crate::{
     bpffs::PinDir,
     error::{Error, Result},
     kernel::AttachMode,
-    netlink::Interface,
+    netlink::{Interface, Netlink},
 };
 
 /// The port program's pin: `sync` attaches it without the object.
@@ -64,6 +64,30 @@ pub fn port_program_id(pins: &PinDir) -> Result<Option<u32>> {
         return Ok(None);
     }
     Ok(Some(ProgramInfo::from_pin(&pin)?.id()))
+}
+
+/// Which of `ports` run the pinned port program (`program_id`) at their
+/// ingress, in `mode`.
+pub async fn hooked_ports(
+    nl: &Netlink,
+    mode: AttachMode,
+    program_id: u32,
+    ports: &[Interface],
+) -> Result<usize> {
+    let mut hooked = 0;
+    for port in ports {
+        let has = match mode {
+            AttachMode::Tcx => SchedClassifier::query_tcx(&port.name, TcAttachType::Ingress)
+                .map(|(_, progs)| progs.iter().any(|p| p.id() == program_id))
+                .unwrap_or(false),
+            AttachMode::Netlink => {
+                nl.has_ingress_filter(port.index, TC_PRIORITY, u32::from(PORT_TC_HANDLE))
+                    .await?
+            }
+        };
+        hooked += usize::from(has);
+    }
+    Ok(hooked)
 }
 
 fn link_pin(ifindex: u32) -> String {

@@ -90,7 +90,7 @@ fn programs(label: &str, host: &Host) -> Result<Vec<(String, u64)>> {
         let id = hook["program_id"].as_u64().context("program_id")?;
         progs.push((format!("{label} {}", name.trim_start_matches("dr_")), id));
     }
-    if let Some(id) = status["port_program_id"].as_u64() {
+    if let Some(id) = status["port_hooks"]["program_id"].as_u64() {
         progs.push((format!("{label} port_ingress"), id));
     }
     let link: Value = serde_json::from_str(&host.ns.ip(&["-j", "link", "show", "eth0"])?)?;
