@@ -7,8 +7,7 @@ use crate::{bridge::from_container, verdict::Verdict};
 /// docker0's ingress logic, run one step earlier: a packet for a peer or
 /// for SNAT leaves for the uplink from here, without a trip through the
 /// bridge and a second pass through the receive path as docker0 (and,
-/// with br_netfilter as Docker turns it on, without iptables and a
-/// conntrack entry made for every packet and never confirmed). A spoofed
+/// where br_netfilter is on, without iptables' PREROUTING and conntrack). A spoofed
 /// source is dropped here. Everything else goes on into the bridge
 /// uncounted: what the bridge passes up to docker0 meets
 /// `dr_bridge_ingress`, which decides again and counts it once.

@@ -148,8 +148,14 @@ fn docker_containers_reach_peers_and_peer_hosts_through_forward_drop_and_docker_
         "dockerd did not set FORWARD's policy to DROP:\n{forward}"
     );
     exchange_with_peer(&client, peer);
-    // With Docker's br_netfilter, iptables sees what crosses the bridge:
-    // web's packets, until dr hooks web's port.
+    // With br_netfilter on (dockerd turns it on with icc=false; loading the
+    // module turns it on in every namespace), iptables sees what crosses the
+    // bridge: web's packets, until dr hooks web's port.
+    a.ns.exec(
+        "sysctl",
+        &["-q", "-w", "net.bridge.bridge-nf-call-iptables=1"],
+    )
+    .unwrap();
     let web_src = web.addr.to_string();
     a.ns.exec(
         "iptables",
@@ -169,7 +175,7 @@ fn docker_containers_reach_peers_and_peer_hosts_through_forward_drop_and_docker_
     traffic::ping(&web.ns, peer.addr, 2).unwrap();
     assert!(
         netfilter_saw() >= 2,
-        "br_netfilter is off: the test cannot see"
+        "iptables did not see web's packets cross the bridge: the test cannot see"
     );
 
     // `sync` learns Docker's containers and hooks their ports: traffic

@@ -7,6 +7,7 @@ use aya::{
         links::{FdLink, Link, LinkError, PinnedLink},
         tc::{
             self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
+            TcHandle,
         },
         xdp::{XdpLink, XdpLinkId},
         LinkOrder, Program, ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -74,6 +75,8 @@ pub enum Attached {
     New,
     /// dr's attachment existed: its program was swapped atomically.
     Replaced,
+    /// dr's attachment existed and was left as it was (`sync` on a port).
+    Kept,
 }
 
 /// What [`attach`] did to a hook.
@@ -101,13 +104,7 @@ pub fn attach(
     };
     let prog = program(ebpf, hook)?;
     let how = match mode {
-        AttachMode::Tcx => attach_pinned(prog, &pin, |prog| {
-            Ok(prog.attach_with_options(
-                iface,
-                direction,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )?)
-        })?,
+        AttachMode::Tcx => attach_tcx(prog, &pin, iface, direction, true)?,
         AttachMode::Netlink => attach_netlink(prog, pins, hook, direction, iface)?,
     };
     Ok(Attachment {
@@ -122,7 +119,7 @@ fn attach_xdp(ebpf: &mut Ebpf, pin: &Path, hook: Hook, iface: &str) -> Result<At
     let prog: &mut Xdp = object_program(ebpf, hook)?;
     load_retrying(|| prog.load())?;
     let mut xdp_mode = None;
-    let how = attach_pinned(prog, pin, |prog| {
+    let how = attach_pinned(prog, pin, true, |prog| {
         match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => {
                 xdp_mode = Some(XDP_NATIVE);
@@ -169,13 +166,17 @@ impl LinkProgram for Xdp {
 
 /// Attach-or-replace through a pinned link, the one path of TCX and XDP:
 /// where dr's link is pinned at `path`, its program is swapped in place
-/// (traffic sees no gap); otherwise `attach` makes a new link, pinned so
-/// that it outlives dr-ctl.
+/// (traffic sees no gap) if `replace`, else left; otherwise `attach` makes
+/// a new link, pinned so that it outlives dr-ctl.
 fn attach_pinned<P: LinkProgram>(
     prog: &mut P,
     path: &Path,
+    replace: bool,
     attach: impl FnOnce(&mut P) -> Result<P::Id>,
 ) -> Result<Attached> {
+    if path.exists() && !replace {
+        return Ok(Attached::Kept);
+    }
     if path.exists() {
         let link = P::Link::try_from(FdLink::from(PinnedLink::from_pin(path)?))?;
         let id = prog.attach_to_link(link)?;
@@ -192,9 +193,27 @@ fn attach_pinned<P: LinkProgram>(
     Ok(Attached::New)
 }
 
+/// `prog` on `iface`'s TCX hook in `direction`, through the link pinned
+/// at `pin` (see [`attach_pinned`]).
+pub(super) fn attach_tcx(
+    prog: &mut SchedClassifier,
+    pin: &Path,
+    iface: &str,
+    direction: TcAttachType,
+    replace: bool,
+) -> Result<Attached> {
+    attach_pinned(prog, pin, replace, |prog| {
+        Ok(prog.attach_with_options(
+            iface,
+            direction,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )?)
+    })
+}
+
 /// The netlink error number behind a TC operation's failure, if any
 /// (attaching reports it as a `TcError`, detaching as a bare netlink error).
-pub(super) fn tc_errno(e: &ProgramError) -> Option<i32> {
+fn tc_errno(e: &ProgramError) -> Option<i32> {
     match e {
         ProgramError::TcError(TcError::NetlinkError(e)) | ProgramError::NetlinkError(e) => {
             e.raw_os_error()
@@ -203,10 +222,70 @@ pub(super) fn tc_errno(e: &ProgramError) -> Option<i32> {
     }
 }
 
-/// dr's filter for `hook` on `iface`, as a link object (nothing is sent).
-fn netlink_link(hook: Hook, direction: TcAttachType, iface: &str) -> Result<SchedClassifierLink> {
-    SchedClassifierLink::attached(iface, direction, TC_PRIORITY, hook.tc_handle(), None)
+/// dr's filter with `handle` on `iface`, as a link object (nothing is sent).
+fn filter_link(
+    iface: &str,
+    direction: TcAttachType,
+    handle: TcHandle,
+) -> Result<SchedClassifierLink> {
+    SchedClassifierLink::attached(iface, direction, TC_PRIORITY, handle, None)
         .map_err(io_context(format!("finding interface {iface}")))
+}
+
+/// Deletes exactly dr's filter with `handle` on `iface`, if it is there;
+/// whether it was.
+pub(super) fn detach_filter(
+    iface: &str,
+    direction: TcAttachType,
+    handle: TcHandle,
+) -> Result<bool> {
+    match filter_link(iface, direction, handle)?.detach() {
+        Ok(()) => Ok(true),
+        // Deleted already (ENOENT), or its qdisc with it (EINVAL).
+        Err(e) if matches!(tc_errno(&e), Some(libc::ENOENT | libc::EINVAL)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// dr's cls_bpf filter with `handle` on `iface` in `direction`, running
+/// `prog` (the clsact qdisc added if missing). Created exclusively; where
+/// dr's filter is there (also when a killed run left it without its
+/// program pin), its program is replaced in place if `replace` (cls_bpf
+/// swaps it at the same priority and handle), else left.
+pub(super) fn attach_filter(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    direction: TcAttachType,
+    handle: TcHandle,
+    replace: bool,
+) -> Result<Attached> {
+    match tc::qdisc_add_clsact(iface) {
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        result => result.map_err(ProgramError::from)?,
+    }
+    let options = NlOptions {
+        priority: TC_PRIORITY,
+        handle,
+        ..NlOptions::default()
+    };
+    let (id, how) =
+        match prog.attach_with_options(iface, direction, TcAttachOptions::Netlink(options)) {
+            Ok(id) => (id, Attached::New),
+            Err(e) if tc_errno(&e) == Some(libc::EEXIST) => {
+                if !replace {
+                    return Ok(Attached::Kept);
+                }
+                (
+                    prog.attach_to_link(filter_link(iface, direction, handle)?)?,
+                    Attached::Replaced,
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
+    // Dropping the link object would delete the filter: the kernel keeps
+    // it, attached, after we exit.
+    std::mem::forget(prog.take_link(id)?);
+    Ok(how)
 }
 
 fn attach_netlink(
@@ -216,30 +295,7 @@ fn attach_netlink(
     direction: TcAttachType,
     iface: &str,
 ) -> Result<Attached> {
-    match tc::qdisc_add_clsact(iface) {
-        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        result => result.map_err(ProgramError::from)?,
-    }
-    let options = NlOptions {
-        priority: TC_PRIORITY,
-        handle: hook.tc_handle(),
-        ..NlOptions::default()
-    };
-    // Create exclusively; if dr's filter is there (also when a killed run
-    // left it without its program pin), replace its program in place:
-    // cls_bpf swaps it at the same priority and handle.
-    let (id, how) =
-        match prog.attach_with_options(iface, direction, TcAttachOptions::Netlink(options)) {
-            Ok(id) => (id, Attached::New),
-            Err(e) if tc_errno(&e) == Some(libc::EEXIST) => (
-                prog.attach_to_link(netlink_link(hook, direction, iface)?)?,
-                Attached::Replaced,
-            ),
-            Err(e) => return Err(e.into()),
-        };
-    // Dropping the link object would delete the filter: the kernel keeps
-    // it, attached, after we exit.
-    std::mem::forget(prog.take_link(id)?);
+    let how = attach_filter(prog, iface, direction, hook.tc_handle(), true)?;
     // The pin always names an attached program.
     pin_replacing(pins.path(), &hook.pin(AttachMode::Netlink), |path| {
         prog.pin(path)
@@ -271,12 +327,7 @@ pub fn detach(pins: &PinDir, hook: Hook, iface: Option<&str>) -> Result<bool> {
     let prog_pin = pins.join(&hook.pin(AttachMode::Netlink));
     if prog_pin.exists() {
         if let Some(iface) = iface {
-            match netlink_link(hook, direction, iface)?.detach() {
-                Ok(()) => detached = true,
-                // Deleted already (ENOENT), or its qdisc with it (EINVAL).
-                Err(e) if matches!(tc_errno(&e), Some(libc::ENOENT | libc::EINVAL)) => {}
-                Err(e) => return Err(e.into()),
-            }
+            detached |= detach_filter(iface, direction, hook.tc_handle())?;
         }
         detached |= remove_pin(prog_pin)?;
     }

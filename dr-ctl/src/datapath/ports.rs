@@ -7,17 +7,13 @@
 use std::{collections::HashSet, ffi::CString, path::Path};
 
 use aya::{
-    programs::{
-        links::{FdLink, Link, PinnedLink},
-        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
-        LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttachType,
-    },
+    programs::{tc::TcHandle, ProgramInfo, SchedClassifier, TcAttachType},
     Ebpf,
 };
 use dr_common::program_names;
 
 use super::{
-    attach::{load_retrying, tc_errno},
+    attach::{attach_filter, attach_tcx, detach_filter, load_retrying},
     hook::TC_PRIORITY,
     pins::{pin_replacing, remove_pin},
 };
@@ -118,12 +114,16 @@ pub fn hook_ports(
     let mut prog = SchedClassifier::from_pin(pins.join(PORT_PROGRAM_PIN))?;
     let mut hooked = 0;
     for port in ports {
+        let (name, ingress) = (port.name.as_str(), TcAttachType::Ingress);
         let result = match mode {
-            AttachMode::Tcx => hook_tcx(&mut prog, pins, port, replace),
-            AttachMode::Netlink => hook_netlink(&mut prog, &port.name, replace),
+            AttachMode::Tcx => {
+                let pin = pins.join(&link_pin(port.index));
+                attach_tcx(&mut prog, &pin, name, ingress, replace)
+            }
+            AttachMode::Netlink => attach_filter(&mut prog, name, ingress, PORT_TC_HANDLE, replace),
         };
         match result {
-            Ok(()) => hooked += 1,
+            Ok(_) => hooked += 1,
             Err(_) if !exists(&port.name) => {}
             Err(e) => return Err(e),
         }
@@ -148,76 +148,6 @@ fn pinned_links(pins: &PinDir) -> Result<Vec<u32>> {
         .collect())
 }
 
-fn hook_tcx(
-    prog: &mut SchedClassifier,
-    pins: &PinDir,
-    port: &Interface,
-    replace: bool,
-) -> Result<()> {
-    let pin = pins.join(&link_pin(port.index));
-    if pin.exists() {
-        if replace {
-            let link = SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(&pin)?))?;
-            let id = prog.attach_to_link(link)?;
-            // The pin keeps the link; our handle may go.
-            drop(prog.take_link(id)?);
-        }
-        return Ok(());
-    }
-    let id = prog.attach_with_options(
-        &port.name,
-        TcAttachType::Ingress,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    )?;
-    let link: FdLink = prog.take_link(id)?.try_into()?;
-    link.pin(&pin)
-        .map_err(|source| Error::Pin { path: pin, source })?;
-    Ok(())
-}
-
-fn hook_netlink(prog: &mut SchedClassifier, port: &str, replace: bool) -> Result<()> {
-    match tc::qdisc_add_clsact(port) {
-        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        result => result.map_err(ProgramError::from)?,
-    }
-    let options = NlOptions {
-        priority: TC_PRIORITY,
-        handle: PORT_TC_HANDLE,
-        ..NlOptions::default()
-    };
-    let id = match prog.attach_with_options(
-        port,
-        TcAttachType::Ingress,
-        TcAttachOptions::Netlink(options),
-    ) {
-        Ok(id) => id,
-        Err(e) if tc_errno(&e) == Some(libc::EEXIST) => {
-            if !replace {
-                return Ok(());
-            }
-            prog.attach_to_link(port_filter(port)?)?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    // Dropping the link object would delete the filter.
-    std::mem::forget(prog.take_link(id)?);
-    Ok(())
-}
-
-/// dr's filter on `port`, as a link object (nothing is sent).
-fn port_filter(port: &str) -> Result<SchedClassifierLink> {
-    SchedClassifierLink::attached(
-        port,
-        TcAttachType::Ingress,
-        TC_PRIORITY,
-        PORT_TC_HANDLE,
-        None,
-    )
-    .map_err(crate::error::io_context(format!(
-        "finding interface {port}"
-    )))
-}
-
 /// Takes the port program off every port (`down`): removes the TCX link
 /// pins, and deletes exactly dr's filter on each of `ports` (docker0's);
 /// then the program's pin.
@@ -227,14 +157,11 @@ pub fn unhook_ports(pins: &PinDir, ports: &[Interface]) -> Result<()> {
     }
     if pins.join(PORT_PROGRAM_PIN).exists() {
         for port in ports {
-            let Ok(filter) = port_filter(&port.name) else {
-                continue; // gone
-            };
-            match filter.detach() {
-                // Deleted, never there (ENOENT), or no clsact (EINVAL).
-                Ok(()) => {}
-                Err(e) if matches!(tc_errno(&e), Some(libc::ENOENT | libc::EINVAL)) => {}
-                Err(e) => return Err(e.into()),
+            match detach_filter(&port.name, TcAttachType::Ingress, PORT_TC_HANDLE) {
+                Err(_) if !exists(&port.name) => {}
+                result => {
+                    result?;
+                }
             }
         }
     }
