@@ -45,8 +45,9 @@ pub enum Command {
     Monitor,
     /// Serve the counters in the Prometheus text format (or print them once).
     Metrics(cmd::metrics::Args),
-    /// Refresh what dr learns from the kernel (the local containers the XDP
-    /// path delivers to, the uplink's MTU); safe to run any time, e.g. from a timer.
+    /// Refresh what dr learns from the kernel (the local containers it
+    /// delivers to directly and whose docker0 ports get its port program,
+    /// the uplink's MTU); safe to run any time, e.g. from a timer.
     Sync,
     /// Show what the datapath would do with a packet (verdict and its
     /// counter, rewritten headers, next hop) by running a synthetic one

@@ -28,6 +28,8 @@ enum Undo {
     RemoveDir,
     RemoveMapPins,
     Detach(Hook, String),
+    /// The port program off docker0's ports (this bridge's), and its pins.
+    UnhookPorts(u32),
 }
 
 async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
@@ -38,6 +40,10 @@ async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
             Undo::RemoveDir => pins.remove(),
             Undo::RemoveMapPins => datapath::remove_map_pins(pins),
             Undo::Detach(hook, iface) => datapath::detach(pins, hook, Some(&iface)).map(|_| ()),
+            Undo::UnhookPorts(bridge) => match nl.bridge_ports(bridge).await {
+                Ok(ports) => datapath::unhook_ports(pins, &ports),
+                Err(e) => Err(e),
+            },
         };
         if let Err(e) = result {
             warn!("rolling back: {e}");
@@ -208,6 +214,9 @@ impl Setup<'_> {
         // Containers the host already knows get direct delivery (TC's and
         // XDP's) and their ports the new port program at once; `sync`
         // learns later ones.
+        if !pins.join(datapath::PORT_PROGRAM_PIN).exists() {
+            undo.push(Undo::UnhookPorts(bridge.index));
+        }
         datapath::pin_port_program(&mut ebpf, pins.path())?;
         sync_endpoints(nl, &mut maps, pins, bridge.index, &args.subnet.net, true).await?;
         node::state::write(pins.path(), &desired_state(args, owned, xdp_mode))?;
