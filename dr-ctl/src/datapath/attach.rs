@@ -27,12 +27,11 @@ use crate::{
     kernel::AttachMode,
 };
 
-/// `hook`'s program in the object, as a `P` (its program type).
-fn object_program<'a, P>(ebpf: &'a mut Ebpf, hook: Hook) -> Result<&'a mut P>
+/// Program `name` in the object, as a `P` (its program type).
+pub(super) fn object_program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
 where
     &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
 {
-    let name = hook.program();
     Ok(ebpf
         .program_mut(name)
         .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
@@ -41,7 +40,7 @@ where
 
 /// The program of TC hook `hook`, loaded into the kernel.
 pub fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {
-    let prog: &mut SchedClassifier = object_program(ebpf, hook)?;
+    let prog: &mut SchedClassifier = object_program(ebpf, hook.program())?;
     if prog.fd().is_err() {
         load_retrying(|| prog.load())?;
     }
@@ -116,7 +115,7 @@ pub fn attach(
 /// Attaches the XDP program through the link pinned at `pin`: native mode
 /// where the driver supports it, generic otherwise.
 fn attach_xdp(ebpf: &mut Ebpf, pin: &Path, hook: Hook, iface: &str) -> Result<Attachment> {
-    let prog: &mut Xdp = object_program(ebpf, hook)?;
+    let prog: &mut Xdp = object_program(ebpf, hook.program())?;
     load_retrying(|| prog.load())?;
     let mut xdp_mode = None;
     let how = attach_pinned(prog, pin, true, |prog| {

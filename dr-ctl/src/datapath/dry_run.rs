@@ -13,7 +13,10 @@ use aya::{
 };
 use dr_common::{dry_run, map_names, program_names, Trace};
 
-use super::{attach::program, Hook};
+use super::{
+    attach::{object_program, program},
+    Hook,
+};
 use crate::object::EBPF_OBJECT;
 use crate::{
     error::{Error, Result},
@@ -65,12 +68,7 @@ impl DryRun {
     /// Runs the uplink's XDP program on `frame`.
     pub fn run_xdp(&mut self, frame: &[u8]) -> Result<Run> {
         self.reset_trace()?;
-        let name = program_names::UPLINK_XDP;
-        let prog: &mut Xdp = self
-            .0
-            .program_mut(name)
-            .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
-            .try_into()?;
+        let prog: &mut Xdp = object_program(&mut self.0, program_names::UPLINK_XDP)?;
         if prog.fd().is_err() {
             prog.load()?;
         }

@@ -13,13 +13,13 @@ use aya::{
 use dr_common::program_names;
 
 use super::{
-    attach::{attach_filter, attach_tcx, detach_filter, load_retrying},
+    attach::{attach_filter, attach_tcx, detach_filter, load_retrying, object_program},
     hook::TC_PRIORITY,
     pins::{pin_replacing, remove_pin},
 };
 use crate::{
     bpffs::PinDir,
-    error::{Error, Result},
+    error::Result,
     kernel::AttachMode,
     netlink::{Interface, Netlink},
 };
@@ -42,11 +42,7 @@ pub fn pin_port_program(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
 
 /// The port program in the object, loaded into the kernel.
 pub fn port_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    let name = program_names::PORT_INGRESS;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
-        .try_into()?;
+    let prog: &mut SchedClassifier = object_program(ebpf, program_names::PORT_INGRESS)?;
     if prog.fd().is_err() {
         load_retrying(|| prog.load())?;
     }

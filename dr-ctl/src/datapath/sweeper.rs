@@ -31,11 +31,7 @@ const DONE: u32 = 2;
 /// Loads the sweeper of `ebpf` (whose maps are the ones pinned in the pin
 /// directory `dir`) and pins it there in place of an older version's.
 pub fn pin_sweeper(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
-    let name = program_names::NAT_SWEEP;
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or_else(|| Error::Internal(format!("program {name} missing from object")))?
-        .try_into()?;
+    let prog: &mut Xdp = super::attach::object_program(ebpf, program_names::NAT_SWEEP)?;
     super::load_retrying(|| prog.load())?;
     pin_replacing(dir, SWEEPER_PIN, |path| prog.pin(path))
 }
