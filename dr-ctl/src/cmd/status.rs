@@ -90,10 +90,15 @@ pub struct Status {
     pub problems: Vec<String>,
 }
 
-async fn port_hooks(nl: &Netlink, pins: &PinDir, bridge: u32) -> Result<PortHooks> {
+async fn port_hooks(
+    nl: &Netlink,
+    pins: &PinDir,
+    mode: Option<AttachMode>,
+    bridge: u32,
+) -> Result<PortHooks> {
     let ports = nl.bridge_ports(bridge).await?;
     let program_id = datapath::port_program_id(pins)?;
-    let hooked = match (program_id, datapath::attached_mode(pins)) {
+    let hooked = match (program_id, mode) {
         (Some(id), Some(mode)) => datapath::hooked_ports(nl, mode, id, &ports).await?,
         _ => 0,
     };
@@ -109,6 +114,7 @@ pub async fn run() -> Result<Status> {
     let (pins, maps, config) = (node.pins(), &node.maps, &node.config);
     let nl = Netlink::connect()?;
     let local = node.local_subnet()?;
+    let attach_mode = datapath::attached_mode(pins);
     let mut hooks = Vec::new();
     for hook in Hook::TC {
         let ifindex = side_ifindex(config, hook.side());
@@ -142,9 +148,9 @@ pub async fn run() -> Result<Status> {
         gateway: local.gateway,
         uplink_address: from_map_addr(config.uplink_addr),
         uplink_mtu: config.uplink_mtu,
-        attach_mode: datapath::attached_mode(pins),
+        attach_mode,
         hooks,
-        port_hooks: port_hooks(&nl, pins, config.bridge_ifindex).await?,
+        port_hooks: port_hooks(&nl, pins, attach_mode, config.bridge_ifindex).await?,
         peers: peer::statuses(maps)?,
         peer_capacity: maps.peer_capacity(),
         xdp: xdp_mode_name(node.state.xdp_mode),

@@ -30,7 +30,8 @@ impl Report for SyncReport {
 
 /// Refreshes what the datapath learns from the kernel: the local container
 /// endpoints it delivers to directly (TC and XDP) and whose docker0 ports
-/// get dr's port program, and the uplink's MTU (which may change after `up`). Safe to run at any time (e.g. from a timer).
+/// get dr's port program, and the uplink's MTU (which may change after
+/// `up`). Safe to run at any time (e.g. from a timer).
 pub async fn run() -> Result<SyncReport> {
     let mut node = Node::open()?;
     let config = node.config;
