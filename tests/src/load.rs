@@ -42,28 +42,67 @@ impl Server {
         self.received.load(Ordering::Relaxed)
     }
 
-    /// Echoes every byte back on each connection (request/response, and
-    /// connect-request-close: one byte each way, then the client closes).
+    /// Echoes every byte back on each connection, a thread per connection
+    /// (request/response on long connections).
     pub fn tcp_echo(ns: &Netns, addr: Ipv4Addr) -> Result<Self> {
+        Self::tcp(ns, addr, 1, |conn, stop| echo(conn, stop, false))
+    }
+
+    /// `tcp_echo` with each connection's thread moved to the CPU its
+    /// client's packets are processed on (`SO_INCOMING_CPU`): with clients
+    /// pinned by `parallel_pinned`, a client, its server and both ways of
+    /// the path share one CPU, and the rate is set by what a transaction
+    /// costs, not by where the scheduler happened to place 8 threads on 2
+    /// CPUs (which made 4-connection rates bimodal, 100k or 200k for the
+    /// same setup).
+    pub fn tcp_echo_pinned(ns: &Netns, addr: Ipv4Addr) -> Result<Self> {
+        Self::tcp(ns, addr, 1, |conn, stop| echo(conn, stop, true))
+    }
+
+    /// Answers one byte per connection, then closes (connect-request-close),
+    /// on one accepting thread per CPU and no thread per connection: a
+    /// connection costs its packets and socket. With a thread started per
+    /// connection (`tcp_echo`), every setup here topped out at about 12,000
+    /// connections a second and the rates could not tell setups apart.
+    pub fn tcp_answer_once(ns: &Netns, addr: Ipv4Addr) -> Result<Self> {
+        let cpus = std::thread::available_parallelism()?.get();
+        Self::tcp(ns, addr, cpus, answer_once)
+    }
+
+    /// A listener on `addr` in `ns` with `acceptors` threads accepting,
+    /// each handing its connections to `serve`, which runs on a thread of
+    /// its own when it returns `Some` (the thread's handle is joined on
+    /// drop) or inline when it returns `None`.
+    fn tcp(
+        ns: &Netns,
+        addr: Ipv4Addr,
+        acceptors: usize,
+        serve: fn(TcpStream, Arc<AtomicBool>) -> Option<JoinHandle<()>>,
+    ) -> Result<Self> {
         let listener = ns.enter(|| TcpListener::bind((addr, 0)))??;
-        listener.set_nonblocking(true)?;
+        // accept() honours the receive timeout: the threads see `stop`.
+        socket2::SockRef::from(&listener).set_read_timeout(Some(POLL))?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut workers = Vec::new();
-            while !stop_flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let stop = stop_flag.clone();
-                        workers.push(std::thread::spawn(move || echo(conn, &stop)));
+        let mut threads = Vec::new();
+        for _ in 0..acceptors {
+            let (listener, stop) = (listener.try_clone()?, stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut workers: Vec<JoinHandle<()>> = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((conn, _)) = listener.accept() {
+                        workers.extend(serve(conn, stop.clone()));
                         workers.retain(|w| !w.is_finished());
                     }
-                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
                 }
-            }
-            for w in workers {
-                let _ = w.join();
+                for w in workers {
+                    let _ = w.join();
+                }
+            }));
+        }
+        let handle = std::thread::spawn(move || {
+            for t in threads {
+                let _ = t.join();
             }
         });
         Ok(Self {
@@ -117,27 +156,61 @@ impl Server {
     }
 }
 
-fn echo(mut conn: TcpStream, stop: &AtomicBool) {
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_nodelay(true);
-    let _ = conn.set_read_timeout(Some(POLL));
+/// A thread echoing `conn` until the client closes or the server stops;
+/// with `follow_client`, it moves to the CPU the client's first request
+/// was processed on.
+fn echo(conn: TcpStream, stop: Arc<AtomicBool>, follow_client: bool) -> Option<JoinHandle<()>> {
+    Some(std::thread::spawn(move || {
+        let _ = echo_until_closed(conn, &stop, follow_client);
+    }))
+}
+
+fn echo_until_closed(mut conn: TcpStream, stop: &AtomicBool, follow_client: bool) -> Result<()> {
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(POLL))?;
     let mut buf = [0u8; 4096];
+    let mut placed = !follow_client;
     while !stop.load(Ordering::Relaxed) {
         match conn.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => return Ok(()),
             Ok(n) => {
-                if conn.write_all(&buf[..n]).is_err() {
-                    return;
+                if !placed {
+                    pin_to_cpu(socket2::SockRef::from(&conn).cpu_affinity()?)?;
+                    placed = true;
                 }
+                conn.write_all(&buf[..n])?;
             }
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(_) => return,
+            Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
+}
+
+/// Reads the request byte, writes it back and closes, on the accepting
+/// thread.
+fn answer_once(mut conn: TcpStream, _stop: Arc<AtomicBool>) -> Option<JoinHandle<()>> {
+    let mut exchange = || -> std::io::Result<()> {
+        conn.set_nodelay(true)?;
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut byte = [0u8; 1];
+        conn.read_exact(&mut byte)?;
+        conn.write_all(&byte)
+    };
+    let _ = exchange();
+    None
+}
+
+/// Runs the calling thread on `cpu` only.
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
 }
 
 fn connect(client: &Netns, target: SocketAddr) -> Result<TcpStream> {
@@ -167,8 +240,23 @@ pub fn tcp_rr(client: &Netns, target: SocketAddr, duration: Duration) -> Result<
 /// streams than CPUs the machine is saturated and the rate reflects the
 /// whole per-transaction cost, forwarding included.
 pub fn parallel(streams: usize, f: impl Fn() -> Result<f64> + Sync) -> Result<f64> {
+    spawn_all(streams, |_| f())
+}
+
+/// `parallel` with thread k pinned to CPU k mod the CPU count, for servers
+/// that follow their clients (`Server::tcp_echo_pinned`).
+pub fn parallel_pinned(streams: usize, f: impl Fn() -> Result<f64> + Sync) -> Result<f64> {
+    let cpus = std::thread::available_parallelism()?.get();
+    spawn_all(streams, |k| {
+        pin_to_cpu(k % cpus)?;
+        f()
+    })
+}
+
+fn spawn_all(streams: usize, f: impl Fn(usize) -> Result<f64> + Sync) -> Result<f64> {
+    let f = &f;
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..streams).map(|_| s.spawn(&f)).collect();
+        let handles: Vec<_> = (0..streams).map(|k| s.spawn(move || f(k))).collect();
         handles
             .into_iter()
             .map(|h| {
@@ -365,19 +453,40 @@ pub fn udp_paced(
     Ok(sink.received())
 }
 
-/// UDP datagrams at `pps` for `duration` from `client` to `target`, each
-/// followed by nothing: for a target port nobody listens on, every one
-/// comes back as an ICMP port unreachable. Returns how many were sent.
-pub fn udp_paced_to(
+/// UDP datagrams at `pps` for `duration` from an unconnected socket in
+/// `client` to `target`: for a port nobody listens on, each comes back as
+/// an ICMP port unreachable (an unconnected socket takes no error, so no
+/// send fails for the one before). Returns the port unreachables that
+/// arrived in `client`, from its ICMP counters.
+pub fn icmp_errors_paced(
     client: &Netns,
     target: SocketAddr,
     pps: u64,
     duration: Duration,
 ) -> Result<u64> {
     let sock = client.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
-    sock.connect(target)?;
     let payload = [0x5au8; 64];
-    Ok(paced(pps, duration, || sock.send(&payload).is_ok()))
+    let before = port_unreachables_in(client)?;
+    paced(pps, duration, || sock.send_to(&payload, target).is_ok());
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(port_unreachables_in(client)? - before)
+}
+
+/// ICMP destination unreachables received in `ns` so far (`/proc/net/snmp`
+/// as the namespace sees it).
+fn port_unreachables_in(ns: &Netns) -> Result<u64> {
+    let snmp = ns.enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
+    let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
+    let (names, values) = (icmp.next(), icmp.next());
+    let names = names.context("no Icmp header in snmp")?.split_whitespace();
+    let values = values.context("no Icmp values in snmp")?.split_whitespace();
+    names
+        .zip(values)
+        .find(|(n, _)| *n == "InDestUnreachs")
+        .context("no InDestUnreachs in snmp")?
+        .1
+        .parse()
+        .context("InDestUnreachs")
 }
 
 /// Connect-request-close at `cps` connections a second for `duration`;
@@ -487,5 +596,61 @@ mod tests {
         .unwrap();
         let busy = CpuSample::now().unwrap().busy_since(&before);
         assert!(busy >= 0.45, "busy {busy:.3} s over 500 ms of spinning");
+    }
+    fn loopback() -> (Netns, Ipv4Addr) {
+        crate::require_root();
+        let ns = Netns::add(&crate::netns::unique_prefix("drload")).unwrap();
+        (ns, Ipv4Addr::LOCALHOST)
+    }
+
+    /// Every connection gets its byte back from the accepting threads,
+    /// from several clients at once.
+    #[test]
+    fn answer_once_server_answers_every_connection() {
+        let (ns, addr) = loopback();
+        let srv = Server::tcp_answer_once(&ns, addr).unwrap();
+        let rate = parallel(4, || tcp_crr(&ns, srv.addr, Duration::from_millis(300))).unwrap();
+        assert!(rate > 100.0, "{rate:.0} connections/s");
+    }
+
+    /// Pinned clients, each on one CPU, keep their exchanges going after
+    /// each server thread moves to its client's CPU.
+    #[test]
+    fn pinned_echo_answers_pinned_clients() {
+        let (ns, addr) = loopback();
+        let srv = Server::tcp_echo_pinned(&ns, addr).unwrap();
+        let rate = parallel_pinned(4, || {
+            let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
+            let allowed = (0..nix::sched::CpuSet::count())
+                .filter(|&c| cpus.is_set(c).unwrap_or(false))
+                .count();
+            anyhow::ensure!(allowed == 1, "client allowed on {allowed} CPUs");
+            tcp_rr(&ns, srv.addr, Duration::from_millis(300))
+        })
+        .unwrap();
+        assert!(rate > 100.0, "{rate:.0} round trips/s");
+    }
+
+    /// Every datagram to a closed port comes back as an error, counted
+    /// where it arrives.
+    #[test]
+    fn icmp_errors_are_counted_as_they_arrive() {
+        let (ns, addr) = loopback();
+        ns.exec(
+            "sysctl",
+            &[
+                "-q",
+                "-w",
+                "net.ipv4.icmp_ratelimit=0",
+                "net.ipv4.icmp_msgs_burst=100000",
+            ],
+        )
+        .unwrap();
+        let closed = SocketAddr::from((addr, 9));
+        let errors = icmp_errors_paced(&ns, closed, 400, Duration::from_millis(250)).unwrap();
+        assert!(
+            (98..=101).contains(&errors),
+            "{errors} errors for 100 datagrams"
+        );
     }
 }

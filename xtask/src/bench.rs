@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -161,17 +162,11 @@ impl Bench {
         let m = mode.name();
         let results = {
             let (bps, cpu) = load::iperf3(&a.ns, &b.ns, b.addr, d)?;
-            let srv = Server::tcp_echo(&b.ns, b.addr)?;
-            let rr = load::tcp_rr(&a.ns, srv.addr, d)?;
-            let rr_par = load::parallel(STREAMS, || load::tcp_rr(&a.ns, srv.addr, d))?;
-            let crr = load::parallel(STREAMS, || load::tcp_crr(&h0.containers[1].ns, srv.addr, d))?;
-            drop(srv);
-            let ext_srv = Server::tcp_echo(ext, EXTERNAL_ADDR)?;
-            let crr_ext = load::parallel(STREAMS, || load::tcp_crr(&a.ns, ext_srv.addr, d))?;
-            let rr_ext = load::parallel(STREAMS, || {
-                load::tcp_rr(&h0.containers[1].ns, ext_srv.addr, d)
-            })?;
-            drop(ext_srv);
+            let rr = rr_one(&a.ns, &b.ns, b.addr, d)?;
+            let rr_par = rr_parallel(&a.ns, &b.ns, b.addr, d)?;
+            let crr = crr_parallel(&h0.containers[1].ns, &b.ns, b.addr, d)?;
+            let crr_ext = crr_parallel(&a.ns, ext, EXTERNAL_ADDR, d)?;
+            let rr_ext = rr_parallel(&h0.containers[1].ns, ext, EXTERNAL_ADDR, d)?;
             let udp = load::udp_rate(&a.ns, &h1.containers[1].ns, h1.containers[1].addr, d)?;
             [
                 ("tcp_throughput", "Gbit/s", bps / 1e9),
@@ -198,7 +193,7 @@ impl Bench {
         c.bare_all(2)?;
         let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
         let d = self.duration;
-        let pairs: [(&str, &Netns, &Netns, std::net::Ipv4Addr); 2] = [
+        let pairs: [(&str, &Netns, &Netns, Ipv4Addr); 2] = [
             (
                 "same-bridge",
                 &h0.containers[0].ns,
@@ -209,11 +204,9 @@ impl Bench {
         ];
         for (name, from, to, addr) in pairs {
             let (bps, cpu) = load::iperf3(from, to, addr, d)?;
-            let srv = Server::tcp_echo(to, addr)?;
-            let rr = load::tcp_rr(from, srv.addr, d)?;
-            let rr_par = load::parallel(STREAMS, || load::tcp_rr(from, srv.addr, d))?;
-            let crr = load::parallel(STREAMS, || load::tcp_crr(from, srv.addr, d))?;
-            drop(srv);
+            let rr = rr_one(from, to, addr, d)?;
+            let rr_par = rr_parallel(from, to, addr, d)?;
+            let crr = crr_parallel(from, to, addr, d)?;
             let udp = load::udp_rate(from, to, addr, d)?;
             for (w, unit, v) in [
                 ("tcp_throughput", "Gbit/s", bps / 1e9),
@@ -241,10 +234,7 @@ impl Bench {
             std::fs::remove_file(file)?;
         }
         let (a, b) = (&h0.containers[0], &h1.containers[0]);
-        let srv = Server::tcp_echo(&b.ns, b.addr)?;
-        let d = self.duration;
-        let rr = load::parallel(STREAMS, || load::tcp_rr(&a.ns, srv.addr, d))?;
-        drop(srv);
+        let rr = rr_parallel(&a.ns, &b.ns, b.addr, self.duration)?;
         let udp = load::udp_rate(
             &a.ns,
             &h1.containers[1].ns,
@@ -411,6 +401,26 @@ impl Bench {
         );
         Ok(())
     }
+}
+
+/// Round trips per second on one connection from `client` to an echo
+/// server on `addr` in `server`.
+fn rr_one(client: &Netns, server: &Netns, addr: Ipv4Addr, d: Duration) -> Result<f64> {
+    let srv = Server::tcp_echo(server, addr)?;
+    load::tcp_rr(client, srv.addr, d)
+}
+
+/// Round trips per second on `STREAMS` connections, each client pinned to
+/// a CPU with its server (see `Server::tcp_echo_pinned`).
+fn rr_parallel(client: &Netns, server: &Netns, addr: Ipv4Addr, d: Duration) -> Result<f64> {
+    let srv = Server::tcp_echo_pinned(server, addr)?;
+    load::parallel_pinned(STREAMS, || load::tcp_rr(client, srv.addr, d))
+}
+
+/// Connections per second from `STREAMS` threads of `client`.
+fn crr_parallel(client: &Netns, server: &Netns, addr: Ipv4Addr, d: Duration) -> Result<f64> {
+    let srv = Server::tcp_answer_once(server, addr)?;
+    load::parallel(STREAMS, || load::tcp_crr(client, srv.addr, d))
 }
 
 /// `n` disjoint /24 peer subnets outside the cluster (100.64.0.0/10 onward).
