@@ -84,6 +84,20 @@ pub struct Trace {
 /// Capacity of the local container endpoint table (direct delivery, TC and XDP).
 pub const MAX_ENDPOINTS: u32 = 4096;
 
+/// Bits of `skb->mark` one of dr's programs sets on a packet for another
+/// it will meet next, which clears it: past that hop the host's own marks
+/// are as they were. A container cannot forge them: a packet's mark is
+/// cleared when it crosses from the container's namespace into the host's.
+pub mod marks {
+    /// dr redirected the packet to the egress of docker0 or the uplink,
+    /// whose program leaves it alone.
+    pub const REDIRECTED: u32 = 1 << 20;
+    /// `dr_port_ingress` decided on and counted this container's packet
+    /// and left it to the bridge: `dr_bridge_ingress` lets it pass without
+    /// deciding again.
+    pub const PASSED_BY_PORT: u32 = 1 << 21;
+}
+
 /// Names of the eBPF programs in the object.
 pub mod program_names {
     pub const BRIDGE_INGRESS: &str = "dr_bridge_ingress";

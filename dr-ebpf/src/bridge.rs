@@ -1,10 +1,11 @@
 //! docker0 ingress: packets from local containers.
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::warn;
-use dr_common::Counter;
+use dr_common::{marks, Counter};
 
 use crate::{
     maps::{peer_for, peer_traffic},
+    mark,
     mtu::too_big,
     nat::snat_out,
     packet::{dst_addr, ipv4_frame, src_addr},
@@ -14,6 +15,10 @@ use crate::{
 
 #[classifier]
 pub fn dr_bridge_ingress(ctx: TcContext) -> i32 {
+    // Decided on and counted at the container's port already (port.rs).
+    if mark::take(&ctx, marks::PASSED_BY_PORT) {
+        return TC_ACT_OK;
+    }
     let bytes = ctx.len() as u64;
     from_container(&ctx, bytes).tc_action(bytes)
 }

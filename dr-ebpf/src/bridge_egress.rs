@@ -1,12 +1,12 @@
 //! docker0 egress: packets the host sends to local containers.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use dr_common::nat::DELIVERED_BY_KERNEL;
+use dr_common::{marks, nat::DELIVERED_BY_KERNEL};
 
 use crate::{
     inbound::record_inbound,
+    mark,
     nat::{excluded, now},
     packet::{dst_addr, egress_frame, flow_of, src_addr},
-    redirect::take_redirect_mark,
 };
 
 #[classifier]
@@ -22,7 +22,7 @@ pub fn dr_bridge_egress(ctx: TcContext) -> i32 {
 /// carry its mark and are left alone. Every frame leaves unchanged.
 #[inline(always)]
 fn record_kernel_delivery(ctx: &TcContext) {
-    if take_redirect_mark(ctx) {
+    if mark::take(ctx, marks::REDIRECTED) {
         return;
     }
     let Some((cfg, ip)) = egress_frame(ctx) else {

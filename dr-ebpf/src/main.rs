@@ -10,6 +10,7 @@ mod bridge_egress;
 mod dry_run;
 mod inbound;
 mod maps;
+mod mark;
 mod mtu;
 mod nat;
 mod nat_sweep;

@@ -8,12 +8,13 @@ use aya_ebpf::{
     helpers::generated::{bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use dr_common::{Counter, DatapathConfig};
+use dr_common::{marks, Counter, DatapathConfig};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     dry_run::{dry_run, record_delivery, record_redirect},
     maps::endpoint,
+    mark,
     packet::{decrement_ttl, AF_INET},
     verdict::Verdict,
 };
@@ -45,7 +46,7 @@ fn redirect_neigh(ifindex: u32, next_hop: Option<u32>) -> i32 {
 /// mark to the egress program there.
 #[inline(always)]
 pub fn send(ctx: &TcContext, ifindex: u32, next_hop: Option<u32>, counter: Counter) -> Verdict {
-    mark_redirect(ctx);
+    mark::set(ctx, marks::REDIRECTED);
     if redirect_neigh(ifindex, next_hop) == TC_ACT_SHOT {
         return Verdict::Drop(Counter::DropRedirectFailed);
     }
@@ -94,28 +95,4 @@ pub fn to_container(ctx: &TcContext, cfg: &DatapathConfig, dst: u32, counter: Co
         return Verdict::Drop(Counter::DropRedirectFailed);
     }
     Verdict::Redirect(counter)
-}
-
-/// `skb->mark` bit on a packet dr redirects: it goes to the egress of docker0
-/// or of the uplink, where dr's egress program knows the packet is dr's,
-/// clears the bit and leaves the packet alone. Set just before the redirect.
-const DR_REDIRECT_MARK: u32 = 1 << 20;
-
-#[inline(always)]
-fn mark_redirect(ctx: &TcContext) {
-    // SAFETY: the context's skb is valid for the whole run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    ctx.set_mark(mark | DR_REDIRECT_MARK);
-}
-
-/// Whether dr redirected this packet here; clears the mark.
-#[inline(always)]
-pub fn take_redirect_mark(ctx: &TcContext) -> bool {
-    // SAFETY: the context's skb is valid for the whole run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    if mark & DR_REDIRECT_MARK == 0 {
-        return false;
-    }
-    ctx.set_mark(mark & !DR_REDIRECT_MARK);
-    true
 }

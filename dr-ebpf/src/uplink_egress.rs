@@ -10,19 +10,20 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use dr_common::Counter;
+use dr_common::{marks, Counter};
 
 use crate::{
     maps::{peer_for, peer_traffic},
+    mark,
     packet::{dst_addr, egress_frame, src_addr, AF_INET},
-    redirect::{send, take_redirect_mark},
+    redirect::send,
     verdict::Verdict,
 };
 
 #[classifier]
 pub fn dr_uplink_egress(ctx: TcContext) -> i32 {
     // A redirect below leaves by this same device: the packet comes back once.
-    if take_redirect_mark(&ctx) {
+    if mark::take(&ctx, marks::REDIRECTED) {
         return TC_ACT_OK;
     }
     let bytes = ctx.len() as u64;

@@ -39,7 +39,12 @@ pub struct Host {
 impl Host {
     /// Docker's `bip` for this host: 10.0.<id>.1/24.
     pub fn bip(&self) -> String {
-        format!("10.0.{}.1/24", self.id)
+        format!("{}/24", self.gateway())
+    }
+
+    /// docker0's address, the containers' gateway: 10.0.<id>.1.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, self.id, 1)
     }
 
     /// The host's container subnet: 10.0.<id>.0/24.
@@ -201,7 +206,7 @@ impl Host {
             "add",
             "default",
             "via",
-            &format!("10.0.{}.1", self.id),
+            &self.gateway().to_string(),
         ])?;
         // NAPI on the container's side lets XDP redirect into its veth.
         ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
@@ -226,8 +231,13 @@ impl Host {
             .ip(&["link", "set", &port, "master", "docker0", "up"])?;
         c.ns.ip(&["addr", "add", &format!("{}/24", c.addr), "dev", "eth0"])?;
         c.ns.ip(&["link", "set", "eth0", "up"])?;
-        let gateway = format!("10.0.{}.1", self.id);
-        c.ns.ip(&["route", "add", "default", "via", &gateway])?;
+        c.ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.gateway().to_string(),
+        ])?;
         c.ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
         Ok(())
     }
@@ -443,10 +453,7 @@ impl Cluster {
     pub fn sync_endpoints(&self) -> Result<()> {
         for host in &self.hosts {
             for c in &host.containers {
-                c.ns.exec(
-                    "ping",
-                    &["-c", "1", "-W", "1", &format!("10.0.{}.1", host.id)],
-                )?;
+                c.ns.exec("ping", &["-c", "1", "-W", "1", &host.gateway().to_string()])?;
             }
             host.dr(&["sync"])?;
         }

@@ -39,10 +39,10 @@ fn the_hosts_own_packets_for_a_peer_subnet_go_to_the_peer_host() {
         let (verdict, out, mark) = dp.run_marked(Hook::UplinkEgress, &packet, 0);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, packet, "a local packet: TTL unchanged");
-        assert_eq!(mark, DR_REDIRECT_MARK);
+        assert_eq!(mark, marks::REDIRECTED);
         // The redirect leaves by the uplink again: passed, mark cleared.
         assert_eq!(
-            dp.run_marked(Hook::UplinkEgress, &packet, DR_REDIRECT_MARK),
+            dp.run_marked(Hook::UplinkEgress, &packet, marks::REDIRECTED),
             (TC_ACT_OK, packet, 0)
         );
     }

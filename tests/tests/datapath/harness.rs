@@ -90,6 +90,19 @@ where
     (result.return_value, out, ctx_out, result.duration)
 }
 
+/// [`test_run`] of a TC program on an skb with `mark`: the verdict, the
+/// packet and the mark as they left.
+fn test_run_marked<P>(prog: &P, packet: &[u8], mark: u32) -> (u32, Vec<u8>, u32)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut ctx = [0u8; SKB_MARK_AT + 4];
+    ctx[SKB_MARK_AT..].copy_from_slice(&mark.to_ne_bytes());
+    let (verdict, out, ctx_out, _) = test_run_ctx(prog, packet, Some(&ctx));
+    let mark_out = u32::from_ne_bytes(ctx_out[SKB_MARK_AT..][..4].try_into().unwrap());
+    (verdict, out, mark_out)
+}
+
 /// Offset of `mark` in `struct __sk_buff`; the fields before it must be zero
 /// in a test run's context.
 pub const SKB_MARK_AT: usize = 8;
@@ -212,12 +225,20 @@ impl Datapath {
 
     /// [`Self::run`] with the skb's mark: returns the mark as it left too.
     pub fn run_marked(&mut self, hook: Hook, packet: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
-        let mut ctx = [0u8; SKB_MARK_AT + 4];
-        ctx[SKB_MARK_AT..].copy_from_slice(&mark.to_ne_bytes());
-        let prog = datapath::program(&mut self.ebpf, hook).unwrap();
-        let (verdict, out, ctx_out, _) = test_run_ctx(prog, packet, Some(&ctx));
-        let mark_out = u32::from_ne_bytes(ctx_out[SKB_MARK_AT..][..4].try_into().unwrap());
-        (verdict, out, mark_out)
+        test_run_marked(
+            datapath::program(&mut self.ebpf, hook).unwrap(),
+            packet,
+            mark,
+        )
+    }
+
+    /// [`Self::run_port`] with the skb's mark, like [`Self::run_marked`].
+    pub fn run_port_marked(&mut self, packet: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+        test_run_marked(
+            datapath::port_program(&mut self.ebpf).unwrap(),
+            packet,
+            mark,
+        )
     }
 
     pub fn counter(&self, which: Counter) -> Traffic {
@@ -377,6 +398,3 @@ impl Datapath {
         );
     }
 }
-
-/// dr's mark on packets it redirects to an egress where its programs run.
-pub const DR_REDIRECT_MARK: u32 = 1 << 20;

@@ -45,7 +45,7 @@ fn packets_dr_delivered_are_not_recorded_as_inbound() {
     let mut dp = datapath(nat_config());
     // A reply dr translated back carries its mark: not the kernel's flow.
     let delivered = frame_ports(EXTERNAL, CONTAINER, 63, L4::Udp, 5000, 53);
-    let (verdict, out, mark) = dp.run_marked(Hook::BridgeEgress, &delivered, DR_REDIRECT_MARK | 7);
+    let (verdict, out, mark) = dp.run_marked(Hook::BridgeEgress, &delivered, marks::REDIRECTED | 7);
     assert_eq!((verdict, &out), (TC_ACT_OK, &delivered));
     assert_eq!(mark, 7, "dr's mark cleared, others kept");
     dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (53, 5000));
@@ -61,7 +61,7 @@ fn a_peer_hosts_own_packets_reach_containers_and_answers_go_straight_back() {
         let (verdict, out, mark) = dp.run_marked(Hook::UplinkIngress, &inbound, 0);
         assert_eq!(verdict, TC_ACT_REDIRECT, "{l4:?}");
         assert_eq!(out, frame_ports(PEER_HOST, CONTAINER, 63, l4, sport, dport));
-        assert_eq!(mark, DR_REDIRECT_MARK, "marked for docker0 egress");
+        assert_eq!(mark, marks::REDIRECTED, "marked for docker0 egress");
     }
     assert_eq!(dp.counter(Counter::FromPeer).packets, 3);
     // The answers: TCP, UDP from the service port, ICMP echo replies.

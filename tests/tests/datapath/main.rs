@@ -30,6 +30,7 @@ mod nat_tcp_window;
 
 // What every test file takes with `use super::*`.
 use dr_common::{
+    marks,
     nat::{Timeouts, DEFAULT_TABLE_SIZE},
     Counter, DatapathConfig, Traffic,
 };
