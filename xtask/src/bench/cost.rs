@@ -3,9 +3,11 @@
 //! machine's busy CPU time over the run (wall time minus measured idle
 //! time, see `CpuSample`) is divided by what it
 //! moved. The same workloads without forwarding give the floor: between
-//! two containers on one bridge, and for the NAT workloads (whose server is
+//! two containers on one bridge, for the NAT workloads (whose server is
 //! behind a router both modes cross) from the host's own process to the
-//! same external server; each mode's overhead is its cost above the floor. Both kinds of segment: wire-like (no GSO/TSO, as now) and
+//! same external server, and for the published port the host's own process
+//! answering on its address; each mode's overhead is its cost above the
+//! floor. Both kinds of segment: wire-like (no GSO/TSO, as now) and
 //! offloaded (veth defaults, like a NIC doing GRO/TSO). With dr, the
 //! kernel's BPF run-time statistics give each program's ns per run on each
 //! workload's path.
@@ -41,16 +43,21 @@ enum Workload {
     /// UDP to a closed port of the external server: ICMP errors back
     /// through SNAT.
     IcmpErrorsNat,
+    /// UDP request/response from the external server to a container's
+    /// published port: the kernel's DNAT and conntrack both ways, dr's
+    /// programs only passing packets on.
+    UdpRrPublished,
 }
 
 impl Workload {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::UdpPeer,
         Self::TcpPeer,
         Self::CrrPeer,
         Self::UdpRrNat,
         Self::CrrNat,
         Self::IcmpErrorsNat,
+        Self::UdpRrPublished,
     ];
 
     /// Units a second (bits for bulk TCP).
@@ -59,7 +66,7 @@ impl Workload {
             Self::UdpPeer => 30_000,
             Self::TcpPeer => 1_000_000_000,
             Self::CrrPeer | Self::CrrNat => 4_000,
-            Self::UdpRrNat => 20_000,
+            Self::UdpRrNat | Self::UdpRrPublished => 20_000,
             Self::IcmpErrorsNat => 20_000,
         }
     }
@@ -73,6 +80,7 @@ impl Workload {
             Self::UdpRrNat => format!("udp_rr_nat_{k}k_per_s"),
             Self::CrrNat => format!("tcp_crr_nat_{k}k_per_s"),
             Self::IcmpErrorsNat => format!("icmp_errors_nat_{k}k_per_s"),
+            Self::UdpRrPublished => format!("udp_rr_published_{k}k_per_s"),
         }
     }
 
@@ -81,7 +89,7 @@ impl Workload {
             Self::UdpPeer => "us CPU/pkt",
             Self::TcpPeer => "CPU-s/GB",
             Self::CrrPeer | Self::CrrNat => "us CPU/conn",
-            Self::UdpRrNat => "us CPU/exchange",
+            Self::UdpRrNat | Self::UdpRrPublished => "us CPU/exchange",
             Self::IcmpErrorsNat => "us CPU/error",
         }
     }
@@ -127,9 +135,23 @@ impl Workload {
                 let closed = SocketAddr::from((e.nat_addr, 9));
                 load::icmp_errors_paced(e.client2, closed, rate, d)? as f64
             }
+            Self::UdpRrPublished => {
+                let srv = Server::udp_echo(e.published, e.published_addr)?;
+                let target = match e.publisher {
+                    Some(host) => {
+                        host.publish("udp", PUBLISHED_PORT, srv.addr)?;
+                        SocketAddr::from((host.uplink_addr, PUBLISHED_PORT))
+                    }
+                    None => srv.addr,
+                };
+                load::udp_rr_paced(e.nat, target, rate, d)? as f64
+            }
         })
     }
 }
+
+/// The host port the published-port workload's container is published on.
+const PUBLISHED_PORT: u16 = 5353;
 
 /// A setup measured: no forwarding (the floor) or one of the modes.
 #[derive(Clone, Copy)]
@@ -158,6 +180,12 @@ struct Ends<'a> {
     /// Where NAT workloads go: the external server, behind the router.
     nat: &'a Netns,
     nat_addr: std::net::Ipv4Addr,
+    /// The published-port workload's server: a container of h0 behind a
+    /// published port (`publisher`, Docker's DNAT on h0's uplink address);
+    /// in the floor, h0's own process on that address.
+    published: &'a Netns,
+    published_addr: std::net::Ipv4Addr,
+    publisher: Option<&'a Host>,
 }
 
 /// One program's run count and total run time, as the kernel keeps them.
@@ -264,6 +292,9 @@ impl Bench {
                 server_addr: h0.containers[2].addr,
                 nat: ext,
                 nat_addr: EXTERNAL_ADDR,
+                published: &h0.ns,
+                published_addr: h0.uplink_addr,
+                publisher: None,
             },
             Setup::Forwarding(_) => Ends {
                 client: &h0.containers[0].ns,
@@ -272,6 +303,9 @@ impl Bench {
                 server_addr: h1.containers[0].addr,
                 nat: ext,
                 nat_addr: EXTERNAL_ADDR,
+                published: &h0.containers[2].ns,
+                published_addr: h0.containers[2].addr,
+                publisher: Some(h0),
             },
         };
         let progs = match setup {
@@ -326,7 +360,7 @@ pub(super) fn markdown(rows: &[Row]) -> String {
         .collect();
     workloads.dedup();
     if !workloads.is_empty() {
-        let _ = writeln!(md, "\n## Cost at a fixed offered load\n\nMachine CPU per unit moved; overhead = cost above the floor, the same workload without forwarding: between two containers on one bridge, and for the NAT workloads from the host's own process to the same external server (the path beyond the host is the same); the last two columns are dr's overhead over the recipe's (below 1 favours dr).\n\n| workload | unit | floor | recipe | dr-tc | dr-xdp | overhead recipe | overhead dr-tc | overhead dr-xdp | dr-tc / recipe | dr-xdp / recipe |\n|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "\n## Cost at a fixed offered load\n\nMachine CPU per unit moved; overhead = cost above the floor, the same workload without forwarding: between two containers on one bridge, for the NAT workloads from the host's own process to the same external server (the path beyond the host is the same), and for the published port the host's own process answering on its address; the last two columns are dr's overhead over the recipe's (below 1 favours dr).\n\n| workload | unit | floor | recipe | dr-tc | dr-xdp | overhead recipe | overhead dr-tc | overhead dr-xdp | dr-tc / recipe | dr-xdp / recipe |\n|---|---|---|---|---|---|---|---|---|---|---|");
     }
     for w in workloads {
         let median = |m: &str| find("cost", w, m).map(|r| r.4);
