@@ -193,10 +193,29 @@ impl Host {
         let n = self.containers.len();
         let addr = Ipv4Addr::new(10, 0, self.id, 2 + n as u8);
         let ns = Netns::add(&format!("{prefix}-h{}c{n}", self.id))?;
+        self.link_container(n, &ns, addr, None)?;
+        self.containers.push(Container { ns, addr });
+        Ok(self.containers.last().expect("just pushed"))
+    }
+
+    /// Links container `n` (namespace `ns`, address `addr`) to docker0 as
+    /// Docker does: a veth pair, `veth<n>` on docker0 and `eth0` inside
+    /// (with `mac` when given), the address and a default route via the
+    /// gateway.
+    fn link_container(
+        &self,
+        n: usize,
+        ns: &Netns,
+        addr: Ipv4Addr,
+        mac: Option<&str>,
+    ) -> Result<()> {
         let port = format!("veth{n}");
         self.ns.ip(&[
             "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
         ])?;
+        if let Some(mac) = mac {
+            ns.ip(&["link", "set", "eth0", "address", mac])?;
+        }
         self.ns
             .ip(&["link", "set", &port, "master", "docker0", "up"])?;
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
@@ -210,8 +229,7 @@ impl Host {
         ])?;
         // NAPI on the container's side lets XDP redirect into its veth.
         ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
-        self.containers.push(Container { ns, addr });
-        Ok(self.containers.last().expect("just pushed"))
+        Ok(())
     }
 
     /// What a container restart does to its link: Docker deletes the veth
@@ -221,25 +239,8 @@ impl Host {
         let c = &self.containers[n];
         let link: Value = serde_json::from_str(&c.ns.ip(&["-j", "link", "show", "eth0"])?)?;
         let mac = link[0]["address"].as_str().context("eth0 MAC")?.to_string();
-        let port = format!("veth{n}");
-        self.ns.ip(&["link", "del", &port])?;
-        self.ns.ip(&[
-            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &c.ns.name,
-        ])?;
-        c.ns.ip(&["link", "set", "eth0", "address", &mac])?;
-        self.ns
-            .ip(&["link", "set", &port, "master", "docker0", "up"])?;
-        c.ns.ip(&["addr", "add", &format!("{}/24", c.addr), "dev", "eth0"])?;
-        c.ns.ip(&["link", "set", "eth0", "up"])?;
-        c.ns.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &self.gateway().to_string(),
-        ])?;
-        c.ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
-        Ok(())
+        self.ns.ip(&["link", "del", &format!("veth{n}")])?;
+        self.link_container(n, &c.ns, c.addr, Some(&mac))
     }
 }
 
