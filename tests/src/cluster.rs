@@ -2,12 +2,15 @@
 //! namespace), each with docker0 and containers, plus an optional external
 //! namespace on the same segment.
 use std::{
+    fs::{DirBuilder, File},
     net::{Ipv4Addr, SocketAddr},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     process::Output,
 };
 
 use anyhow::{Context as _, Result};
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 
 use crate::netns::{unique_prefix, Netns};
@@ -50,6 +53,22 @@ impl Host {
     /// The host's container subnet: 10.0.<id>.0/24.
     pub fn subnet(&self) -> String {
         format!("10.0.{}.0/24", self.id)
+    }
+
+    /// Takes dr's node lock of this host, as another dr-ctl command in it
+    /// would: dr-ctl commands that change the host wait until the returned
+    /// guard is dropped.
+    pub fn hold_dr_lock(&self) -> Result<Flock<File>> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create("/run/dr")?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("/run/dr/netns-{}.lock", self.pin_inode))?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e.into())
     }
 
     /// The dr-ctl binary this host runs.

@@ -380,6 +380,38 @@ fn agents_refuse_a_name_held_by_another_host_and_a_different_cluster() {
     );
 }
 
+/// A lease is kept alive from the moment it is granted, also while the
+/// datapath comes up: here host 0's `up` waits 6 s for its node lock (held
+/// as by another dr-ctl command; on a busy host, loading and verifying the
+/// programs took 4 s) against a 2 s lease, and its registration must not
+/// lapse meanwhile: each agent registers once and no session ends.
+#[test]
+fn a_lease_outlives_a_slow_first_up() {
+    require_root();
+    let c = Cluster::new("drslowup", 2, &dr_ctl_path()).unwrap();
+    let etcd = Etcd::start(&c, None);
+    let lock = c.hosts[0].hold_dr_lock().unwrap();
+    let agents: Vec<LoggedAgent> = c
+        .hosts
+        .iter()
+        .map(|h| {
+            let name = format!("h{}", h.id);
+            let args = ["--subnet", &h.bip(), "--lease-ttl", "2"];
+            agent_as(&etcd, h, &name, "10.0.0.0/16", &args)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(6));
+    drop(lock);
+    assert!(wait_for(Duration::from_secs(15), || converged(&c, &[0, 1])));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(converged(&c, &[0, 1]));
+    for agent in &agents {
+        let log = agent.log();
+        assert_eq!(log.matches("registered ").count(), 1, "{log}");
+        assert!(!log.contains("session ended"), "{log}");
+    }
+}
+
 #[test]
 fn an_etcd_stall_loses_no_packet_and_a_dead_host_goes_after_the_grace_period() {
     require_root();

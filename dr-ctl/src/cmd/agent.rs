@@ -221,6 +221,16 @@ async fn session(
             .map_err(etcd_err)?
             .id(),
     };
+    // Kept alive from now on: bringing the datapath up below can take
+    // longer than a short lease (verifying the programs on a busy host), and
+    // a lease that lapses meanwhile takes the registration with it.
+    let (lost_tx, mut lost) = tokio::sync::oneshot::channel();
+    let _keeper = AbortOnDrop(tokio::spawn(keep_alive(
+        client.clone(),
+        lease,
+        args.lease_ttl,
+        lost_tx,
+    )));
     let subnet = claim(client, args, &me, lease, *held).await?;
     if held.is_none_or(|h| h.subnet != subnet) {
         let up = UpArgs {
@@ -246,13 +256,6 @@ async fn session(
     }
     *held = Some(Held { subnet, lease });
     let mine = subnet_key(&args.prefix, &subnet.net);
-    let (lost_tx, mut lost) = tokio::sync::oneshot::channel();
-    let _keeper = AbortOnDrop(tokio::spawn(keep_alive(
-        client.clone(),
-        lease,
-        args.lease_ttl,
-        lost_tx,
-    )));
     let (revision, entries) = registrations(client, &args.prefix).await?;
     // Keys gone while we were away start their grace now.
     let vanished: Vec<String> = registry
