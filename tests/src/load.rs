@@ -456,8 +456,8 @@ pub fn udp_paced(
 /// UDP datagrams at `pps` for `duration` from an unconnected socket in
 /// `client` to `target`: for a port nobody listens on, each comes back as
 /// an ICMP port unreachable (an unconnected socket takes no error, so no
-/// send fails for the one before). Returns the port unreachables that
-/// arrived in `client`, from its ICMP counters.
+/// send fails for the one before). Returns the destination unreachables
+/// that arrived in `client`, from its ICMP counters.
 pub fn icmp_errors_paced(
     client: &Netns,
     target: SocketAddr,
@@ -466,15 +466,15 @@ pub fn icmp_errors_paced(
 ) -> Result<u64> {
     let sock = client.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
     let payload = [0x5au8; 64];
-    let before = port_unreachables_in(client)?;
+    let before = dest_unreachables_in(client)?;
     paced(pps, duration, || sock.send_to(&payload, target).is_ok());
     std::thread::sleep(Duration::from_millis(100));
-    Ok(port_unreachables_in(client)? - before)
+    Ok(dest_unreachables_in(client)? - before)
 }
 
 /// ICMP destination unreachables received in `ns` so far (`/proc/net/snmp`
 /// as the namespace sees it).
-fn port_unreachables_in(ns: &Netns) -> Result<u64> {
+fn dest_unreachables_in(ns: &Netns) -> Result<u64> {
     let snmp = ns.enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
     let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
     let (names, values) = (icmp.next(), icmp.next());
@@ -597,6 +597,7 @@ mod tests {
         let busy = CpuSample::now().unwrap().busy_since(&before);
         assert!(busy >= 0.45, "busy {busy:.3} s over 500 ms of spinning");
     }
+
     fn loopback() -> (Netns, Ipv4Addr) {
         crate::require_root();
         let ns = Netns::add(&crate::netns::unique_prefix("drload")).unwrap();

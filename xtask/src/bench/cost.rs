@@ -66,8 +66,7 @@ impl Workload {
             Self::UdpPeer => 30_000,
             Self::TcpPeer => 1_000_000_000,
             Self::CrrPeer | Self::CrrNat => 4_000,
-            Self::UdpRrNat | Self::UdpRrPublished => 20_000,
-            Self::IcmpErrorsNat => 20_000,
+            Self::UdpRrNat | Self::UdpRrPublished | Self::IcmpErrorsNat => 20_000,
         }
     }
 
