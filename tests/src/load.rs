@@ -115,11 +115,12 @@ impl Server {
 
     /// Counts datagrams.
     pub fn udp_sink(ns: &Netns, addr: Ipv4Addr) -> Result<Self> {
-        Self::udp(ns, addr, |_, _, _| {})
+        Self::udp(ns, (addr, 0).into(), |_, _, _| {})
     }
 
-    /// Echoes every datagram back to its sender.
-    pub fn udp_echo(ns: &Netns, addr: Ipv4Addr) -> Result<Self> {
+    /// Echoes every datagram back to its sender; `addr`'s port 0 lets the
+    /// kernel choose.
+    pub fn udp_echo(ns: &Netns, addr: SocketAddr) -> Result<Self> {
         Self::udp(ns, addr, |sock, datagram, from| {
             let _ = sock.send_to(datagram, from);
         })
@@ -129,10 +130,10 @@ impl Server {
     /// it to `answer`.
     fn udp(
         ns: &Netns,
-        addr: Ipv4Addr,
+        addr: SocketAddr,
         answer: impl Fn(&UdpSocket, &[u8], SocketAddr) + Send + 'static,
     ) -> Result<Self> {
-        let sock = ns.enter(|| UdpSocket::bind((addr, 0)))??;
+        let sock = ns.enter(|| UdpSocket::bind(addr))??;
         sock.set_read_timeout(Some(POLL))?;
         let addr = sock.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -203,6 +204,17 @@ fn answer_once(mut conn: TcpStream, _stop: Arc<AtomicBool>) -> Option<JoinHandle
     };
     let _ = exchange();
     None
+}
+
+/// Runs `f` with the calling thread on `cpu` only, and with it every
+/// thread and process `f` starts (they inherit the affinity), then puts the
+/// thread back on the CPUs it had.
+pub fn on_cpu<T>(cpu: usize, f: impl FnOnce() -> T) -> Result<T> {
+    let before = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
+    pin_to_cpu(cpu)?;
+    let out = f();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &before)?;
+    Ok(out)
 }
 
 /// Runs the calling thread on `cpu` only.
@@ -312,15 +324,19 @@ pub fn udp_rate(client: &Netns, server: &Netns, addr: Ipv4Addr, duration: Durati
 }
 
 /// The machine's busy CPU time between two samples, in seconds: wall time
-/// times online CPUs minus the time they spent idle, from /proc/stat's idle
-/// and iowait. On a NO_HZ kernel (Debian's) the kernel measures those at
-/// idle entry and exit and adds the idle period in progress when read,
-/// while /proc/stat's busy fields are sampled by the tick (250 Hz here): a
-/// paced workload of short bursts aliases with the tick (3 s of 750 ICMP
-/// errors through the recipe's NAT read as 0 ticks busy). cpuidle's
-/// per-state residency is no better: it grows only when a CPU leaves idle,
-/// so a CPU idle across the first sample has that whole idle period counted
-/// in the interval (1 s of spinning read as 0.5 s busy, and floors as 0).
+/// times online CPUs minus the time they spent idle. /proc/stat's busy
+/// fields are sampled by the tick and alias with paced bursts (3 s of 750
+/// ICMP errors through the recipe's NAT read as 0 ticks busy), so idle time
+/// is what is read:
+/// - where a cpuidle driver runs (haltpoll on this VM), from each CPU's
+///   per-state residency in us, read by a thread on that CPU: its residency
+///   grows only when the CPU leaves idle, and the reader running there is
+///   what ends the idle period in progress (read from elsewhere, a CPU idle
+///   across the first sample had that whole period counted in the interval:
+///   1 s of spinning read as 0.5 s busy);
+/// - else from /proc/stat's idle and iowait, which a NO_HZ kernel measures
+///   at idle entry and exit and prints in 10 ms units: 10-20 ms of error per
+///   interval, a fifth of a 0.5 s paced run's busy time.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuSample {
     wall: Instant,
@@ -330,12 +346,16 @@ pub struct CpuSample {
 
 impl CpuSample {
     pub fn now() -> Result<Self> {
-        let idle_us = proc_stat_idle_us()?;
-        let cpus = std::thread::available_parallelism()?.get() as u64;
+        let cpus = std::thread::available_parallelism()?.get();
+        let wall = Instant::now();
+        let idle_us = match cpuidle_idle_us(cpus)? {
+            Some(us) => us,
+            None => proc_stat_idle_us()?,
+        };
         Ok(Self {
-            wall: Instant::now(),
+            wall,
             idle_us,
-            cpus,
+            cpus: cpus as u64,
         })
     }
 
@@ -347,7 +367,32 @@ impl CpuSample {
     }
 }
 
-/// /proc/stat's idle and iowait (USER_HZ, 100 a second), in µs.
+/// Every CPU's idle residency over all its cpuidle states, in us, each read
+/// on its CPU; None without a cpuidle driver.
+fn cpuidle_idle_us(cpus: usize) -> Result<Option<u64>> {
+    let dir = |cpu: usize| format!("/sys/devices/system/cpu/cpu{cpu}/cpuidle");
+    if !std::path::Path::new(&dir(0)).exists() {
+        return Ok(None);
+    }
+    let mut total = 0;
+    for cpu in 0..cpus {
+        let read = move || -> Result<u64> {
+            let mut us = 0;
+            for state in std::fs::read_dir(dir(cpu))? {
+                let time = std::fs::read_to_string(state?.path().join("time"))?;
+                us += time.trim().parse::<u64>().context("cpuidle state time")?;
+            }
+            Ok(us)
+        };
+        let reader = std::thread::spawn(move || on_cpu(cpu, read));
+        total += reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("cpuidle reader panicked"))???;
+    }
+    Ok(Some(total))
+}
+
+/// /proc/stat's idle and iowait (USER_HZ, 100 a second), in us.
 fn proc_stat_idle_us() -> Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let line = stat.lines().next().context("empty /proc/stat")?;
@@ -369,18 +414,21 @@ pub fn iperf3(
     addr: Ipv4Addr,
     duration: Duration,
 ) -> Result<(f64, f64)> {
-    let (bps, cpu_secs, bytes) = run_iperf3(client, server, addr, duration, &[])?;
+    let (bps, cpu_secs, bytes) = run_iperf3(client, server, addr, duration, None)?;
     Ok((bps, cpu_secs / (bytes / 1e9).max(1e-9)))
 }
 
-/// One iperf3 run with `extra` client options: (bits per second received,
-/// machine-wide CPU seconds during the run, bytes received).
+/// One iperf3 run, as fast as it goes or `paced` at bits per second (not at
+/// real-time priority as `paced`'s senders: a bulk sender that keeps its
+/// receiver off a shared CPU until the window is full cost 4.5-9.4 CPU-s/GB
+/// here, against 1-2 without): (bits per second received, machine-wide CPU
+/// seconds during the run, bytes received).
 fn run_iperf3(
     client: &Netns,
     server: &Netns,
     addr: Ipv4Addr,
     duration: Duration,
-    extra: &[&str],
+    paced: Option<u64>,
 ) -> Result<(f64, f64, f64)> {
     let port = "5201";
     let mut srv = std::process::Command::new("ip")
@@ -404,7 +452,10 @@ fn run_iperf3(
     let cpu0 = CpuSample::now()?;
     let addr = addr.to_string();
     let mut args = vec!["-c", &addr, "-p", port, "-t", &secs, "-J"];
-    args.extend_from_slice(extra);
+    let bitrate = paced.map(|rate| rate.to_string());
+    if let Some(bitrate) = &bitrate {
+        args.extend(["-b", bitrate]);
+    }
     let out = client.exec_output("iperf3", &args);
     let cpu_secs = CpuSample::now()?.busy_since(&cpu0);
     let _ = srv.kill();
@@ -420,8 +471,15 @@ fn run_iperf3(
 
 /// Calls `step` `rate` times a second for `duration`, in 1 ms slots, so an
 /// offered load stays fixed whatever the path costs (as long as it stays
-/// below the path's ceiling). Returns how many calls succeeded.
-fn paced(rate: u64, duration: Duration, mut step: impl FnMut() -> bool) -> u64 {
+/// below the path's ceiling). Returns how many calls succeeded. The caller
+/// runs at real-time priority meanwhile: a server it wakes on the same CPU
+/// (see `on_cpu`) then runs when the slot's calls are done, answering them
+/// all at once, every slot alike; left to the fair scheduler, whether a
+/// woken server preempted the sender, a switch per packet or one per slot,
+/// changed from run to run and with it the CPU a packet cost (floors read
+/// 6.2 and 10.2 us per exchange two runs apart).
+fn paced(rate: u64, duration: Duration, mut step: impl FnMut() -> bool) -> Result<u64> {
+    let _real_time = RealTime::enter()?;
     let start = Instant::now();
     let (mut due, mut done) = (0u64, 0u64);
     while start.elapsed() < duration {
@@ -432,7 +490,38 @@ fn paced(rate: u64, duration: Duration, mut step: impl FnMut() -> bool) -> u64 {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    done
+    Ok(done)
+}
+
+/// The calling thread under `SCHED_FIFO` (priority 1) while alive, back
+/// under `SCHED_OTHER` when dropped. Threads it starts meanwhile would
+/// inherit the policy: start servers before.
+struct RealTime;
+
+impl RealTime {
+    fn enter() -> Result<Self> {
+        set_scheduler(libc::SCHED_FIFO, 1).context("real-time priority for the paced sender")?;
+        Ok(Self)
+    }
+}
+
+impl Drop for RealTime {
+    fn drop(&mut self) {
+        let _ = set_scheduler(libc::SCHED_OTHER, 0);
+    }
+}
+
+/// The calling thread's scheduling policy (nix has no wrapper for it).
+fn set_scheduler(policy: libc::c_int, priority: libc::c_int) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0
+    // is the calling thread.
+    match unsafe { libc::sched_setscheduler(0, policy, &param) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// Small UDP datagrams (64-byte payload) at `pps` for `duration` from
@@ -448,7 +537,7 @@ pub fn udp_paced(
     let sock = client.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
     sock.connect(sink.addr)?;
     let payload = [0x5au8; 64];
-    paced(pps, duration, || sock.send(&payload).is_ok());
+    paced(pps, duration, || sock.send(&payload).is_ok())?;
     std::thread::sleep(Duration::from_millis(100));
     Ok(sink.received())
 }
@@ -467,7 +556,7 @@ pub fn icmp_errors_paced(
     let sock = client.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
     let payload = [0x5au8; 64];
     let before = dest_unreachables_in(client)?;
-    paced(pps, duration, || sock.send_to(&payload, target).is_ok());
+    paced(pps, duration, || sock.send_to(&payload, target).is_ok())?;
     std::thread::sleep(Duration::from_millis(100));
     Ok(dest_unreachables_in(client)? - before)
 }
@@ -510,7 +599,7 @@ pub fn tcp_crr_paced(
             };
             exchange().is_ok()
         })
-    })
+    })?
 }
 
 /// Bulk TCP at a fixed `rate` (bits per second, iperf3's pacing) for
@@ -522,8 +611,7 @@ pub fn iperf3_paced(
     rate: u64,
     duration: Duration,
 ) -> Result<f64> {
-    let bitrate = rate.to_string();
-    let (_, _, bytes) = run_iperf3(client, server, addr, duration, &["-b", &bitrate])?;
+    let (_, _, bytes) = run_iperf3(client, server, addr, duration, Some(rate))?;
     Ok(bytes)
 }
 
@@ -546,7 +634,7 @@ pub fn udp_rr_paced(
             answers += 1;
         }
         sock.send(&payload).is_ok()
-    });
+    })?;
     std::thread::sleep(Duration::from_millis(100));
     while sock.recv(&mut buf).is_ok() {
         answers += 1;
@@ -630,6 +718,29 @@ mod tests {
         })
         .unwrap();
         assert!(rate > 100.0, "{rate:.0} round trips/s");
+    }
+
+    /// Inside `on_cpu`, the threads and processes a workload starts run on
+    /// that CPU alone; after it, the caller has its CPUs back.
+    #[test]
+    fn on_cpu_holds_what_the_workload_starts() {
+        let allowed = || std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let list = |status: &str| {
+            let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"));
+            line.unwrap().split_whitespace().nth(1).unwrap().to_string()
+        };
+        let before = list(&allowed());
+        let (thread, process) = on_cpu(0, || {
+            let thread = std::thread::spawn(move || list(&allowed())).join().unwrap();
+            let out = std::process::Command::new("cat")
+                .arg("/proc/self/status")
+                .output()
+                .unwrap();
+            (thread, list(&String::from_utf8(out.stdout).unwrap()))
+        })
+        .unwrap();
+        assert_eq!((thread.as_str(), process.as_str()), ("0", "0"));
+        assert_eq!(list(&allowed()), before);
     }
 
     /// Every datagram to a closed port comes back as an error, counted

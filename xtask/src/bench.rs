@@ -111,6 +111,8 @@ struct Sample {
 struct Bench {
     dr_ctl: PathBuf,
     duration: Duration,
+    /// Blocks of cost runs per workload and round (see `cost::COST_RUN`).
+    cost_blocks: usize,
     samples: Vec<Sample>,
 }
 
@@ -497,7 +499,7 @@ fn spread(r: &Row) -> String {
     format!("{} [{} - {}]", fmt_num(r.4), fmt_num(r.5), fmt_num(r.6))
 }
 
-fn markdown(rows: &[Row], machine: &str, opts_line: &str) -> String {
+fn markdown(rows: &[Row], samples: &[Sample], machine: &str, opts_line: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# dr benchmark\n\n{machine}\n\n{opts_line}\n");
     let _ = writeln!(md, "Median over rounds, [min - max] in brackets; the ratio is dr's median over the recipe's (for CPU-s/GB, lower is better, so a ratio below 1 favours dr).\n");
@@ -526,7 +528,7 @@ fn markdown(rows: &[Row], machine: &str, opts_line: &str) -> String {
             ratio("dr-xdp")
         );
     }
-    md += &cost::markdown(rows);
+    md += &cost::markdown(rows, samples);
     for (group, title) in [
         (
             "path",
@@ -576,6 +578,7 @@ pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
     let mut bench = Bench {
         dr_ctl: dr_ctl.to_path_buf(),
         duration: Duration::from_secs_f64(if opts.quick { 0.5 } else { 3.0 }),
+        cost_blocks: if opts.quick { 1 } else { 3 },
         samples: Vec::new(),
     };
     let scales: &[usize] = if opts.quick {
@@ -611,14 +614,16 @@ pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
     }
     let rows = summarize(&bench.samples);
     let opts_line = format!(
-        "`cargo xtask bench{}{}`: {} rounds, {:.0} s per workload (cost workloads at least 2 s), {:.0} s in all.",
+        "`cargo xtask bench{}{}`: {} rounds, {} s per rate workload, cost workloads in {} blocks of {} s runs per round, {:.0} s in all.",
         if opts.quick { " --quick" } else { "" },
         if opts.cost_only { " --cost-only" } else { "" },
         opts.rounds,
         bench.duration.as_secs_f64(),
+        bench.cost_blocks,
+        cost::COST_RUN.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    let md = markdown(&rows, &machine(), &opts_line);
+    let md = markdown(&rows, &bench.samples, &machine(), &opts_line);
     std::fs::create_dir_all(&opts.results)?;
     let stamp = run("date", &["-u", "+%Y%m%d-%H%M%S"])?.trim().to_string();
     let base = opts.results.join(format!(

@@ -1,16 +1,18 @@
 //! What forwarding costs the host, not how fast it goes: every workload runs
-//! at a fixed offered load (below every mode's ceiling here) and the
-//! machine's busy CPU time over the run (wall time minus measured idle
-//! time, see `CpuSample`) is divided by what it
-//! moved. The same workloads without forwarding give the floor: between
-//! two containers on one bridge, for the NAT workloads (whose server is
-//! behind a router both modes cross) from the host's own process to the
-//! same external server, and for the published port the host's own process
-//! answering on its address; each mode's overhead is its cost above the
-//! floor. Both kinds of segment: wire-like (no GSO/TSO, as now) and
-//! offloaded (veth defaults, like a NIC doing GRO/TSO). With dr, the
-//! kernel's BPF run-time statistics give each program's ns per run on each
-//! workload's path.
+//! at a fixed offered load (below every mode's ceiling here), on one CPU
+//! with its sender at real-time priority, and the machine's busy CPU time
+//! over the run (wall time minus measured idle time, see `CpuSample`) is
+//! divided by what it moved. The same workloads without forwarding give the
+//! floor: between two containers on one bridge, for the NAT workloads
+//! (whose server is behind a router both modes cross) from the host's own
+//! process to the same external server, and for the published port the
+//! host's own process answering on its address; each mode's overhead is its
+//! cost above the floor. All setups of a segment are up at once and each
+//! workload runs on them back to back, in blocks of short runs (see
+//! `Bench::cost_round`). Both kinds of segment: wire-like (no GSO/TSO, as
+//! now) and offloaded (veth defaults, like a NIC doing GRO/TSO). With dr,
+//! the kernel's BPF run-time statistics, in runs of their own, give each
+//! program's ns per run on each workload's path.
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
@@ -18,11 +20,11 @@ use dr_tests::{
     cluster::EXTERNAL_ADDR,
     load::{self, CpuSample, Server},
     netns::Netns,
-    Host,
+    Cluster, Host,
 };
 use serde_json::Value;
 
-use super::{fmt_num, spread, Bench, Mode, Row, Segment, SEGMENTS};
+use super::{fmt_num, median, spread, Bench, Mode, Row, Sample, Segment, SEGMENTS};
 
 /// A workload at a fixed offered load: a fifth or less of the lowest rate
 /// any mode reached here, and high enough that the machine's background
@@ -122,7 +124,7 @@ impl Workload {
                 load::tcp_crr_paced(e.client, srv.addr, rate, d)? as f64
             }
             Self::UdpRrNat => {
-                let srv = Server::udp_echo(e.nat, e.nat_addr)?;
+                let srv = Server::udp_echo(e.nat, (e.nat_addr, 0).into())?;
                 load::udp_rr_paced(e.client2, srv.addr, rate, d)? as f64
             }
             Self::CrrNat => {
@@ -135,21 +137,15 @@ impl Workload {
                 load::icmp_errors_paced(e.client2, closed, rate, d)? as f64
             }
             Self::UdpRrPublished => {
-                let srv = Server::udp_echo(e.published, e.published_addr)?;
-                let target = match e.publisher {
-                    Some(host) => {
-                        host.publish("udp", PUBLISHED_PORT, srv.addr)?;
-                        SocketAddr::from((host.uplink_addr, PUBLISHED_PORT))
-                    }
-                    None => srv.addr,
-                };
-                load::udp_rr_paced(e.nat, target, rate, d)? as f64
+                let _srv = Server::udp_echo(e.published, e.published_server)?;
+                load::udp_rr_paced(e.nat, e.published_target, rate, d)? as f64
             }
         })
     }
 }
 
-/// The host port the published-port workload's container is published on.
+/// The port the published-port workload's server listens on, and the host
+/// port it is published on.
 const PUBLISHED_PORT: u16 = 5353;
 
 /// A setup measured: no forwarding (the floor) or one of the modes.
@@ -160,6 +156,13 @@ enum Setup {
 }
 
 impl Setup {
+    const ALL: [Self; 4] = [
+        Setup::Floor,
+        Setup::Forwarding(Mode::Recipe),
+        Setup::Forwarding(Mode::Tc),
+        Setup::Forwarding(Mode::Xdp),
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Setup::Floor => "floor",
@@ -180,11 +183,12 @@ struct Ends<'a> {
     nat: &'a Netns,
     nat_addr: std::net::Ipv4Addr,
     /// The published-port workload's server: a container of h0 behind a
-    /// published port (`publisher`, Docker's DNAT on h0's uplink address);
-    /// in the floor, h0's own process on that address.
+    /// published port (Docker's DNAT on h0's uplink address, set up with
+    /// the rig); in the floor, h0's own process on that address.
     published: &'a Netns,
-    published_addr: std::net::Ipv4Addr,
-    publisher: Option<&'a Host>,
+    published_server: SocketAddr,
+    /// Where the external server sends to: h0's uplink address.
+    published_target: SocketAddr,
 }
 
 /// One program's run count and total run time, as the kernel keeps them.
@@ -239,39 +243,133 @@ fn prog_stats(progs: &[(String, u64)]) -> Result<ProgStats> {
     Ok(stats)
 }
 
+/// One setup's cluster, kept up through a round so every workload runs on
+/// all setups back to back.
+struct Rig {
+    setup: Setup,
+    cluster: Cluster,
+    /// dr's programs on both hosts (empty without dr).
+    progs: Vec<(String, u64)>,
+}
+
+impl Rig {
+    fn ends(&self) -> Result<Ends<'_>> {
+        let c = &self.cluster;
+        let ext = c.external.as_ref().context("external")?;
+        let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
+        let published_target = (h0.uplink_addr, PUBLISHED_PORT).into();
+        Ok(match self.setup {
+            Setup::Floor => Ends {
+                client: &h0.containers[0].ns,
+                client2: &h0.ns,
+                server: &h0.containers[2].ns,
+                server_addr: h0.containers[2].addr,
+                nat: ext,
+                nat_addr: EXTERNAL_ADDR,
+                published: &h0.ns,
+                published_server: published_target,
+                published_target,
+            },
+            Setup::Forwarding(_) => Ends {
+                client: &h0.containers[0].ns,
+                client2: &h0.containers[1].ns,
+                server: &h1.containers[0].ns,
+                server_addr: h1.containers[0].addr,
+                nat: ext,
+                nat_addr: EXTERNAL_ADDR,
+                published: &h0.containers[2].ns,
+                published_server: (h0.containers[2].addr, PUBLISHED_PORT).into(),
+                published_target,
+            },
+        })
+    }
+
+    /// Runs `workload` for `d` on one CPU (see `cost_round`) and returns
+    /// the machine's busy CPU seconds and what it moved; fails when it moved
+    /// less than 90% of the offered load, which means a limit on the way (a
+    /// rate limiter, a ceiling), not the cost of the load it names.
+    fn run(&self, workload: Workload, d: Duration) -> Result<(f64, f64)> {
+        let ends = self.ends()?;
+        let cpu0 = CpuSample::now()?;
+        let done = load::on_cpu(0, || workload.run(&ends, d))??;
+        let cpu_secs = CpuSample::now()?.busy_since(&cpu0);
+        let offered = workload.offered(d);
+        if done < 0.9 * offered {
+            anyhow::bail!(
+                "{}: moved {done:.3} of {offered:.3} offered",
+                workload.name()
+            );
+        }
+        Ok((cpu_secs, done))
+    }
+}
+
 impl Bench {
-    /// Every setup on both segments, the setups in a rotating order.
+    /// Each segment's setups are all built first; then each workload runs on
+    /// every setup back to back (the order rotated by round and workload),
+    /// so a floor and the overheads above it are measured seconds apart,
+    /// not minutes: this VM's speed drifts by 15-25% over minutes, which
+    /// had moved every setup of a round together and buried differences
+    /// of 0.5 us per packet. Each run keeps its client, server and the
+    /// packets they send on one CPU: left to the scheduler, a paced sender
+    /// and its receiver on different CPUs wake each other with an
+    /// interrupt per burst or per packet as timing has it, an expensive
+    /// exit on a VM and a cost that changes from run to run. The kernel's
+    /// BPF run-time statistics, which cost two clock reads per program run,
+    /// are on only for a separate, shorter run that measures them.
     pub(super) fn cost_round(&mut self, round: usize) -> Result<()> {
-        let _stats = BpfStats::enable()?;
         for segment in SEGMENTS {
-            let mut setups = [
-                Setup::Floor,
-                Setup::Forwarding(Mode::Recipe),
-                Setup::Forwarding(Mode::Tc),
-                Setup::Forwarding(Mode::Xdp),
-            ];
-            setups.rotate_left(round % 4);
             let runs = |s: &Setup| match s {
                 Setup::Forwarding(mode) => segment.runs(*mode),
                 Setup::Floor => true,
             };
-            for setup in setups.into_iter().filter(runs) {
-                self.cost_setup(segment, setup, round)
+            let mut rigs = Vec::new();
+            for setup in Setup::ALL.into_iter().filter(runs) {
+                let rig = self
+                    .rig(segment, setup)
                     .with_context(|| format!("cost: {} on {}", setup.name(), segment.name()))?;
+                rigs.push(rig);
+            }
+            for (k, workload) in Workload::ALL.into_iter().enumerate() {
+                let key = format!("{}: {}", segment.name(), workload.name());
+                let mut order: Vec<&Rig> = rigs.iter().collect();
+                for block in 0..self.cost_blocks {
+                    order.rotate_left((round + k + block) % rigs.len());
+                    for rig in &order {
+                        let setup = rig.setup.name();
+                        let (cpu_secs, done) = rig
+                            .run(workload, COST_RUN)
+                            .with_context(|| format!("cost: {setup} on {}", segment.name()))?;
+                        let cost = cpu_secs * workload.per_unit() / done;
+                        self.record("cost", setup, round, &key, workload.unit(), cost);
+                    }
+                }
+                let _stats = BpfStats::enable()?;
+                for rig in order.iter().filter(|r| !r.progs.is_empty()) {
+                    let before = prog_stats(&rig.progs)?;
+                    rig.run(workload, BPF_STATS_RUN)?;
+                    for (prog, (runs1, ns1)) in prog_stats(&rig.progs)? {
+                        let (runs0, ns0) = before[&prog];
+                        if runs1 - runs0 >= 100 {
+                            let ns = (ns1 - ns0) as f64 / (runs1 - runs0) as f64;
+                            let key = format!("{key}: {prog}");
+                            self.record("bpf", rig.setup.name(), round, &key, "ns/run", ns);
+                        }
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    fn cost_setup(&mut self, segment: Segment, setup: Setup, round: usize) -> Result<()> {
+    fn rig(&self, segment: Segment, setup: Setup) -> Result<Rig> {
         let mut c = self.cluster_on(segment)?;
         match setup {
             Setup::Floor => c.bare_all(3)?,
             Setup::Forwarding(mode) => mode.set_up(&mut c, 3)?,
         }
-        let ext = c.external.as_ref().context("external")?;
         // Errors for the ICMP error path come back at the offered rate.
-        ext.exec(
+        c.external.as_ref().context("external")?.exec(
             "sysctl",
             &[
                 "-q",
@@ -282,74 +380,42 @@ impl Bench {
                 "net.ipv4.icmp_msgs_burst=1000000",
             ],
         )?;
-        let (h0, h1) = (&c.hosts[0], &c.hosts[1]);
-        let ends = match setup {
-            Setup::Floor => Ends {
-                client: &h0.containers[0].ns,
-                client2: &h0.ns,
-                server: &h0.containers[2].ns,
-                server_addr: h0.containers[2].addr,
-                nat: ext,
-                nat_addr: EXTERNAL_ADDR,
-                published: &h0.ns,
-                published_addr: h0.uplink_addr,
-                publisher: None,
-            },
-            Setup::Forwarding(_) => Ends {
-                client: &h0.containers[0].ns,
-                client2: &h0.containers[1].ns,
-                server: &h1.containers[0].ns,
-                server_addr: h1.containers[0].addr,
-                nat: ext,
-                nat_addr: EXTERNAL_ADDR,
-                published: &h0.containers[2].ns,
-                published_addr: h0.containers[2].addr,
-                publisher: Some(h0),
-            },
-        };
+        if let Setup::Forwarding(_) = setup {
+            let h0 = &c.hosts[0];
+            let server = (h0.containers[2].addr, PUBLISHED_PORT).into();
+            h0.publish("udp", PUBLISHED_PORT, server)?;
+        }
         let progs = match setup {
             Setup::Forwarding(Mode::Tc | Mode::Xdp) => {
-                let mut p = programs("h0", h0)?;
-                p.extend(programs("h1", h1)?);
+                let mut p = programs("h0", &c.hosts[0])?;
+                p.extend(programs("h1", &c.hosts[1])?);
                 p
             }
             _ => Vec::new(),
         };
-        let d = self.duration.max(Duration::from_secs(2));
-        let mode = setup.name();
-        for workload in Workload::ALL {
-            let before = prog_stats(&progs)?;
-            let cpu0 = CpuSample::now()?;
-            let done = workload.run(&ends, d)?;
-            let cpu_secs = CpuSample::now()?.busy_since(&cpu0);
-            let after = prog_stats(&progs)?;
-            let cost = cpu_secs * workload.per_unit() / done.max(1e-9);
-            let name = workload.name();
-            // Less than offered means a limit on the way (a rate limiter,
-            // a ceiling), not the cost of the load it names.
-            let offered = workload.offered(d);
-            if done < 0.9 * offered {
-                anyhow::bail!("{name}: moved {done:.3} of {offered:.3} offered");
-            }
-            let key = format!("{}: {name}", segment.name());
-            self.record("cost", mode, round, &key, workload.unit(), cost);
-            for (prog, (runs1, ns1)) in &after {
-                let (runs0, ns0) = before[prog];
-                if runs1 - runs0 >= 100 {
-                    let ns = (ns1 - ns0) as f64 / (runs1 - runs0) as f64;
-                    let key = format!("{}: {name}: {prog}", segment.name());
-                    self.record("bpf", mode, round, &key, "ns/run", ns);
-                }
-            }
-        }
-        Ok(())
+        Ok(Rig {
+            setup,
+            cluster: c,
+            progs,
+        })
     }
 }
+
+/// How long one cost run lasts. The same run's cost varies by 20-30% from
+/// one second to the next here (about 1 run in 5 costs a third more, and the
+/// other CPU's background work comes and goes), so a round runs each
+/// workload on every setup in several short blocks and the tables take
+/// medians over all of them.
+pub(super) const COST_RUN: Duration = Duration::from_secs(1);
+
+/// How long the run with BPF statistics on lasts: long enough for
+/// thousands of program runs at every workload's rate.
+const BPF_STATS_RUN: Duration = Duration::from_secs(1);
 
 /// The cost tables: per segment and workload, each setup's cost, each
 /// mode's overhead above the floor and the ratio of dr's overhead to the
 /// recipe's; then the per-program BPF run times.
-pub(super) fn markdown(rows: &[Row]) -> String {
+pub(super) fn markdown(rows: &[Row], samples: &[Sample]) -> String {
     let mut md = String::new();
     let find = |g: &str, w: &str, m: &str| rows.iter().find(|r| r.0 == g && r.1 == w && r.3 == m);
     let mut workloads: Vec<&str> = rows
@@ -359,7 +425,7 @@ pub(super) fn markdown(rows: &[Row]) -> String {
         .collect();
     workloads.dedup();
     if !workloads.is_empty() {
-        let _ = writeln!(md, "\n## Cost at a fixed offered load\n\nMachine CPU per unit moved; overhead = cost above the floor, the same workload without forwarding: between two containers on one bridge, for the NAT workloads from the host's own process to the same external server (the path beyond the host is the same), and for the published port the host's own process answering on its address; the last two columns are dr's overhead over the recipe's (below 1 favours dr).\n\n| workload | unit | floor | recipe | dr-tc | dr-xdp | overhead recipe | overhead dr-tc | overhead dr-xdp | dr-tc / recipe | dr-xdp / recipe |\n|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "\n## Cost at a fixed offered load\n\nMachine CPU per unit moved, median [min - max] over every 1 s run (all rounds and blocks); overhead = cost above the floor, the same workload without forwarding: between two containers on one bridge, for the NAT workloads from the host's own process to the same external server (the path beyond the host is the same), and for the published port the host's own process answering on its address; the ratio columns are dr's overhead over the recipe's (below 1 favours dr): of the medians, and paired, the median [min - max] of each round's ratio (from each setup's median in that round; a round runs each workload on all setups back to back, in blocks).\n\n| workload | unit | floor | recipe | dr-tc | dr-xdp | overhead recipe | overhead dr-tc | overhead dr-xdp | dr-tc / recipe | dr-xdp / recipe | dr-tc / recipe, paired | dr-xdp / recipe, paired |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
     for w in workloads {
         let median = |m: &str| find("cost", w, m).map(|r| r.4);
@@ -373,7 +439,7 @@ pub(super) fn markdown(rows: &[Row]) -> String {
         let unit = find("cost", w, "floor").map_or("", |r| r.2.as_str());
         let _ = writeln!(
             md,
-            "| {w} | {unit} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {w} | {unit} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             cell("floor"),
             cell("recipe"),
             cell("dr-tc"),
@@ -383,6 +449,8 @@ pub(super) fn markdown(rows: &[Row]) -> String {
             shown(overhead("dr-xdp")),
             ratio("dr-tc"),
             ratio("dr-xdp"),
+            paired_ratio(samples, w, "dr-tc"),
+            paired_ratio(samples, w, "dr-xdp"),
         );
     }
     let progs: Vec<&Row> = rows.iter().filter(|r| r.0 == "bpf").collect();
@@ -393,4 +461,45 @@ pub(super) fn markdown(rows: &[Row]) -> String {
         }
     }
     md
+}
+
+/// `mode`'s overhead over the recipe's in each round, each above that
+/// round's floor (each setup's median over the round's blocks): median
+/// [min - max] over the rounds, with how many there were when a round's
+/// recipe overhead was not above its floor (no ratio).
+fn paired_ratio(samples: &[Sample], workload: &str, mode: &str) -> String {
+    let mut rounds: BTreeMap<usize, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    for s in samples
+        .iter()
+        .filter(|s| s.group == "cost" && s.workload == workload)
+    {
+        let setups = rounds.entry(s.round).or_default();
+        setups.entry(&s.mode).or_default().push(s.value);
+    }
+    let (mut ratios, mut skipped) = (Vec::new(), 0);
+    for mut setups in rounds.into_values() {
+        let mut cost = |setup: &str| setups.get_mut(setup).map(|v| median(v));
+        let (Some(floor), Some(recipe), Some(dr)) = (cost("floor"), cost("recipe"), cost(mode))
+        else {
+            continue;
+        };
+        if recipe > floor {
+            ratios.push((dr - floor) / (recipe - floor));
+        } else {
+            skipped += 1;
+        }
+    }
+    if ratios.is_empty() {
+        return "-".into();
+    }
+    let lo = ratios.iter().cloned().fold(f64::MAX, f64::min);
+    let hi = ratios.iter().cloned().fold(f64::MIN, f64::max);
+    let skipped = match skipped {
+        0 => String::new(),
+        n => format!(
+            ", {n} of {} rounds with the recipe at its floor",
+            n + ratios.len()
+        ),
+    };
+    format!("{:.2}x [{lo:.2} - {hi:.2}]{skipped}", median(&mut ratios))
 }
