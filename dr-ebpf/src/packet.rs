@@ -144,11 +144,6 @@ pub fn is_fragment(ip: &Ipv4Hdr) -> bool {
     u16::from_be_bytes(ip.frags) & 0x3fff != 0
 }
 
-/// Offsets of IPv4 header fields from the start of the frame.
-pub const IP_CHECK: usize = EthHdr::LEN + offset_of!(Ipv4Hdr, check);
-pub const IP_SRC: usize = EthHdr::LEN + offset_of!(Ipv4Hdr, src_addr);
-pub const IP_DST: usize = EthHdr::LEN + offset_of!(Ipv4Hdr, dst_addr);
-
 /// Offsets of L4 header fields from the start of the L4 header.
 pub const TCP_SEQ: usize = offset_of!(TcpHdr, seq);
 /// The byte whose high nibble is TCP's data offset; the flags byte follows.

@@ -10,7 +10,7 @@ use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
 
 use super::{
     now,
-    rewrite::{layout, rewrite},
+    rewrite::{layout, rewrite, Address},
     table::{allocate, live_flow},
     ICMP_ECHO, ICMP_ECHO_REPLY,
 };
@@ -19,7 +19,7 @@ use crate::{
     inbound::inbound_answered,
     maps::{NAT_EXCLUDE, NAT_FLOWS},
     mtu::too_big,
-    packet::{decrement_ttl, dst_addr, flow_of, is_fragment, l4_offset, IP_SRC, TCP_SEQ},
+    packet::{decrement_ttl, dst_addr, flow_of, is_fragment, l4_offset, TCP_SEQ},
     redirect::{forward, send},
     route::leaves_by_uplink,
     verdict::Verdict,
@@ -132,15 +132,12 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
     if !decrement_ttl(ip) {
         return Verdict::Drop(Counter::DropTtlExceeded);
     }
-    let addrs = (key.src_addr, cfg.uplink_addr);
-    let port_at = l4_at + l4.port;
     if rewrite(
         ctx,
-        proto,
+        ip,
+        (Address::Source, cfg.uplink_addr),
         l4_at + l4.check,
-        IP_SRC,
-        addrs,
-        port_at,
+        l4_at + l4.port,
         (key.src_port, nat_port),
     )
     .is_err()

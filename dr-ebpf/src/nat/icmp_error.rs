@@ -12,11 +12,11 @@ use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use super::{
     ingress::live_reply,
-    rewrite::{layout, L4Layout},
+    rewrite::{layout, set_address, Address, L4Layout},
     ICMP_ECHO,
 };
 use crate::{
-    packet::{decrement_ttl, ICMP_CHECK, ICMP_ID, IP_CHECK, IP_DST},
+    packet::{decrement_ttl, ICMP_CHECK, ICMP_ID},
     redirect::to_container,
     verdict::Verdict,
 };
@@ -77,6 +77,7 @@ pub(super) fn icmp_error_reply(
     if !decrement_ttl(ip) {
         return Some(Verdict::Drop(Counter::DropTtlExceeded));
     }
+    set_address(ip, Address::Destination, origin.addr);
     if translate_icmp_error(
         ctx, cfg, l4_at, inner, inner_l4, packet_end, proto, l4, &origin, nat_port,
     )
@@ -105,10 +106,6 @@ fn translate_icmp_error(
     // The ICMP checksum covers the quoted packet: every quoted change is
     // folded into it as well. No pseudo-header for ICMP.
     let fold = |old: u64, new: u64, size: u64| ctx.l4_csum_replace(icmp_check, old, new, size);
-
-    // Outer destination.
-    ctx.store(IP_DST, &origin.addr, 0)?;
-    ctx.l3_csum_replace(IP_CHECK, cfg.uplink_addr as u64, origin.addr as u64, 4)?;
 
     // Quoted source address and the quoted header's checksum.
     let old_check: u16 = ctx.load(inner + QUOTED_CHECK)?;

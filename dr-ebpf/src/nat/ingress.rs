@@ -10,15 +10,13 @@ use network_types::ip::Ipv4Hdr;
 use super::{
     icmp_error::icmp_error_reply,
     now,
-    rewrite::{layout, rewrite},
+    rewrite::{layout, rewrite, Address},
     ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
 };
 use crate::{
     dry_run::dry_run,
     maps::{count, NAT_FLOWS, NAT_REVERSE},
-    packet::{
-        decrement_ttl, is_fragment, l4_offset, l4_ports, src_addr, FrameBytes, IP_DST, TCP_SEQ,
-    },
+    packet::{decrement_ttl, is_fragment, l4_offset, l4_ports, src_addr, FrameBytes, TCP_SEQ},
     redirect::to_container,
     verdict::Verdict,
 };
@@ -130,13 +128,11 @@ pub fn snat_reply(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Op
     if !decrement_ttl(ip) {
         return Some(Verdict::Drop(Counter::DropTtlExceeded));
     }
-    let addrs = (cfg.uplink_addr, origin.addr);
     if rewrite(
         ctx,
-        proto,
+        ip,
+        (Address::Destination, origin.addr),
         l4_at + l4.check,
-        IP_DST,
-        addrs,
         l4_at + l4.reply_port,
         (rkey.nat_port, origin.port),
     )

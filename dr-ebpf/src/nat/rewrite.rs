@@ -6,10 +6,13 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use dr_common::nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
-use network_types::{tcp::TcpHdr, udp::UdpHdr};
+use dr_common::{
+    checksum,
+    nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+};
+use network_types::{ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-use crate::packet::{ICMP_CHECK, ICMP_ID, IP_CHECK, TCP_CHECK, UDP_CHECK};
+use crate::packet::{ICMP_CHECK, ICMP_ID, TCP_CHECK, UDP_CHECK};
 
 /// Where a protocol keeps its ports (or ICMP identifier) and its checksum,
 /// as offsets from the start of its header.
@@ -64,22 +67,46 @@ fn port_flags(proto: u8) -> u64 {
     }
 }
 
-/// Rewrites the IPv4 address at `addr_at` and the L4 port/identifier at
-/// `port_at`, fixing the IP header checksum and the L4 checksum.
+/// Which address of the IPv4 header a translation rewrites.
+#[derive(Clone, Copy)]
+pub enum Address {
+    Source,
+    Destination,
+}
+
+/// Sets `ip`'s `which` address to `new` and patches the header checksum, in
+/// place: the header is in the packet's linear data (the parser checked),
+/// so no helper call is needed (a store and a checksum helper cost two
+/// calls). The header's one's-complement sum is unchanged, so a
+/// CHECKSUM_COMPLETE value stays valid. Returns the old address.
+#[inline(always)]
+pub fn set_address(ip: &mut Ipv4Hdr, which: Address, new: u32) -> u32 {
+    let field = match which {
+        Address::Source => &mut ip.src_addr,
+        Address::Destination => &mut ip.dst_addr,
+    };
+    let old = u32::from_ne_bytes(*field);
+    *field = new.to_ne_bytes();
+    ip.check = checksum::replace_u32(u16::from_ne_bytes(ip.check), old, new).to_ne_bytes();
+    old
+}
+
+/// Rewrites `ip`'s `which` address to `new_addr` and the L4
+/// port/identifier at `port_at`, fixing the IP header checksum and the L4
+/// checksum (by helper: only the kernel knows whether the L4 checksum is
+/// complete or left to the device).
 #[inline(always)]
 pub(super) fn rewrite(
     ctx: &TcContext,
-    proto: u8,
+    ip: &mut Ipv4Hdr,
+    (which, new_addr): (Address, u32),
     check_at: usize,
-    addr_at: usize,
-    addrs: (u32, u32),
     port_at: usize,
     ports: (u16, u16),
 ) -> Result<(), i64> {
-    let (old_addr, new_addr) = addrs;
+    let proto = ip.proto;
     let (old_port, new_port) = ports;
-    ctx.store(addr_at, &new_addr, 0)?;
-    ctx.l3_csum_replace(IP_CHECK, old_addr as u64, new_addr as u64, 4)?;
+    let old_addr = set_address(ip, which, new_addr);
     if proto != IPPROTO_ICMP {
         ctx.l4_csum_replace(
             check_at,
