@@ -474,10 +474,10 @@ fn run_iperf3(
 /// below the path's ceiling). Returns how many calls succeeded. The caller
 /// runs at real-time priority meanwhile: a server it wakes on the same CPU
 /// (see `on_cpu`) then runs when the slot's calls are done, answering them
-/// all at once, every slot alike; left to the fair scheduler, whether a
-/// woken server preempted the sender, a switch per packet or one per slot,
-/// changed from run to run and with it the CPU a packet cost (floors read
-/// 6.2 and 10.2 us per exchange two runs apart).
+/// all at once, every slot alike (context switches per run then stay within
+/// a few percent); left to the fair scheduler, whether a woken server
+/// preempted the sender, a switch per packet or one per slot, could change
+/// from run to run and with it the CPU a packet costs.
 fn paced(rate: u64, duration: Duration, mut step: impl FnMut() -> bool) -> Result<u64> {
     let _real_time = RealTime::enter()?;
     let start = Instant::now();
