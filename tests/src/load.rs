@@ -377,6 +377,8 @@ fn cpuidle_idle_us(cpus: usize) -> Result<Option<u64>> {
     let mut total = 0;
     for cpu in 0..cpus {
         let read = move || -> Result<u64> {
+            // This thread ends here: it need not get its CPUs back.
+            pin_to_cpu(cpu)?;
             let mut us = 0;
             for state in std::fs::read_dir(dir(cpu))? {
                 let time = std::fs::read_to_string(state?.path().join("time"))?;
@@ -384,10 +386,9 @@ fn cpuidle_idle_us(cpus: usize) -> Result<Option<u64>> {
             }
             Ok(us)
         };
-        let reader = std::thread::spawn(move || on_cpu(cpu, read));
-        total += reader
+        total += std::thread::spawn(read)
             .join()
-            .map_err(|_| anyhow::anyhow!("cpuidle reader panicked"))???;
+            .map_err(|_| anyhow::anyhow!("cpuidle reader panicked"))??;
     }
     Ok(Some(total))
 }

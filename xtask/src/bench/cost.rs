@@ -307,17 +307,16 @@ impl Rig {
 
 impl Bench {
     /// Each segment's setups are all built first; then each workload runs on
-    /// every setup back to back (the order rotated by round and workload),
-    /// so a floor and the overheads above it are measured seconds apart,
-    /// not minutes: this VM's speed drifts by 15-25% over minutes, which
-    /// had moved every setup of a round together and buried differences
-    /// of 0.5 us per packet. Each run keeps its client, server and the
-    /// packets they send on one CPU: left to the scheduler, a paced sender
-    /// and its receiver on different CPUs wake each other with an
-    /// interrupt per burst or per packet as timing has it, an expensive
-    /// exit on a VM and a cost that changes from run to run. The kernel's
-    /// BPF run-time statistics, which cost two clock reads per program run,
-    /// are on only for a separate, shorter run that measures them.
+    /// every setup back to back, in blocks (see `COST_RUN`), each block
+    /// starting at the next setup, so a floor and the overheads above it
+    /// are measured seconds apart and drift hits all setups alike. Each run
+    /// keeps its client, server and the packets they send on one CPU, its
+    /// sender at real-time priority (see `load::paced`): left to the
+    /// scheduler, a paced sender and its receiver on different CPUs could
+    /// wake each other with an interrupt per burst or per packet as timing
+    /// had it, an expensive exit on a VM. The kernel's BPF run-time
+    /// statistics, which cost two clock reads per program run, are on only
+    /// for a separate run that measures them.
     pub(super) fn cost_round(&mut self, round: usize) -> Result<()> {
         for segment in SEGMENTS {
             let runs = |s: &Setup| match s {
@@ -333,10 +332,10 @@ impl Bench {
             }
             for (k, workload) in Workload::ALL.into_iter().enumerate() {
                 let key = format!("{}: {}", segment.name(), workload.name());
-                let mut order: Vec<&Rig> = rigs.iter().collect();
                 for block in 0..self.cost_blocks {
+                    let mut order: Vec<&Rig> = rigs.iter().collect();
                     order.rotate_left((round + k + block) % rigs.len());
-                    for rig in &order {
+                    for rig in order {
                         let setup = rig.setup.name();
                         let (cpu_secs, done) = rig
                             .run(workload, COST_RUN)
@@ -346,7 +345,7 @@ impl Bench {
                     }
                 }
                 let _stats = BpfStats::enable()?;
-                for rig in order.iter().filter(|r| !r.progs.is_empty()) {
+                for rig in rigs.iter().filter(|r| !r.progs.is_empty()) {
                     let before = prog_stats(&rig.progs)?;
                     rig.run(workload, BPF_STATS_RUN)?;
                     for (prog, (runs1, ns1)) in prog_stats(&rig.progs)? {
