@@ -48,6 +48,7 @@ map_names!(
     PEER_HOSTS,
     INBOUND_FLOWS,
     NODE_STATE,
+    PUBLISHED_PORTS,
 );
 
 /// The dry-run copy of the datapath (`dr-ctl trace`): its switch, a global
@@ -83,6 +84,8 @@ pub struct Trace {
 
 /// Capacity of the local container endpoint table (direct delivery, TC and XDP).
 pub const MAX_ENDPOINTS: u32 = 4096;
+/// Entries of `PUBLISHED_PORTS`: ports (TCP and UDP apart) dr translates.
+pub const MAX_PUBLISHED_PORTS: u32 = 4096;
 
 /// Bits of `skb->mark` one of dr's programs sets on a packet for another
 /// it will meet next, which clears it: past that hop the host's own marks
@@ -286,6 +289,9 @@ const _: () = {
     assert!(size_of::<nat::ReverseKey>() == 12);
     assert!(size_of::<nat::Origin>() == 8);
     assert!(size_of::<nat::InboundFlow>() == 16);
+    assert!(offset_of!(nat::InboundFlow, delivered_by) == 8);
+    assert!(offset_of!(nat::InboundFlow, host_port) == 10);
+    assert!(size_of::<nat::PublishedKey>() == 4);
     assert!(size_of::<nat::Timeouts>() == 32);
 };
 
@@ -394,6 +400,13 @@ counters! {
     /// (the container's stack judges it too) without closing the translation,
     /// so that an off-path sender cannot free the port of a live connection.
     NatTeardownOutOfWindow = 24 => "nat_teardown_out_of_window",
+    /// Packets to a published port on the uplink's address (and ICMP errors
+    /// about its answers) that dr translated to the container and delivered,
+    /// instead of the kernel's DNAT.
+    PublishedIn = 25 => "published_in",
+    /// A published port's answers that dr translated back to the uplink's
+    /// address and port and sent out of the uplink.
+    PublishedOut = 26 => "published_out",
 }
 
 // `ALL[i]` is counter `i`: the indices are 0..COUNTER_COUNT without gaps.
@@ -423,4 +436,5 @@ mod pod {
     unsafe impl aya::Pod for super::nat::ReverseKey {}
     unsafe impl aya::Pod for super::nat::Origin {}
     unsafe impl aya::Pod for super::nat::InboundFlow {}
+    unsafe impl aya::Pod for super::nat::PublishedKey {}
 }

@@ -198,6 +198,22 @@ pub const DELIVERED_BY_KERNEL: u8 = 1;
 /// `InboundFlow::delivered_by`: dr delivered the flow from a peer host's own
 /// address; answers go straight back to that host.
 pub const DELIVERED_FROM_PEER_HOST: u8 = 2;
+/// `InboundFlow::delivered_by`: dr translated the flow to a published port's
+/// container (`PUBLISHED_PORTS`); answers leave with the uplink's address
+/// and `InboundFlow::host_port`.
+pub const PUBLISHED_BY_DR: u8 = 3;
+
+/// Key of `PUBLISHED_PORTS`: a port published on the uplink's address
+/// (`docker run -p`), whose traffic dr translates to the container (the
+/// value, an [`Origin`]) instead of the kernel's DNAT.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PublishedKey {
+    /// The host's port, network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
 
 /// Value of `INBOUND_FLOWS`, keyed by the container's answer as it leaves
 /// the container: a flow into a local container that the container did not
@@ -207,9 +223,13 @@ pub const DELIVERED_FROM_PEER_HOST: u8 = 2;
 pub struct InboundFlow {
     /// `bpf_ktime_get_ns` of the flow's last packet, either way.
     pub last_seen_ns: u64,
-    /// `DELIVERED_BY_KERNEL` or `DELIVERED_FROM_PEER_HOST`.
+    /// `DELIVERED_BY_KERNEL`, `DELIVERED_FROM_PEER_HOST` or `PUBLISHED_BY_DR`.
     pub delivered_by: u8,
-    pub _pad: [u8; 7],
+    pub _pad0: u8,
+    /// `PUBLISHED_BY_DR`: the published port the flow came to (network
+    /// order), its answers' source port. Was padding (zero) before.
+    pub host_port: u16,
+    pub _pad: [u8; 4],
 }
 
 impl InboundFlow {
@@ -647,7 +667,7 @@ mod tests {
         let flow = InboundFlow {
             last_seen_ns: 1_000_000_000,
             delivered_by: DELIVERED_BY_KERNEL,
-            _pad: [0; 7],
+            ..Default::default()
         };
         let after = |secs: u64| flow.last_seen_ns + secs * 1_000_000_000;
         assert!(!flow.expired(IPPROTO_UDP, after(60), &t));

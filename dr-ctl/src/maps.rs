@@ -11,8 +11,9 @@ use aya::{
 };
 use dr_common::{
     map_names,
-    nat::{Flow, FlowKey, Origin, ReverseKey},
+    nat::{Flow, FlowKey, Origin, PublishedKey, ReverseKey},
     Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, MAX_ENDPOINTS,
+    MAX_PUBLISHED_PORTS,
 };
 use ipnet::Ipv4Net;
 
@@ -20,6 +21,7 @@ use crate::{
     error::{io_context, Error, Result},
     migrate,
     peer::Peer,
+    published::PublishedPort,
     subnet::{from_map_addr, to_map_addr},
 };
 
@@ -41,6 +43,8 @@ pub struct Maps {
     endpoints: HashMap<MapData, u32, Endpoint>,
     endpoint_ports: DevMapHash<MapData>,
     peer_hosts: HashMap<MapData, u32, u32>,
+    /// None until an `up` of this version has created it.
+    published_ports: Option<HashMap<MapData, PublishedKey, Origin>>,
     peer_capacity: u32,
 }
 
@@ -123,6 +127,10 @@ impl Maps {
             endpoints: open(dir, map_names::ENDPOINTS)?.try_into()?,
             endpoint_ports: open(dir, map_names::ENDPOINT_PORTS)?.try_into()?,
             peer_hosts: open(dir, map_names::PEER_HOSTS)?.try_into()?,
+            published_ports: match dir.join(map_names::PUBLISHED_PORTS).exists() {
+                true => Some(open(dir, map_names::PUBLISHED_PORTS)?.try_into()?),
+                false => None,
+            },
             peer_capacity: aya::maps::MapInfo::from_pin(dir.join(map_names::PEER_TRAFFIC))?
                 .max_entries(),
         })
@@ -337,6 +345,50 @@ impl Maps {
             .collect();
         for ifindex in stale {
             ignore_missing(self.endpoint_ports.remove(ifindex))?;
+        }
+        Ok(())
+    }
+
+    /// The published ports the datapath translates.
+    pub fn published_ports(&self) -> Result<Vec<PublishedPort>> {
+        let Some(map) = &self.published_ports else {
+            return Ok(Vec::new());
+        };
+        let mut ports = Vec::new();
+        for entry in map.iter() {
+            let (key, target) = entry?;
+            ports.extend(PublishedPort::from_map(&key, &target));
+        }
+        ports.sort_by_key(|p| (p.host_port, p.proto.number()));
+        Ok(ports)
+    }
+
+    /// Makes `PUBLISHED_PORTS` hold exactly `wanted`: new and changed
+    /// entries first, then the ones no longer wanted removed.
+    pub fn set_published_ports(&mut self, wanted: &[PublishedPort]) -> Result<()> {
+        if wanted.len() > MAX_PUBLISHED_PORTS as usize {
+            return Err(Error::Conflict(format!(
+                "more than {MAX_PUBLISHED_PORTS} published ports"
+            )));
+        }
+        let Some(map) = &mut self.published_ports else {
+            return Err(Error::Conflict(
+                "the datapath has no published port table yet: run `dr-ctl up` with this version"
+                    .into(),
+            ));
+        };
+        let wanted: Vec<(PublishedKey, Origin)> =
+            wanted.iter().map(PublishedPort::to_map).collect();
+        for (key, target) in &wanted {
+            map.insert(key, target, 0)?;
+        }
+        let stale: Vec<PublishedKey> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.iter().any(|(w, _)| w == k))
+            .collect();
+        for key in stale {
+            ignore_missing(map.remove(&key))?;
         }
         Ok(())
     }

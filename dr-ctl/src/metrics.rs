@@ -172,6 +172,8 @@ fn placement(c: Counter) -> Placement {
         Counter::NatOut => forwarded("nat_out"),
         Counter::NatIn => forwarded("nat_in"),
         Counter::NatIcmpErrorIn => forwarded("nat_icmp_error_in"),
+        Counter::PublishedIn => forwarded("published_in"),
+        Counter::PublishedOut => forwarded("published_out"),
         Counter::DropSpoofed => dropped("spoofed_source"),
         Counter::DropTtlExceeded => dropped("ttl_exceeded"),
         Counter::DropRedirectFailed => dropped("redirect_failed"),

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dr_common::{
-    nat::{Flow, FlowKey, InboundFlow, Origin, ReverseKey, DEFAULT_TABLE_SIZE},
+    nat::{Flow, FlowKey, InboundFlow, Origin, PublishedKey, ReverseKey, DEFAULT_TABLE_SIZE},
     Counter, DatapathConfig, Endpoint, NodeState, PeerEntry, PeerTraffic, Traffic, COUNTER_COUNT,
-    DEFAULT_MAX_PEERS, MAX_ENDPOINTS, MAX_EXCLUSIONS,
+    DEFAULT_MAX_PEERS, MAX_ENDPOINTS, MAX_EXCLUSIONS, MAX_PUBLISHED_PORTS,
 };
 
 /// Peer container subnet -> the peer host that owns it. Written by `dr-ctl peer`.
@@ -88,6 +88,12 @@ pub static PEER_HOSTS: HashMap<u32, u32> = HashMap::pinned(2 * DEFAULT_MAX_PEERS
 #[map]
 pub static INBOUND_FLOWS: LruHashMap<FlowKey, InboundFlow> =
     LruHashMap::pinned(DEFAULT_TABLE_SIZE, 0);
+
+/// Ports published on the uplink's address that dr translates itself:
+/// `{port, proto}` -> the container's address and port (see
+/// `nat/published.rs`). Written by `dr-ctl sync` from Docker's DNAT rules.
+#[map]
+pub static PUBLISHED_PORTS: HashMap<PublishedKey, Origin> = HashMap::pinned(MAX_PUBLISHED_PORTS, 0);
 
 /// The configuration, once `dr-ctl up` has enabled it.
 #[inline(always)]

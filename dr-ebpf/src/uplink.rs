@@ -6,7 +6,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     inbound::record_inbound,
     maps::{is_peer_host, peer_for, peer_traffic},
-    nat::{now, snat_reply},
+    nat::{now, to_uplink_address},
     packet::{decrement_ttl, dst_addr, flow_of, ipv4_frame, src_addr},
     redirect::to_container,
     verdict::Verdict,
@@ -19,8 +19,9 @@ pub fn dr_uplink_ingress(ctx: TcContext) -> i32 {
 }
 
 /// A packet from a known peer subnet, or from a peer host itself, to a local
-/// container is delivered to it directly; a reply to a translated flow (or an ICMP error about
-/// one) is translated back and delivered; everything else goes to the stack.
+/// container is delivered to it directly; a reply to a translated flow, a
+/// request to a published port dr translates (or an ICMP error about
+/// either) is translated and delivered; everything else goes to the stack.
 #[inline(always)]
 fn from_uplink(ctx: &TcContext, bytes: u64) -> Verdict {
     let (cfg, ip) = match ipv4_frame(ctx) {
@@ -28,8 +29,8 @@ fn from_uplink(ctx: &TcContext, bytes: u64) -> Verdict {
         Err(verdict) => return verdict,
     };
     let dst = dst_addr(ip);
-    if dst == cfg.uplink_addr && cfg.nat_enabled != 0 {
-        return snat_reply(ctx, cfg, ip).unwrap_or(Verdict::Pass(Counter::Passed));
+    if dst == cfg.uplink_addr {
+        return to_uplink_address(ctx, cfg, ip).unwrap_or(Verdict::Pass(Counter::Passed));
     }
     if !cfg.is_container(dst) {
         return Verdict::Pass(Counter::Passed);
@@ -41,7 +42,7 @@ fn from_uplink(ctx: &TcContext, bytes: u64) -> Verdict {
         }
         // A peer host's own process: its container answers go straight back.
         if let Some((flow, _)) = flow_of(ctx, ip) {
-            record_inbound(&flow.answer(), DELIVERED_FROM_PEER_HOST, now());
+            record_inbound(&flow.answer(), DELIVERED_FROM_PEER_HOST, 0, now());
         }
         return deliver(ctx, cfg, ip, dst);
     };

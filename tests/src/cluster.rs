@@ -175,35 +175,53 @@ impl Host {
         Ok(())
     }
 
-    /// What `docker run -p HOST_PORT:PORT[/udp]` sets up on the host: IP
-    /// forwarding and a DNAT of the host's port to the container's.
+    /// What `docker run -p HOST_PORT:PORT[/udp]` sets up on the host, as
+    /// dockerd writes it: IP forwarding, nat chain DOCKER with the jump from
+    /// PREROUTING for local addresses, and a DNAT of the host's port to the
+    /// container's for packets that do not come from docker0. `dr-ctl sync`
+    /// reads these rules.
     pub fn publish(&self, proto: &str, host_port: u16, to: SocketAddr) -> Result<()> {
         self.ns
             .exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])?;
-        let (addr, port, to) = (
-            self.uplink_addr.to_string(),
-            host_port.to_string(),
-            to.to_string(),
-        );
-        self.ns.exec(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                &addr,
-                "-p",
-                proto,
-                "--dport",
-                &port,
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ],
-        )?;
+        let ipt = |args: &[&str]| self.ns.exec("iptables", args);
+        let has = |args: &[&str]| -> Result<bool> {
+            Ok(self.ns.exec_output("iptables", args)?.status.success())
+        };
+        if !has(&["-t", "nat", "-S", "DOCKER"])? {
+            ipt(&["-t", "nat", "-N", "DOCKER"])?;
+        }
+        let jump = [
+            "PREROUTING",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "DOCKER",
+        ];
+        if !has(&[&["-t", "nat", "-C"][..], &jump].concat())? {
+            ipt(&[&["-t", "nat", "-A"][..], &jump].concat())?;
+        }
+        let (port, to) = (host_port.to_string(), to.to_string());
+        ipt(&[
+            "-t",
+            "nat",
+            "-A",
+            "DOCKER",
+            "!",
+            "-i",
+            "docker0",
+            "-p",
+            proto,
+            "-m",
+            proto,
+            "--dport",
+            &port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ])?;
         Ok(())
     }
 

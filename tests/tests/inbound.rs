@@ -1,8 +1,9 @@
 //! Flows the containers did not start, through the real dr-ctl in emulated
 //! hosts, in TC and XDP modes: a published port (Docker's DNAT rule, as
 //! dockerd installs it for `docker run -p`) answers clients outside the
-//! cluster and on a peer host; the hosts' own processes reach containers on
-//! peer hosts with no kernel route for peer subnets.
+//! cluster and on a peer host, translated by dr once `sync` has learned it,
+//! or by the kernel when DOCKER-USER filters; the hosts' own processes
+//! reach containers on peer hosts with no kernel route for peer subnets.
 //!
 //! ```text
 //!  external 203.0.113.10 ── router ──┬── A 192.168.91.128 (docker0 10.0.128.1, DNAT :8080 -> c0)
@@ -12,10 +13,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use dr_tests::{
     cluster::EXTERNAL_ADDR,
-    dr_ctl_path, require_root,
+    dr_ctl_path,
+    netns::Netns,
+    require_root,
     traffic::{self, TestServer},
     Cluster,
 };
+use serde_json::Value;
 
 fn cluster(tag: &str, extra_up: &[&str]) -> Cluster {
     require_root();
@@ -24,15 +28,52 @@ fn cluster(tag: &str, extra_up: &[&str]) -> Cluster {
 
 #[test]
 fn published_ports_answer_external_clients_and_peer_hosts() {
-    published_ports(&cluster("drpub", &[]));
+    published_ports(&cluster("drpub", &[]), Translation::Dr);
 }
 
 #[test]
 fn published_ports_answer_with_the_xdp_fast_path() {
-    published_ports(&cluster("drpubx", &["--xdp"]));
+    published_ports(&cluster("drpubx", &["--xdp"]), Translation::Dr);
 }
 
-fn published_ports(c: &Cluster) {
+/// An operator's rule in DOCKER-USER (Docker's place for filtering
+/// published ports) keeps every published port with the kernel, whose
+/// FORWARD chain applies the rule: dr's translation would bypass it.
+#[test]
+fn published_ports_filtered_in_docker_user_stay_with_the_kernel() {
+    let c = cluster("drpubu", &[]);
+    let a = &c.hosts[0];
+    let ipt = |args: &[&str]| a.ns.exec("iptables", args).unwrap();
+    ipt(&["-N", "DOCKER-USER"]);
+    let external = EXTERNAL_ADDR.to_string();
+    ipt(&[
+        "-A",
+        "DOCKER-USER",
+        "-s",
+        &external,
+        "-p",
+        "tcp",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    ipt(&["-A", "DOCKER-USER", "-j", "RETURN"]);
+    ipt(&["-I", "FORWARD", "-j", "DOCKER-USER"]);
+    published_ports(&c, Translation::Kernel);
+}
+
+/// Who translates the published ports' traffic.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Translation {
+    /// dr (`dr-ctl sync` learned Docker's rules).
+    Dr,
+    /// The kernel: an operator's DOCKER-USER rule (refusing TCP from the
+    /// external network) keeps them there.
+    Kernel,
+}
+
+fn published_ports(c: &Cluster, translation: Translation) {
     let (a, b) = (&c.hosts[0], &c.hosts[1]);
     let ext = c.external.as_ref().unwrap();
     let server = &a.containers[0];
@@ -44,20 +85,49 @@ fn published_ports(c: &Cluster) {
         IpAddr::V4(b.uplink_addr),
         IpAddr::V4(b.uplink_addr),
     ];
-
-    let sink = TestServer::tcp_sink(&server.ns, server.addr, clients.len()).unwrap();
-    a.publish("tcp", 8080, sink.addr).unwrap();
-    let published = SocketAddr::from((a.uplink_addr, 8080));
-    for client in clients {
-        traffic::tcp_send(client, 0, published, 256 << 10)
-            .unwrap_or_else(|e| panic!("TCP {} -> {published}: {e:#}", client.name));
-    }
-    let seen: Vec<IpAddr> = sink.finish().unwrap().iter().map(|s| s.ip()).collect();
-    assert_eq!(seen, seen_as, "the addresses the TCP server saw");
+    let refused = |client: &Netns| translation == Translation::Kernel && client.name == ext.name;
+    let tcp_clients = clients.iter().filter(|c| !refused(c)).count();
 
     const DATAGRAMS: u32 = 20;
+    let sink = TestServer::tcp_sink(&server.ns, server.addr, tcp_clients).unwrap();
     let echo = TestServer::udp_echo(&server.ns, server.addr, DATAGRAMS * 3).unwrap();
+    a.publish("tcp", 8080, sink.addr).unwrap();
     a.publish("udp", 5353, echo.addr).unwrap();
+    let sync: Value = serde_json::from_str(&a.dr(&["sync", "--json"]).unwrap()).unwrap();
+    let offloaded = &sync["published"]["offloaded"];
+    match translation {
+        Translation::Dr => {
+            let want = serde_json::json!([
+                {"proto": "tcp", "host_port": 8080, "container": server.addr, "container_port": sink.addr.port()},
+                {"proto": "udp", "host_port": 5353, "container": server.addr, "container_port": echo.addr.port()},
+            ]);
+            assert_eq!(offloaded, &want, "sync: {sync}");
+        }
+        Translation::Kernel => {
+            assert_eq!(offloaded, &serde_json::json!([]), "sync: {sync}");
+            let reason = sync["published"]["left_to_kernel"][0]["reason"].to_string();
+            assert!(reason.contains("DOCKER-USER"), "sync: {sync}");
+        }
+    }
+
+    let published = SocketAddr::from((a.uplink_addr, 8080));
+    for client in clients {
+        let sent = traffic::tcp_send(client, 0, published, 256 << 10);
+        match (refused(client), sent) {
+            (false, Err(e)) => panic!("TCP {} -> {published}: {e:#}", client.name),
+            (true, Ok(_)) => panic!("TCP {} -> {published} passed DOCKER-USER", client.name),
+            _ => {}
+        }
+    }
+    let seen: Vec<IpAddr> = sink.finish().unwrap().iter().map(|s| s.ip()).collect();
+    let want: Vec<IpAddr> = seen_as
+        .iter()
+        .zip(clients)
+        .filter(|(_, client)| !refused(client))
+        .map(|(addr, _)| *addr)
+        .collect();
+    assert_eq!(seen, want, "the addresses the TCP server saw");
+
     let published = SocketAddr::from((a.uplink_addr, 5353));
     for client in clients {
         traffic::udp_requests(client, 0, published, DATAGRAMS)
@@ -69,10 +139,30 @@ fn published_ports(c: &Cluster) {
         assert!(seen.contains(&want), "UDP server saw {seen:?}");
     }
 
-    // The answers went back through the kernel: none got a translation.
-    assert!(a.counter("inbound_reply").unwrap() > 2 * u64::from(DATAGRAMS));
+    // Either way no answer got a SNAT translation.
     let nat = a.nat_list().unwrap();
     assert!(nat.is_empty(), "host A translated: {nat:?}");
+    let (published_in, published_out, inbound_reply) = (
+        a.counter("published_in").unwrap(),
+        a.counter("published_out").unwrap(),
+        a.counter("inbound_reply").unwrap(),
+    );
+    let counters = format!(
+        "published_in {published_in}, published_out {published_out}, inbound_reply {inbound_reply}"
+    );
+    match translation {
+        // Every request and answer through dr, none through the kernel.
+        Translation::Dr => {
+            assert!(published_in > 3 * u64::from(DATAGRAMS), "{counters}");
+            assert!(published_out > 3 * u64::from(DATAGRAMS), "{counters}");
+            assert_eq!(inbound_reply, 0, "{counters}");
+        }
+        // The answers went back through the kernel's conntrack.
+        Translation::Kernel => {
+            assert_eq!((published_in, published_out), (0, 0), "{counters}");
+            assert!(inbound_reply > 2 * u64::from(DATAGRAMS), "{counters}");
+        }
+    }
 }
 
 #[test]

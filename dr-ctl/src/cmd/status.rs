@@ -19,6 +19,7 @@ use crate::{
     maps,
     netlink::Netlink,
     node::{side_ifindex, xdp_mode_name, Node},
+    published::PublishedPort,
     subnet::from_map_addr,
 };
 
@@ -83,6 +84,8 @@ pub struct Status {
     pub xdp: &'static str,
     /// Local containers the XDP path knows (see `dr-ctl sync`).
     pub endpoints: usize,
+    /// Docker's published ports dr translates itself (see `dr-ctl sync`).
+    pub published_ports: Vec<PublishedPort>,
     #[serde(serialize_with = "pairs_as_map")]
     pub counters: Vec<(&'static str, Counts)>,
     /// What keeps dr from working whole: hooks not attached, interfaces
@@ -155,6 +158,7 @@ pub async fn run() -> Result<Status> {
         peer_capacity: maps.peer_capacity(),
         xdp: xdp_mode_name(node.state.xdp_mode),
         endpoints: maps.endpoints()?.len(),
+        published_ports: maps.published_ports()?,
         nat: NatStatus {
             enabled: config.nat_enabled != 0,
             excluded: maps.exclusions()?,
@@ -235,6 +239,16 @@ impl Report for Status {
             out,
             "local endpoints: {} (containers delivered to directly, see `dr-ctl sync`)",
             self.endpoints
+        );
+        let published: Vec<String> = self.published_ports.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "published ports translated by dr: {} (the rest are the kernel's, see `dr-ctl sync`)",
+            if published.is_empty() {
+                "none".to_string()
+            } else {
+                published.join(", ")
+            }
         );
         let n = &self.nat;
         if n.enabled {

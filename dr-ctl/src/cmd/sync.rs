@@ -6,7 +6,8 @@ use super::Report;
 use crate::{
     error::Result,
     netlink::Netlink,
-    node::{sync_endpoints, xdp_mode_name, Node},
+    node::{sync_endpoints, sync_published, xdp_mode_name, Node},
+    published::PublishedPorts,
 };
 
 #[derive(Debug, Serialize)]
@@ -17,21 +18,39 @@ pub struct SyncReport {
     pub port_hooks: usize,
     /// The uplink MTU the datapath checks container packets against.
     pub uplink_mtu: u32,
+    /// Docker's published ports dr translates, and those left to the kernel.
+    pub published: PublishedPorts,
 }
 
 impl Report for SyncReport {
     fn text(&self) -> String {
-        format!(
-            "{} local endpoints ({} ports hooked); xdp {}; uplink mtu {}\n",
-            self.endpoints, self.port_hooks, self.xdp, self.uplink_mtu
-        )
+        let mut text = format!(
+            "{} local endpoints ({} ports hooked); xdp {}; uplink mtu {}; {} published ports translated by dr\n",
+            self.endpoints,
+            self.port_hooks,
+            self.xdp,
+            self.uplink_mtu,
+            self.published.offloaded.len()
+        );
+        for port in &self.published.offloaded {
+            text += &format!("  published {port}\n");
+        }
+        for left in &self.published.left_to_kernel {
+            text += &format!("  left to the kernel: {}", left.reason);
+            if !left.rule.is_empty() {
+                text += &format!(" ({})", left.rule);
+            }
+            text += "\n";
+        }
+        text
     }
 }
 
 /// Refreshes what the datapath learns from the kernel: the local container
 /// endpoints it delivers to directly (TC and XDP) and whose docker0 ports
-/// get dr's port program, and the uplink's MTU (which may change after
-/// `up`). Safe to run at any time (e.g. from a timer).
+/// get dr's port program, the uplink's MTU (which may change after `up`),
+/// and Docker's published ports. Safe to run at any time (e.g. from a
+/// timer).
 pub async fn run() -> Result<SyncReport> {
     let mut node = Node::open()?;
     let config = node.config;
@@ -48,10 +67,12 @@ pub async fn run() -> Result<SyncReport> {
     .await?;
     node.resolve_peer_hosts(&nl, node.maps.peers()?.iter().map(|p| p.peer.via))
         .await;
-    let uplink_mtu = nl
-        .interface_by_index(config.uplink_ifindex)
-        .await?
+    let uplink = nl.interface_by_index(config.uplink_ifindex).await?;
+    let uplink_mtu = uplink
+        .as_ref()
         .map_or(config.uplink_mtu, |uplink| uplink.mtu);
+    let uplink_name = uplink.map(|uplink| uplink.name).unwrap_or_default();
+    let published = sync_published(&mut node.maps, &config, &local.net, &uplink_name)?;
     if uplink_mtu != config.uplink_mtu {
         node.maps.set_config(&DatapathConfig {
             uplink_mtu,
@@ -63,5 +84,6 @@ pub async fn run() -> Result<SyncReport> {
         endpoints: learned.endpoints,
         port_hooks: learned.port_hooks,
         uplink_mtu,
+        published,
     })
 }

@@ -14,9 +14,11 @@ use crate::{
     bpffs::PinDir,
     datapath::{self, Side},
     error::{Error, Result},
+    iptables,
     maps::Maps,
     netlink::{Interface, Neighbour, Netlink},
     peer::{Peer, PeerDiff},
+    published::{self, LeftToKernel, PublishedPorts, Scope},
     subnet::{from_map_addr, to_map_addr, LocalSubnet},
 };
 
@@ -244,4 +246,35 @@ async fn hook_learned_ports(
         .cloned()
         .collect();
     datapath::hook_ports(pins, mode, &ports, &current, replace)
+}
+
+/// Learns Docker's published ports from its DNAT rules (`iptables-save`)
+/// and puts those dr may translate itself (traffic to the uplink's address
+/// on `uplink`) in `PUBLISHED_PORTS`; the rest stay the kernel's, each with
+/// the reason. Without readable rules nothing is translated by dr.
+pub fn sync_published(
+    maps: &mut Maps,
+    config: &DatapathConfig,
+    local: &Ipv4Net,
+    uplink: &str,
+) -> Result<PublishedPorts> {
+    let scope = Scope {
+        uplink_addr: from_map_addr(config.uplink_addr),
+        local_net: (local.network(), local.prefix_len()),
+        uplink,
+        nat_ports: (config.nat_enabled != 0)
+            .then_some((config.nat_port_min as u16, config.nat_port_max as u16)),
+    };
+    let found = match (iptables::save("nat"), iptables::save("filter")) {
+        (Ok(nat), Ok(filter)) => published::parse(&nat, &filter, &scope),
+        (Err(reason), _) | (_, Err(reason)) => PublishedPorts {
+            offloaded: Vec::new(),
+            left_to_kernel: vec![LeftToKernel {
+                rule: String::new(),
+                reason,
+            }],
+        },
+    };
+    maps.set_published_ports(&found.offloaded)?;
+    Ok(found)
 }

@@ -3,13 +3,17 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use aya_log_ebpf::warn;
 use dr_common::{
-    nat::{Flow, FlowKey, DELIVERED_BY_KERNEL, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_SYN},
+    nat::{
+        Flow, FlowKey, DELIVERED_BY_KERNEL, IPPROTO_ICMP, IPPROTO_TCP, PUBLISHED_BY_DR, TCP_ACK,
+        TCP_SYN,
+    },
     Counter, DatapathConfig,
 };
 use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
 
 use super::{
     now,
+    published::published_out,
     rewrite::{layout, rewrite, Address},
     table::{allocate, live_flow},
     ICMP_ECHO, ICMP_ECHO_REPLY,
@@ -39,7 +43,7 @@ pub fn excluded(cfg: &DatapathConfig, addr: u32) -> bool {
 
 /// A container's packet for neither the local subnet nor a peer subnet.
 /// An answer to an inbound flow leaves the way the flow came (to the kernel,
-/// or straight to the peer host); a packet for an external destination that
+/// straight to the peer host, or translated back to a published port); a packet for an external destination that
 /// the host routes out of the uplink is translated to the uplink's address
 /// (SNAT) and sent there; everything else goes to the stack.
 #[inline(always)]
@@ -81,10 +85,13 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
     };
     if live.is_none() {
         match inbound_answered(&key, cfg, now) {
-            Some(DELIVERED_BY_KERNEL) => return Verdict::Pass(Counter::InboundReply),
-            Some(_) => {
+            Some((DELIVERED_BY_KERNEL, _)) => return Verdict::Pass(Counter::InboundReply),
+            Some((delivered_by, host_port)) => {
                 if let Some(verdict) = too_big(ctx, cfg, ip) {
                     return verdict;
+                }
+                if delivered_by == PUBLISHED_BY_DR {
+                    return published_out(ctx, cfg, ip, &key, host_port, l4_at, l4);
                 }
                 return forward(ctx, ip, cfg.uplink_ifindex, Some(dst), Counter::ToPeer);
             }

@@ -1,5 +1,6 @@
 //! External -> container: an ICMP error (destination unreachable, time
-//! exceeded, parameter problem) quoting a translated packet.
+//! exceeded, parameter problem) quoting a translated packet: a SNAT
+//! translation's, or a published port's answer dr translated.
 use core::mem::offset_of;
 
 use aya_ebpf::programs::TcContext;
@@ -12,6 +13,7 @@ use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use super::{
     ingress::live_reply,
+    published::published_origin,
     rewrite::{layout, set_address, Address, L4Layout},
     ICMP_ECHO,
 };
@@ -73,7 +75,10 @@ pub(super) fn icmp_error_reply(
         _pad: [0; 3],
     };
     // The same checks as a reply's: a dead translation delivers nothing.
-    let (origin, _) = live_reply(cfg, &rkey)?;
+    let (origin, counter) = match live_reply(cfg, &rkey) {
+        Some((origin, _)) => (origin, Counter::NatIcmpErrorIn),
+        None => (published_origin(cfg, &rkey)?, Counter::PublishedIn),
+    };
     if !decrement_ttl(ip) {
         return Some(Verdict::Drop(Counter::DropTtlExceeded));
     }
@@ -85,7 +90,7 @@ pub(super) fn icmp_error_reply(
     {
         return Some(Verdict::Drop(Counter::DropRedirectFailed));
     }
-    Some(to_container(ctx, cfg, origin.addr, Counter::NatIcmpErrorIn))
+    Some(to_container(ctx, cfg, origin.addr, counter))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,5 +1,6 @@
 //! External -> container: a reply to a live translation is translated back
-//! and delivered to docker0.
+//! and delivered to the container; what else reaches the uplink's address
+//! may be for a published port (`published.rs`).
 use aya_ebpf::programs::TcContext;
 use dr_common::{
     nat::{Flow, Origin, ReverseKey, IPPROTO_ICMP, TCP_FIN, TCP_RST},
@@ -10,6 +11,7 @@ use network_types::ip::Ipv4Hdr;
 use super::{
     icmp_error::icmp_error_reply,
     now,
+    published::published_in,
     rewrite::{layout, rewrite, Address},
     ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
 };
@@ -29,7 +31,7 @@ use crate::{
 #[inline(always)]
 pub fn live_reply(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, &'static mut Flow)> {
     let host_port = u16::from_be(rkey.nat_port) as u32;
-    if host_port < cfg.nat_port_min || host_port > cfg.nat_port_max {
+    if cfg.nat_enabled == 0 || host_port < cfg.nat_port_min || host_port > cfg.nat_port_max {
         return None;
     }
     // SAFETY: map value, copied out.
@@ -93,17 +95,22 @@ pub fn reply_key(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(ReverseKey, u
     Some((rkey, tcp_flags))
 }
 
-/// External -> container: a packet to the uplink address that answers a
-/// translation is translated back and delivered to docker0. None when it is
-/// not for a translation (the host's own traffic).
+/// External -> the uplink's address: a reply to a live translation, a
+/// request to a published port dr translates, or an ICMP error about
+/// either is translated and delivered to the container. None when it is
+/// for none of them (the host's own traffic, or the kernel's DNAT).
 #[inline(always)]
-pub fn snat_reply(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Option<Verdict> {
+pub fn to_uplink_address(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    ip: &mut Ipv4Hdr,
+) -> Option<Verdict> {
     let proto = ip.proto;
     let l4 = layout(proto)?;
     if is_fragment(ip) {
         // Only the first fragment has ports; dr does not track fragments by
         // IP id (as Cilium does): the stack gets them, counted.
-        return Some(Verdict::Pass(Counter::NatFragmentIn));
+        return (cfg.nat_enabled != 0).then_some(Verdict::Pass(Counter::NatFragmentIn));
     }
     let l4_at = l4_offset(ip);
     if proto == IPPROTO_ICMP {
@@ -116,7 +123,9 @@ pub fn snat_reply(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Op
         }
     }
     let (rkey, tcp_flags) = reply_key(ctx, ip)?;
-    let (origin, flow) = live_reply(cfg, &rkey)?;
+    let Some((origin, flow)) = live_reply(cfg, &rkey) else {
+        return published_in(ctx, cfg, ip, &rkey, l4_at, l4);
+    };
     // A RST or FIN far from the container's window is not believed (an
     // off-path sender guessing), but still delivered: the container's stack
     // judges it again (RFC 5961) and answers with a challenge ACK.

@@ -6,7 +6,8 @@
 //! - `rewrite.rs`: where each protocol keeps its ports and checksum, and
 //!   the address and port rewrite;
 //! - `egress.rs`: container -> external (`snat_out`);
-//! - `ingress.rs`: external -> container, replies (`snat_reply`);
+//! - `ingress.rs`: external -> container, replies (`to_uplink_address`);
+//! - `published.rs`: published ports dr translates (DNAT) and their answers;
 //! - `icmp_error.rs`: ICMP errors quoting a translated packet.
 //!
 //! Rewrites go through `bpf_skb_store_bytes` and the `l3/l4_csum_replace`
@@ -17,11 +18,12 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 mod egress;
 mod icmp_error;
 mod ingress;
+mod published;
 mod rewrite;
 mod table;
 
 pub use egress::{excluded, snat_out};
-pub use ingress::{live_reply, reply_key, snat_reply, touch_reply};
+pub use ingress::{live_reply, reply_key, to_uplink_address, touch_reply};
 pub use rewrite::layout;
 pub use table::{release_dead, remove_translation};
 

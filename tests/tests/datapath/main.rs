@@ -27,6 +27,7 @@ mod mtu;
 mod nat_race;
 mod nat_sweep;
 mod nat_tcp_window;
+mod published;
 
 // What every test file takes with `use super::*`.
 use dr_common::{

@@ -16,7 +16,7 @@ use crate::{
     maps::{self, Maps},
     migrate,
     netlink::{Interface, Netlink},
-    node::{self, side_ifindex, sync_endpoints},
+    node::{self, side_ifindex, sync_endpoints, sync_published},
     object,
     subnet::to_map_addr,
 };
@@ -219,6 +219,8 @@ impl Setup<'_> {
         }
         datapath::pin_port_program(&mut ebpf, pins.path())?;
         sync_endpoints(nl, &mut maps, pins, bridge.index, &args.subnet.net, true).await?;
+        let published = sync_published(&mut maps, &config, &args.subnet.net, &uplink.name)?;
+        debug!("published ports: {published:?}");
         node::state::write(pins.path(), &desired_state(args, owned, xdp_mode))?;
         // The new programs are attached: an older dr's maps are no longer used.
         migrate::finish(pins.path())?;
