@@ -1,19 +1,21 @@
 //! XDP on the uplink: the fast path for traffic from peers to local
-//! containers and for replies to SNAT translations. It delivers straight into
+//! containers, for replies to SNAT translations and for requests to
+//! published ports dr translates. It delivers straight into
 //! the container's veth when it knows the container (`ENDPOINTS`), and leaves
 //! everything else to the TC programs (`XDP_PASS`), which handle all cases.
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use dr_common::{
     checksum,
-    nat::{rewritten_l4_checksum, IPPROTO_ICMP, TCP_FIN, TCP_RST},
+    nat::{rewritten_l4_checksum, Flow, FlowKey, IPPROTO_ICMP, PUBLISHED_BY_DR, TCP_FIN, TCP_RST},
     Counter, DatapathConfig, Endpoint,
 };
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
     dry_run::{dry_run, record_delivery},
+    inbound::record_inbound,
     maps::{config, endpoint, peer_for, peer_traffic, ENDPOINT_PORTS},
-    nat::{layout, live_reply, reply_key, touch_reply, ICMP_ECHO_REPLY},
+    nat::{layout, live_reply, now, published_target, reply_key, touch_reply, ICMP_ECHO_REPLY},
     packet::{
         decrement_ttl, dst_addr, is_fragment, l4_offset, parse_frame, src_addr, Frame, FrameBytes,
         LinearFrame,
@@ -33,8 +35,8 @@ pub fn dr_uplink_xdp(ctx: XdpContext) -> u32 {
 /// Everything XDP does not deliver itself: TC's.
 const TO_TC: Verdict = Verdict::Pass(Counter::XdpPass);
 
-/// Peer traffic and SNAT replies for known local containers go straight to
-/// them; everything else is TC's.
+/// Peer traffic, SNAT replies and published ports' requests for known local
+/// containers go straight to them; everything else is TC's.
 #[inline(always)]
 fn deliver(frame: LinearFrame) -> Verdict {
     let Some(cfg) = config() else {
@@ -43,7 +45,7 @@ fn deliver(frame: LinearFrame) -> Verdict {
     let Frame::Ipv4(ip) = parse_frame(frame.data, frame.data_end, frame.len()) else {
         return TO_TC;
     };
-    if dst_addr(ip) == cfg.uplink_addr && cfg.nat_enabled != 0 {
+    if dst_addr(ip) == cfg.uplink_addr {
         return deliver_reply(frame, cfg, ip);
     }
     deliver_from_peer(frame, cfg, ip)
@@ -77,9 +79,19 @@ fn redirect_to(
     }
 }
 
-/// A reply to a translated TCP/UDP flow or ping, translated back with
-/// checksums fixed arithmetically (frames from the wire carry complete
-/// checksums). ICMP errors, TCP RSTs and FINs, and anything unknown are TC's.
+/// What a packet to the uplink's address is delivered as, and the state it
+/// updates once it is sure to be delivered.
+enum ToContainer {
+    /// A reply to a live SNAT translation.
+    Reply(&'static mut Flow),
+    /// A request to a published port dr translates; the key of its answers.
+    Published(FlowKey),
+}
+
+/// A reply to a translated TCP/UDP flow or ping, or a request to a
+/// published port dr translates, translated with checksums fixed
+/// arithmetically (frames from the wire carry complete checksums). ICMP
+/// errors, TCP RSTs and FINs, and anything unknown are TC's.
 #[inline(always)]
 fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verdict {
     let proto = ip.proto;
@@ -104,8 +116,14 @@ fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> 
     {
         return TO_TC;
     }
-    let Some((origin, flow)) = live_reply(cfg, &rkey) else {
-        return TO_TC;
+    let (origin, delivery, counter) = match live_reply(cfg, &rkey) {
+        Some((origin, flow)) => (origin, ToContainer::Reply(flow), Counter::NatIn),
+        None => match published_target(cfg, &rkey) {
+            Some((target, answer)) => {
+                (target, ToContainer::Published(answer), Counter::PublishedIn)
+            }
+            None => return TO_TC,
+        },
     };
     let Some(endpoint) = endpoint(origin.addr) else {
         return TO_TC;
@@ -116,7 +134,12 @@ fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> 
     ) else {
         return TO_TC;
     };
-    touch_reply(flow, flags);
+    match delivery {
+        ToContainer::Reply(flow) => touch_reply(flow, flags),
+        ToContainer::Published(answer) => {
+            record_inbound(&answer, PUBLISHED_BY_DR, rkey.nat_port, now())
+        }
+    }
     decrement_ttl(ip);
     ip.dst_addr = origin.addr.to_ne_bytes();
     ip.check = checksum::replace_u32(u16::from_ne_bytes(ip.check), cfg.uplink_addr, origin.addr)
@@ -129,7 +152,7 @@ fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> 
         let addrs = (cfg.uplink_addr, origin.addr);
         *check = rewritten_l4_checksum(proto, old, addrs, (nat_port, origin.port)).to_ne_bytes();
     }
-    redirect_to(frame, cfg, &endpoint, Counter::NatIn)
+    redirect_to(frame, cfg, &endpoint, counter)
 }
 
 /// Traffic from a peer subnet to a local container.

@@ -1,7 +1,8 @@
 //! dr under a real dockerd (Debian's docker.io): host A's docker0 comes from
 //! `dr-ctl up --docker-config`, and dockerd, started with that daemon.json,
 //! brings its own iptables chains (FORWARD policy DROP, DOCKER-USER, its
-//! MASQUERADE for the bip subnet), docker-proxy and published ports. Host B
+//! MASQUERADE for the bip subnet), docker-proxy and published ports (which
+//! `dr-ctl sync` learns from dockerd's rules and dr translates). Host B
 //! runs dr with a hand-made container; a router leads to an external
 //! namespace.
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -261,6 +262,14 @@ fn published_tcp_and_udp_ports_answer_peer_hosts_and_the_external_network() {
     let web = env.run("web", &["-p", "8080:80", "-p", "5353:53/udp"]);
     let tcp_target = SocketAddr::from((a.uplink_addr, 8080));
     let udp_target = SocketAddr::from((a.uplink_addr, 5353));
+    // dr learns the ports from the rules dockerd wrote, and translates
+    // them itself.
+    let sync: Value = serde_json::from_str(&a.dr(&["sync", "--json"]).unwrap()).unwrap();
+    let want = serde_json::json!([
+        {"proto": "tcp", "host_port": 8080, "container": web.addr, "container_port": 80},
+        {"proto": "udp", "host_port": 5353, "container": web.addr, "container_port": 53},
+    ]);
+    assert_eq!(sync["published"]["offloaded"], want, "sync: {sync}");
 
     // Who connects, and the source the container must see: B's dr
     // translates its container's traffic to A's uplink address (outside the
@@ -287,7 +296,8 @@ fn published_tcp_and_udp_ports_answer_peer_hosts_and_the_external_network() {
             }
         }
     }
-    // The answers went back through the kernel's conntrack, untranslated.
+    // dr translated both ways, with its published-port translation, not
+    // with a SNAT translation, and left nothing to the kernel's conntrack.
     let translated: Vec<_> = a
         .nat_list()
         .unwrap()
@@ -297,9 +307,10 @@ fn published_tcp_and_udp_ports_answer_peer_hosts_and_the_external_network() {
     if !translated.is_empty() {
         failures.push(format!("dr translated the answers: {translated:?}"));
     }
-    let inbound_replies = a.counter("inbound_reply").unwrap();
-    if inbound_replies == 0 {
-        failures.push("no inbound_reply counted on A".into());
+    let counters = ["published_in", "published_out", "inbound_reply"]
+        .map(|name| (name, a.counter(name).unwrap()));
+    if counters[0].1 == 0 || counters[1].1 == 0 || counters[2].1 != 0 {
+        failures.push(format!("counters on A: {counters:?}"));
     }
     assert!(
         failures.is_empty(),

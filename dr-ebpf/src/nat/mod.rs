@@ -24,6 +24,7 @@ mod table;
 
 pub use egress::{excluded, snat_out};
 pub use ingress::{live_reply, reply_key, to_uplink_address, touch_reply};
+pub use published::published_target;
 pub use rewrite::layout;
 pub use table::{release_dead, remove_translation};
 

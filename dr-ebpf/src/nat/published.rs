@@ -26,9 +26,9 @@ use crate::{
 
 /// The container behind the published port that `rkey` (the request seen
 /// as a reply: client, client port, host port) addresses, and the key of
-/// the container's answers.
+/// the container's answers. Shared by TC and XDP.
 #[inline(always)]
-fn published_target(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, FlowKey)> {
+pub fn published_target(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, FlowKey)> {
     if rkey.proto == IPPROTO_ICMP {
         return None;
     }

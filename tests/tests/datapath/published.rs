@@ -9,6 +9,7 @@
 //!  EXTERNAL 203.0.113.7:40000 ──> UPLINK_ADDR:8080 [dr_uplink_ingress] ──TC_ACT_REDIRECT──> CONTAINER 10.0.128.2:80
 //!                                  PUBLISHED_PORTS {8080, proto}          │ dst CONTAINER:80, TTL - 1, checksums
 //!                                  records INBOUND_FLOWS (port 8080)      └─TC_ACT_OK──> the host (port not published)
+//!            (or [dr_uplink_xdp] ──XDP_REDIRECT──> the learned container's veth)
 //!  EXTERNAL <──TC_ACT_REDIRECT (uplink)── src UPLINK_ADDR:8080, TTL - 1 ── [dr_bridge_ingress | port] <── answer from :80
 //!  ROUTER ── ICMP error quoting UPLINK_ADDR:8080 -> EXTERNAL ──> [dr_uplink_ingress] ──> CONTAINER, quote translated
 //!  maps: DATAPATH_CONFIG (SNAT on or off), PUBLISHED_PORTS, INBOUND_FLOWS, NAT_FLOWS (stays empty)
@@ -100,6 +101,35 @@ fn requests_to_a_learned_container_go_straight_into_its_veth() {
         assert_eq!(out, from_docker0(delivered), "{l4:?}");
     }
     assert_eq!(dp.counter(Counter::PublishedIn).packets, 2);
+}
+
+/// XDP's fast path translates requests for a learned container the same
+/// way, and their answers then go back through the container's port.
+#[test]
+fn xdp_translates_requests_to_a_learned_container_with_snat_on_or_off() {
+    for config in [nat_config(), config()] {
+        let mut dp = published_datapath(config);
+        add_endpoint(&mut dp, CONTAINER);
+        for l4 in PUBLISHED {
+            let request = frame_ports(EXTERNAL, UPLINK_ADDR, 64, l4, SRC_PORT, HOST_PORT);
+            let (verdict, out) = dp.run_xdp(&request);
+            assert_eq!(verdict, XDP_REDIRECT, "{l4:?}");
+            // The same bytes TC would produce, with the MACs of a frame from docker0.
+            let delivered = frame_ports(EXTERNAL, CONTAINER, 63, l4, SRC_PORT, CONTAINER_PORT);
+            assert_eq!(out, from_docker0(delivered), "{l4:?}");
+            let (verdict, out) = dp.run_port(&answer(l4, CONTAINER, 80, 64));
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{l4:?} answer");
+            assert_eq!(out, answer(l4, UPLINK_ADDR, HOST_PORT, 63));
+        }
+        assert_eq!(dp.counter(Counter::PublishedIn).packets, 2);
+        assert_eq!(dp.counter(Counter::PublishedOut).packets, 2);
+        // Another port, or a container XDP does not know, is TC's.
+        let other = frame_ports(EXTERNAL, UPLINK_ADDR, 64, L4::Udp, SRC_PORT, 8081);
+        assert_eq!(dp.run_xdp(&other), (XDP_PASS, other.clone()));
+        publish(&dp, L4::Udp, 8082, OTHER_CONTAINER, CONTAINER_PORT);
+        let unknown = frame_ports(EXTERNAL, UPLINK_ADDR, 64, L4::Udp, SRC_PORT, 8082);
+        assert_eq!(dp.run_xdp(&unknown), (XDP_PASS, unknown.clone()));
+    }
 }
 
 #[test]

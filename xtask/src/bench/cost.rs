@@ -47,8 +47,8 @@ enum Workload {
     /// through SNAT.
     IcmpErrorsNat,
     /// UDP request/response from the external server to a container's
-    /// published port: the kernel's DNAT and conntrack both ways, dr's
-    /// programs only passing packets on.
+    /// published port: the kernel's DNAT and conntrack both ways with the
+    /// recipe, dr's own translation with dr.
     UdpRrPublished,
 }
 
@@ -380,10 +380,14 @@ impl Bench {
                 "net.ipv4.icmp_msgs_burst=1000000",
             ],
         )?;
-        if let Setup::Forwarding(_) = setup {
+        if let Setup::Forwarding(mode) = setup {
             let h0 = &c.hosts[0];
             let server = (h0.containers[2].addr, PUBLISHED_PORT).into();
             h0.publish("udp", PUBLISHED_PORT, server)?;
+            if mode != Mode::Recipe {
+                // dr learns the port, as its timer would, and translates it.
+                h0.dr(&["sync"])?;
+            }
         }
         let progs = match setup {
             Setup::Forwarding(Mode::Tc | Mode::Xdp) => {
