@@ -9,11 +9,11 @@ use crate::{run, workspace_root};
 
 /// (test target, test) pairs: forwarding (through docker0, and straight
 /// into learned containers: `bpf_redirect_peer` changed after 6.1), SNAT,
-/// published ports and the host's own traffic (dr's egress programs),
+/// published ports translated by dr (TC, and XDP: every program loaded),
 /// restart safety, down and cleanup, netlink attach mode. Each takes 1-2
 /// minutes in the emulated guest, so the subset is chosen to keep CI well
 /// inside its time limit.
-const VM_TESTS: [(&str, &str); 7] = [
+const VM_TESTS: [(&str, &str); 8] = [
     (
         "forwarding",
         "ping_tcp_udp_across_three_hosts_without_routes_or_forwarding",
@@ -29,6 +29,10 @@ const VM_TESTS: [(&str, &str); 7] = [
     (
         "inbound",
         "published_ports_answer_external_clients_and_peer_hosts",
+    ),
+    (
+        "inbound",
+        "published_ports_answer_with_the_xdp_fast_path",
     ),
     (
         "restart",
