@@ -30,10 +30,7 @@ const VM_TESTS: [(&str, &str); 8] = [
         "inbound",
         "published_ports_answer_external_clients_and_peer_hosts",
     ),
-    (
-        "inbound",
-        "published_ports_answer_with_the_xdp_fast_path",
-    ),
+    ("inbound", "published_ports_answer_with_the_xdp_fast_path"),
     (
         "restart",
         "up_with_another_build_swaps_programs_in_place_without_a_gap",

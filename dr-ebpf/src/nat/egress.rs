@@ -13,8 +13,7 @@ use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
 
 use super::{
     now,
-    published::published_out,
-    rewrite::{layout, rewrite, Address},
+    rewrite::{layout, rewrite, Address, L4Layout},
     table::{allocate, live_flow},
     ICMP_ECHO, ICMP_ECHO_REPLY,
 };
@@ -91,7 +90,9 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
                     return verdict;
                 }
                 if delivered_by == PUBLISHED_BY_DR {
-                    return published_out(ctx, cfg, ip, &key, host_port, l4_at, l4);
+                    let ports = (key.src_port, host_port);
+                    let counter = Counter::PublishedOut;
+                    return send_translated(ctx, cfg, ip, (l4_at, l4), ports, counter);
                 }
                 return forward(ctx, ip, cfg.uplink_ifindex, Some(dst), Counter::ToPeer);
             }
@@ -136,22 +137,33 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
             record_container_window(ctx, l4_at, tcp_flags, flow);
         }
     }
+    let ports = (key.src_port, nat_port);
+    send_translated(ctx, cfg, ip, (l4_at, l4), ports, Counter::NatOut)
+}
+
+/// Sends a container's packet out of the uplink as the uplink's own: TTL
+/// decremented, source address set to the uplink's and source port
+/// `ports.0` rewritten to `ports.1` (checksums fixed), routed by the host's
+/// table. SNAT and published ports' answers; the caller checked the path
+/// MTU.
+#[inline(always)]
+fn send_translated(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    ip: &mut Ipv4Hdr,
+    (l4_at, l4): (usize, L4Layout),
+    ports: (u16, u16),
+    counter: Counter,
+) -> Verdict {
     if !decrement_ttl(ip) {
         return Verdict::Drop(Counter::DropTtlExceeded);
     }
-    if rewrite(
-        ctx,
-        ip,
-        (Address::Source, cfg.uplink_addr),
-        l4_at + l4.check,
-        l4_at + l4.port,
-        (key.src_port, nat_port),
-    )
-    .is_err()
-    {
+    let (check_at, port_at) = (l4_at + l4.check, l4_at + l4.port);
+    let uplink = (Address::Source, cfg.uplink_addr);
+    if rewrite(ctx, ip, uplink, check_at, port_at, ports).is_err() {
         return Verdict::Drop(Counter::DropRedirectFailed);
     }
-    send(ctx, cfg.uplink_ifindex, None, Counter::NatOut)
+    send(ctx, cfg.uplink_ifindex, None, counter)
 }
 
 /// Records a container's packet on its live translation (time, TCP state);

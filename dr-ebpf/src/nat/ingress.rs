@@ -12,7 +12,7 @@ use super::{
     icmp_error::icmp_error_reply,
     now,
     published::published_in,
-    rewrite::{layout, rewrite, Address},
+    rewrite::{layout, rewrite, Address, L4Layout},
     ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
 };
 use crate::{
@@ -134,20 +134,47 @@ pub fn to_uplink_address(
     } else {
         count(Counter::NatTeardownOutOfWindow, 0);
     }
+    let ports = (rkey.nat_port, origin.port);
+    Some(deliver_translated(
+        ctx,
+        cfg,
+        ip,
+        (l4_at, l4),
+        ports,
+        origin.addr,
+        Counter::NatIn,
+    ))
+}
+
+/// Delivers a packet from outside to container `to` as addressed to it:
+/// TTL decremented, destination address set and destination port `ports.0`
+/// rewritten to `ports.1` (checksums fixed). SNAT replies and published
+/// ports' requests.
+#[inline(always)]
+pub(super) fn deliver_translated(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    ip: &mut Ipv4Hdr,
+    (l4_at, l4): (usize, L4Layout),
+    ports: (u16, u16),
+    to: u32,
+    counter: Counter,
+) -> Verdict {
     if !decrement_ttl(ip) {
-        return Some(Verdict::Drop(Counter::DropTtlExceeded));
+        return Verdict::Drop(Counter::DropTtlExceeded);
     }
+    let (check_at, port_at) = (l4_at + l4.check, l4_at + l4.reply_port);
     if rewrite(
         ctx,
         ip,
-        (Address::Destination, origin.addr),
-        l4_at + l4.check,
-        l4_at + l4.reply_port,
-        (rkey.nat_port, origin.port),
+        (Address::Destination, to),
+        check_at,
+        port_at,
+        ports,
     )
     .is_err()
     {
-        return Some(Verdict::Drop(Counter::DropRedirectFailed));
+        return Verdict::Drop(Counter::DropRedirectFailed);
     }
-    Some(to_container(ctx, cfg, origin.addr, Counter::NatIn))
+    to_container(ctx, cfg, to, counter)
 }

@@ -3,8 +3,8 @@
 //! port in `PUBLISHED_PORTS` gets the container's address and port and is
 //! delivered to it, and its flow is recorded in `INBOUND_FLOWS` with the
 //! port; the container's answers leave with the uplink's address and that
-//! port; an ICMP error about an answer goes back to the container
-//! (`icmp_error.rs`).
+//! port (`snat_out` finds the record, `egress.rs`); an ICMP error about an
+//! answer goes back to the container (`icmp_error.rs`).
 use aya_ebpf::programs::TcContext;
 use dr_common::{
     nat::{FlowKey, InboundFlow, Origin, PublishedKey, ReverseKey, IPPROTO_ICMP, PUBLISHED_BY_DR},
@@ -12,15 +12,10 @@ use dr_common::{
 };
 use network_types::ip::Ipv4Hdr;
 
-use super::{
-    now,
-    rewrite::{rewrite, Address, L4Layout},
-};
+use super::{ingress::deliver_translated, now, rewrite::L4Layout};
 use crate::{
     inbound::record_inbound,
     maps::{INBOUND_FLOWS, PUBLISHED_PORTS},
-    packet::decrement_ttl,
-    redirect::{send, to_container},
     verdict::Verdict,
 };
 
@@ -67,23 +62,18 @@ pub(super) fn published_in(
     l4: L4Layout,
 ) -> Option<Verdict> {
     let (target, answer) = published_target(cfg, rkey)?;
-    if !decrement_ttl(ip) {
-        return Some(Verdict::Drop(Counter::DropTtlExceeded));
-    }
     record_inbound(&answer, PUBLISHED_BY_DR, rkey.nat_port, now());
-    if rewrite(
+    let ports = (rkey.nat_port, target.port);
+    let counter = Counter::PublishedIn;
+    Some(deliver_translated(
         ctx,
+        cfg,
         ip,
-        (Address::Destination, target.addr),
-        l4_at + l4.check,
-        l4_at + l4.reply_port,
-        (rkey.nat_port, target.port),
-    )
-    .is_err()
-    {
-        return Some(Verdict::Drop(Counter::DropRedirectFailed));
-    }
-    Some(to_container(ctx, cfg, target.addr, Counter::PublishedIn))
+        (l4_at, l4),
+        ports,
+        target.addr,
+        counter,
+    ))
 }
 
 /// The container end of the published flow that an ICMP error's quoted
@@ -96,35 +86,4 @@ pub(super) fn published_origin(cfg: &DatapathConfig, rkey: &ReverseKey) -> Optio
     let flow: InboundFlow = unsafe { INBOUND_FLOWS.get(answer) }.copied()?;
     let ours = flow.delivered_by == PUBLISHED_BY_DR && flow.host_port == rkey.nat_port;
     (ours && !flow.expired(rkey.proto, now(), &cfg.nat_timeouts)).then_some(target)
-}
-
-/// A container's answer to a flow dr translated from published port
-/// `host_port`: it leaves with the uplink's address and that port, by the
-/// host's routes out of the uplink. The caller checked the path MTU.
-#[inline(always)]
-pub(super) fn published_out(
-    ctx: &TcContext,
-    cfg: &DatapathConfig,
-    ip: &mut Ipv4Hdr,
-    answer: &FlowKey,
-    host_port: u16,
-    l4_at: usize,
-    l4: L4Layout,
-) -> Verdict {
-    if !decrement_ttl(ip) {
-        return Verdict::Drop(Counter::DropTtlExceeded);
-    }
-    if rewrite(
-        ctx,
-        ip,
-        (Address::Source, cfg.uplink_addr),
-        l4_at + l4.check,
-        l4_at + l4.port,
-        (answer.src_port, host_port),
-    )
-    .is_err()
-    {
-        return Verdict::Drop(Counter::DropRedirectFailed);
-    }
-    send(ctx, cfg.uplink_ifindex, None, Counter::PublishedOut)
 }
