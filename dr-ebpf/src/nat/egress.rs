@@ -41,10 +41,11 @@ pub fn excluded(cfg: &DatapathConfig, addr: u32) -> bool {
 }
 
 /// A container's packet for neither the local subnet nor a peer subnet.
-/// An answer to an inbound flow leaves the way the flow came (to the kernel,
-/// straight to the peer host, or translated back to a published port); a packet for an external destination that
-/// the host routes out of the uplink is translated to the uplink's address
-/// (SNAT) and sent there; everything else goes to the stack.
+/// An answer to an inbound flow leaves the way the flow came (to the
+/// kernel, straight to the peer host, or translated back to a published
+/// port); a packet for an external destination that the host routes out of
+/// the uplink is translated to the uplink's address (SNAT) and sent there;
+/// everything else goes to the stack.
 #[inline(always)]
 pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verdict {
     let dst = dst_addr(ip);
