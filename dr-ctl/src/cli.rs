@@ -47,7 +47,9 @@ pub enum Command {
     Metrics(cmd::metrics::Args),
     /// Refresh what dr learns from the kernel (the local containers it
     /// delivers to directly and whose docker0 ports get its port program,
-    /// the uplink's MTU); safe to run any time, e.g. from a timer.
+    /// the uplink's MTU, Docker's published ports from its iptables rules:
+    /// which dr translates, which stay the kernel's and why); safe to run
+    /// any time, e.g. from a timer.
     Sync,
     /// Show what the datapath would do with a packet (verdict and its
     /// counter, rewritten headers, next hop) by running a synthetic one
