@@ -189,6 +189,7 @@ pub fn parse(nat_text: &str, filter_text: &str, scope: &Scope) -> PublishedPorts
     let blockers: Vec<LeftToKernel> = [
         hidden_legacy,
         prerouting_blocker(&nat),
+        forward_blocker(&filter),
         docker_user_blocker(&filter),
     ]
     .into_iter()
@@ -273,6 +274,25 @@ fn prerouting_blocker(nat: &[Rule]) -> Option<LeftToKernel> {
             "a PREROUTING rule before the jump to DOCKER may catch traffic to published ports first",
         )),
     }
+}
+
+/// Why no port can be offloaded because of FORWARD: a rule before Docker's
+/// jump to DOCKER-USER (or any rule, without the jump) sees published
+/// ports' traffic first, and dr's translation would bypass it. Rules after
+/// Docker's own never see it: Docker's DOCKER chain accepts it.
+fn forward_blocker(filter: &[Rule]) -> Option<LeftToKernel> {
+    filter
+        .iter()
+        .filter(|r| r.chain == "FORWARD")
+        .take_while(|r| r.args != ["-j", "DOCKER-USER"])
+        .next()
+        .map(|r| {
+            LeftToKernel::new(
+                r.line,
+                "a FORWARD rule before Docker's jump to DOCKER-USER filters published ports first, \
+                 which dr's translation would bypass",
+            )
+        })
 }
 
 /// Why no port can be offloaded because of DOCKER-USER: any rule but
@@ -614,6 +634,21 @@ COMMIT
                       -A DOCKER-USER -s 10.0.0.0/8 -j DROP\n-A DOCKER-USER -j RETURN\nCOMMIT\n";
         let got = parse(DOCKER_NAT, filter, &scope());
         nothing_offloaded_because(&got, "-A DOCKER-USER -s 10.0.0.0/8 -j DROP", "DOCKER-USER");
+    }
+
+    #[test]
+    fn a_forward_rule_before_docker_user_offloads_nothing() {
+        let rule = "-A FORWARD -s 10.0.0.0/8 -j DROP";
+        let filter = DOCKER_FILTER.replace(
+            "-A FORWARD -j DOCKER-USER\n",
+            &format!("{rule}\n-A FORWARD -j DOCKER-USER\n"),
+        );
+        let got = parse(DOCKER_NAT, &filter, &scope());
+        nothing_offloaded_because(&got, rule, "FORWARD rule before");
+        // After Docker's rules, such a rule never sees published ports.
+        let filter = DOCKER_FILTER.replace("COMMIT", &format!("{rule}\nCOMMIT"));
+        let got = parse(DOCKER_NAT, &filter, &scope());
+        assert_eq!(got.offloaded.len(), 2, "{got:?}");
     }
 
     #[test]
