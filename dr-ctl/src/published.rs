@@ -9,11 +9,16 @@
 //! hand-written reader of the few shapes Docker writes.
 use std::{collections::HashSet, net::Ipv4Addr};
 
-use dr_common::nat::{Origin, PublishedKey, IPPROTO_TCP, IPPROTO_UDP};
-use ipnet::Ipv4Net;
+use dr_common::{
+    nat::{Origin, PublishedKey, IPPROTO_TCP, IPPROTO_UDP},
+    DatapathConfig,
+};
 use serde::Serialize;
 
-use crate::subnet::{from_map_addr, to_map_addr};
+use crate::{
+    node::local_subnet,
+    subnet::{from_map_addr, to_map_addr},
+};
 
 /// The transport protocol of a published port; `"tcp"` or `"udp"` in JSON.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -132,43 +137,43 @@ pub struct PublishedPorts {
 
 /// What dr translates, and what it must not touch.
 pub struct Scope<'a> {
-    /// The uplink's IPv4 address (the only destination dr translates).
-    pub uplink_addr: Ipv4Addr,
-    /// The local container subnet (docker0's bip network) as (network, prefix_len).
-    pub local_net: (Ipv4Addr, u8),
+    /// The datapath's configuration: the uplink's address (the only
+    /// destination dr translates), the local subnet (the only targets) and
+    /// dr's SNAT port range (a published port inside it is left to the
+    /// kernel: it would collide with dr's translations).
+    pub config: DatapathConfig,
     /// The uplink's name: a rule only for another interface's ingress never
     /// matches what dr translates.
     pub uplink: &'a str,
-    /// dr's SNAT port range (inclusive); None when SNAT is off. A published
-    /// port inside it is left to the kernel (it would collide with dr's
-    /// translations).
-    pub nat_ports: Option<(u16, u16)>,
 }
 
 impl Scope<'_> {
+    fn uplink_addr(&self) -> Ipv4Addr {
+        from_map_addr(self.config.uplink_addr)
+    }
+
     /// Why dr must not translate `port`, or None when it may.
     fn refusal(&self, port: &PublishedPort) -> Option<String> {
-        let (network, prefix_len) = self.local_net;
-        if !is_container_host(port.container, self.local_net) {
+        let c = &self.config;
+        // The datapath's own check: a target it would not deliver to.
+        if !c.is_container(to_map_addr(port.container)) {
+            let local = local_subnet(c)
+                .map(|l| l.net.to_string())
+                .unwrap_or_default();
             return Some(format!(
-                "container address {} is not a host of the local container subnet {network}/{prefix_len}",
+                "container address {} is not a host of the local container subnet {local} \
+                 (or is its gateway)",
                 port.container
             ));
         }
-        match self.nat_ports {
-            Some((lo, hi)) if (lo..=hi).contains(&port.host_port) => Some(format!(
+        let (lo, hi) = (c.nat_port_min, c.nat_port_max);
+        (c.nat_enabled != 0 && (lo..=hi).contains(&u32::from(port.host_port))).then(|| {
+            format!(
                 "host port {} is inside dr's SNAT port range {lo}-{hi}",
                 port.host_port
-            )),
-            _ => None,
-        }
+            )
+        })
     }
-}
-
-/// Inside the subnet and neither its network nor its broadcast address.
-fn is_container_host(addr: Ipv4Addr, (network, prefix_len): (Ipv4Addr, u8)) -> bool {
-    Ipv4Net::new(network, prefix_len)
-        .is_ok_and(|net| net.contains(&addr) && addr != net.network() && addr != net.broadcast())
 }
 
 /// Reads the published ports from `iptables-save -t nat` (`nat`) and
@@ -329,7 +334,7 @@ fn walk_docker_chain(nat: &[Rule], scope: &Scope) -> PublishedPorts {
             }
             Some(DockerRule::NotForUplink) => {}
             Some(DockerRule::Dnat { dst, port }) => {
-                let for_uplink = dst.is_none_or(|addr| addr == scope.uplink_addr);
+                let for_uplink = dst.is_none_or(|addr| addr == scope.uplink_addr());
                 if !for_uplink || !caught.insert((port.proto, port.host_port)) {
                     continue;
                 }
@@ -530,12 +535,18 @@ COMMIT
 COMMIT
 ";
 
+    /// Docker's default bridge (172.17.0.1/16) and an uplink address, SNAT off.
     fn scope() -> Scope<'static> {
+        let addr = |a: [u8; 4]| to_map_addr(a.into());
         Scope {
-            uplink_addr: UPLINK,
-            local_net: (Ipv4Addr::new(172, 17, 0, 0), 16),
+            config: DatapathConfig {
+                local_net: addr([172, 17, 0, 0]),
+                local_mask: addr([255, 255, 0, 0]),
+                gateway: addr([172, 17, 0, 1]),
+                uplink_addr: to_map_addr(UPLINK),
+                ..DatapathConfig::default()
+            },
             uplink: "eth0",
-            nat_ports: None,
         }
     }
 
@@ -615,10 +626,9 @@ COMMIT
             in_range,
             "! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
         ]);
-        let scope = Scope {
-            nat_ports: Some((10000, 32767)),
-            ..scope()
-        };
+        let mut scope = scope();
+        scope.config.nat_enabled = 1;
+        (scope.config.nat_port_min, scope.config.nat_port_max) = (10000, 32767);
         let got = parse(&nat, "", &scope);
         assert_eq!(got.offloaded, [tcp(8080, [172, 17, 0, 2], 80)]);
         assert_eq!(got.left_to_kernel.len(), 1);
@@ -779,13 +789,13 @@ COMMIT
             "! -i docker0 -p tcp -m tcp --dport 81 -j DNAT --to-destination 172.17.255.255:81";
         let network =
             "! -i docker0 -p tcp -m tcp --dport 82 -j DNAT --to-destination 172.17.0.0:82";
-        let got = parse(&nat_with(&[outside, broadcast, network]), "", &scope());
+        let gateway =
+            "! -i docker0 -p tcp -m tcp --dport 83 -j DNAT --to-destination 172.17.0.1:83";
+        let rules = [outside, broadcast, network, gateway];
+        let got = parse(&nat_with(&rules), "", &scope());
         assert_eq!(got.offloaded, []);
-        let rules: Vec<&str> = got.left_to_kernel.iter().map(|l| l.rule.as_str()).collect();
-        assert_eq!(
-            rules,
-            [outside, broadcast, network].map(|r| format!("-A DOCKER {r}"))
-        );
+        let left: Vec<&str> = got.left_to_kernel.iter().map(|l| l.rule.as_str()).collect();
+        assert_eq!(left, rules.map(|r| format!("-A DOCKER {r}")));
         assert!(got.left_to_kernel[0]
             .reason
             .contains("not a host of the local container subnet 172.17.0.0/16"));

@@ -72,7 +72,7 @@ pub async fn run() -> Result<SyncReport> {
         .as_ref()
         .map_or(config.uplink_mtu, |uplink| uplink.mtu);
     let uplink_name = uplink.map(|uplink| uplink.name).unwrap_or_default();
-    let published = sync_published(&mut node.maps, &config, &local.net, &uplink_name)?;
+    let published = sync_published(&mut node.maps, &config, &uplink_name)?;
     if uplink_mtu != config.uplink_mtu {
         node.maps.set_config(&DatapathConfig {
             uplink_mtu,

@@ -255,15 +255,11 @@ async fn hook_learned_ports(
 pub fn sync_published(
     maps: &mut Maps,
     config: &DatapathConfig,
-    local: &Ipv4Net,
     uplink: &str,
 ) -> Result<PublishedPorts> {
     let scope = Scope {
-        uplink_addr: from_map_addr(config.uplink_addr),
-        local_net: (local.network(), local.prefix_len()),
+        config: *config,
         uplink,
-        nat_ports: (config.nat_enabled != 0)
-            .then_some((config.nat_port_min as u16, config.nat_port_max as u16)),
     };
     let found = match (iptables::save("nat"), iptables::save("filter")) {
         (Ok(nat), Ok(filter)) => published::parse(&nat, &filter, &scope),

@@ -219,7 +219,7 @@ impl Setup<'_> {
         }
         datapath::pin_port_program(&mut ebpf, pins.path())?;
         sync_endpoints(nl, &mut maps, pins, bridge.index, &args.subnet.net, true).await?;
-        let published = sync_published(&mut maps, &config, &args.subnet.net, &uplink.name)?;
+        let published = sync_published(&mut maps, &config, &uplink.name)?;
         debug!("published ports: {published:?}");
         node::state::write(pins.path(), &desired_state(args, owned, xdp_mode))?;
         // The new programs are attached: an older dr's maps are no longer used.
