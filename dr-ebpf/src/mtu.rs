@@ -20,7 +20,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     dry_run::{dry_run, record_redirect},
-    packet::{l4_offset, load_into, src_addr, TCP_DATA_OFFSET},
+    packet::{l4_offset, load_into, src_addr, FrameBytes, TCP_DATA_OFFSET},
     verdict::Verdict,
 };
 
@@ -89,8 +89,8 @@ fn wire_len(ctx: &TcContext, ip: &Ipv4Hdr) -> u32 {
     let l4_header_len = match ip.proto {
         // TCP's data offset, in 32-bit words; the minimum header if unreadable.
         IPPROTO_TCP => ctx
-            .load::<u8>(l4_offset(ip) + TCP_DATA_OFFSET)
-            .map_or(20, |offset| (offset >> 4) as u32 * 4),
+            .read::<[u8; 2]>(l4_offset(ip) + TCP_DATA_OFFSET)
+            .map_or(20, |[offset, _]| (offset >> 4) as u32 * 4),
         IPPROTO_UDP => 8,
         _ => 0,
     };

@@ -148,7 +148,6 @@ pub fn is_fragment(ip: &Ipv4Hdr) -> bool {
 pub const TCP_SEQ: usize = offset_of!(TcpHdr, seq);
 /// The byte whose high nibble is TCP's data offset; the flags byte follows.
 pub const TCP_DATA_OFFSET: usize = offset_of!(TcpHdr, _bitfield_1);
-pub const TCP_FLAGS: usize = TCP_DATA_OFFSET + 1;
 pub const TCP_CHECK: usize = offset_of!(TcpHdr, check);
 pub const UDP_CHECK: usize = offset_of!(UdpHdr, check);
 pub const ICMP_CHECK: usize = offset_of!(Icmpv4Hdr, check);
@@ -175,10 +174,21 @@ pub trait FrameBytes {
     fn read<T: Copy>(&self, offset: usize) -> Option<T>;
 }
 
+/// In place when the bytes are in the skb's linear data (as headers are):
+/// a helper call costs more than the read. A single byte always by the
+/// helper: LLVM turns its bounds check into `data + offset >= data_end`,
+/// from which the verifier learns no range.
 impl FrameBytes for TcContext {
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Option<T> {
-        self.load(offset).ok()
+        if size_of::<T>() == 1 {
+            return self.load(offset).ok();
+        }
+        match ptr_at::<T>(self.data(), self.data_end(), offset) {
+            // SAFETY: bounds checked by ptr_at; packet bytes have no alignment.
+            Some(at) => Some(unsafe { at.read_unaligned() }),
+            None => self.load(offset).ok(),
+        }
     }
 }
 
@@ -230,7 +240,8 @@ pub fn l4_ports(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(u16, u16, u8)>
     match proto {
         IPPROTO_TCP => {
             let p: [u16; 2] = frame.read(l4)?;
-            let flags: u8 = frame.read(l4 + TCP_FLAGS)?;
+            // With the data offset: two bytes are read in place (see FrameBytes).
+            let [_, flags]: [u8; 2] = frame.read(l4 + TCP_DATA_OFFSET)?;
             Some((p[0], p[1], flags))
         }
         IPPROTO_UDP => {
@@ -262,6 +273,21 @@ pub fn flow_of(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
         _pad: [0; 3],
     };
     Some((key, tcp_flags))
+}
+
+/// Writes `value` at `offset` of the frame: in place when those bytes are
+/// in the skb's linear data (as headers are), with no helper call; else by
+/// `bpf_skb_store_bytes`. Checksums are the caller's.
+#[inline(always)]
+pub fn store<T: Copy>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), i64> {
+    match ptr_at::<T>(ctx.data(), ctx.data_end(), offset) {
+        // SAFETY: bounds checked by ptr_at; packet bytes have no alignment.
+        Some(at) => {
+            unsafe { at.write_unaligned(*value) };
+            Ok(())
+        }
+        None => ctx.store(offset, value, 0),
+    }
 }
 
 /// Copies `N` bytes at `offset` of the skb (linear or not) into `dst`,

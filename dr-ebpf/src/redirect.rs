@@ -15,7 +15,7 @@ use crate::{
     dry_run::{dry_run, record_delivery, record_redirect},
     maps::endpoint,
     mark,
-    packet::{decrement_ttl, AF_INET},
+    packet::{decrement_ttl, store, AF_INET},
     verdict::Verdict,
 };
 
@@ -84,7 +84,7 @@ pub fn to_container(ctx: &TcContext, cfg: &DatapathConfig, dst: u32, counter: Co
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&endpoint.mac);
     macs[6..].copy_from_slice(&cfg.bridge_mac);
-    if ctx.store(0, &macs, 0).is_err() {
+    if store(ctx, 0, &macs).is_err() {
         return Verdict::Drop(Counter::DropRedirectFailed);
     }
     if dry_run() {

@@ -15,7 +15,7 @@ use dr_common::{marks, Counter};
 use crate::{
     maps::{peer_for, peer_traffic},
     mark,
-    packet::{dst_addr, egress_frame, src_addr, AF_INET},
+    packet::{dst_addr, egress_frame, src_addr, store, AF_INET},
     redirect::send,
     verdict::Verdict,
 };
@@ -45,7 +45,7 @@ fn to_peer_host(ctx: &TcContext, bytes: u64) -> Option<Verdict> {
     let verdict = match neighbour_mac(ctx, cfg.uplink_ifindex, peer.via) {
         // Same device: only the next hop's MAC changes.
         Some((src, dst)) => {
-            if ctx.store(0, &dst, 0).is_err() || ctx.store(6, &src, 0).is_err() {
+            if store(ctx, 0, &dst).is_err() || store(ctx, 6, &src).is_err() {
                 return Some(Verdict::Drop(Counter::DropRedirectFailed));
             }
             Verdict::Pass(Counter::HostToPeer)

@@ -116,7 +116,8 @@ fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> 
     {
         return TO_TC;
     }
-    let (origin, delivery, counter) = match live_reply(cfg, &rkey) {
+    let now = now();
+    let (origin, delivery, counter) = match live_reply(cfg, &rkey, now) {
         Some((origin, flow)) => (origin, ToContainer::Reply(flow), Counter::NatIn),
         None => match published_target(cfg, &rkey) {
             Some((target, answer)) => {
@@ -135,9 +136,9 @@ fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> 
         return TO_TC;
     };
     match delivery {
-        ToContainer::Reply(flow) => touch_reply(flow, flags),
+        ToContainer::Reply(flow) => touch_reply(flow, flags, now),
         ToContainer::Published(answer) => {
-            record_inbound(&answer, PUBLISHED_BY_DR, rkey.nat_port, now())
+            record_inbound(&answer, PUBLISHED_BY_DR, rkey.nat_port, now)
         }
     }
     decrement_ttl(ip);

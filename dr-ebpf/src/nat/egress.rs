@@ -22,7 +22,7 @@ use crate::{
     inbound::inbound_answered,
     maps::{NAT_EXCLUDE, NAT_FLOWS},
     mtu::too_big,
-    packet::{decrement_ttl, dst_addr, flow_of, is_fragment, l4_offset, TCP_SEQ},
+    packet::{decrement_ttl, dst_addr, flow_of, is_fragment, l4_offset, FrameBytes, TCP_SEQ},
     redirect::{forward, send},
     route::leaves_by_uplink,
     verdict::Verdict,
@@ -64,8 +64,8 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
     // Echo requests start translations and echo replies answer inbound
     // pings; other ICMP goes to the stack.
     let icmp_type = if proto == IPPROTO_ICMP {
-        match ctx.load::<u8>(l4_at) {
-            Ok(t @ (ICMP_ECHO | ICMP_ECHO_REPLY)) => t,
+        match ctx.read::<[u8; 2]>(l4_at) {
+            Some([t @ (ICMP_ECHO | ICMP_ECHO_REPLY), _]) => t,
             _ => return Verdict::Pass(Counter::Passed),
         }
     } else {
@@ -207,7 +207,7 @@ fn warn_no_translation(ctx: &TcContext, key: &FlowKey, reason: Counter) {
 #[inline(never)]
 fn record_container_window(ctx: &TcContext, l4_at: usize, flags: u8, flow: *mut Flow) {
     // Sequence, acknowledgment, data offset, flags, window.
-    let Ok(h) = ctx.load::<[u8; 12]>(l4_at + TCP_SEQ) else {
+    let Some(h) = ctx.read::<[u8; 12]>(l4_at + TCP_SEQ) else {
         return;
     };
     let ack = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
@@ -240,6 +240,8 @@ fn syn_window_scale(ctx: &TcContext, l4_at: usize, data_offset: u8) -> u8 {
         if i + 3 > options {
             break;
         }
+        // By the helper: in place, LLVM's rewrite of this loop gives the
+        // verifier offsets it rejects.
         if let Ok([TCPOPT_WINDOW, 3, value]) = ctx.load::<[u8; 3]>(l4_at + TcpHdr::LEN + i) {
             if value > shift {
                 shift = value;

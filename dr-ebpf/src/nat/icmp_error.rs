@@ -18,7 +18,7 @@ use super::{
     ICMP_ECHO,
 };
 use crate::{
-    packet::{decrement_ttl, ICMP_CHECK, ICMP_ID},
+    packet::{decrement_ttl, store, FrameBytes, ICMP_CHECK, ICMP_ID},
     redirect::to_container,
     verdict::Verdict,
 };
@@ -37,16 +37,17 @@ pub(super) fn icmp_error_reply(
     cfg: &DatapathConfig,
     ip: &mut Ipv4Hdr,
     l4_at: usize,
+    now: u64,
 ) -> Option<Verdict> {
     let inner = l4_at + Icmpv4Hdr::LEN;
-    let vihl: u8 = ctx.load(inner).ok()?;
+    let [vihl, _]: [u8; 2] = ctx.read(inner)?;
     let inner_len = (vihl & 0x0f) as usize * 4;
     if vihl >> 4 != 4 || inner_len < 20 {
         return None;
     }
-    let proto: u8 = ctx.load(inner + offset_of!(Ipv4Hdr, proto)).ok()?;
-    let quoted_src: u32 = ctx.load(inner + QUOTED_SRC).ok()?;
-    let remote: u32 = ctx.load(inner + offset_of!(Ipv4Hdr, dst_addr)).ok()?;
+    let [_, proto]: [u8; 2] = ctx.read(inner + offset_of!(Ipv4Hdr, ttl))?;
+    let quoted_src: u32 = ctx.read(inner + QUOTED_SRC)?;
+    let remote: u32 = ctx.read(inner + offset_of!(Ipv4Hdr, dst_addr))?;
     if quoted_src != cfg.uplink_addr {
         return None;
     }
@@ -59,12 +60,13 @@ pub(super) fn icmp_error_reply(
         return None;
     }
     let (nat_port, remote_port) = if proto == IPPROTO_ICMP {
-        if ctx.load::<u8>(inner_l4).ok()? != ICMP_ECHO {
+        let [icmp_type, _]: [u8; 2] = ctx.read(inner_l4)?;
+        if icmp_type != ICMP_ECHO {
             return None;
         }
-        (ctx.load::<u16>(inner_l4 + ICMP_ID).ok()?, 0)
+        (ctx.read::<u16>(inner_l4 + ICMP_ID)?, 0)
     } else {
-        let p: [u16; 2] = ctx.load(inner_l4).ok()?;
+        let p: [u16; 2] = ctx.read(inner_l4)?;
         (p[0], p[1])
     };
     let rkey = ReverseKey {
@@ -75,9 +77,9 @@ pub(super) fn icmp_error_reply(
         _pad: [0; 3],
     };
     // The same checks as a reply's: a dead translation delivers nothing.
-    let (origin, counter) = match live_reply(cfg, &rkey) {
+    let (origin, counter) = match live_reply(cfg, &rkey, now) {
         Some((origin, _)) => (origin, Counter::NatIcmpErrorIn),
-        None => (published_origin(cfg, &rkey)?, Counter::PublishedIn),
+        None => (published_origin(cfg, &rkey, now)?, Counter::PublishedIn),
     };
     if !decrement_ttl(ip) {
         return Some(Verdict::Drop(Counter::DropTtlExceeded));
@@ -93,6 +95,13 @@ pub(super) fn icmp_error_reply(
     Some(to_container(ctx, cfg, origin.addr, counter))
 }
 
+/// The quoted packet's source (address and its header checksum, port, L4
+/// checksum) rewritten, each change folded into the ICMP checksum, which
+/// covers the quote (no pseudo-header). In place, by arithmetic: every
+/// change leaves the packet's one's-complement sum as it was, so a
+/// CHECKSUM_COMPLETE value stays valid; the kernel never hands over an
+/// ICMP message with its checksum left to the device (CHECKSUM_PARTIAL),
+/// which the `l4_csum_replace` helper would be needed for.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn translate_icmp_error(
@@ -107,33 +116,31 @@ fn translate_icmp_error(
     origin: &Origin,
     nat_port: u16,
 ) -> Result<(), i64> {
+    const SHORT: i64 = -1;
     let icmp_check = l4_at + ICMP_CHECK;
-    // The ICMP checksum covers the quoted packet: every quoted change is
-    // folded into it as well. No pseudo-header for ICMP.
-    let fold = |old: u64, new: u64, size: u64| ctx.l4_csum_replace(icmp_check, old, new, size);
+    let mut icmp_sum: u16 = ctx.read(icmp_check).ok_or(SHORT)?;
 
     // Quoted source address and the quoted header's checksum.
-    let old_check: u16 = ctx.load(inner + QUOTED_CHECK)?;
+    let old_check: u16 = ctx.read(inner + QUOTED_CHECK).ok_or(SHORT)?;
     let new_check = checksum::replace_u32(old_check, cfg.uplink_addr, origin.addr);
-    ctx.store(inner + QUOTED_SRC, &origin.addr, 0)?;
-    ctx.store(inner + QUOTED_CHECK, &new_check, 0)?;
-    fold(cfg.uplink_addr as u64, origin.addr as u64, 4)?;
-    fold(old_check as u64, new_check as u64, 2)?;
+    store(ctx, inner + QUOTED_SRC, &origin.addr)?;
+    store(ctx, inner + QUOTED_CHECK, &new_check)?;
+    icmp_sum = checksum::replace_u32(icmp_sum, cfg.uplink_addr, origin.addr);
+    icmp_sum = checksum::replace_u16(icmp_sum, old_check, new_check);
 
     // Quoted source port (ICMP: identifier).
-    ctx.store(inner_l4 + l4.port, &origin.port, 0)?;
-    fold(nat_port as u64, origin.port as u64, 2)?;
+    store(ctx, inner_l4 + l4.port, &origin.port)?;
+    icmp_sum = checksum::replace_u16(icmp_sum, nat_port, origin.port);
 
     // The quoted L4 checksum, when the error quotes that far.
     let at = inner_l4 + l4.check;
-    if at + 2 > packet_end {
-        return Ok(());
+    if at + 2 <= packet_end {
+        if let Some(old) = ctx.read::<u16>(at) {
+            let addrs = (cfg.uplink_addr, origin.addr);
+            let new = rewritten_l4_checksum(proto, old, addrs, (nat_port, origin.port));
+            store(ctx, at, &new)?;
+            icmp_sum = checksum::replace_u16(icmp_sum, old, new);
+        }
     }
-    if let Ok(old) = ctx.load::<u16>(at) {
-        let addrs = (cfg.uplink_addr, origin.addr);
-        let new = rewritten_l4_checksum(proto, old, addrs, (nat_port, origin.port));
-        ctx.store(at, &new, 0)?;
-        fold(old as u64, new as u64, 2)?;
-    }
-    Ok(())
+    store(ctx, icmp_check, &icmp_sum)
 }

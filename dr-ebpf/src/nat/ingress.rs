@@ -23,13 +23,18 @@ use crate::{
     verdict::Verdict,
 };
 
-/// The container end of a reply to a live translation, and its flow entry.
+/// The container end of a reply to a live translation at time `now`, and
+/// its flow entry.
 /// None when the reply's port is outside the NAT range or no live
 /// translation matches (then the packet is the host's own traffic). A dead
 /// or half-evicted translation is never used: a stale mapping must not
 /// deliver to a container.
 #[inline(always)]
-pub fn live_reply(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, &'static mut Flow)> {
+pub fn live_reply(
+    cfg: &DatapathConfig,
+    rkey: &ReverseKey,
+    now: u64,
+) -> Option<(Origin, &'static mut Flow)> {
     let host_port = u16::from_be(rkey.nat_port) as u32;
     if cfg.nat_enabled == 0 || host_port < cfg.nat_port_min || host_port > cfg.nat_port_max {
         return None;
@@ -43,7 +48,7 @@ pub fn live_reply(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, &'
         count(Counter::NatEvicted, 0);
         return None;
     }
-    if flow.expired(now(), &cfg.nat_timeouts) {
+    if flow.expired(now, &cfg.nat_timeouts) {
         count(Counter::NatExpired, 0);
         return None;
     }
@@ -56,20 +61,20 @@ pub fn live_reply(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Origin, &'
 /// within the verifier's budget.
 #[inline(never)]
 fn teardown_in_window(ctx: &TcContext, l4_at: usize, flow: &Flow) -> bool {
-    match ctx.load::<u32>(l4_at + TCP_SEQ) {
-        Ok(seq) => flow.in_window(u32::from_be(seq)),
+    match ctx.read::<u32>(l4_at + TCP_SEQ) {
+        Some(seq) => flow.in_window(u32::from_be(seq)),
         // Not reached: the caller read the flags further on.
-        Err(_) => true,
+        None => true,
     }
 }
 
-/// Records a reply on its flow: time and TCP state.
+/// Records a reply seen at `now` on its flow: time and TCP state.
 #[inline(always)]
-pub fn touch_reply(flow: &mut Flow, tcp_flags: u8) {
+pub fn touch_reply(flow: &mut Flow, tcp_flags: u8, now: u64) {
     if dry_run() {
         return;
     }
-    flow.last_seen_ns = now();
+    flow.last_seen_ns = now;
     flow.record(tcp_flags, true);
 }
 
@@ -114,23 +119,25 @@ pub fn to_uplink_address(
     }
     let l4_at = l4_offset(ip);
     if proto == IPPROTO_ICMP {
-        match ctx.load::<u8>(l4_at).ok()? {
+        let [icmp_type, _]: [u8; 2] = ctx.read(l4_at)?;
+        match icmp_type {
             ICMP_ECHO_REPLY => {}
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
-                return icmp_error_reply(ctx, cfg, ip, l4_at);
+                return icmp_error_reply(ctx, cfg, ip, l4_at, now());
             }
             _ => return None,
         }
     }
     let (rkey, tcp_flags) = reply_key(ctx, ip)?;
-    let Some((origin, flow)) = live_reply(cfg, &rkey) else {
-        return published_in(ctx, cfg, ip, &rkey, l4_at, l4);
+    let now = now();
+    let Some((origin, flow)) = live_reply(cfg, &rkey, now) else {
+        return published_in(ctx, cfg, ip, (&rkey, now), l4_at, l4);
     };
     // A RST or FIN far from the container's window is not believed (an
     // off-path sender guessing), but still delivered: the container's stack
     // judges it again (RFC 5961) and answers with a challenge ACK.
     if tcp_flags & (TCP_RST | TCP_FIN) == 0 || teardown_in_window(ctx, l4_at, flow) {
-        touch_reply(flow, tcp_flags);
+        touch_reply(flow, tcp_flags, now);
     } else {
         count(Counter::NatTeardownOutOfWindow, 0);
     }

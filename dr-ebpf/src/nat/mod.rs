@@ -10,9 +10,12 @@
 //! - `published.rs`: published ports dr translates (DNAT) and their answers;
 //! - `icmp_error.rs`: ICMP errors quoting a translated packet.
 //!
-//! Rewrites go through `bpf_skb_store_bytes` and the `l3/l4_csum_replace`
-//! helpers, which keep checksums right for CHECKSUM_PARTIAL skbs (as veth
-//! produces) where direct arithmetic on the field would not.
+//! Headers are read and written in place where they sit in the skb's
+//! linear data (a helper call costs more than the access); TCP and UDP
+//! checksums go through the `l4_csum_replace` helper, which keeps them right
+//! for CHECKSUM_PARTIAL skbs (as veth produces) where direct arithmetic on
+//! the field would not. ICMP errors are never CHECKSUM_PARTIAL: their
+//! rewrite is all arithmetic (`icmp_error.rs`).
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 mod egress;
@@ -34,6 +37,9 @@ const ICMP_ECHO: u8 = 8;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
+/// Read once per packet and handed on: a helper call costs more than the
+/// arithmetic around it. (`bpf_ktime_get_coarse_ns` is cheaper still, but
+/// needs 5.11, and dr supports 5.10.)
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: no arguments, no memory access.

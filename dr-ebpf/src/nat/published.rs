@@ -12,7 +12,7 @@ use dr_common::{
 };
 use network_types::ip::Ipv4Hdr;
 
-use super::{ingress::deliver_translated, now, rewrite::L4Layout};
+use super::{ingress::deliver_translated, rewrite::L4Layout};
 use crate::{
     inbound::record_inbound,
     maps::{INBOUND_FLOWS, PUBLISHED_PORTS},
@@ -49,7 +49,7 @@ pub fn published_target(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Orig
     Some((target, answer))
 }
 
-/// A request to a published port on the uplink's address: translated to
+/// A request to a published port on the uplink's address, seen at `now`: translated to
 /// the container (destination address and port), recorded, delivered.
 /// None when the port is not one dr translates (the kernel's then).
 #[inline(always)]
@@ -57,12 +57,12 @@ pub(super) fn published_in(
     ctx: &TcContext,
     cfg: &DatapathConfig,
     ip: &mut Ipv4Hdr,
-    rkey: &ReverseKey,
+    (rkey, now): (&ReverseKey, u64),
     l4_at: usize,
     l4: L4Layout,
 ) -> Option<Verdict> {
     let (target, answer) = published_target(cfg, rkey)?;
-    record_inbound(&answer, PUBLISHED_BY_DR, rkey.nat_port, now());
+    record_inbound(&answer, PUBLISHED_BY_DR, rkey.nat_port, now);
     let ports = (rkey.nat_port, target.port);
     let counter = Counter::PublishedIn;
     Some(deliver_translated(
@@ -78,12 +78,16 @@ pub(super) fn published_in(
 
 /// The container end of the published flow that an ICMP error's quoted
 /// answer (`rkey`: client, client port, host port) belongs to, if dr
-/// translated that flow and it is live.
+/// translated that flow and it is live at `now`.
 #[inline(always)]
-pub(super) fn published_origin(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<Origin> {
+pub(super) fn published_origin(
+    cfg: &DatapathConfig,
+    rkey: &ReverseKey,
+    now: u64,
+) -> Option<Origin> {
     let (target, answer) = published_target(cfg, rkey)?;
     // SAFETY: map value, copied out.
     let flow: InboundFlow = unsafe { INBOUND_FLOWS.get(answer) }.copied()?;
     let ours = flow.delivered_by == PUBLISHED_BY_DR && flow.host_port == rkey.nat_port;
-    (ours && !flow.expired(rkey.proto, now(), &cfg.nat_timeouts)).then_some(target)
+    (ours && !flow.expired(rkey.proto, now, &cfg.nat_timeouts)).then_some(target)
 }

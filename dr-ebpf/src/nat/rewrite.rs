@@ -12,7 +12,7 @@ use dr_common::{
 };
 use network_types::{ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-use crate::packet::{ICMP_CHECK, ICMP_ID, TCP_CHECK, UDP_CHECK};
+use crate::packet::{store, ICMP_CHECK, ICMP_ID, TCP_CHECK, UDP_CHECK};
 
 /// Where a protocol keeps its ports (or ICMP identifier) and its checksum,
 /// as offsets from the start of its header.
@@ -115,7 +115,7 @@ pub(super) fn rewrite(
             pseudo_flags(proto) | 4,
         )?;
     }
-    ctx.store(port_at, &new_port, 0)?;
+    store(ctx, port_at, &new_port)?;
     ctx.l4_csum_replace(
         check_at,
         old_port as u64,
