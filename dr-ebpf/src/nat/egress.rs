@@ -20,9 +20,12 @@ use super::{
 use crate::{
     dry_run::dry_run,
     inbound::inbound_answered,
-    maps::{NAT_EXCLUDE, NAT_FLOWS},
+    maps::NAT_EXCLUDE,
     mtu::too_big,
-    packet::{decrement_ttl, dst_addr, flow_of, is_fragment, l4_offset, FrameBytes, TCP_SEQ},
+    packet::{
+        decrement_ttl, dst_addr, flow_of, is_fragment, l4_offset, ptr_at, FrameBytes,
+        TCP_DATA_OFFSET, TCP_SEQ,
+    },
     redirect::{forward, send},
     route::leaves_by_uplink,
     verdict::Verdict,
@@ -117,14 +120,26 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
     if let Some(verdict) = too_big(ctx, cfg, ip) {
         return verdict;
     }
-    let (nat_port, flow) = match live {
-        Some(flow) => (refresh(flow, tcp_flags, now), Some(flow)),
+    let nat_port = match live {
+        Some(flow) => {
+            if proto == IPPROTO_TCP && !dry_run() {
+                record_container_window(ctx, l4_at, tcp_flags, flow);
+            }
+            refresh(flow, tcp_flags, now)
+        }
         None => {
             if ip.ttl <= 1 {
                 return Verdict::Drop(Counter::DropTtlExceeded);
             }
-            match allocate(&key, cfg, now, tcp_flags) {
-                Ok(port) => (port, None),
+            // A SYN's window scale goes into the new entry, which is then
+            // not looked up again.
+            let wscale = if proto == IPPROTO_TCP {
+                offered_window_scale(ctx, l4_at)
+            } else {
+                0
+            };
+            match allocate(&key, cfg, now, tcp_flags, wscale) {
+                Ok(port) => port,
                 Err(reason) => {
                     warn_no_translation(ctx, &key, reason);
                     return Verdict::Drop(reason);
@@ -132,12 +147,6 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
             }
         }
     };
-    if proto == IPPROTO_TCP && !dry_run() {
-        // A new flow's entry is looked up again: only its SYN pays for that.
-        if let Some(flow) = flow.or_else(|| NAT_FLOWS.get_ptr_mut(key)) {
-            record_container_window(ctx, l4_at, tcp_flags, flow);
-        }
-    }
     let ports = (key.src_port, nat_port);
     send_translated(ctx, cfg, ip, (l4_at, l4), ports, Counter::NatOut)
 }
@@ -221,6 +230,17 @@ fn record_container_window(ctx: &TcContext, l4_at: usize, flags: u8, flow: *mut 
     unsafe { (*flow).record_window(flags, ack, window, wscale) };
 }
 
+/// The window scale offered by the SYN at `l4_at` that starts a new flow
+/// (see [`syn_window_scale`]); 0 if its header is cut short. Not inlined,
+/// as [`record_container_window`].
+#[inline(never)]
+fn offered_window_scale(ctx: &TcContext, l4_at: usize) -> u8 {
+    match ctx.read::<[u8; 2]>(l4_at + TCP_DATA_OFFSET) {
+        Some([data_offset, _]) => syn_window_scale(ctx, l4_at, data_offset >> 4),
+        None => 0,
+    }
+}
+
 const TCPOPT_WINDOW: u8 = 3;
 /// At most 40 bytes of options (a 60-byte header).
 const TCP_MAX_OPTION_BYTES: usize = 40;
@@ -240,9 +260,20 @@ fn syn_window_scale(ctx: &TcContext, l4_at: usize, data_offset: u8) -> u8 {
         if i + 3 > options {
             break;
         }
-        // By the helper: in place, LLVM's rewrite of this loop gives the
-        // verifier offsets it rejects.
-        if let Ok([TCPOPT_WINDOW, 3, value]) = ctx.load::<[u8; 3]>(l4_at + TcpHdr::LEN + i) {
+        // Hidden from LLVM, whose rewrite of the loop's offsets gives the
+        // verifier a pointer below the packet's start.
+        let at = l4_at + TcpHdr::LEN + i;
+        // SAFETY: a local.
+        let at = unsafe { core::ptr::read_volatile(&at) };
+        // In place only: a SYN's header is in the linear data. (The
+        // helper's failure path here left LLVM reading a register the
+        // verifier saw as unset.) Without it, no scale: only a narrower
+        // window for judging the remote's RSTs and FINs.
+        let Some(option) = ptr_at::<[u8; 3]>(ctx.data(), ctx.data_end(), at) else {
+            break;
+        };
+        // SAFETY: bounds checked by ptr_at; packet bytes have no alignment.
+        if let [TCPOPT_WINDOW, 3, value] = unsafe { option.read_unaligned() } {
             if value > shift {
                 shift = value;
             }

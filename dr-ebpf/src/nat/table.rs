@@ -160,7 +160,8 @@ fn release(rkey: &ReverseKey, origin: &Origin) {
 
 const EEXIST: i32 = 17;
 
-/// Allocates a source port for a new flow and records both halves.
+/// Allocates a source port for a new flow and records both halves; a TCP
+/// flow's entry starts with the window scale its SYN offered (`wscale`).
 /// Tries up to PORT_TRIES ports from a random start in the range; a port is
 /// taken only if no live translation uses it toward the same remote endpoint.
 /// Both halves are inserted with `BPF_NOEXIST`: of two CPUs starting the same
@@ -172,6 +173,7 @@ pub(super) fn allocate(
     cfg: &DatapathConfig,
     now: u64,
     tcp_flags: u8,
+    wscale: u8,
 ) -> Result<u16, Counter> {
     let origin = key.origin();
     // checked_rem: no panic path for the verifier to reject (range is never 0).
@@ -213,6 +215,7 @@ pub(super) fn allocate(
             last_seen_ns: now,
             nat_port: port,
             state: State::initial(key.proto, tcp_flags) as u8,
+            wscale_out: wscale,
             ..Flow::default()
         };
         if let Err(e) = NAT_FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
