@@ -286,24 +286,41 @@ impl Rig {
     }
 
     /// Runs `workload` for `d` on one CPU (see `cost_round`) and returns
-    /// the machine's busy CPU seconds and what it moved; fails when it moved
-    /// less than 90% of the offered load, which means a limit on the way (a
-    /// rate limiter, a ceiling), not the cost of the load it names.
+    /// the machine's busy CPU seconds and what it moved. A run that moved
+    /// less than 90% of the offered load measured something else than the
+    /// cost of the load it names, and is run again (said on stderr): one
+    /// such run is a stall of the VM (seen here once in a 30-minute bench),
+    /// while a limit on the way (a rate limiter, a ceiling) fails every
+    /// run, and after [`SHORT_RUNS`] of them the bench fails.
     fn run(&self, workload: Workload, d: Duration) -> Result<(f64, f64)> {
         let ends = self.ends()?;
-        let cpu0 = CpuSample::now()?;
-        let done = load::on_cpu(0, || workload.run(&ends, d))??;
-        let cpu_secs = CpuSample::now()?.busy_since(&cpu0);
         let offered = workload.offered(d);
-        if done < 0.9 * offered {
-            anyhow::bail!(
-                "{}: moved {done:.3} of {offered:.3} offered",
+        let mut short = Vec::new();
+        while short.len() < SHORT_RUNS {
+            let cpu0 = CpuSample::now()?;
+            let done = load::on_cpu(0, || workload.run(&ends, d))??;
+            let cpu_secs = CpuSample::now()?.busy_since(&cpu0);
+            if done >= 0.9 * offered {
+                return Ok((cpu_secs, done));
+            }
+            eprintln!(
+                "  cost     {:<14} {}: moved {done:.3} of {offered:.3} offered, run again",
+                self.setup.name(),
                 workload.name()
             );
+            short.push(format!("{done:.3}"));
         }
-        Ok((cpu_secs, done))
+        anyhow::bail!(
+            "{}: moved {} of {offered:.3} offered, {SHORT_RUNS} runs in a row",
+            workload.name(),
+            short.join(", then ")
+        )
     }
 }
+
+/// Runs in a row that move less than 90% of their load before a cost
+/// workload fails.
+const SHORT_RUNS: usize = 3;
 
 impl Bench {
     /// Each segment's setups are all built first; then each workload runs on
