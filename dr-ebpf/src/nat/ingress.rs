@@ -131,7 +131,7 @@ pub fn to_uplink_address(
     let (rkey, tcp_flags) = reply_key(ctx, ip)?;
     let now = now();
     let Some((origin, flow)) = live_reply(cfg, &rkey, now) else {
-        return published_in(ctx, cfg, ip, (&rkey, now), l4_at, l4);
+        return published_in(ctx, cfg, ip, &rkey, now, l4_at, l4);
     };
     // A RST or FIN far from the container's window is not believed (an
     // off-path sender guessing), but still delivered: the container's stack

@@ -49,15 +49,17 @@ pub fn published_target(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Orig
     Some((target, answer))
 }
 
-/// A request to a published port on the uplink's address, seen at `now`: translated to
-/// the container (destination address and port), recorded, delivered.
+/// A request to a published port on the uplink's address, seen at `now`:
+/// translated to the container (destination address and port), recorded,
+/// delivered.
 /// None when the port is not one dr translates (the kernel's then).
 #[inline(always)]
 pub(super) fn published_in(
     ctx: &TcContext,
     cfg: &DatapathConfig,
     ip: &mut Ipv4Hdr,
-    (rkey, now): (&ReverseKey, u64),
+    rkey: &ReverseKey,
+    now: u64,
     l4_at: usize,
     l4: L4Layout,
 ) -> Option<Verdict> {
