@@ -10,8 +10,8 @@ use crate::{run, workspace_root};
 /// (test target, test) pairs: forwarding (through docker0, and straight
 /// into learned containers: `bpf_redirect_peer` changed after 6.1), SNAT,
 /// published ports translated by dr (TC, and XDP: every program loaded),
-/// restart safety, down and cleanup, netlink attach mode. Each takes 1-2
-/// minutes in the emulated guest, so the subset is chosen to keep CI well
+/// restart safety, down and cleanup, netlink attach mode. Each takes 1 to
+/// 5 minutes in the emulated guest, so the subset is chosen to keep CI well
 /// inside its time limit.
 const VM_TESTS: [(&str, &str); 8] = [
     (
@@ -84,23 +84,41 @@ fn build_test_binaries() -> Result<Vec<(String, String)>> {
     Ok(binaries)
 }
 
-/// The guest's script: every test of the subset, one at a time (two
-/// emulated vCPUs), all of them even after a failure; fails if any did.
+/// Lanes of the guest's script, run side by side: the guest's two vCPUs
+/// are two host threads under TCG, and one test at a time kept one of
+/// them (and one of the host's two CPUs) idle most of the time.
+const LANES: usize = 2;
+
+/// The guest's script: the subset's tests dealt round-robin into
+/// [`LANES`] lanes that run side by side, each one test at a time, all of
+/// them even after a failure (each line prefixed with its lane); fails if
+/// any did.
 fn guest_script(dr_ctl: &str, binaries: &[(String, String)]) -> Result<String> {
     let root = workspace_root();
     let mut script = format!(
-        "export DR_CTL='{dr_ctl}'\ncd '{}'\nfailed=0\n",
+        "set -o pipefail\nexport DR_CTL='{dr_ctl}'\ncd '{}'\n",
         root.join("tests").display()
     );
-    for (target, test) in VM_TESTS {
+    let mut lanes = vec![String::new(); LANES];
+    for (k, (target, test)) in VM_TESTS.iter().enumerate() {
         let exe = binaries
             .iter()
             .find(|(name, _)| name == target)
             .map(|(_, exe)| exe)
             .with_context(|| format!("no test binary for {target}"))?;
-        script += &format!(
-            "echo '== vm: {target}::{test}'\n'{exe}' --exact '{test}' --test-threads=1 || failed=1\n"
+        lanes[k % LANES] += &format!(
+            "  echo '== vm: {target}::{test}'\n  '{exe}' --exact '{test}' --test-threads=1 || failed=1\n"
         );
+    }
+    for (lane, tests) in lanes.iter().enumerate() {
+        script += &format!(
+            "lane{lane}() {{\n  failed=0\n{tests}  return $failed\n}}\n\
+             lane{lane} 2>&1 | sed -u 's/^/[lane {lane}] /' &\npid{lane}=$!\n"
+        );
+    }
+    script += "failed=0\n";
+    for lane in 0..LANES {
+        script += &format!("wait $pid{lane} || failed=1\n");
     }
     script += "exit $failed\n";
     Ok(script)
@@ -116,4 +134,33 @@ pub fn run_subset(dr_ctl: &str) -> Result<()> {
         .context("writing target/vm/tests.sh")?;
     let script = script.to_str().context("non-UTF-8 path")?;
     run("bash", &["scripts/vm.sh", "bash", script], &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_test_runs_once_in_a_lane_and_every_lane_is_waited_for() {
+        let binaries: Vec<(String, String)> = VM_TESTS
+            .iter()
+            .map(|(target, _)| (target.to_string(), format!("/bin/{target}")))
+            .collect();
+        let script = guest_script("/bin/dr-ctl", &binaries).unwrap();
+        for (target, test) in VM_TESTS {
+            let run = format!("'/bin/{target}' --exact '{test}' --test-threads=1 || failed=1");
+            assert_eq!(
+                script.matches(&run).count(),
+                1,
+                "{target}::{test}\n{script}"
+            );
+        }
+        for lane in 0..LANES {
+            assert!(
+                script.contains(&format!("wait $pid{lane} || failed=1")),
+                "{script}"
+            );
+        }
+        assert!(script.ends_with("exit $failed\n"));
+    }
 }
