@@ -122,7 +122,13 @@ pub struct Endpoint {
     /// The container's veth on the host side (a docker0 port).
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1 if XDP may redirect into the port: XDP runs in generic mode, or
+    /// the container's end of the veth has GRO on (native XDP hands frames
+    /// to the peer's NAPI ring, which exists only then; without it the
+    /// kernel drops them). Once padding: an entry an older dr-ctl wrote
+    /// reads 0, and XDP leaves its frames to TC.
+    pub xdp_ready: u8,
+    pub _pad: u8,
 }
 
 /// Value of `PEER_SUBNETS` (LPM trie keyed by the peer's container subnet).
@@ -283,6 +289,7 @@ const _: () = {
     assert!(size_of::<Traffic>() == 16);
     assert!(size_of::<PeerTraffic>() == 32);
     assert!(size_of::<Endpoint>() == 12);
+    assert!(offset_of!(Endpoint, xdp_ready) == 10);
     assert!(size_of::<nat::FlowKey>() == 16);
     assert!(size_of::<nat::Flow>() == 32);
     assert!(size_of::<nat::Teardown>() == 4);

@@ -2,6 +2,7 @@
 pub mod bpffs;
 pub mod cli;
 pub mod cmd;
+pub mod container_gro;
 pub mod datapath;
 pub mod docker_config;
 pub mod error;

@@ -1,14 +1,19 @@
 //! Interface and address management through rtnetlink.
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsRawFd, BorrowedFd},
+};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use rtnetlink::{
+    packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST},
     packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
-        AddressFamily,
+        nsid::{NsidAttribute, NsidMessage},
+        AddressFamily, RouteNetlinkMessage,
     },
     Handle, LinkBridge, LinkUnspec,
 };
@@ -298,6 +303,64 @@ impl Netlink {
         self.handle.link().del(index).execute().await?;
         Ok(())
     }
+
+    /// The other end of veth `index`: None if `index` is gone or no veth.
+    pub async fn veth_peer(&self, index: u32) -> Result<Option<VethPeer>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let link = match links.try_next().await {
+            Ok(Some(link)) => link,
+            Ok(None) => return Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (mut is_veth, mut peer) = (false, VethPeer::default());
+        for attr in &link.attributes {
+            match attr {
+                LinkAttribute::LinkInfo(infos) => {
+                    is_veth |= infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                }
+                LinkAttribute::Link(index) => peer.index = *index,
+                LinkAttribute::LinkNetNsId(nsid) => peer.nsid = Some(*nsid),
+                _ => {}
+            }
+        }
+        Ok((is_veth && peer.index != 0).then_some(peer))
+    }
+
+    /// The id this namespace gives the network namespace `netns` (an open
+    /// `/proc/<pid>/ns/net`); None if it has given it none.
+    pub async fn nsid_of(&self, netns: BorrowedFd<'_>) -> Result<Option<i32>> {
+        let mut msg = NsidMessage::default();
+        msg.attributes = vec![NsidAttribute::Fd(netns.as_raw_fd() as u32)];
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+        req.header.flags = NLM_F_REQUEST;
+        let mut responses = self.handle.clone().request(req)?;
+        while let Some(resp) = responses.next().await {
+            match resp.payload {
+                NetlinkPayload::Error(e) => return Err(rtnetlink::Error::NetlinkError(e).into()),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(msg)) => {
+                    return Ok(msg.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                        _ => None,
+                    }));
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The other end of a veth pair: its ifindex in its namespace, and that
+/// namespace's id here (None: this namespace).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VethPeer {
+    pub index: u32,
+    pub nsid: Option<i32>,
 }
 
 /// An Ethernet address from a netlink attribute.

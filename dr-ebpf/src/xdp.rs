@@ -51,6 +51,13 @@ fn deliver(frame: LinearFrame) -> Verdict {
     deliver_from_peer(frame, cfg, ip)
 }
 
+/// The endpoint of local container `addr` if XDP may redirect into its
+/// port (`Endpoint::xdp_ready`); for any other, TC delivers.
+#[inline(always)]
+fn xdp_endpoint(addr: u32) -> Option<Endpoint> {
+    endpoint(addr).filter(|e| e.xdp_ready != 0)
+}
+
 /// Sets the MACs of a frame from docker0 to `endpoint` and redirects it
 /// into the endpoint's veth, to be counted under `counter`.
 #[inline(always)]
@@ -126,7 +133,7 @@ fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> 
             None => return TO_TC,
         },
     };
-    let Some(endpoint) = endpoint(origin.addr) else {
+    let Some(endpoint) = xdp_endpoint(origin.addr) else {
         return TO_TC;
     };
     let (Some(port), Some(check)) = (
@@ -166,7 +173,7 @@ fn deliver_from_peer(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr)
     let Some(peer) = peer_for(src_addr(ip)) else {
         return TO_TC;
     };
-    let Some(endpoint) = endpoint(dst) else {
+    let Some(endpoint) = xdp_endpoint(dst) else {
         return TO_TC;
     };
     // An expiring TTL is TC's to drop and count.

@@ -264,8 +264,8 @@ impl Host {
             "via",
             &self.gateway().to_string(),
         ])?;
-        // NAPI on the container's side lets XDP redirect into its veth.
-        ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
+        // GRO stays off, as Docker leaves it: with native XDP, dr turns it
+        // on itself (the NAPI ring XDP redirects into exists only then).
         Ok(())
     }
 

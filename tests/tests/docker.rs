@@ -32,8 +32,13 @@ impl DockerCluster {
     /// Host A: `dr-ctl up --docker-config`, then dockerd on that config.
     /// Host B: dr and one container. Peers meshed, external network added.
     fn new(tag: &str) -> Self {
+        Self::with_up_args(tag, &[])
+    }
+
+    /// [`Self::new`], with `extra` for A's `dr-ctl up`.
+    fn with_up_args(tag: &str, extra: &[&str]) -> Self {
         let mut env = Self::without_dr_on_a(tag);
-        env.adopt_docker0();
+        env.adopt_docker0(extra);
         env.dockerd.start().expect("dockerd");
         // dockerd adopted the bridge dr made, with dr's bip.
         let gateway = env
@@ -65,13 +70,13 @@ impl DockerCluster {
         Self { dockerd, cluster }
     }
 
-    /// `dr-ctl up --docker-config` on A (dockerd reads the bip at its next
-    /// start), and the peers meshed.
-    fn adopt_docker0(&self) {
+    /// `dr-ctl up --docker-config` (and `extra`) on A (dockerd reads the
+    /// bip at its next start), and the peers meshed.
+    fn adopt_docker0(&self, extra: &[&str]) {
         let config = self.dockerd.daemon_json();
-        self.a()
-            .up_with(&["--docker-config", config.to_str().unwrap()])
-            .expect("dr-ctl up --docker-config");
+        let mut args = vec!["--docker-config", config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.a().up_with(&args).expect("dr-ctl up --docker-config");
         self.cluster.mesh().unwrap();
     }
 
@@ -225,6 +230,38 @@ fn docker_containers_reach_peers_and_peer_hosts_through_forward_drop_and_docker_
         a.nat_list().unwrap().is_empty(),
         "peer traffic was translated"
     );
+}
+
+/// With native XDP on A, B's traffic to A's Docker containers takes the
+/// fast path. Docker leaves GRO off on a container's eth0, and the kernel
+/// drops what native XDP redirects into a veth whose other end has neither
+/// GRO nor an XDP program: `sync` turns GRO on, and every byte arrives.
+#[test]
+fn native_xdp_delivers_into_docker_containers_once_sync_turns_their_gro_on() {
+    let env = DockerCluster::with_up_args("drdkxdp", &["--xdp"]);
+    // Complete checksums on the segment, as on a wire (see emulate_wire).
+    env.cluster.emulate_wire().unwrap();
+    let (a, b) = (env.a(), env.b());
+    let web = env.run("web", &[]);
+    let peer = &b.containers[0];
+    let gro = || web.ns.exec("ethtool", &["-k", "eth0"]).unwrap();
+    assert!(
+        gro().contains("generic-receive-offload: off"),
+        "not Docker's default, the test cannot see:\n{}",
+        gro()
+    );
+    // A learns web from its first packets (neighbour table, bridge FDB).
+    traffic::ping(&web.ns, peer.addr, 2).unwrap();
+    let sync: Value = serde_json::from_str(&a.dr(&["sync", "--json"]).unwrap()).unwrap();
+    assert_eq!(sync["xdp"], "native", "{sync}");
+    assert_eq!(sync["endpoints"], 1, "{sync}");
+    assert_eq!(sync["xdp_endpoints"], 1, "{sync}");
+    assert!(gro().contains("generic-receive-offload: on"), "{}", gro());
+    let before = a.counter("xdp_redirect").unwrap();
+    exchange_with_peer(&web, peer);
+    // Thousands of MSS-sized frames of B's 4 MiB went through XDP.
+    let redirected = a.counter("xdp_redirect").unwrap() - before;
+    assert!(redirected > 2000, "xdp_redirect {redirected}");
 }
 
 /// One published-port check: `Ok` with the address the server saw.
@@ -433,7 +470,7 @@ fn switch_over_from_dockers_default_bridge_as_the_readme_says() {
     // What `up`'s refusal says: stop the containers, `up --docker-config`,
     // restart dockerd; then start the containers again.
     env.dockerd.docker(&["stop", "-t", "1", "app"]).unwrap();
-    env.adopt_docker0();
+    env.adopt_docker0(&[]);
     env.dockerd.stop().unwrap();
     env.dockerd.start().unwrap();
     env.dockerd.docker(&["start", "app"]).unwrap();

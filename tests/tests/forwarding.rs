@@ -46,6 +46,31 @@ fn ping_tcp_udp_across_three_hosts_with_the_xdp_fast_path() {
     }
 }
 
+/// Docker leaves GRO off on a container's eth0, and native XDP cannot
+/// redirect into a veth whose other end has neither GRO nor an XDP program
+/// (the kernel drops the frame). `sync` turns GRO on for every container it
+/// learns and says how many XDP delivers to; the next `sync` finds it on.
+#[test]
+fn sync_turns_gro_on_in_containers_so_native_xdp_can_deliver() {
+    let c = xdp_cluster("drxgro");
+    for host in &c.hosts {
+        let s = host.status().unwrap();
+        if s["xdp"] != "native" {
+            panic!("this test needs native XDP on veth: {}", s["xdp"]);
+        }
+        for container in &host.containers {
+            let features = container.ns.exec("ethtool", &["-k", "eth0"]).unwrap();
+            assert!(
+                features.contains("generic-receive-offload: on"),
+                "{features}"
+            );
+        }
+        let sync: Value = serde_json::from_str(&host.dr(&["sync", "--json"]).unwrap()).unwrap();
+        assert_eq!(sync["xdp_endpoints"], 2, "{sync}");
+        assert_eq!(sync["endpoints"], 2, "{sync}");
+    }
+}
+
 /// A restarted container gets a new docker0 port; until `sync` learns it,
 /// XDP must leave its traffic to TC instead of sending it to the old,
 /// deleted port (the kernel drops its `ENDPOINT_PORTS` entry with it).

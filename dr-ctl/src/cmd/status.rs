@@ -84,6 +84,9 @@ pub struct Status {
     pub xdp: &'static str,
     /// Local containers the XDP path knows (see `dr-ctl sync`).
     pub endpoints: usize,
+    /// Of them, those XDP delivers to (`Endpoint::xdp_ready`); the others'
+    /// frames XDP leaves to TC.
+    pub xdp_endpoints: usize,
     /// Docker's published ports dr translates itself (see `dr-ctl sync`).
     pub published_ports: Vec<PublishedPort>,
     #[serde(serialize_with = "pairs_as_map")]
@@ -144,6 +147,7 @@ pub async fn run() -> Result<Status> {
             problems.push(problem);
         }
     }
+    let endpoints = maps.endpoints()?;
     Ok(Status {
         problems,
         pin_dir: pins.display().to_string(),
@@ -157,7 +161,8 @@ pub async fn run() -> Result<Status> {
         peers: peer::statuses(maps)?,
         peer_capacity: maps.peer_capacity(),
         xdp: xdp_mode_name(node.state.xdp_mode),
-        endpoints: maps.endpoints()?.len(),
+        endpoints: endpoints.len(),
+        xdp_endpoints: endpoints.iter().filter(|(_, e)| e.xdp_ready != 0).count(),
         published_ports: maps.published_ports()?,
         nat: NatStatus {
             enabled: config.nat_enabled != 0,
@@ -235,6 +240,13 @@ impl Report for Status {
             }
         }
         let _ = writeln!(out, "xdp: {}", self.xdp);
+        if self.xdp != "off" {
+            let _ = writeln!(
+                out,
+                "  delivers to {} of the local endpoints",
+                self.xdp_endpoints
+            );
+        }
         let _ = writeln!(
             out,
             "local endpoints: {} (containers delivered to directly, see `dr-ctl sync`)",

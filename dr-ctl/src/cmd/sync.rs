@@ -14,6 +14,9 @@ use crate::{
 pub struct SyncReport {
     pub xdp: &'static str,
     pub endpoints: usize,
+    /// Of the endpoints, those XDP delivers to (with native XDP, those
+    /// whose container has GRO on); 0 without XDP.
+    pub xdp_endpoints: usize,
     /// Learned containers' docker0 ports with dr's port program.
     pub port_hooks: usize,
     /// The uplink MTU the datapath checks container packets against.
@@ -25,10 +28,15 @@ pub struct SyncReport {
 impl Report for SyncReport {
     fn text(&self) -> String {
         let mut text = format!(
-            "{} local endpoints ({} ports hooked); xdp {}; uplink mtu {}; {} published ports translated by dr\n",
+            "{} local endpoints ({} ports hooked); xdp {}{}; uplink mtu {}; {} published ports translated by dr\n",
             self.endpoints,
             self.port_hooks,
             self.xdp,
+            if self.xdp == "off" {
+                String::new()
+            } else {
+                format!(" ({} endpoints)", self.xdp_endpoints)
+            },
             self.uplink_mtu,
             self.published.offloaded.len()
         );
@@ -63,6 +71,7 @@ pub async fn run() -> Result<SyncReport> {
         config.bridge_ifindex,
         &local.net,
         false,
+        node.state.xdp_mode,
     )
     .await?;
     node.resolve_peer_hosts(&nl, node.maps.peers()?.iter().map(|p| p.peer.via))
@@ -82,6 +91,7 @@ pub async fn run() -> Result<SyncReport> {
     Ok(SyncReport {
         xdp: xdp_mode_name(node.state.xdp_mode),
         endpoints: learned.endpoints,
+        xdp_endpoints: learned.xdp_ready,
         port_hooks: learned.port_hooks,
         uplink_mtu,
         published,

@@ -12,6 +12,7 @@ use tracing::warn;
 
 use crate::{
     bpffs::PinDir,
+    container_gro,
     datapath::{self, Side},
     error::{Error, Result},
     iptables,
@@ -168,6 +169,8 @@ pub fn xdp_mode_name(mode: u8) -> &'static str {
 pub struct Learned {
     /// Containers in `ENDPOINTS`.
     pub endpoints: usize,
+    /// Of them, those XDP delivers to (`Endpoint::xdp_ready`).
+    pub xdp_ready: usize,
     /// Their docker0 ports with dr's port program.
     pub port_hooks: usize,
 }
@@ -177,7 +180,10 @@ pub struct Learned {
 /// dr's port program on their docker0 ports (`replace`: swap its program
 /// where attached, after `up` pinned a new one). Beyond the table's
 /// capacity the rest are left out of `ENDPOINTS`: their packets go through
-/// docker0, as for a container not learned yet.
+/// docker0, as for a container not learned yet. With XDP in `xdp_mode`,
+/// marks the endpoints XDP may redirect into: all in generic mode, in
+/// native mode those whose veth's other end has GRO on (turned on here:
+/// `container_gro`).
 pub async fn sync_endpoints(
     nl: &Netlink,
     maps: &mut Maps,
@@ -185,6 +191,7 @@ pub async fn sync_endpoints(
     bridge: u32,
     local: &Ipv4Net,
     replace: bool,
+    xdp_mode: u8,
 ) -> Result<Learned> {
     let neighbours: Vec<Neighbour> = nl
         .bridge_neighbours(bridge)
@@ -200,7 +207,8 @@ pub async fn sync_endpoints(
                 Endpoint {
                     ifindex: n.port,
                     mac: n.mac,
-                    _pad: [0; 2],
+                    xdp_ready: u8::from(xdp_mode == XDP_GENERIC),
+                    _pad: 0,
                 },
             )
         })
@@ -212,9 +220,17 @@ pub async fn sync_endpoints(
         );
         endpoints.truncate(MAX_ENDPOINTS as usize);
     }
+    if xdp_mode == XDP_NATIVE {
+        let ports = endpoints.iter().map(|(_, e)| e.ifindex).collect();
+        let ready = container_gro::ready_for_xdp(nl, &ports).await?;
+        for (_, endpoint) in &mut endpoints {
+            endpoint.xdp_ready = u8::from(ready.contains(&endpoint.ifindex));
+        }
+    }
     maps.set_endpoints(&endpoints)?;
     Ok(Learned {
         endpoints: endpoints.len(),
+        xdp_ready: endpoints.iter().filter(|(_, e)| e.xdp_ready != 0).count(),
         port_hooks: hook_learned_ports(nl, pins, bridge, &neighbours, replace).await?,
     })
 }

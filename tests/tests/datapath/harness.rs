@@ -345,12 +345,20 @@ pub fn xdp_datapath() -> Datapath {
     dp
 }
 
-/// Makes `container` a known endpoint, on CONTAINER_VETH with CONTAINER_MAC.
+/// Makes `container` a known endpoint, on CONTAINER_VETH with CONTAINER_MAC,
+/// which XDP may redirect into.
 pub fn add_endpoint(dp: &mut Datapath, container: [u8; 4]) {
+    add_endpoint_xdp_ready(dp, container, true);
+}
+
+/// [`add_endpoint`], with `xdp_ready` as dr-ctl found it (native XDP: GRO at
+/// the container's end of the veth).
+pub fn add_endpoint_xdp_ready(dp: &mut Datapath, container: [u8; 4], xdp_ready: bool) {
     let ep = Endpoint {
         ifindex: CONTAINER_VETH,
         mac: CONTAINER_MAC,
-        _pad: [0; 2],
+        xdp_ready: xdp_ready.into(),
+        _pad: 0,
     };
     dp.maps.set_endpoints(&[(container.into(), ep)]).unwrap();
 }

@@ -8,7 +8,7 @@
 //!                                  UPLINK_ADDR 192.168.91.128     │ TTL - 1, MACs BRIDGE_MAC -> CONTAINER_MAC,
 //!                                                                 │ a reply's destination translated back
 //!                                                                 └─XDP_PASS──> TC (uplink_ingress), unchanged
-//!  maps: DATAPATH_CONFIG, PEER_SUBNETS (10.0.129.0/24 via PEER_HOST), ENDPOINTS, ENDPOINT_PORTS,
+//!  maps: DATAPATH_CONFIG, PEER_SUBNETS (10.0.129.0/24 via PEER_HOST), ENDPOINTS (xdp_ready), ENDPOINT_PORTS,
 //!        NAT_FLOWS/NAT_REVERSE (filled by a translation on bridge_ingress first)
 //! ```
 use super::*;
@@ -75,6 +75,30 @@ fn snat_replies_to_a_known_container_are_translated_and_redirected() {
     assert_eq!(dp.run_xdp(&other), (XDP_PASS, other.clone()));
     let unknown = reply(EXTERNAL, UPLINK_ADDR, L4::Udp, 20000, 53, 50);
     assert_eq!(dp.run_xdp(&unknown), (XDP_PASS, unknown.clone()));
+}
+
+#[test]
+fn a_container_xdp_cannot_redirect_into_is_left_to_tc_unchanged() {
+    // Native XDP into a veth whose container end has no GRO: the kernel
+    // would drop the frame, so dr-ctl marks the endpoint not ready.
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    add_endpoint_xdp_ready(&mut dp, CONTAINER, false);
+    let mut cases = vec![frame(PEER_CONTAINER, CONTAINER, 62, L4::Udp)];
+    for l4 in ALL_L4 {
+        let ports = default_ports(l4);
+        let port = dp.translate_out(CONTAINER, EXTERNAL, l4, ports);
+        cases.push(reply(EXTERNAL, UPLINK_ADDR, l4, port, ports.1, 50));
+    }
+    for packet in &cases {
+        assert_eq!(
+            dp.run_xdp(packet),
+            (XDP_PASS, packet.clone()),
+            "{packet:02x?}"
+        );
+    }
+    assert_eq!(dp.counter(Counter::XdpPass).packets, cases.len() as u64);
+    assert_eq!(dp.counter(Counter::XdpRedirect).packets, 0);
+    assert_eq!(dp.counter(Counter::NatIn).packets, 0);
 }
 
 #[test]

@@ -218,7 +218,8 @@ impl Setup<'_> {
             undo.push(Undo::UnhookPorts(bridge.index));
         }
         datapath::pin_port_program(&mut ebpf, pins.path())?;
-        sync_endpoints(nl, &mut maps, pins, bridge.index, &args.subnet.net, true).await?;
+        let local = &args.subnet.net;
+        sync_endpoints(nl, &mut maps, pins, bridge.index, local, true, xdp_mode).await?;
         let published = sync_published(&mut maps, &config, &uplink.name)?;
         debug!("published ports: {published:?}");
         node::state::write(pins.path(), &desired_state(args, owned, xdp_mode))?;
