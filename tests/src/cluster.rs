@@ -455,10 +455,21 @@ impl Cluster {
             .map(String::as_str)
             .chain(self.router.as_ref().map(|_| "prtr"))
         {
-            self.switch.exec(
-                "ethtool",
-                &["-K", port, "tx", "off", "tso", "off", "gso", "off"],
-            )?;
+            wire_like(&self.switch, port)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every host's docker0 ports behave like [`Self::emulate_wire`]'s
+    /// switch ports: what the bridge sends a container is cut to MTU-sized
+    /// frames with full checksums. The benchmark's floor on the wire-like
+    /// segment (two containers on one bridge) then pays what crossing the
+    /// segment costs every mode.
+    pub fn emulate_wire_to_containers(&self) -> Result<()> {
+        for host in &self.hosts {
+            for n in 0..host.containers.len() {
+                wire_like(&host.ns, &format!("veth{n}"))?;
+            }
         }
         Ok(())
     }
@@ -513,4 +524,14 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// Turns off checksum offload, TSO and GSO on `ns`'s `port`, as a NIC
+/// without offloads: what leaves it is MTU-sized with full checksums.
+fn wire_like(ns: &Netns, port: &str) -> Result<()> {
+    ns.exec(
+        "ethtool",
+        &["-K", port, "tx", "off", "tso", "off", "gso", "off"],
+    )?;
+    Ok(())
 }

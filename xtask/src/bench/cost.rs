@@ -3,7 +3,9 @@
 //! with its sender at real-time priority, and the machine's busy CPU time
 //! over the run (wall time minus measured idle time, see `CpuSample`) is
 //! divided by what it moved. The same workloads without forwarding give the
-//! floor: between two containers on one bridge, for the NAT workloads
+//! floor: between two containers on one bridge (on the wire-like segment,
+//! whose switch cuts and checksums every frame a mode sends across, the
+//! bridge's ports do the same), for the NAT workloads
 //! (whose server is behind a router both modes cross) from the host's own
 //! process to the same external server, and for the published port the
 //! host's own process answering on its address; each mode's overhead is its
@@ -384,7 +386,15 @@ impl Bench {
     fn rig(&self, segment: Segment, setup: Setup) -> Result<Rig> {
         let mut c = self.cluster_on(segment)?;
         match setup {
-            Setup::Floor => c.bare_all(3)?,
+            Setup::Floor => {
+                c.bare_all(3)?;
+                // The floor's containers share a bridge, not the segment:
+                // on the wire-like one, its ports cut and checksum what
+                // they send as the switch's do for every mode.
+                if segment == Segment::Wire {
+                    c.emulate_wire_to_containers()?;
+                }
+            }
             Setup::Forwarding(mode) => mode.set_up(&mut c, 3)?,
         }
         // Errors for the ICMP error path come back at the offered rate.
@@ -448,7 +458,7 @@ pub(super) fn markdown(rows: &[Row], samples: &[Sample]) -> String {
         .collect();
     workloads.dedup();
     if !workloads.is_empty() {
-        let _ = writeln!(md, "\n## Cost at a fixed offered load\n\nMachine CPU per unit moved, median [min - max] over every 1 s run (all rounds and blocks); overhead = cost above the floor, the same workload without forwarding: between two containers on one bridge, for the NAT workloads from the host's own process to the same external server (the path beyond the host is the same), and for the published port the host's own process answering on its address; the ratio columns are dr's overhead over the recipe's (below 1 favours dr): of the medians, and paired, the median [min - max] of each round's ratio (from each setup's median in that round; a round runs each workload on all setups back to back, in blocks).\n\n| workload | unit | floor | recipe | dr-tc | dr-xdp | overhead recipe | overhead dr-tc | overhead dr-xdp | dr-tc / recipe | dr-xdp / recipe | dr-tc / recipe, paired | dr-xdp / recipe, paired |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "\n## Cost at a fixed offered load\n\nMachine CPU per unit moved, median [min - max] over every 1 s run (all rounds and blocks); overhead = cost above the floor, the same workload without forwarding: between two containers on one bridge (on the wire-like segment with ports that cut and checksum frames as the segment's switch does), for the NAT workloads from the host's own process to the same external server (the path beyond the host is the same), and for the published port the host's own process answering on its address; the ratio columns are dr's overhead over the recipe's (below 1 favours dr): of the medians, and paired, the median [min - max] of each round's ratio (from each setup's median in that round; a round runs each workload on all setups back to back, in blocks).\n\n| workload | unit | floor | recipe | dr-tc | dr-xdp | overhead recipe | overhead dr-tc | overhead dr-xdp | dr-tc / recipe | dr-xdp / recipe | dr-tc / recipe, paired | dr-xdp / recipe, paired |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
     for w in workloads {
         let median = |m: &str| find("cost", w, m).map(|r| r.4);
