@@ -11,9 +11,10 @@
 //! packet the container receives and take GSO from the host's end.
 //!
 //! Hand-written: the ethtool crate reads features but cannot set them, and
-//! nothing opens a namespace known only by its id; GRO's state is one pair
-//! of legacy `SIOCETHTOOL` requests, sent from a thread that has entered
-//! the container's namespace.
+//! no crate opens a namespace known only by its id (here: the one whose id
+//! matches among the named namespaces and the processes'); GRO's state is
+//! one pair of legacy `SIOCETHTOOL` requests, sent from a thread that has
+//! entered the container's namespace.
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     ffi::CStr,
@@ -43,7 +44,7 @@ pub async fn ready_for_xdp(nl: &Netlink, ports: &BTreeSet<u32>) -> Result<HashSe
     for &port in ports {
         match nl.veth_peer(port).await? {
             Some(VethPeer { index, nsid }) => by_netns.entry(nsid).or_default().push((port, index)),
-            None => warn!("docker0 port {port}: no veth, XDP leaves its frames to TC"),
+            None => warn!("docker0 port {port}: not a veth (or gone), XDP leaves its frames to TC"),
         }
     }
     let wanted: BTreeSet<i32> = by_netns.keys().flatten().copied().collect();
@@ -55,7 +56,7 @@ pub async fn ready_for_xdp(nl: &Netlink, ports: &BTreeSet<u32>) -> Result<HashSe
             Some(id) => match namespaces.remove(&id) {
                 Some(file) => Some(file),
                 None => {
-                    warn!("network namespace {id} (of docker0 ports {peers:?}): no process in it, XDP leaves its frames to TC");
+                    warn!("network namespace {id} (of docker0 ports {peers:?}): not under /run/netns, /run/docker/netns or a process, XDP leaves its frames to TC");
                     continue;
                 }
             },
