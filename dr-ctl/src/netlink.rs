@@ -332,7 +332,8 @@ impl Netlink {
     }
 
     /// The id this namespace gives the network namespace `netns` (an open
-    /// `/proc/<pid>/ns/net`); None if it has given it none.
+    /// `/proc/<pid>/ns/net`, or a bind mount of one); None if it has given
+    /// it none.
     pub async fn nsid_of(&self, netns: BorrowedFd<'_>) -> Result<Option<i32>> {
         let mut msg = NsidMessage::default();
         msg.attributes = vec![NsidAttribute::Fd(netns.as_raw_fd() as u32)];
