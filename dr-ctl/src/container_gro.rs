@@ -42,7 +42,7 @@ pub async fn ready_for_xdp(nl: &Netlink, ports: &BTreeSet<u32>) -> Result<HashSe
     // The ports' other ends, by the namespace they live in.
     let mut by_netns: BTreeMap<Option<i32>, Vec<(u32, u32)>> = BTreeMap::new();
     for &port in ports {
-        match nl.veth_peer(port).await? {
+        match nl.interface_by_index(port).await?.and_then(|i| i.veth_peer) {
             Some(VethPeer { index, nsid }) => by_netns.entry(nsid).or_default().push((port, index)),
             None => warn!("docker0 port {port}: not a veth (or gone), XDP leaves its frames to TC"),
         }

@@ -28,6 +28,8 @@ pub struct Interface {
     pub is_bridge: bool,
     pub mac: Option<[u8; 6]>,
     pub mtu: u32,
+    /// The other end, if this is one end of a veth pair.
+    pub veth_peer: Option<VethPeer>,
 }
 
 /// A local container as the kernel knows it: its address, MAC and the
@@ -304,33 +306,6 @@ impl Netlink {
         Ok(())
     }
 
-    /// The other end of veth `index`: None if `index` is gone or no veth.
-    pub async fn veth_peer(&self, index: u32) -> Result<Option<VethPeer>> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        let link = match links.try_next().await {
-            Ok(Some(link)) => link,
-            Ok(None) => return Ok(None),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let (mut is_veth, mut peer) = (false, VethPeer::default());
-        for attr in &link.attributes {
-            match attr {
-                LinkAttribute::LinkInfo(infos) => {
-                    is_veth |= infos
-                        .iter()
-                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
-                }
-                LinkAttribute::Link(index) => peer.index = *index,
-                LinkAttribute::LinkNetNsId(nsid) => peer.nsid = Some(*nsid),
-                _ => {}
-            }
-        }
-        Ok((is_veth && peer.index != 0).then_some(peer))
-    }
-
     /// The id this namespace gives the network namespace `netns` (an open
     /// `/proc/<pid>/ns/net`, or a bind mount of one); None if it has given
     /// it none.
@@ -376,20 +351,25 @@ fn interface_of(link: &LinkMessage) -> Interface {
         is_bridge: false,
         mac: None,
         mtu: 0,
+        veth_peer: None,
     };
+    let (mut is_veth, mut peer) = (false, VethPeer::default());
     for attr in &link.attributes {
         match attr {
             LinkAttribute::IfName(name) => iface.name = name.clone(),
             LinkAttribute::Mtu(mtu) => iface.mtu = *mtu,
             LinkAttribute::Address(mac) => iface.mac = mac_of(mac),
             LinkAttribute::LinkInfo(infos) => {
-                iface.is_bridge |= infos
-                    .iter()
-                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+                let kind = |k: InfoKind| infos.iter().any(|i| *i == LinkInfo::Kind(k.clone()));
+                iface.is_bridge |= kind(InfoKind::Bridge);
+                is_veth |= kind(InfoKind::Veth);
             }
+            LinkAttribute::Link(index) => peer.index = *index,
+            LinkAttribute::LinkNetNsId(nsid) => peer.nsid = Some(*nsid),
             _ => {}
         }
     }
+    iface.veth_peer = (is_veth && peer.index != 0).then_some(peer);
     iface
 }
 

@@ -55,9 +55,7 @@ fn sync_turns_gro_on_in_containers_so_native_xdp_can_deliver() {
     let c = xdp_cluster("drxgro");
     for host in &c.hosts {
         let s = host.status().unwrap();
-        if s["xdp"] != "native" {
-            panic!("this test needs native XDP on veth: {}", s["xdp"]);
-        }
+        assert_eq!(s["xdp"], "native", "this test needs native XDP on veth");
         for container in &host.containers {
             let features = container.ns.exec("ethtool", &["-k", "eth0"]).unwrap();
             assert!(

@@ -11,7 +11,7 @@ use crate::{run, workspace_root};
 /// into learned containers: `bpf_redirect_peer` changed after 6.1), SNAT,
 /// published ports translated by dr (TC, and XDP: every program loaded),
 /// restart safety, down and cleanup, netlink attach mode. Each takes 1 to
-/// 5 minutes in the emulated guest, so the subset is chosen to keep CI well
+/// 6 minutes in the emulated guest, so the subset is chosen to keep CI well
 /// inside its time limit.
 const VM_TESTS: [(&str, &str); 8] = [
     (
