@@ -16,22 +16,22 @@ use crate::{
     maps::{count, NAT_FLOWS, NAT_REVERSE},
 };
 
-/// The live translation of `key`, or None. Drops an expired one, and one
-/// whose reverse half another flow reclaimed (after finding this one dead).
+/// The live translation of `key`, or None (an expired one is removed).
+/// One lookup: a forward half names a port whose reverse half names its
+/// flow. [`allocate`] returns a translation only once both halves stand;
+/// a reverse half gets another holder only after [`dead`] removed the
+/// forward half; and the sweeper, releasing an orphan, puts it back if its
+/// forward half appeared meanwhile ([`restore_if_claimed`]).
 #[inline(always)]
 pub(super) fn live_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64) -> Option<*mut Flow> {
     let flow = NAT_FLOWS.get_ptr_mut(key)?;
     // SAFETY: map value pointer, valid for this program run.
-    let nat_port = unsafe { (*flow).nat_port };
-    if unsafe { (*flow).expired(now, &cfg.nat_timeouts) } {
-        count(Counter::NatExpired, 0);
-    } else {
-        // SAFETY: as above.
-        match unsafe { NAT_REVERSE.get(key.reverse(nat_port)) } {
-            Some(origin) if *origin == key.origin() => return Some(flow),
-            _ => count(Counter::NatEvicted, 0),
-        }
+    let (nat_port, expired) =
+        unsafe { ((*flow).nat_port, (*flow).expired(now, &cfg.nat_timeouts)) };
+    if !expired {
+        return Some(flow);
     }
+    count(Counter::NatExpired, 0);
     remove_translation(key, nat_port);
     None
 }
@@ -146,7 +146,31 @@ pub fn release_dead(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
         return false;
     }
     release(rkey, &holder);
+    restore_if_claimed(rkey, &holder);
     true
+}
+
+/// After the sweeper released `rkey` as an orphan of `holder`: a claim that
+/// sat between its two inserts when the sweeper looked (a vCPU stalled for
+/// longer than the sweeper's listing took) may have inserted its forward
+/// half and checked its reverse half since, in the instant before the
+/// release. Its pair is made whole again; if another flow claimed the port
+/// in between, the forward half goes instead, and its container's next
+/// packet gets a new translation. Without this, such a forward half would
+/// send from a port that no reverse half holds, which the datapath, reading
+/// the forward half only, would not notice.
+#[inline(always)]
+fn restore_if_claimed(rkey: &ReverseKey, holder: &Origin) {
+    let fkey = rkey.forward(holder);
+    // SAFETY: map value, only compared.
+    let claimed = || unsafe { NAT_FLOWS.get(fkey) }.is_some_and(|f| f.nat_port == rkey.nat_port);
+    if !claimed() || NAT_REVERSE.insert(rkey, holder, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    // SAFETY: map value, only compared.
+    if !unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| o == holder) && claimed() {
+        let _ = NAT_FLOWS.remove(fkey);
+    }
 }
 
 /// Removes the reverse entry `rkey` if it still names `origin`.
