@@ -9,6 +9,7 @@
 
 pub mod checksum;
 pub mod nat;
+pub mod peer_span;
 
 /// Peers a datapath holds unless `dr-ctl up --max-peers` says otherwise:
 /// the capacity of the peer subnet trie, the per-peer statistics array and
@@ -258,7 +259,11 @@ pub struct DatapathConfig {
     /// path's MTU check. Written by `dr-ctl up`, refreshed by `dr-ctl sync`;
     /// 0 (unknown) checks nothing.
     pub uplink_mtu: u32,
-    pub _pad: u32,
+    /// The smallest prefix holding every peer subnet, in `peer_span`'s
+    /// encoding (once padding: 0 holds every address). Written by dr-ctl
+    /// wherever it changes the peers: wider before a peer is added,
+    /// narrower after one is removed.
+    pub peer_span: u32,
 }
 
 pub const XDP_OFF: u8 = 0;
@@ -281,6 +286,7 @@ const _: () = {
     assert!(offset_of!(DatapathConfig, retired_datapath_log) == 87);
     assert!(offset_of!(DatapathConfig, retired_object_hash) == 88);
     assert!(offset_of!(DatapathConfig, uplink_mtu) == 96);
+    assert!(offset_of!(DatapathConfig, peer_span) == 100);
     assert!(size_of::<NodeState>() == 24);
     assert!(size_of::<PeerEntry>() == 8);
     assert!(size_of::<Trace>() == 24);

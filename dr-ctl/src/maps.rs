@@ -12,7 +12,7 @@ use aya::{
 use dr_common::{
     map_names,
     nat::{Flow, FlowKey, Origin, PublishedKey, ReverseKey},
-    Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, MAX_ENDPOINTS,
+    peer_span, Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, MAX_ENDPOINTS,
     MAX_PUBLISHED_PORTS,
 };
 use ipnet::Ipv4Net;
@@ -94,6 +94,11 @@ fn cpus() -> Result<usize> {
         context: format!("reading {what}"),
         source,
     })
+}
+
+/// The peer span holding `subnets`.
+fn span_of(subnets: impl Iterator<Item = Ipv4Net>) -> u32 {
+    peer_span::of(subnets.map(|s| (u32::from(s.network()), s.prefix_len())))
 }
 
 impl Maps {
@@ -193,6 +198,9 @@ impl Maps {
                 new.len()
             )));
         }
+        // Wider first: the datapath looks up no address outside the span.
+        let subnets = existing.iter().map(|p| p.peer.subnet);
+        self.set_peer_span(subnets.chain(new.iter().copied()))?;
         let mut used: Vec<u32> = existing.iter().map(|p| p.slot).collect();
         used.sort_unstable();
         let mut free = (0..capacity).filter(|s| used.binary_search(s).is_err());
@@ -223,7 +231,28 @@ impl Maps {
         for subnet in subnets {
             self.peers.remove(&key(*subnet))?;
         }
+        // Narrower only once the peers are gone.
+        let left = self.peers()?;
+        self.set_peer_span(left.iter().map(|p| p.peer.subnet))?;
         self.sync_peer_hosts()
+    }
+
+    /// The peer span (see `dr_common::peer_span`) of the stored peers.
+    pub fn peer_span(&self) -> Result<u32> {
+        Ok(span_of(self.peers()?.iter().map(|p| p.peer.subnet)))
+    }
+
+    /// Writes the span of `subnets` into the configuration, if it changed.
+    fn set_peer_span(&mut self, subnets: impl Iterator<Item = Ipv4Net>) -> Result<()> {
+        let config = self.config()?;
+        let peer_span = span_of(subnets);
+        if config.peer_span != peer_span {
+            self.set_config(&DatapathConfig {
+                peer_span,
+                ..config
+            })?;
+        }
+        Ok(())
     }
 
     /// Makes `PEER_HOSTS` the set of the peers' `via` addresses, adding

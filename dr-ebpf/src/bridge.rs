@@ -47,7 +47,7 @@ pub fn from_container(ctx: &TcContext, bytes: u64) -> Verdict {
     if cfg.is_local(dst) {
         return Verdict::Pass(Counter::Passed);
     }
-    let Some(peer) = peer_for(dst) else {
+    let Some(peer) = peer_for(cfg, dst) else {
         return snat_out(ctx, cfg, ip);
     };
     if let Some(verdict) = too_big(ctx, cfg, ip) {

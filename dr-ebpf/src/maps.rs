@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use dr_common::{
     nat::{Flow, FlowKey, InboundFlow, Origin, PublishedKey, ReverseKey, DEFAULT_TABLE_SIZE},
-    Counter, DatapathConfig, Endpoint, NodeState, PeerEntry, PeerTraffic, Traffic, COUNTER_COUNT,
-    DEFAULT_MAX_PEERS, MAX_ENDPOINTS, MAX_EXCLUSIONS, MAX_PUBLISHED_PORTS,
+    peer_span, Counter, DatapathConfig, Endpoint, NodeState, PeerEntry, PeerTraffic, Traffic,
+    COUNTER_COUNT, DEFAULT_MAX_PEERS, MAX_ENDPOINTS, MAX_EXCLUSIONS, MAX_PUBLISHED_PORTS,
 };
 
 /// Peer container subnet -> the peer host that owns it. Written by `dr-ctl peer`.
@@ -102,8 +102,12 @@ pub fn config() -> Option<&'static DatapathConfig> {
 }
 
 /// The peer whose subnet holds `addr` (network order), longest prefix first.
+/// An address outside the peer span is no peer's: no trie walk for it.
 #[inline(always)]
-pub fn peer_for(addr: u32) -> Option<&'static PeerEntry> {
+pub fn peer_for(cfg: &DatapathConfig, addr: u32) -> Option<&'static PeerEntry> {
+    if !peer_span::holds(cfg.peer_span, addr) {
+        return None;
+    }
     PEER_SUBNETS.get(Key::new(32, addr))
 }
 

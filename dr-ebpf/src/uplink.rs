@@ -36,7 +36,7 @@ fn from_uplink(ctx: &TcContext, bytes: u64) -> Verdict {
         return Verdict::Pass(Counter::Passed);
     }
     let src = src_addr(ip);
-    let Some(peer) = peer_for(src) else {
+    let Some(peer) = peer_for(cfg, src) else {
         if !is_peer_host(src) {
             return Verdict::Pass(Counter::Passed);
         }

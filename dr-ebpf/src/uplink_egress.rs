@@ -41,7 +41,7 @@ fn to_peer_host(ctx: &TcContext, bytes: u64) -> Option<Verdict> {
     if src_addr(ip) != cfg.uplink_addr {
         return None;
     }
-    let peer = peer_for(dst_addr(ip))?;
+    let peer = peer_for(cfg, dst_addr(ip))?;
     let verdict = match neighbour_mac(ctx, cfg.uplink_ifindex, peer.via) {
         // Same device: only the next hop's MAC changes.
         Some((src, dst)) => {

@@ -170,7 +170,7 @@ fn deliver_from_peer(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr)
     if !cfg.is_container(dst) {
         return TO_TC;
     }
-    let Some(peer) = peer_for(src_addr(ip)) else {
+    let Some(peer) = peer_for(cfg, src_addr(ip)) else {
         return TO_TC;
     };
     let Some(endpoint) = xdp_endpoint(dst) else {

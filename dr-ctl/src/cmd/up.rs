@@ -10,7 +10,7 @@ pub use args::{
 
 use std::fmt::Write as _;
 
-use dr_common::{XDP_NATIVE, XDP_OFF};
+use dr_common::{peer_span, XDP_NATIVE, XDP_OFF};
 use serde::Serialize;
 
 use super::{pairs_as_map, Report};
@@ -156,17 +156,19 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         // From any version of dr: an older one's maps are migrated below.
         let config = migrate::pinned_config(pins.path())?;
         let state = node::state::pinned(pins.path(), &config)?;
-        let exclusions = match Maps::open(pins.path()) {
-            Ok(maps) => maps.exclusions()?,
-            Err(Error::Conflict(_)) => Vec::new(),
+        // An older version's maps (Conflict) are migrated below, whatever
+        // these read.
+        let (exclusions, peer_span) = match Maps::open(pins.path()) {
+            Ok(maps) => (maps.exclusions()?, maps.peer_span()?),
+            Err(Error::Conflict(_)) => (Vec::new(), peer_span::EVERY_ADDRESS),
             Err(e) => return Err(e),
         };
-        Some((config, state, exclusions)).filter(|(c, ..)| c.enabled != 0)
+        Some((config, state, exclusions, peer_span)).filter(|(c, ..)| c.enabled != 0)
     } else {
         None
     };
     let attach = kernel::choose_attach(args.attach, datapath::attached_mode(pins), kernel)?;
-    if let Some((config, state, exclusions)) = &existing {
+    if let Some((config, state, exclusions, peer_span)) = &existing {
         if !same_subnet(config, &args.subnet) {
             return Err(Error::Conflict(format!(
                 "dr is already up here with subnet {}; run `dr-ctl down` first",
@@ -195,7 +197,14 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
             (true, XDP_OFF) => XDP_NATIVE,
             (true, mode) => mode,
         };
-        let desired = setup::desired_config(args, bridge_index, &uplink, uplink_addr, bridge_mac);
+        let desired = setup::desired_config(
+            args,
+            bridge_index,
+            &uplink,
+            uplink_addr,
+            bridge_mac,
+            *peer_span,
+        );
         let desired_state = setup::desired_state(args, state.owned, xdp_mode);
         let all_linked = Hook::ALL
             .iter()
@@ -229,7 +238,7 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
         args,
         uplink: &uplink,
         uplink_addr,
-        existing: existing.map(|(c, state, _)| (c, state)),
+        existing: existing.map(|(c, state, ..)| (c, state)),
     }
     .run(bridge, attach.mode)
     .await?;

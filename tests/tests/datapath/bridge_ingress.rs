@@ -11,6 +11,11 @@
 //!                                                            └─TC_ACT_SHOT (spoofed source, TTL 1)
 //!  maps: DATAPATH_CONFIG (SNAT off), PEER_SUBNETS 10.0.129.0/24 via PEER_HOST, PEER_TRAFFIC, COUNTERS
 //! ```
+use std::net::Ipv4Addr;
+
+use dr_common::peer_span;
+use dr_ctl::peer::Peer;
+
 use super::*;
 
 #[test]
@@ -145,6 +150,53 @@ fn removed_peer_is_no_longer_forwarded() {
     dp.maps
         .remove_peers(&["10.0.129.0/24".parse().unwrap()])
         .unwrap();
+    let packet = frame(CONTAINER, PEER_CONTAINER, 64, L4::Udp);
+    assert_eq!(
+        dp.run(Hook::BridgeIngress, &packet),
+        (TC_ACT_OK, packet.clone())
+    );
+}
+
+/// The peer span dr-ctl keeps in the configuration: each peer subnet
+/// inside it (so every peer is looked up), wider before a peer is added
+/// and narrower once one is removed; an address outside it is looked up in
+/// no table, even where a stale table would name a peer.
+#[test]
+fn the_peer_span_holds_every_peer_and_outside_it_no_peer_is_looked_up() {
+    fn dp_span(dp: &Datapath) -> u32 {
+        dp.maps.config().unwrap().peer_span
+    }
+    let mut dp = datapath(config());
+    assert_eq!(
+        dp_span(&dp),
+        peer_span::of([(u32::from(Ipv4Addr::new(10, 0, 129, 0)), 24)])
+    );
+    let far = Peer {
+        subnet: "10.9.0.0/24".parse().unwrap(),
+        via: PEER_HOST.into(),
+    };
+    dp.maps.upsert_peers(&[far]).unwrap();
+    let far_container = [10, 9, 0, 7];
+    for to in [PEER_CONTAINER, far_container] {
+        assert!(peer_span::holds(dp_span(&dp), u32::from_ne_bytes(to)));
+        let packet = frame(CONTAINER, to, 64, L4::Udp);
+        assert_eq!(
+            dp.run(Hook::BridgeIngress, &packet).0,
+            TC_ACT_REDIRECT,
+            "{to:?}"
+        );
+    }
+    dp.maps.remove_peers(&[far.subnet]).unwrap();
+    assert!(!peer_span::holds(
+        dp_span(&dp),
+        u32::from_ne_bytes(far_container)
+    ));
+    // A span that leaves out the remaining peer: the datapath trusts it.
+    let config = DatapathConfig {
+        peer_span: peer_span::of([(u32::from(Ipv4Addr::new(10, 0, 130, 0)), 24)]),
+        ..dp.maps.config().unwrap()
+    };
+    dp.maps.set_config(&config).unwrap();
     let packet = frame(CONTAINER, PEER_CONTAINER, 64, L4::Udp);
     assert_eq!(
         dp.run(Hook::BridgeIngress, &packet),

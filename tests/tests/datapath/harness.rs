@@ -139,7 +139,7 @@ pub fn config() -> DatapathConfig {
         bridge_mac: BRIDGE_MAC,
         retired_xdp_mode: 0,
         retired_datapath_log: 0,
-        _pad: 0,
+        peer_span: 0,
         retired_object_hash: 0,
     }
 }

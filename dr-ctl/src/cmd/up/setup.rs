@@ -58,6 +58,7 @@ pub(super) fn desired_config(
     uplink: &Interface,
     uplink_addr: Ipv4Addr,
     bridge_mac: [u8; 6],
+    peer_span: u32,
 ) -> DatapathConfig {
     let (nat_port_min, nat_port_max) = args.nat.ports;
     DatapathConfig {
@@ -78,7 +79,7 @@ pub(super) fn desired_config(
         bridge_mac,
         retired_xdp_mode: 0,
         retired_datapath_log: 0,
-        _pad: 0,
+        peer_span,
         retired_object_hash: 0,
     }
 }
@@ -180,7 +181,15 @@ impl Setup<'_> {
         // The node state before the configuration, which zeroes an older
         // dr's bookkeeping: a dr-ctl killed between the two loses nothing.
         node::state::write(pins.path(), &desired_state(args, owned, old_xdp))?;
-        let config = desired_config(args, bridge.index, uplink, uplink_addr, bridge_mac);
+        let peer_span = maps.peer_span()?;
+        let config = desired_config(
+            args,
+            bridge.index,
+            uplink,
+            uplink_addr,
+            bridge_mac,
+            peer_span,
+        );
         maps.set_config(&config)?;
         datapath::pin_sweeper(&mut ebpf, pins.path())?;
         let mut attached = Vec::new();
