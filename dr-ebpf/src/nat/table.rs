@@ -135,7 +135,7 @@ fn claim(rkey: &ReverseKey, origin: &Origin, cfg: &DatapathConfig, now: u64) -> 
 }
 
 /// The sweeper's removal of a dead reverse entry (expired, or an orphan);
-/// true if it removed one.
+/// true if it removed one (and did not have to put it back).
 #[inline(always)]
 pub fn release_dead(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
     // SAFETY: map value, copied out.
@@ -146,8 +146,7 @@ pub fn release_dead(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
         return false;
     }
     release(rkey, &holder);
-    restore_if_claimed(rkey, &holder);
-    true
+    !restore_if_claimed(rkey, &holder)
 }
 
 /// After the sweeper released `rkey` as an orphan of `holder`: a claim that
@@ -158,19 +157,24 @@ pub fn release_dead(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
 /// in between, the forward half goes instead, and its container's next
 /// packet gets a new translation. Without this, such a forward half would
 /// send from a port that no reverse half holds, which the datapath, reading
-/// the forward half only, would not notice.
+/// the forward half only, would not notice. True if the pair stands again.
 #[inline(always)]
-fn restore_if_claimed(rkey: &ReverseKey, holder: &Origin) {
+fn restore_if_claimed(rkey: &ReverseKey, holder: &Origin) -> bool {
     let fkey = rkey.forward(holder);
     // SAFETY: map value, only compared.
     let claimed = || unsafe { NAT_FLOWS.get(fkey) }.is_some_and(|f| f.nat_port == rkey.nat_port);
-    if !claimed() || NAT_REVERSE.insert(rkey, holder, BPF_NOEXIST as u64).is_ok() {
-        return;
+    if !claimed() {
+        return false;
     }
     // SAFETY: map value, only compared.
-    if !unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| o == holder) && claimed() {
+    let holds = || unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| o == holder);
+    if NAT_REVERSE.insert(rkey, holder, BPF_NOEXIST as u64).is_ok() || holds() {
+        return true;
+    }
+    if claimed() {
         let _ = NAT_FLOWS.remove(fkey);
     }
+    false
 }
 
 /// Removes the reverse entry `rkey` if it still names `origin`.
