@@ -4,7 +4,7 @@
 //! itself (dr delivered them). Their answers must leave the way the flow
 //! came in, never with a SNAT translation of dr's.
 use dr_common::{
-    nat::{FlowKey, InboundFlow},
+    nat::{mark_seen, FlowKey, InboundFlow},
     DatapathConfig,
 };
 
@@ -20,9 +20,12 @@ pub fn record_inbound(answer: &FlowKey, delivered_by: u8, host_port: u16, now: u
     if let Some(flow) = INBOUND_FLOWS.get_ptr_mut(answer) {
         // SAFETY: map value pointer, valid for this program run.
         let flow = unsafe { &mut *flow };
-        flow.last_seen_ns = now;
-        flow.delivered_by = delivered_by;
-        flow.host_port = host_port;
+        mark_seen(&mut flow.last_seen_ns, now);
+        // Stores only of a change: see `mark_seen`.
+        if (flow.delivered_by, flow.host_port) != (delivered_by, host_port) {
+            flow.delivered_by = delivered_by;
+            flow.host_port = host_port;
+        }
         return;
     }
     let flow = InboundFlow {
@@ -47,7 +50,7 @@ pub fn inbound_answered(answer: &FlowKey, cfg: &DatapathConfig, now: u64) -> Opt
         return None;
     }
     if !dry_run() {
-        flow.last_seen_ns = now;
+        mark_seen(&mut flow.last_seen_ns, now);
     }
     Some((flow.delivered_by, flow.host_port))
 }

@@ -4,8 +4,8 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use aya_log_ebpf::warn;
 use dr_common::{
     nat::{
-        Flow, FlowKey, DELIVERED_BY_KERNEL, IPPROTO_ICMP, IPPROTO_TCP, PUBLISHED_BY_DR, TCP_ACK,
-        TCP_SYN,
+        mark_seen, Flow, FlowKey, DELIVERED_BY_KERNEL, IPPROTO_ICMP, IPPROTO_TCP, PUBLISHED_BY_DR,
+        TCP_ACK, TCP_SYN,
     },
     Counter, DatapathConfig,
 };
@@ -183,7 +183,7 @@ fn refresh(flow: *mut Flow, tcp_flags: u8, now: u64) -> u16 {
     // SAFETY: map value pointer, valid for this program run.
     let entry = unsafe { &mut *flow };
     if !dry_run() {
-        entry.last_seen_ns = now;
+        mark_seen(&mut entry.last_seen_ns, now);
         entry.record(tcp_flags, false);
     }
     entry.nat_port

@@ -3,7 +3,7 @@
 //! may be for a published port (`published.rs`).
 use aya_ebpf::programs::TcContext;
 use dr_common::{
-    nat::{Flow, Origin, ReverseKey, IPPROTO_ICMP, TCP_FIN, TCP_RST},
+    nat::{mark_seen, Flow, Origin, ReverseKey, IPPROTO_ICMP, TCP_FIN, TCP_RST},
     Counter, DatapathConfig,
 };
 use network_types::ip::Ipv4Hdr;
@@ -74,7 +74,7 @@ pub fn touch_reply(flow: &mut Flow, tcp_flags: u8, now: u64) {
     if dry_run() {
         return;
     }
-    flow.last_seen_ns = now;
+    mark_seen(&mut flow.last_seen_ns, now);
     flow.record(tcp_flags, true);
 }
 
