@@ -301,6 +301,9 @@ const _: () = {
     assert!(size_of::<nat::Teardown>() == 4);
     assert!(size_of::<nat::ReverseKey>() == 12);
     assert!(size_of::<nat::Origin>() == 8);
+    // The reverse entry was an `Origin` alone: the time was appended.
+    assert!(size_of::<nat::Reverse>() == 16);
+    assert!(offset_of!(nat::Reverse, reply_seen_ns) == 8);
     assert!(size_of::<nat::InboundFlow>() == 16);
     assert!(offset_of!(nat::InboundFlow, delivered_by) == 8);
     assert!(offset_of!(nat::InboundFlow, host_port) == 10);
@@ -448,6 +451,7 @@ mod pod {
     unsafe impl aya::Pod for super::nat::Flow {}
     unsafe impl aya::Pod for super::nat::ReverseKey {}
     unsafe impl aya::Pod for super::nat::Origin {}
+    unsafe impl aya::Pod for super::nat::Reverse {}
     unsafe impl aya::Pod for super::nat::InboundFlow {}
     unsafe impl aya::Pod for super::nat::PublishedKey {}
 }

@@ -53,7 +53,9 @@ pub fn mark_seen(last_seen_ns: &mut u64, now: u64) {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at creation and at the last packet.
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at creation and at the
+    /// container's last packet (at most [`LAST_SEEN_STEP_NS`] stale); the
+    /// last reply's time is in the reverse half ([`Reverse::reply_seen_ns`]).
     pub created_ns: u64,
     pub last_seen_ns: u64,
     /// The allocated source port (network order).
@@ -111,13 +113,50 @@ pub struct ReverseKey {
     pub _pad: [u8; 3],
 }
 
-/// Value of `NAT_REVERSE`: where replies go.
+/// A container's end of a flow: where replies go (and a published port's
+/// target).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Origin {
     pub addr: u32,
     pub port: u16,
     pub _pad: u16,
+}
+
+/// Value of `NAT_REVERSE`: the reply's container end, and when a reply last
+/// came. A reply finds its flow's liveness here, with no second lookup in
+/// `NAT_FLOWS` (see [`Reverse::recently_answered`]); the flow's last
+/// activity is the later of this time and [`Flow::last_seen_ns`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reverse {
+    pub origin: Origin,
+    /// `bpf_ktime_get_ns` at the last reply (at most [`LAST_SEEN_STEP_NS`]
+    /// stale), 0 before the first one and in an entry carried over from a
+    /// version of dr without it (zero-extended by the migration).
+    pub reply_seen_ns: u64,
+}
+
+impl Reverse {
+    /// A claim of a port for `origin`, answered by nothing yet.
+    #[inline(always)]
+    pub fn new(origin: Origin) -> Self {
+        Self {
+            origin,
+            reply_seen_ns: 0,
+        }
+    }
+
+    /// Whether a reply came within the shortest timeout any state of
+    /// `proto` has: then the flow is alive at `now_ns` whatever its state,
+    /// and a reply without SYN, FIN or RST (which changes no state that the
+    /// container's next packet would not change too) needs nothing from
+    /// its forward half.
+    #[inline(always)]
+    pub fn recently_answered(&self, proto: u8, now_ns: u64, t: &Timeouts) -> bool {
+        self.reply_seen_ns != 0
+            && now_ns.saturating_sub(self.reply_seen_ns) < t.shortest(proto) as u64 * 1_000_000_000
+    }
 }
 
 impl FlowKey {
@@ -310,6 +349,25 @@ pub struct Timeouts {
     pub icmp: u32,
     #[cfg_attr(feature = "user", serde(skip))]
     pub _pad: u32,
+}
+
+impl Timeouts {
+    /// The shortest timeout of any state a flow of `proto` can be in.
+    #[inline(always)]
+    pub fn shortest(&self, proto: u8) -> u32 {
+        match proto {
+            IPPROTO_TCP => [
+                self.tcp_syn,
+                self.tcp_established,
+                self.tcp_closing,
+                self.tcp_time_wait,
+            ]
+            .into_iter()
+            .fold(self.tcp_closed, |a, b| if b < a { b } else { a }),
+            IPPROTO_UDP => self.udp,
+            _ => self.icmp,
+        }
+    }
 }
 
 impl Default for Timeouts {
@@ -527,14 +585,21 @@ impl Flow {
         }
     }
 
-    /// Whether the flow has been idle longer than its state allows at `now_ns`.
+    /// Whether the flow has been idle longer than its state allows at
+    /// `now_ns`, its last reply seen at `reply_seen_ns` (its reverse half's
+    /// [`Reverse::reply_seen_ns`]; 0 for none).
     #[inline(always)]
-    pub fn expired(&self, now_ns: u64, t: &Timeouts) -> bool {
+    pub fn expired(&self, reply_seen_ns: u64, now_ns: u64, t: &Timeouts) -> bool {
         let timeout = match self.current_state() {
             Some(s) => s.timeout_secs(t),
             None => 0,
         };
-        now_ns.saturating_sub(self.last_seen_ns) > timeout as u64 * 1_000_000_000
+        let last_seen = if reply_seen_ns > self.last_seen_ns {
+            reply_seen_ns
+        } else {
+            self.last_seen_ns
+        };
+        now_ns.saturating_sub(last_seen) > timeout as u64 * 1_000_000_000
     }
 }
 
@@ -652,11 +717,69 @@ mod tests {
             state: State::Udp as u8,
             ..Flow::default()
         };
-        assert!(!flow.expired(3_000_000_000, &t));
-        assert!(flow.expired(3_000_000_001, &t));
+        assert!(!flow.expired(0, 3_000_000_000, &t));
+        assert!(flow.expired(0, 3_000_000_001, &t));
         assert_eq!(State::TcpClosed.timeout_secs(&t), 2);
         assert_eq!(State::TcpTimeWait.timeout_secs(&t), 60);
         assert_eq!(State::TcpFinOut.timeout_secs(&t), 120);
+    }
+
+    #[test]
+    fn a_flow_lives_from_its_later_direction() {
+        let t = Timeouts {
+            udp: 2,
+            ..Timeouts::default()
+        };
+        let flow = Flow {
+            last_seen_ns: 1_000_000_000,
+            state: State::Udp as u8,
+            ..Flow::default()
+        };
+        // Replies alone keep it: the container has not sent for 4 s.
+        assert!(!flow.expired(4_000_000_000, 5_000_000_000, &t));
+        assert!(flow.expired(4_000_000_000, 6_000_000_001, &t));
+        // An older reply changes nothing.
+        assert!(flow.expired(500_000_000, 3_000_000_001, &t));
+    }
+
+    #[test]
+    fn a_recent_reply_vouches_for_every_state() {
+        let t = Timeouts::default();
+        assert_eq!(t.shortest(IPPROTO_TCP), t.tcp_closed);
+        assert_eq!(t.shortest(IPPROTO_UDP), t.udp);
+        assert_eq!(t.shortest(IPPROTO_ICMP), t.icmp);
+        let short_syn = Timeouts { tcp_syn: 1, ..t };
+        assert_eq!(short_syn.shortest(IPPROTO_TCP), 1);
+        let answered = Reverse {
+            reply_seen_ns: 10_000_000_000,
+            ..Reverse::default()
+        };
+        let tcp_closed_ns = t.tcp_closed as u64 * 1_000_000_000;
+        assert!(answered.recently_answered(IPPROTO_TCP, 10_000_000_000 + tcp_closed_ns - 1, &t));
+        assert!(!answered.recently_answered(IPPROTO_TCP, 10_000_000_000 + tcp_closed_ns, &t));
+        // Within it, no state of the flow can have expired.
+        for state in [
+            State::TcpSynSent,
+            State::TcpEstablished,
+            State::TcpFinOut,
+            State::TcpClosed,
+            State::TcpTimeWait,
+        ] {
+            let flow = Flow {
+                state: state as u8,
+                ..Flow::default()
+            };
+            assert!(!flow.expired(
+                answered.reply_seen_ns,
+                10_000_000_000 + tcp_closed_ns - 1,
+                &t
+            ));
+        }
+        // No reply yet: never vouched for.
+        assert!(!Reverse::new(Origin::default()).recently_answered(IPPROTO_UDP, 1, &t));
+        // A zero timeout vouches for nothing.
+        let none = Timeouts { tcp_closed: 0, ..t };
+        assert!(!answered.recently_answered(IPPROTO_TCP, 10_000_000_000, &none));
     }
 
     #[test]

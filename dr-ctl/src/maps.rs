@@ -11,7 +11,7 @@ use aya::{
 };
 use dr_common::{
     map_names,
-    nat::{Flow, FlowKey, Origin, PublishedKey, ReverseKey},
+    nat::{Flow, FlowKey, Origin, PublishedKey, Reverse, ReverseKey, Timeouts},
     peer_span, Counter, DatapathConfig, Endpoint, PeerEntry, PeerTraffic, Traffic, MAX_ENDPOINTS,
     MAX_PUBLISHED_PORTS,
 };
@@ -39,7 +39,7 @@ pub struct Maps {
     counters: PerCpuArray<MapData, Traffic>,
     nat_exclude: LpmTrie<MapData, u32, u8>,
     nat_flows: HashMap<MapData, FlowKey, Flow>,
-    nat_reverse: HashMap<MapData, ReverseKey, Origin>,
+    nat_reverse: HashMap<MapData, ReverseKey, Reverse>,
     endpoints: HashMap<MapData, u32, Endpoint>,
     endpoint_ports: DevMapHash<MapData>,
     peer_hosts: HashMap<MapData, u32, u32>,
@@ -431,11 +431,30 @@ impl Maps {
     }
 
     /// Every reverse entry, live or not.
-    pub fn nat_reverse_entries(&self) -> Result<Vec<(ReverseKey, Origin)>> {
+    pub fn nat_reverse_entries(&self) -> Result<Vec<(ReverseKey, Reverse)>> {
         Ok(self
             .nat_reverse
             .iter()
             .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Every translation in the table, live or not, with its last reply's
+    /// time from its reverse half.
+    pub fn nat_translations(&self) -> Result<Vec<Translation>> {
+        let reverse: std::collections::HashMap<_, _> =
+            self.nat_reverse_entries()?.into_iter().collect();
+        Ok(self
+            .nat_flows()?
+            .into_iter()
+            .map(|(key, flow)| Translation {
+                reply_seen_ns: reverse
+                    .get(&key.reverse(flow.nat_port))
+                    .filter(|r| r.origin == key.origin())
+                    .map_or(0, |r| r.reply_seen_ns),
+                key,
+                flow,
+            })
+            .collect())
     }
 
     /// Whether the flow `origin` names in the reverse entry `rkey` exists
@@ -446,6 +465,26 @@ impl Maps {
             Err(MapError::KeyNotFound) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// A translation's two halves as dr-ctl reads them: the forward half, and
+/// from the reverse half when a reply last came (0 for none).
+pub struct Translation {
+    pub key: FlowKey,
+    pub flow: Flow,
+    pub reply_seen_ns: u64,
+}
+
+impl Translation {
+    /// Idle both ways past its state's timeout at `now_ns`.
+    pub fn expired(&self, now_ns: u64, t: &Timeouts) -> bool {
+        self.flow.expired(self.reply_seen_ns, now_ns, t)
+    }
+
+    /// The later of its last packet out and its last reply.
+    pub fn last_seen_ns(&self) -> u64 {
+        self.flow.last_seen_ns.max(self.reply_seen_ns)
     }
 }
 

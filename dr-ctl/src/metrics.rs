@@ -288,10 +288,10 @@ pub fn render(peer_series: usize) -> Result<String> {
         peers.len().saturating_sub(peer_series) as u64,
     );
     let now = maps::monotonic_ns();
-    let flows = maps.nat_flows()?;
+    let flows = maps.nat_translations()?;
     let live = flows
         .iter()
-        .filter(|(_, f)| !f.expired(now, &config.nat_timeouts))
+        .filter(|t| !t.expired(now, &config.nat_timeouts))
         .count();
     out.sample(&NAT_ENTRIES, &[], flows.len() as u64);
     out.sample(&NAT_LIVE, &[], live as u64);

@@ -6,7 +6,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dr_common::{
-    nat::{Flow, FlowKey, InboundFlow, Origin, PublishedKey, ReverseKey, DEFAULT_TABLE_SIZE},
+    nat::{
+        Flow, FlowKey, InboundFlow, Origin, PublishedKey, Reverse, ReverseKey, DEFAULT_TABLE_SIZE,
+    },
     peer_span, Counter, DatapathConfig, Endpoint, NodeState, PeerEntry, PeerTraffic, Traffic,
     COUNTER_COUNT, DEFAULT_MAX_PEERS, MAX_ENDPOINTS, MAX_EXCLUSIONS, MAX_PUBLISHED_PORTS,
 };
@@ -50,7 +52,7 @@ pub static NAT_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_TAB
 /// flow is found dead (by the programs or `dr-ctl nat gc`); when full, new
 /// flows are refused (`drop_nat_table_full`) until then.
 #[map]
-pub static NAT_REVERSE: HashMap<ReverseKey, Origin> = HashMap::pinned(DEFAULT_TABLE_SIZE, 0);
+pub static NAT_REVERSE: HashMap<ReverseKey, Reverse> = HashMap::pinned(DEFAULT_TABLE_SIZE, 0);
 
 /// Local containers dr delivers to directly (XDP, and TC's `to_container`):
 /// address -> docker0 port and MAC. Written by dr-ctl from the neighbour

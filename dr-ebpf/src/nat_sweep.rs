@@ -17,7 +17,7 @@ use dr_common::{
 
 use crate::{
     maps::{config, count, NAT_FLOWS},
-    nat::{now, release_dead, remove_translation},
+    nat::{expired, now, release_dead, remove_translation},
     packet::ptr_at,
 };
 
@@ -57,7 +57,7 @@ fn remove_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64, expired_only: bool
     let Some(flow) = (unsafe { NAT_FLOWS.get(key) }).copied() else {
         return false;
     };
-    if expired_only && !flow.expired(now, &cfg.nat_timeouts) {
+    if expired_only && !expired(key, &flow, cfg, now) {
         return false;
     }
     remove_translation(key, flow.nat_port)

@@ -6,7 +6,7 @@
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use dr_common::{
     checksum,
-    nat::{rewritten_l4_checksum, Flow, FlowKey, IPPROTO_ICMP, PUBLISHED_BY_DR, TCP_FIN, TCP_RST},
+    nat::{rewritten_l4_checksum, FlowKey, IPPROTO_ICMP, PUBLISHED_BY_DR, TCP_FIN, TCP_RST},
     Counter, DatapathConfig, Endpoint,
 };
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
@@ -15,7 +15,10 @@ use crate::{
     dry_run::{dry_run, record_delivery},
     inbound::record_inbound,
     maps::{config, endpoint, peer_for, peer_traffic, ENDPOINT_PORTS},
-    nat::{layout, live_reply, now, published_target, reply_key, touch_reply, ICMP_ECHO_REPLY},
+    nat::{
+        layout, live_reply, now, published_target, reply_key, touch_reply, LiveReply,
+        ICMP_ECHO_REPLY,
+    },
     packet::{
         decrement_ttl, dst_addr, is_fragment, l4_offset, parse_frame, src_addr, Frame, FrameBytes,
         LinearFrame,
@@ -90,7 +93,7 @@ fn redirect_to(
 /// updates once it is sure to be delivered.
 enum ToContainer {
     /// A reply to a live SNAT translation.
-    Reply(&'static mut Flow),
+    Reply(LiveReply),
     /// A request to a published port dr translates; the key of its answers.
     Published(FlowKey),
 }
@@ -124,8 +127,12 @@ fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> 
         return TO_TC;
     }
     let now = now();
-    let (origin, delivery, counter) = match live_reply(cfg, &rkey, now) {
-        Some((origin, flow)) => (origin, ToContainer::Reply(flow), Counter::NatIn),
+    let (origin, delivery, counter) = match live_reply(cfg, &rkey, flags, now) {
+        Some(reply) => (
+            reply.reverse.origin,
+            ToContainer::Reply(reply),
+            Counter::NatIn,
+        ),
         None => match published_target(cfg, &rkey) {
             Some((target, answer)) => {
                 (target, ToContainer::Published(answer), Counter::PublishedIn)
@@ -143,7 +150,7 @@ fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> 
         return TO_TC;
     };
     match delivery {
-        ToContainer::Reply(flow) => touch_reply(flow, flags, now),
+        ToContainer::Reply(reply) => touch_reply(reply, flags, now),
         ToContainer::Published(answer) => {
             record_inbound(&answer, PUBLISHED_BY_DR, rkey.nat_port, now)
         }

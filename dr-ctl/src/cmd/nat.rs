@@ -139,13 +139,14 @@ pub fn live_translations(maps: &Maps, config: &DatapathConfig) -> Result<Vec<Nat
     let now = maps::monotonic_ns();
     let secs = |ns: u64| ns / 1_000_000_000;
     let mut out = Vec::new();
-    for (key, flow) in maps.nat_flows()? {
-        if flow.expired(now, &config.nat_timeouts) {
+    for translation in maps.nat_translations()? {
+        if translation.expired(now, &config.nat_timeouts) {
             continue;
         }
+        let (key, flow) = (translation.key, translation.flow);
         let state = flow.current_state();
         let timeout = state.map_or(0, |s| s.timeout_secs(&config.nat_timeouts)) as u64;
-        let idle = now.saturating_sub(flow.last_seen_ns);
+        let idle = now.saturating_sub(translation.last_seen_ns());
         let dst = (from_map_addr(key.dst_addr), u16::from_be(key.dst_port));
         out.push(NatEntry {
             proto: match key.proto {

@@ -83,8 +83,8 @@ impl Sweeper {
     pub fn gc(&self, maps: &Maps, timeouts: &Timeouts) -> Result<u64> {
         let now = monotonic_ns();
         let mut removed = 0;
-        for (key, flow) in maps.nat_flows()? {
-            if flow.expired(now, timeouts) && self.remove_expired(&key)? {
+        for translation in maps.nat_translations()? {
+            if translation.expired(now, timeouts) && self.remove_expired(&translation.key)? {
                 removed += 1;
             }
         }
@@ -111,8 +111,8 @@ impl Sweeper {
 
     /// Reverse halves whose flow is gone (evicted, or removed above).
     fn remove_dead_reverse(&self, maps: &Maps) -> Result<()> {
-        for (rkey, origin) in maps.nat_reverse_entries()? {
-            if !maps.holds_port(&rkey, &origin)? {
+        for (rkey, reverse) in maps.nat_reverse_entries()? {
+            if !maps.holds_port(&rkey, &reverse.origin)? {
                 self.run(SweepOp::DeadReverse, FlowKey::default(), rkey)?;
             }
         }

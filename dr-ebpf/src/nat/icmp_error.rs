@@ -77,8 +77,8 @@ pub(super) fn icmp_error_reply(
         _pad: [0; 3],
     };
     // The same checks as a reply's: a dead translation delivers nothing.
-    let (origin, counter) = match live_reply(cfg, &rkey, now) {
-        Some((origin, _)) => (origin, Counter::NatIcmpErrorIn),
+    let (origin, counter) = match live_reply(cfg, &rkey, 0, now) {
+        Some(reply) => (reply.reverse.origin, Counter::NatIcmpErrorIn),
         None => (published_origin(cfg, &rkey, now)?, Counter::PublishedIn),
     };
     if !decrement_ttl(ip) {

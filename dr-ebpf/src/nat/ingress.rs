@@ -3,7 +3,7 @@
 //! may be for a published port (`published.rs`).
 use aya_ebpf::programs::TcContext;
 use dr_common::{
-    nat::{mark_seen, Flow, Origin, ReverseKey, IPPROTO_ICMP, TCP_FIN, TCP_RST},
+    nat::{mark_seen, Flow, Reverse, ReverseKey, IPPROTO_ICMP, TCP_FIN, TCP_RST, TCP_SYN},
     Counter, DatapathConfig,
 };
 use network_types::ip::Ipv4Hdr;
@@ -23,36 +23,59 @@ use crate::{
     verdict::Verdict,
 };
 
-/// The container end of a reply to a live translation at time `now`, and
-/// its flow entry.
+/// A reply's live translation: its reverse half (the container end, the
+/// last reply's time), and its forward half when the reply needed it.
+pub struct LiveReply {
+    pub reverse: &'static mut Reverse,
+    /// The flow's state, looked up when the reply may change it (SYN, FIN,
+    /// RST) or when no recent reply vouches for the flow's liveness.
+    pub flow: Option<&'static mut Flow>,
+}
+
+/// The live translation a reply with `tcp_flags` answers at time `now`.
 /// None when the reply's port is outside the NAT range or no live
 /// translation matches (then the packet is the host's own traffic). A dead
-/// or half-evicted translation is never used: a stale mapping must not
-/// deliver to a container.
+/// translation is never used: a stale mapping must not deliver to a
+/// container. One lookup while replies keep coming
+/// ([`Reverse::recently_answered`]); else the forward half is read too: a
+/// half-evicted translation, or one idle past its state's timeout, is dead.
 #[inline(always)]
 pub fn live_reply(
     cfg: &DatapathConfig,
     rkey: &ReverseKey,
+    tcp_flags: u8,
     now: u64,
-) -> Option<(Origin, &'static mut Flow)> {
+) -> Option<LiveReply> {
     let host_port = u16::from_be(rkey.nat_port) as u32;
     if cfg.nat_enabled == 0 || host_port < cfg.nat_port_min || host_port > cfg.nat_port_max {
         return None;
     }
-    // SAFETY: map value, copied out.
-    let origin: Origin = unsafe { NAT_REVERSE.get(rkey) }.copied()?;
-    let flow = NAT_FLOWS.get_ptr_mut(rkey.forward(&origin))?;
+    let reverse = NAT_REVERSE.get_ptr_mut(rkey)?;
+    // SAFETY: map value pointer, valid for this program run.
+    let reverse = unsafe { &mut *reverse };
+    if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+        && reverse.recently_answered(rkey.proto, now, &cfg.nat_timeouts)
+    {
+        return Some(LiveReply {
+            reverse,
+            flow: None,
+        });
+    }
+    let flow = NAT_FLOWS.get_ptr_mut(rkey.forward(&reverse.origin))?;
     // SAFETY: map value pointer, valid for this program run.
     let flow = unsafe { &mut *flow };
     if flow.nat_port != rkey.nat_port {
         count(Counter::NatEvicted, 0);
         return None;
     }
-    if flow.expired(now, &cfg.nat_timeouts) {
+    if flow.expired(reverse.reply_seen_ns, now, &cfg.nat_timeouts) {
         count(Counter::NatExpired, 0);
         return None;
     }
-    Some((origin, flow))
+    Some(LiveReply {
+        reverse,
+        flow: Some(flow),
+    })
 }
 
 /// Whether the remote's segment at `l4_at` lies near enough to the
@@ -68,14 +91,17 @@ fn teardown_in_window(ctx: &TcContext, l4_at: usize, flow: &Flow) -> bool {
     }
 }
 
-/// Records a reply seen at `now` on its flow: time and TCP state.
+/// Records a reply seen at `now` on its translation: the time in its
+/// reverse half, and the TCP state if the forward half was read.
 #[inline(always)]
-pub fn touch_reply(flow: &mut Flow, tcp_flags: u8, now: u64) {
+pub fn touch_reply(reply: LiveReply, tcp_flags: u8, now: u64) {
     if dry_run() {
         return;
     }
-    mark_seen(&mut flow.last_seen_ns, now);
-    flow.record(tcp_flags, true);
+    mark_seen(&mut reply.reverse.reply_seen_ns, now);
+    if let Some(flow) = reply.flow {
+        flow.record(tcp_flags, true);
+    }
 }
 
 /// The translation a TCP/UDP packet or ICMP echo reply would answer
@@ -130,14 +156,20 @@ pub fn to_uplink_address(
     }
     let (rkey, tcp_flags) = reply_key(ctx, ip)?;
     let now = now();
-    let Some((origin, flow)) = live_reply(cfg, &rkey, now) else {
+    let Some(reply) = live_reply(cfg, &rkey, tcp_flags, now) else {
         return published_in(ctx, cfg, ip, &rkey, now, l4_at, l4);
     };
+    let origin = reply.reverse.origin;
     // A RST or FIN far from the container's window is not believed (an
     // off-path sender guessing), but still delivered: the container's stack
-    // judges it again (RFC 5961) and answers with a challenge ACK.
-    if tcp_flags & (TCP_RST | TCP_FIN) == 0 || teardown_in_window(ctx, l4_at, flow) {
-        touch_reply(flow, tcp_flags, now);
+    // judges it again (RFC 5961) and answers with a challenge ACK. (A RST or
+    // FIN always has its flow read.)
+    let believed = match &reply.flow {
+        Some(flow) if tcp_flags & (TCP_RST | TCP_FIN) != 0 => teardown_in_window(ctx, l4_at, flow),
+        _ => true,
+    };
+    if believed {
+        touch_reply(reply, tcp_flags, now);
     } else {
         count(Counter::NatTeardownOutOfWindow, 0);
     }

@@ -26,10 +26,10 @@ mod rewrite;
 mod table;
 
 pub use egress::{excluded, snat_out};
-pub use ingress::{live_reply, reply_key, to_uplink_address, touch_reply};
+pub use ingress::{live_reply, reply_key, to_uplink_address, touch_reply, LiveReply};
 pub use published::published_target;
 pub use rewrite::layout;
-pub use table::{release_dead, remove_translation};
+pub use table::{expired, release_dead, remove_translation};
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;

@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
 };
 use dr_common::{
-    nat::{Flow, FlowKey, Origin, ReverseKey, State, PORT_TRIES},
+    nat::{Flow, FlowKey, Origin, Reverse, ReverseKey, State, PORT_TRIES},
     Counter, DatapathConfig,
 };
 
@@ -17,23 +17,48 @@ use crate::{
 };
 
 /// The live translation of `key`, or None (an expired one is removed).
-/// One lookup: a forward half names a port whose reverse half names its
-/// flow. [`allocate`] returns a translation only once both halves stand;
-/// a reverse half gets another holder only after [`dead`] removed the
-/// forward half; and the sweeper, releasing an orphan, puts it back if its
-/// forward half appeared meanwhile ([`restore_if_claimed`]).
+/// One lookup while the container keeps sending: a forward half names a
+/// port whose reverse half names its flow. [`allocate`] returns a
+/// translation only once both halves stand; a reverse half gets another
+/// holder only after [`dead`] removed the forward half; and the sweeper,
+/// releasing an orphan, puts it back if its forward half appeared meanwhile
+/// ([`restore_if_claimed`]).
 #[inline(always)]
 pub(super) fn live_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64) -> Option<*mut Flow> {
     let flow = NAT_FLOWS.get_ptr_mut(key)?;
     // SAFETY: map value pointer, valid for this program run.
-    let (nat_port, expired) =
-        unsafe { ((*flow).nat_port, (*flow).expired(now, &cfg.nat_timeouts)) };
-    if !expired {
+    let flow_now = unsafe { &*flow };
+    if !expired(key, flow_now, cfg, now) {
         return Some(flow);
     }
     count(Counter::NatExpired, 0);
-    remove_translation(key, nat_port);
+    remove_translation(key, flow_now.nat_port);
     None
+}
+
+/// Whether the translation of `key` (forward half `flow`) has been idle
+/// both ways past its state's timeout at `now`. Its reverse half, which
+/// holds the last reply's time, is read only when the container has been
+/// quiet that long: replies alone keep a flow alive.
+#[inline(always)]
+pub fn expired(key: &FlowKey, flow: &Flow, cfg: &DatapathConfig, now: u64) -> bool {
+    let t = &cfg.nat_timeouts;
+    flow.expired(0, now, t)
+        && flow.expired(
+            reply_seen(&key.reverse(flow.nat_port), &key.origin()),
+            now,
+            t,
+        )
+}
+
+/// When the last reply to `origin`'s translation `rkey` came; 0 for none.
+#[inline(always)]
+fn reply_seen(rkey: &ReverseKey, origin: &Origin) -> u64 {
+    // SAFETY: map value, copied out.
+    match unsafe { NAT_REVERSE.get(rkey) } {
+        Some(reverse) if reverse.origin == *origin => reverse.reply_seen_ns,
+        _ => 0,
+    }
 }
 
 /// Removes the translation of `key`: its forward half, then its reverse half
@@ -71,12 +96,19 @@ enum Reclaimer {
 /// tests/tests/datapath/nat_race.rs). The sweeper takes only orphans older
 /// than its listing of the table (milliseconds), which a claim never is.
 #[inline(always)]
-fn dead(rkey: &ReverseKey, holder: &Origin, cfg: &DatapathConfig, now: u64, by: Reclaimer) -> bool {
-    let fkey = rkey.forward(holder);
+fn dead(
+    rkey: &ReverseKey,
+    holder: &Reverse,
+    cfg: &DatapathConfig,
+    now: u64,
+    by: Reclaimer,
+) -> bool {
+    let fkey = rkey.forward(&holder.origin);
+    let t = &cfg.nat_timeouts;
     // SAFETY: map value, copied out.
     match unsafe { NAT_FLOWS.get(fkey) }.copied() {
         Some(flow) if flow.nat_port == rkey.nat_port => {
-            if !flow.expired(now, &cfg.nat_timeouts) || NAT_FLOWS.remove(fkey).is_err() {
+            if !flow.expired(holder.reply_seen_ns, now, t) || NAT_FLOWS.remove(fkey).is_err() {
                 return false;
             }
             count(Counter::NatExpired, 0);
@@ -113,7 +145,8 @@ fn claim(rkey: &ReverseKey, origin: &Origin, cfg: &DatapathConfig, now: u64) -> 
             BUSY
         };
     }
-    match NAT_REVERSE.insert(rkey, origin, BPF_NOEXIST as u64) {
+    let claim = Reverse::new(*origin);
+    match NAT_REVERSE.insert(rkey, claim, BPF_NOEXIST as u64) {
         Ok(()) => return CLAIMED,
         Err(e) if e != -EEXIST => return TABLE_FULL,
         Err(_) => {}
@@ -126,8 +159,8 @@ fn claim(rkey: &ReverseKey, origin: &Origin, cfg: &DatapathConfig, now: u64) -> 
         return BUSY;
     }
     // If gone since (the sweeper took it as an orphan), claimed afresh.
-    if NAT_REVERSE.insert(rkey, origin, BPF_EXIST as u64).is_ok()
-        || NAT_REVERSE.insert(rkey, origin, BPF_NOEXIST as u64).is_ok()
+    if NAT_REVERSE.insert(rkey, claim, BPF_EXIST as u64).is_ok()
+        || NAT_REVERSE.insert(rkey, claim, BPF_NOEXIST as u64).is_ok()
     {
         return CLAIMED;
     }
@@ -145,7 +178,7 @@ pub fn release_dead(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
     if !dead(rkey, &holder, cfg, now, Reclaimer::Sweeper) {
         return false;
     }
-    release(rkey, &holder);
+    release(rkey, &holder.origin);
     !restore_if_claimed(rkey, &holder)
 }
 
@@ -159,15 +192,15 @@ pub fn release_dead(rkey: &ReverseKey, cfg: &DatapathConfig, now: u64) -> bool {
 /// send from a port that no reverse half holds, which the datapath, reading
 /// the forward half only, would not notice. True if the pair stands again.
 #[inline(always)]
-fn restore_if_claimed(rkey: &ReverseKey, holder: &Origin) -> bool {
-    let fkey = rkey.forward(holder);
+fn restore_if_claimed(rkey: &ReverseKey, holder: &Reverse) -> bool {
+    let fkey = rkey.forward(&holder.origin);
     // SAFETY: map value, only compared.
     let claimed = || unsafe { NAT_FLOWS.get(fkey) }.is_some_and(|f| f.nat_port == rkey.nat_port);
     if !claimed() {
         return false;
     }
     // SAFETY: map value, only compared.
-    let holds = || unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| o == holder);
+    let holds = || unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|r| r.origin == holder.origin);
     if NAT_REVERSE.insert(rkey, holder, BPF_NOEXIST as u64).is_ok() || holds() {
         return true;
     }
@@ -181,7 +214,7 @@ fn restore_if_claimed(rkey: &ReverseKey, holder: &Origin) -> bool {
 #[inline(always)]
 fn release(rkey: &ReverseKey, origin: &Origin) {
     // SAFETY: map value, only compared.
-    if unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| o == origin) {
+    if unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|r| r.origin == *origin) {
         let _ = NAT_REVERSE.remove(rkey);
     }
 }
@@ -260,7 +293,7 @@ pub(super) fn allocate(
         // A CPU that found the claim stale in the instant between the two
         // inserts took the port: nothing has left with it yet, try another.
         // SAFETY: map value, only compared.
-        if !unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|o| *o == origin) {
+        if !unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|r| r.origin == origin) {
             if unsafe { NAT_FLOWS.get(key) }.is_some_and(|f| f.nat_port == port) {
                 let _ = NAT_FLOWS.remove(key);
             }

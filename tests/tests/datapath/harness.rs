@@ -23,7 +23,8 @@ use aya::{
     Ebpf,
 };
 use dr_common::{
-    nat::{Flow, Timeouts, DEFAULT_TABLE_SIZE},
+    map_names,
+    nat::{Flow, FlowKey, Reverse, ReverseKey, Timeouts, DEFAULT_TABLE_SIZE},
     program_names, Counter, DatapathConfig, Endpoint, Traffic, DEFAULT_MAX_PEERS,
 };
 use dr_ctl::{
@@ -305,6 +306,35 @@ impl Datapath {
     pub fn raw_map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> HashMap<MapData, K, V> {
         let data = MapData::from_pin(self.dir.join(name)).unwrap();
         Map::from_map_data(data).unwrap().try_into().unwrap()
+    }
+
+    /// Ages every translation past any timeout: its last packet out and its
+    /// last reply both long ago.
+    pub fn age_translations(&self) {
+        self.age_packets_out();
+        self.age_replies();
+    }
+
+    /// Every translation's last packet out long ago.
+    pub fn age_packets_out(&self) {
+        let mut flows = self.raw_map::<FlowKey, Flow>(map_names::NAT_FLOWS);
+        let all: Vec<_> = flows.iter().map(Result::unwrap).collect();
+        for (key, mut flow) in all {
+            flow.last_seen_ns = 1;
+            flows.insert(key, flow, 0).unwrap();
+        }
+    }
+
+    /// Every translation's last reply (if any) long ago.
+    pub fn age_replies(&self) {
+        let mut reverse = self.raw_map::<ReverseKey, Reverse>(map_names::NAT_REVERSE);
+        let all: Vec<_> = reverse.iter().map(Result::unwrap).collect();
+        for (key, mut entry) in all {
+            if entry.reply_seen_ns != 0 {
+                entry.reply_seen_ns = 1;
+                reverse.insert(key, entry, 0).unwrap();
+            }
+        }
     }
 
     /// Sends a container packet out; returns the allocated port.

@@ -15,7 +15,7 @@
 use aya::maps::{HashMap, MapData};
 use dr_common::{
     map_names,
-    nat::{Flow, FlowKey, Origin, ReverseKey, IPPROTO_UDP},
+    nat::{Reverse, ReverseKey, IPPROTO_UDP},
 };
 use dr_ctl::datapath::Sweeper;
 use etherparse::{icmpv4, Icmpv4Type};
@@ -251,16 +251,12 @@ fn a_full_table_refuses_new_flows_and_keeps_every_live_one() {
         assert_eq!(out, reply(remote_addr, CONTAINER, L4::Udp, port, 53, 49));
     }
     // Once the translations expire and `nat gc` runs, new flows get one.
-    let mut table: HashMap<MapData, FlowKey, Flow> = dp.raw_map(map_names::NAT_FLOWS);
-    for (key, mut flow) in flows {
-        flow.last_seen_ns = 1;
-        table.insert(key, flow, 0).unwrap();
-    }
+    dp.age_translations();
     Sweeper::open(&dp.dir)
         .unwrap()
         .gc(&dp.maps, &Timeouts::default())
         .unwrap();
-    let reverse: HashMap<MapData, ReverseKey, Origin> = dp.raw_map(map_names::NAT_REVERSE);
+    let reverse: HashMap<MapData, ReverseKey, Reverse> = dp.raw_map(map_names::NAT_REVERSE);
     assert_eq!(reverse.iter().count(), 0);
     dp.translate_out(CONTAINER, remote(0), L4::Udp, (2000, 53));
 }

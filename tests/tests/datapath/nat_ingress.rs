@@ -12,8 +12,9 @@
 use aya::maps::{HashMap, MapData};
 use dr_common::{
     map_names,
-    nat::{Flow, FlowKey, Origin, ReverseKey, State},
+    nat::{Reverse, ReverseKey, State, Timeouts},
 };
+use dr_ctl::datapath::Sweeper;
 use etherparse::{icmpv4, Icmpv4Type};
 
 use super::*;
@@ -95,6 +96,47 @@ fn inbound_fragments_of_replies_go_to_the_host_counted() {
     assert_eq!(dp.counter(Counter::NatIn).packets, 0);
 }
 
+/// A flow the container sent on once (a stream from outside) lives as long
+/// as replies keep coming: its last activity is the later of its two
+/// directions, as in conntrack. Replies find it in one lookup while they
+/// come; when they stop, the flow's own time still counts.
+#[test]
+fn replies_alone_keep_a_translation_alive() {
+    let cfg = DatapathConfig {
+        nat_port_min: 61000,
+        nat_port_max: 61000,
+        ..nat_config()
+    };
+    let mut dp = nat_datapath(cfg, DEFAULT_TABLE_SIZE);
+    let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53));
+    let answer = reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 53, 50);
+    let delivered = (
+        TC_ACT_REDIRECT,
+        reply(EXTERNAL, CONTAINER, L4::Udp, SRC_PORT, 53, 49),
+    );
+    assert_eq!(dp.run(Hook::UplinkIngress, &answer), delivered);
+    // The container has been silent past the UDP timeout; replies came.
+    dp.age_packets_out();
+    assert_eq!(dp.run(Hook::UplinkIngress, &answer), delivered);
+    // Nobody reclaims the port: not another container's flow, not `nat gc`.
+    let other = frame_ports(OTHER_CONTAINER, EXTERNAL, 64, L4::Udp, SRC_PORT, 53);
+    assert_eq!(dp.run(Hook::BridgeIngress, &other).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(Counter::DropNatPortsExhausted).packets, 1);
+    let sweeper = Sweeper::open(&dp.dir).unwrap();
+    assert_eq!(sweeper.gc(&dp.maps, &Timeouts::default()).unwrap(), 0);
+    // The container's next packet leaves from the same port.
+    assert_eq!(
+        dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53)),
+        port
+    );
+    // Replies stop for longer than the timeout; the container's packet just
+    // now keeps the flow, and the next reply is still delivered.
+    dp.age_replies();
+    assert_eq!(dp.run(Hook::UplinkIngress, &answer), delivered);
+    assert_eq!(dp.counter(Counter::NatExpired).packets, 0);
+    assert_eq!(dp.counter(Counter::NatIn).packets, 3);
+}
+
 #[test]
 fn expired_translations_are_not_used_and_their_ports_are_reclaimed() {
     let cfg = DatapathConfig {
@@ -106,10 +148,7 @@ fn expired_translations_are_not_used_and_their_ports_are_reclaimed() {
     let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53));
     assert_eq!(port, 61000);
     // Age the translation past its timeout.
-    let mut flows: HashMap<MapData, FlowKey, Flow> = dp.raw_map(map_names::NAT_FLOWS);
-    let (key, mut flow) = flows.iter().next().unwrap().unwrap();
-    flow.last_seen_ns = 1;
-    flows.insert(key, flow, 0).unwrap();
+    dp.age_translations();
     // A late reply is not delivered.
     let late = reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 53, 50);
     assert_eq!(
@@ -137,6 +176,6 @@ fn expired_translations_are_not_used_and_their_ports_are_reclaimed() {
         61000
     );
     assert_eq!(dp.counter(Counter::NatExpired).packets, 3);
-    let reverse: HashMap<MapData, ReverseKey, Origin> = dp.raw_map(map_names::NAT_REVERSE);
+    let reverse: HashMap<MapData, ReverseKey, Reverse> = dp.raw_map(map_names::NAT_REVERSE);
     assert_eq!(reverse.iter().count(), 1);
 }

@@ -16,10 +16,6 @@
 use std::{sync::Barrier, thread};
 
 use aya::programs::SchedClassifier;
-use dr_common::{
-    map_names,
-    nat::{Flow, FlowKey},
-};
 
 use super::*;
 
@@ -89,12 +85,7 @@ fn two_containers_reclaiming_the_one_dead_port_never_share_it() {
     let mut won = [0u32; 2];
     for round in 0..ROUNDS {
         // Whoever holds the port is dead: both may reclaim it.
-        let mut flows = dp.raw_map::<FlowKey, Flow>(map_names::NAT_FLOWS);
-        let all: Vec<_> = flows.iter().map(Result::unwrap).collect();
-        for (key, mut flow) in all {
-            flow.last_seen_ns = 1;
-            flows.insert(key, flow, 0).unwrap();
-        }
+        dp.age_translations();
         let src_port = 1000 + round;
         let a = frame_ports(CONTAINER, EXTERNAL, 64, L4::Udp, src_port, 53);
         let b = frame_ports(OTHER_CONTAINER, EXTERNAL, 64, L4::Udp, src_port, 53);

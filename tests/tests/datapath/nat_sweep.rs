@@ -14,7 +14,7 @@
 use aya::maps::{HashMap, MapData};
 use dr_common::{
     map_names,
-    nat::{Flow, FlowKey, Origin, ReverseKey, Timeouts, IPPROTO_UDP},
+    nat::{Flow, FlowKey, Origin, Reverse, ReverseKey, Timeouts, IPPROTO_UDP},
 };
 use dr_ctl::datapath::Sweeper;
 
@@ -43,18 +43,8 @@ impl Datapath {
         self.raw_map(map_names::NAT_FLOWS)
     }
 
-    fn reverse(&self) -> HashMap<MapData, ReverseKey, Origin> {
+    fn reverse(&self) -> HashMap<MapData, ReverseKey, Reverse> {
         self.raw_map(map_names::NAT_REVERSE)
-    }
-
-    /// Ages every translation past its timeout.
-    fn expire_all(&self) {
-        let mut flows = self.flows();
-        let all: Vec<_> = flows.iter().map(Result::unwrap).collect();
-        for (key, mut flow) in all {
-            flow.last_seen_ns = 1;
-            flows.insert(key, flow, 0).unwrap();
-        }
     }
 
     /// Whether a reply to `PORT` reaches `to` (translated back to it).
@@ -76,7 +66,7 @@ fn gc_removes_expired_translations_and_keeps_live_ones() {
         (1, 1)
     );
 
-    dp.expire_all();
+    dp.age_translations();
     assert_eq!(sweeper.gc(&dp.maps, &Timeouts::default()).unwrap(), 1);
     assert_eq!(
         (dp.flows().iter().count(), dp.reverse().iter().count()),
@@ -89,7 +79,7 @@ fn gc_removes_expired_translations_and_keeps_live_ones() {
 fn gc_never_touches_a_port_reclaimed_since_it_listed_the_table() {
     let mut dp = one_port_datapath();
     dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (2000, 53));
-    dp.expire_all();
+    dp.age_translations();
     // What gc listed: the expired translation of CONTAINER.
     let listed = dp.maps.nat_flows().unwrap();
     assert_eq!(listed.len(), 1);
@@ -122,7 +112,9 @@ fn gc_removes_reverse_halves_whose_flow_is_gone_and_only_those() {
         port: 2001u16.to_be(),
         _pad: 0,
     };
-    dp.reverse().insert(orphan, origin, 0).unwrap();
+    dp.reverse()
+        .insert(orphan, Reverse::new(origin), 0)
+        .unwrap();
     assert_eq!(dp.sweeper().gc(&dp.maps, &Timeouts::default()).unwrap(), 0);
     let left: Vec<ReverseKey> = dp.reverse().keys().map(Result::unwrap).collect();
     assert_eq!(left.len(), 1);
