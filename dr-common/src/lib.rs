@@ -52,6 +52,14 @@ map_names!(
     PUBLISHED_PORTS,
 );
 
+/// Which clock the programs read: a global set when the object is loaded.
+pub mod clock {
+    /// `u8` global in the object's `.rodata`: 1 where the kernel has
+    /// `bpf_ktime_get_coarse_ns` (5.11), which costs less than
+    /// `bpf_ktime_get_ns` and is as good for timeouts counted in seconds.
+    pub const COARSE_GLOBAL: &str = "COARSE_CLOCK";
+}
+
 /// The dry-run copy of the datapath (`dr-ctl trace`): its switch, a global
 /// set when the copy is loaded, and its private, unpinned record.
 pub mod dry_run {

@@ -587,7 +587,9 @@ impl Flow {
 
     /// Whether the flow has been idle longer than its state allows at
     /// `now_ns`, its last reply seen at `reply_seen_ns` (its reverse half's
-    /// [`Reverse::reply_seen_ns`]; 0 for none).
+    /// [`Reverse::reply_seen_ns`]; 0 for none). A state with a timeout of 0
+    /// holds nothing, even within the clock's tick (the coarse clock moves
+    /// once a tick: a packet and the next can read one time).
     #[inline(always)]
     pub fn expired(&self, reply_seen_ns: u64, now_ns: u64, t: &Timeouts) -> bool {
         let timeout = match self.current_state() {
@@ -599,7 +601,7 @@ impl Flow {
         } else {
             self.last_seen_ns
         };
-        now_ns.saturating_sub(last_seen) > timeout as u64 * 1_000_000_000
+        timeout == 0 || now_ns.saturating_sub(last_seen) > timeout as u64 * 1_000_000_000
     }
 }
 
@@ -719,6 +721,14 @@ mod tests {
         };
         assert!(!flow.expired(0, 3_000_000_000, &t));
         assert!(flow.expired(0, 3_000_000_001, &t));
+        // A zero timeout: gone at once, even read at the same time.
+        let closed = Flow {
+            state: State::TcpClosed as u8,
+            ..flow
+        };
+        let no_hold = Timeouts { tcp_closed: 0, ..t };
+        assert!(closed.expired(0, closed.last_seen_ns, &no_hold));
+        assert!(!closed.expired(0, closed.last_seen_ns, &t));
         assert_eq!(State::TcpClosed.timeout_secs(&t), 2);
         assert_eq!(State::TcpTimeWait.timeout_secs(&t), 60);
         assert_eq!(State::TcpFinOut.timeout_secs(&t), 120);

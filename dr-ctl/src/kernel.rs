@@ -105,6 +105,25 @@ pub const CORE_REQUIREMENTS: [Requirement; 13] = [
 /// TCX links (`bpf_mprog`): without them, TC programs attach over netlink.
 pub const TCX_SINCE: KernelVersion = KernelVersion::new(6, 6, 0);
 
+/// `bpf_ktime_get_coarse_ns`: without it, flows are timed by
+/// `bpf_ktime_get_ns`, which costs more per packet.
+pub const COARSE_CLOCK_SINCE: KernelVersion = KernelVersion::new(5, 11, 0);
+
+/// The datapath's clock switch for the running kernel (`dr_common::clock`):
+/// 1 for the coarse clock where it exists. A release that cannot be read
+/// gets the clock every supported kernel has.
+pub fn coarse_clock() -> u8 {
+    running_release()
+        .and_then(|release| KernelVersion::parse(&release))
+        .is_ok_and(has_coarse_clock)
+        .into()
+}
+
+/// Whether `version` has `bpf_ktime_get_coarse_ns`.
+pub fn has_coarse_clock(version: KernelVersion) -> bool {
+    version >= COARSE_CLOCK_SINCE
+}
+
 /// The oldest kernel dr runs on: the newest of [`CORE_REQUIREMENTS`].
 pub fn minimum() -> KernelVersion {
     CORE_REQUIREMENTS
@@ -289,5 +308,13 @@ mod tests {
         assert!(err.contains("dr-ctl down"), "{err}");
         let same = choose_attach(Some(AttachMode::Tcx), Some(AttachMode::Tcx), v618).unwrap();
         assert_eq!(same.mode, AttachMode::Tcx);
+    }
+
+    #[test]
+    fn the_coarse_clock_from_5_11() {
+        let at = |release| has_coarse_clock(KernelVersion::parse(release).unwrap());
+        assert!(!at("5.10.0-30-amd64"));
+        assert!(at("5.11.0"));
+        assert!(at("6.1.0-56-amd64"));
     }
 }

@@ -3,9 +3,10 @@ use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use dr_common::{marks, nat::DELIVERED_BY_KERNEL};
 
 use crate::{
+    clock::now,
     inbound::record_inbound,
     mark,
-    nat::{excluded, now},
+    nat::excluded,
     packet::{dst_addr, egress_frame, flow_of, src_addr},
 };
 

@@ -7,6 +7,7 @@
 
 mod bridge;
 mod bridge_egress;
+mod clock;
 mod dry_run;
 mod inbound;
 mod maps;

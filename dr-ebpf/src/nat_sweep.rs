@@ -16,8 +16,9 @@ use dr_common::{
 };
 
 use crate::{
+    clock::now,
     maps::{config, count, NAT_FLOWS},
-    nat::{expired, now, release_dead, remove_translation},
+    nat::{expired, release_dead, remove_translation},
     packet::ptr_at,
 };
 

@@ -4,9 +4,10 @@ use dr_common::{nat::DELIVERED_FROM_PEER_HOST, Counter, DatapathConfig};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
+    clock::now,
     inbound::record_inbound,
     maps::{is_peer_host, peer_for, peer_traffic},
-    nat::{now, to_uplink_address},
+    nat::to_uplink_address,
     packet::{decrement_ttl, dst_addr, flow_of, ipv4_frame, src_addr},
     redirect::to_container,
     verdict::Verdict,

@@ -12,12 +12,12 @@ use dr_common::{
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
+    clock::now,
     dry_run::{dry_run, record_delivery},
     inbound::record_inbound,
     maps::{config, endpoint, peer_for, peer_traffic, ENDPOINT_PORTS},
     nat::{
-        layout, live_reply, now, published_target, reply_key, touch_reply, LiveReply,
-        ICMP_ECHO_REPLY,
+        layout, live_reply, published_target, reply_key, touch_reply, LiveReply, ICMP_ECHO_REPLY,
     },
     packet::{
         decrement_ttl, dst_addr, is_fragment, l4_offset, parse_frame, src_addr, Frame, FrameBytes,

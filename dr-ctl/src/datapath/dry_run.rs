@@ -11,7 +11,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
-use dr_common::{dry_run, map_names, program_names, Trace};
+use dr_common::{clock, dry_run, map_names, program_names, Trace};
 
 use super::{
     attach::{object_program, program},
@@ -20,6 +20,7 @@ use super::{
 use crate::object::EBPF_OBJECT;
 use crate::{
     error::{Error, Result},
+    kernel,
     maps::nat_table_size,
 };
 
@@ -50,6 +51,7 @@ impl DryRun {
             .override_global(dry_run::GLOBAL, &1u8, true)
             // Its events would go to a log buffer nobody reads.
             .override_global(aya_log::LEVEL, &0u8, true)
+            .override_global(clock::COARSE_GLOBAL, &kernel::coarse_clock(), true)
             .map_max_entries(map_names::NAT_FLOWS, table_size)
             .map_max_entries(map_names::NAT_REVERSE, table_size)
             .map_max_entries(map_names::INBOUND_FLOWS, table_size)

@@ -21,7 +21,7 @@ mod sweeper;
 use std::path::Path;
 
 use aya::{Ebpf, EbpfLoader};
-use dr_common::map_names;
+use dr_common::{clock, map_names};
 
 pub use attach::{
     attach, attached_mode, detach, hook_ids, is_attached, load_retrying, program, Attached,
@@ -42,8 +42,15 @@ use crate::{error::Result, migrate, object::EBPF_OBJECT};
 /// directory), or adopted from there if already pinned, so state survives
 /// dr-ctl exiting and programs being replaced. New SNAT tables get
 /// `nat_table_size` entries each, new peer tables `max_peers`; `log_level`
-/// is the level of the programs' aya-log events (0: off).
-pub fn load(map_dir: &Path, nat_table_size: u32, max_peers: u32, log_level: u8) -> Result<Ebpf> {
+/// is the level of the programs' aya-log events (0: off); `coarse_clock`
+/// the clock switch ([`crate::kernel::coarse_clock`] for the running kernel).
+pub fn load(
+    map_dir: &Path,
+    nat_table_size: u32,
+    max_peers: u32,
+    log_level: u8,
+    coarse_clock: u8,
+) -> Result<Ebpf> {
     // Maps an older dr pinned with another layout are created anew and
     // filled from the old ones (see migrate/).
     migrate::set_aside_outdated(map_dir)?;
@@ -51,6 +58,7 @@ pub fn load(map_dir: &Path, nat_table_size: u32, max_peers: u32, log_level: u8) 
         .default_map_pin_directory(map_dir)
         // aya-log's level is fixed at load: events below it cost one branch.
         .override_global(aya_log::LEVEL, &log_level, true)
+        .override_global(clock::COARSE_GLOBAL, &coarse_clock, true)
         .map_max_entries(map_names::NAT_FLOWS, nat_table_size)
         .map_max_entries(map_names::NAT_REVERSE, nat_table_size)
         .map_max_entries(map_names::INBOUND_FLOWS, nat_table_size)

@@ -12,12 +12,12 @@ use dr_common::{
 use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
 
 use super::{
-    now,
     rewrite::{layout, rewrite, Address, L4Layout},
     table::{allocate, live_flow},
     ICMP_ECHO, ICMP_ECHO_REPLY,
 };
 use crate::{
+    clock::now,
     dry_run::dry_run,
     inbound::inbound_answered,
     maps::NAT_EXCLUDE,

@@ -10,12 +10,12 @@ use network_types::ip::Ipv4Hdr;
 
 use super::{
     icmp_error::icmp_error_reply,
-    now,
     published::published_in,
     rewrite::{layout, rewrite, Address, L4Layout},
     ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
 };
 use crate::{
+    clock::now,
     dry_run::dry_run,
     maps::{count, NAT_FLOWS, NAT_REVERSE},
     packet::{decrement_ttl, is_fragment, l4_offset, l4_ports, src_addr, FrameBytes, TCP_SEQ},

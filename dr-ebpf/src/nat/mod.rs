@@ -16,8 +16,6 @@
 //! for CHECKSUM_PARTIAL skbs (as veth produces) where direct arithmetic on
 //! the field would not. ICMP errors are never CHECKSUM_PARTIAL: their
 //! rewrite is all arithmetic (`icmp_error.rs`).
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-
 mod egress;
 mod icmp_error;
 mod ingress;
@@ -36,12 +34,3 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_ECHO: u8 = 8;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
-
-/// Read once per packet and handed on: a helper call costs more than the
-/// arithmetic around it. (`bpf_ktime_get_coarse_ns` is cheaper still, but
-/// needs 5.11, and dr supports 5.10.)
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: no arguments, no memory access.
-    unsafe { bpf_ktime_get_ns() }
-}

@@ -29,6 +29,7 @@ use dr_common::{
 };
 use dr_ctl::{
     datapath::{self, Hook},
+    kernel,
     maps::Maps,
     peer::Peer,
     subnet::to_map_addr,
@@ -193,14 +194,20 @@ pub fn set_forwarding(on: bool) {
     .unwrap();
 }
 
-/// A datapath whose SNAT tables hold `nat_table_size` entries.
+/// A datapath whose SNAT tables hold `nat_table_size` entries, with the
+/// clock `up` would choose here.
 pub fn datapath_sized(config: DatapathConfig, nat_table_size: u32) -> Datapath {
+    datapath_clocked(config, nat_table_size, kernel::coarse_clock())
+}
+
+/// [`datapath_sized`] with the clock switch `coarse_clock`.
+pub fn datapath_clocked(config: DatapathConfig, nat_table_size: u32, coarse_clock: u8) -> Datapath {
     require_root();
     enter_host_netns();
     let dir = PathBuf::from("/sys/fs/bpf").join(unique_prefix("drtest-"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut ebpf =
-        datapath::load(&dir, nat_table_size, DEFAULT_MAX_PEERS, 0).expect("load eBPF object");
+    let mut ebpf = datapath::load(&dir, nat_table_size, DEFAULT_MAX_PEERS, 0, coarse_clock)
+        .expect("load eBPF object");
     datapath::pin_sweeper(&mut ebpf, &dir).expect("pin the NAT sweeper");
     let mut maps = Maps::open(&dir).unwrap();
     maps.set_config(&config).unwrap();

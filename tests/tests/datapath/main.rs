@@ -19,6 +19,7 @@ mod uplink_ingress;
 mod uplink_xdp;
 
 // Features across hooks.
+mod clock;
 mod cost;
 mod dry_run;
 mod fuzz;

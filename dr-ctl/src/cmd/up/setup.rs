@@ -12,7 +12,7 @@ use crate::{
     datapath::{self, Attached, Hook, Kind, Side},
     docker_config::DockerConfigChange,
     error::Result,
-    kernel::AttachMode,
+    kernel::{self, AttachMode},
     maps::{self, Maps},
     migrate,
     netlink::{Interface, Netlink},
@@ -170,6 +170,7 @@ impl Setup<'_> {
             args.nat.table_size,
             max_peers,
             args.datapath_log,
+            kernel::coarse_clock(),
         )?;
         let mut maps = Maps::open(pins.path())?;
         // A map new in this version starts empty (upgrading from an older dr).
