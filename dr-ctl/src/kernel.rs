@@ -85,7 +85,7 @@ pub const CORE_REQUIREMENTS: [Requirement; 13] = [
         4,
         18,
     ),
-    needs("global data in .rodata (aya-log level)", 5, 2),
+    needs("global data in .rodata (aya-log level, clock switch)", 5, 2),
     needs("bounded loops (SNAT port allocation)", 5, 3),
     needs("gso_size in __sk_buff (path MTU of GSO packets)", 5, 7),
     needs("BPF_MAP_TYPE_RINGBUF (aya-log event buffer)", 5, 8),
