@@ -563,6 +563,11 @@ impl Flow {
     /// what changes is written, and a teardown only ever sets its own mark.
     #[inline(always)]
     pub fn record(&mut self, flags: u8, reply: bool) {
+        // A segment without SYN, FIN or RST (nearly every one) changes only
+        // SYN_SENT: the state is not worked out for it.
+        if flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && self.state != State::TcpSynSent as u8 {
+            return;
+        }
         let Some(current) = self.current_state() else {
             return;
         };
@@ -706,6 +711,51 @@ mod tests {
         // A new SYN on the same tuple: nothing known again.
         flow.record_window(TCP_SYN, 0, 64240, 0);
         assert!(flow.in_window(1 << 31));
+    }
+
+    #[test]
+    fn plain_segments_move_only_syn_sent() {
+        let states = [
+            State::TcpSynSent,
+            State::TcpEstablished,
+            State::TcpFinOut,
+            State::TcpFinIn,
+            State::TcpClosed,
+            State::TcpTimeWait,
+            State::Udp,
+            State::Icmp,
+        ];
+        let marks = [
+            Teardown::default(),
+            Teardown {
+                fin_out: 1,
+                ..Teardown::default()
+            },
+            Teardown {
+                fin_in: 1,
+                ..Teardown::default()
+            },
+            Teardown {
+                closed: 1,
+                ..Teardown::default()
+            },
+        ];
+        for state in states {
+            for teardown in marks {
+                for flags in [0, TCP_ACK, TCP_ACK | 0x08] {
+                    for reply in [false, true] {
+                        let mut flow = Flow {
+                            state: state as u8,
+                            teardown,
+                            ..Flow::default()
+                        };
+                        let want = flow.current_state().unwrap().next(flags, reply);
+                        flow.record(flags, reply);
+                        assert_eq!(flow.current_state(), Some(want), "{state:?} {teardown:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
