@@ -758,8 +758,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn expiry_uses_the_state_timeout() {
+    /// A UDP flow last seen at 1 s, and timeouts giving UDP 2 s.
+    fn udp_flow_seen_at_1s() -> (Flow, Timeouts) {
         let t = Timeouts {
             udp: 2,
             ..Timeouts::default()
@@ -769,6 +769,12 @@ mod tests {
             state: State::Udp as u8,
             ..Flow::default()
         };
+        (flow, t)
+    }
+
+    #[test]
+    fn expiry_uses_the_state_timeout() {
+        let (flow, t) = udp_flow_seen_at_1s();
         assert!(!flow.expired(0, 3_000_000_000, &t));
         assert!(flow.expired(0, 3_000_000_001, &t));
         // A zero timeout: gone at once, even read at the same time.
@@ -786,15 +792,7 @@ mod tests {
 
     #[test]
     fn a_flow_lives_from_its_later_direction() {
-        let t = Timeouts {
-            udp: 2,
-            ..Timeouts::default()
-        };
-        let flow = Flow {
-            last_seen_ns: 1_000_000_000,
-            state: State::Udp as u8,
-            ..Flow::default()
-        };
+        let (flow, t) = udp_flow_seen_at_1s();
         // Replies alone keep it: the container has not sent for 4 s.
         assert!(!flow.expired(4_000_000_000, 5_000_000_000, &t));
         assert!(flow.expired(4_000_000_000, 6_000_000_001, &t));

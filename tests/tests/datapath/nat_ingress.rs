@@ -96,12 +96,9 @@ fn inbound_fragments_of_replies_go_to_the_host_counted() {
     assert_eq!(dp.counter(Counter::NatIn).packets, 0);
 }
 
-/// A flow the container sent on once (a stream from outside) lives as long
-/// as replies keep coming: its last activity is the later of its two
-/// directions, as in conntrack. Replies find it in one lookup while they
-/// come; when they stop, the flow's own time still counts.
-#[test]
-fn replies_alone_keep_a_translation_alive() {
+/// A datapath with one NAT port (61000), taken by CONTAINER's UDP flow to
+/// EXTERNAL:53; the port.
+fn one_port_translated() -> (Datapath, u16) {
     let cfg = DatapathConfig {
         nat_port_min: 61000,
         nat_port_max: 61000,
@@ -109,6 +106,16 @@ fn replies_alone_keep_a_translation_alive() {
     };
     let mut dp = nat_datapath(cfg, DEFAULT_TABLE_SIZE);
     let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53));
+    (dp, port)
+}
+
+/// A flow the container sent on once (a stream from outside) lives as long
+/// as replies keep coming: its last activity is the later of its two
+/// directions, as in conntrack. Replies find it in one lookup while they
+/// come; when they stop, the flow's own time still counts.
+#[test]
+fn replies_alone_keep_a_translation_alive() {
+    let (mut dp, port) = one_port_translated();
     let answer = reply(EXTERNAL, UPLINK_ADDR, L4::Udp, port, 53, 50);
     let delivered = (
         TC_ACT_REDIRECT,
@@ -139,13 +146,7 @@ fn replies_alone_keep_a_translation_alive() {
 
 #[test]
 fn expired_translations_are_not_used_and_their_ports_are_reclaimed() {
-    let cfg = DatapathConfig {
-        nat_port_min: 61000,
-        nat_port_max: 61000,
-        ..nat_config()
-    };
-    let mut dp = nat_datapath(cfg, DEFAULT_TABLE_SIZE);
-    let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 53));
+    let (mut dp, port) = one_port_translated();
     assert_eq!(port, 61000);
     // Age the translation past its timeout.
     dp.age_translations();
