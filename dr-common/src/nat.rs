@@ -147,6 +147,18 @@ impl Reverse {
         }
     }
 
+    /// When the last reply to `origin`'s flow came: this entry's time if it
+    /// names that container end, else 0 (the port went to another flow, so
+    /// its replies say nothing about this one).
+    #[inline(always)]
+    pub fn reply_seen_by(&self, origin: &Origin) -> u64 {
+        if self.origin == *origin {
+            self.reply_seen_ns
+        } else {
+            0
+        }
+    }
+
     /// Whether a reply came within the shortest timeout any state of
     /// `proto` has: then the flow is alive at `now_ns` whatever its state,
     /// and a reply without SYN, FIN or RST (which changes no state that the
@@ -601,12 +613,19 @@ impl Flow {
             Some(s) => s.timeout_secs(t),
             None => 0,
         };
-        let last_seen = if reply_seen_ns > self.last_seen_ns {
+        let idle = now_ns.saturating_sub(self.last_active_ns(reply_seen_ns));
+        timeout == 0 || idle > timeout as u64 * 1_000_000_000
+    }
+
+    /// The flow's last activity, either way: the later of the container's
+    /// last packet and the last reply (`reply_seen_ns`).
+    #[inline(always)]
+    pub fn last_active_ns(&self, reply_seen_ns: u64) -> u64 {
+        if reply_seen_ns > self.last_seen_ns {
             reply_seen_ns
         } else {
             self.last_seen_ns
-        };
-        timeout == 0 || now_ns.saturating_sub(last_seen) > timeout as u64 * 1_000_000_000
+        }
     }
 }
 
@@ -833,6 +852,13 @@ mod tests {
                 &t
             ));
         }
+        // Its time speaks for the flow it names only.
+        let other = Origin {
+            port: 9,
+            ..answered.origin
+        };
+        assert_eq!(answered.reply_seen_by(&answered.origin), 10_000_000_000);
+        assert_eq!(answered.reply_seen_by(&other), 0);
         // No reply yet: never vouched for.
         assert!(!Reverse::new(Origin::default()).recently_answered(IPPROTO_UDP, 1, &t));
         // A zero timeout vouches for nothing.

@@ -449,8 +449,7 @@ impl Maps {
             .map(|(key, flow)| Translation {
                 reply_seen_ns: reverse
                     .get(&key.reverse(flow.nat_port))
-                    .filter(|r| r.origin == key.origin())
-                    .map_or(0, |r| r.reply_seen_ns),
+                    .map_or(0, |r| r.reply_seen_by(&key.origin())),
                 key,
                 flow,
             })
@@ -484,7 +483,7 @@ impl Translation {
 
     /// The later of its last packet out and its last reply.
     pub fn last_seen_ns(&self) -> u64 {
-        self.flow.last_seen_ns.max(self.reply_seen_ns)
+        self.flow.last_active_ns(self.reply_seen_ns)
     }
 }
 

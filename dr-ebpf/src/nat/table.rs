@@ -55,10 +55,7 @@ pub fn expired(key: &FlowKey, flow: &Flow, cfg: &DatapathConfig, now: u64) -> bo
 #[inline(always)]
 fn reply_seen(rkey: &ReverseKey, origin: &Origin) -> u64 {
     // SAFETY: map value, copied out.
-    match unsafe { NAT_REVERSE.get(rkey) } {
-        Some(reverse) if reverse.origin == *origin => reverse.reply_seen_ns,
-        _ => 0,
-    }
+    unsafe { NAT_REVERSE.get(rkey) }.map_or(0, |reverse| reverse.reply_seen_by(origin))
 }
 
 /// Removes the translation of `key`: its forward half, then its reverse half
