@@ -123,21 +123,38 @@ pub mod program_names {
     pub const NAT_SWEEP: &str = "dr_nat_sweep";
 }
 
-/// Value of `ENDPOINTS` (keyed by a local container's IPv4 address): where
-/// the XDP fast path sends its frames.
+/// Value of `ENDPOINTS`, an array of `MAX_ENDPOINTS` slots: a local
+/// container and where TC and XDP deliver its frames. A container's slot is
+/// [`endpoint_slot`] of its address; the entry names the address, so a slot
+/// holds at most one of the containers that share it (the others go
+/// through docker0). An array, not a hash table: its lookup is a few
+/// instructions the verifier inlines, where hashing the address cost about
+/// 30 ns per delivered packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The container's address (network order); 0: an empty slot. dr-ctl
+    /// changes a slot's other fields only while this is 0 (see its
+    /// `Maps::store_endpoint_slot`).
+    pub addr: u32,
     /// The container's veth on the host side (a docker0 port).
     pub ifindex: u32,
     pub mac: [u8; 6],
     /// 1 if XDP may redirect into the port: XDP runs in generic mode, or
     /// the container's end of the veth has GRO on (native XDP hands frames
     /// to the peer's NAPI ring, which exists only then; without it the
-    /// kernel drops them). Once padding: an entry an older dr-ctl wrote
-    /// reads 0, and XDP leaves its frames to TC.
+    /// kernel drops them).
     pub xdp_ready: u8,
     pub _pad: u8,
+}
+
+/// The `ENDPOINTS` slot of container address `addr` (network order): its
+/// low bits. Docker hands out a bridge's addresses from the bottom of its
+/// range, so the first `MAX_ENDPOINTS` containers of a subnet never share
+/// a slot.
+#[inline(always)]
+pub fn endpoint_slot(addr: u32) -> u32 {
+    u32::from_be(addr) & (MAX_ENDPOINTS - 1)
 }
 
 /// Value of `PEER_SUBNETS` (LPM trie keyed by the peer's container subnet).
@@ -302,8 +319,11 @@ const _: () = {
     assert!(COUNTER_COUNT <= 64);
     assert!(size_of::<Traffic>() == 16);
     assert!(size_of::<PeerTraffic>() == 32);
-    assert!(size_of::<Endpoint>() == 12);
-    assert!(offset_of!(Endpoint, xdp_ready) == 10);
+    assert!(size_of::<Endpoint>() == 16);
+    assert!(offset_of!(Endpoint, ifindex) == 4);
+    assert!(offset_of!(Endpoint, xdp_ready) == 14);
+    // A slot is its address's low bits.
+    assert!(MAX_ENDPOINTS.is_power_of_two());
     assert!(size_of::<nat::FlowKey>() == 16);
     assert!(size_of::<nat::Flow>() == 32);
     assert!(size_of::<nat::Teardown>() == 4);

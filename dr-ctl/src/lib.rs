@@ -5,6 +5,7 @@ pub mod cmd;
 pub mod container_gro;
 pub mod datapath;
 pub mod docker_config;
+pub mod endpoints;
 pub mod error;
 pub mod iptables;
 pub mod kernel;

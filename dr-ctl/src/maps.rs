@@ -1,5 +1,5 @@
 //! Typed access to the pinned maps of one network namespace.
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeSet, path::Path};
 
 use aya::{
     maps::{
@@ -18,6 +18,7 @@ use dr_common::{
 use ipnet::Ipv4Net;
 
 use crate::{
+    endpoints,
     error::{io_context, Error, Result},
     migrate,
     peer::Peer,
@@ -40,7 +41,7 @@ pub struct Maps {
     nat_exclude: LpmTrie<MapData, u32, u8>,
     nat_flows: HashMap<MapData, FlowKey, Flow>,
     nat_reverse: HashMap<MapData, ReverseKey, Reverse>,
-    endpoints: HashMap<MapData, u32, Endpoint>,
+    endpoints: Array<MapData, Endpoint>,
     endpoint_ports: DevMapHash<MapData>,
     peer_hosts: HashMap<MapData, u32, u32>,
     /// None until an `up` of this version has created it.
@@ -325,47 +326,50 @@ impl Maps {
         Ok(())
     }
 
-    /// The local containers the XDP path knows, by address.
-    pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>> {
-        let mut out = Vec::new();
-        for item in self.endpoints.iter() {
-            let (addr, ep) = item?;
-            out.push((from_map_addr(addr), ep));
-        }
-        out.sort_by_key(|(a, _)| *a);
+    /// The local containers dr delivers to directly (TC and XDP), by address.
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        let mut out: Vec<Endpoint> = self.endpoint_slots()?.into_iter().flatten().collect();
+        out.sort_by_key(|e| u32::from_be(e.addr));
         Ok(out)
     }
 
-    /// Makes the endpoints exactly `wanted` (adds and updates first).
-    pub fn set_endpoints(&mut self, wanted: &[(Ipv4Addr, Endpoint)]) -> Result<()> {
-        if wanted.len() > MAX_ENDPOINTS as usize {
-            return Err(Error::Conflict(format!(
-                "more than {MAX_ENDPOINTS} local containers"
-            )));
-        }
-        // The port first: XDP delivers only to endpoints whose port is in
+    /// Every slot of `ENDPOINTS`, `None` where empty.
+    fn endpoint_slots(&self) -> Result<Vec<Option<Endpoint>>> {
+        (0..MAX_ENDPOINTS)
+            .map(|slot| {
+                let e = self.endpoints.get(&slot, 0)?;
+                Ok((e.addr != 0).then_some(e))
+            })
+            .collect()
+    }
+
+    /// Makes the endpoints `wanted`, but for a container whose slot
+    /// ([`dr_common::endpoint_slot`]) another one holds (the one that held it before,
+    /// else the first in `wanted`) or whose port is gone: its packets go
+    /// through docker0. Returns the endpoints stored.
+    pub fn set_endpoints(&mut self, wanted: &[Endpoint]) -> Result<Vec<Endpoint>> {
+        // The port first: a slot is used only while its port is in
         // `ENDPOINT_PORTS`, from which the kernel removes deleted devices.
-        let mut ports = BTreeSet::new();
-        for (addr, ep) in wanted {
+        let mut live = Vec::new();
+        for ep in wanted {
             match self.endpoint_ports.insert(ep.ifindex, ep.ifindex, None, 0) {
-                Ok(()) => {}
+                Ok(()) => live.push(*ep),
                 // Gone since it was read (a container stopping): not an endpoint.
                 Err(XdpMapError::MapError(MapError::SyscallError(e)))
-                    if e.io_error.raw_os_error() == Some(libc::ENODEV) =>
-                {
-                    continue
-                }
+                    if e.io_error.raw_os_error() == Some(libc::ENODEV) => {}
                 Err(XdpMapError::MapError(e)) => return Err(e.into()),
                 Err(e) => return Err(Error::Unsupported(e.to_string())),
             }
-            ports.insert(ep.ifindex);
-            self.endpoints.insert(to_map_addr(*addr), ep, 0)?;
         }
-        for (addr, ep) in self.endpoints()? {
-            if !ports.contains(&ep.ifindex) || !wanted.iter().any(|(a, _)| *a == addr) {
-                ignore_missing(self.endpoints.remove(&to_map_addr(addr)))?;
+        let current = self.endpoint_slots()?;
+        let target = endpoints::placement(&current, &live);
+        for (slot, (now, next)) in current.iter().zip(&target).enumerate() {
+            if now != next {
+                self.store_endpoint_slot(slot as u32, *now, *next)?;
             }
         }
+        let stored: Vec<Endpoint> = target.into_iter().flatten().collect();
+        let ports: BTreeSet<u32> = stored.iter().map(|e| e.ifindex).collect();
         let stale: Vec<u32> = self
             .endpoint_ports
             .keys()
@@ -374,6 +378,27 @@ impl Maps {
             .collect();
         for ifindex in stale {
             ignore_missing(self.endpoint_ports.remove(ifindex))?;
+        }
+        Ok(stored)
+    }
+
+    /// Changes slot `slot` from `now` to `next` so that the datapath, which
+    /// may read it halfway through a write (an array's value is copied in
+    /// place, not swapped as a hash table's is), sees the old entry, an
+    /// empty slot, or the new entry, never a mix: each write changes the
+    /// address alone, or leaves it 0.
+    fn store_endpoint_slot(
+        &mut self,
+        slot: u32,
+        now: Option<Endpoint>,
+        next: Option<Endpoint>,
+    ) -> Result<()> {
+        if let Some(now) = now {
+            self.endpoints.set(slot, Endpoint { addr: 0, ..now }, 0)?;
+        }
+        if let Some(next) = next {
+            self.endpoints.set(slot, Endpoint { addr: 0, ..next }, 0)?;
+            self.endpoints.set(slot, next, 0)?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dr_common::{
+    endpoint_slot,
     nat::{
         Flow, FlowKey, InboundFlow, Origin, PublishedKey, Reverse, ReverseKey, DEFAULT_TABLE_SIZE,
     },
@@ -55,10 +56,10 @@ pub static NAT_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_TAB
 pub static NAT_REVERSE: HashMap<ReverseKey, Reverse> = HashMap::pinned(DEFAULT_TABLE_SIZE, 0);
 
 /// Local containers dr delivers to directly (XDP, and TC's `to_container`):
-/// address -> docker0 port and MAC. Written by dr-ctl from the neighbour
-/// table and the bridge FDB.
+/// by slot ([`endpoint_slot`]), the container's address, docker0 port and
+/// MAC. Written by dr-ctl from the neighbour table and the bridge FDB.
 #[map]
-pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+pub static ENDPOINTS: Array<Endpoint> = Array::pinned(MAX_ENDPOINTS, 0);
 
 /// The docker0 ports of `ENDPOINTS`, by ifindex: XDP redirects through this
 /// map, TC looks ports up in it, and the kernel deletes entries with their
@@ -72,8 +73,10 @@ pub static ENDPOINT_PORTS: DevMapHash = DevMapHash::pinned(MAX_ENDPOINTS, 0);
 /// port still exists.
 #[inline(always)]
 pub fn endpoint(addr: u32) -> Option<Endpoint> {
-    // SAFETY: map value, copied out.
-    let endpoint = unsafe { ENDPOINTS.get(addr) }.copied()?;
+    let endpoint = *ENDPOINTS.get(endpoint_slot(addr))?;
+    if endpoint.addr != addr {
+        return None;
+    }
     ENDPOINT_PORTS.get_ifindex(endpoint.ifindex)?;
     Some(endpoint)
 }

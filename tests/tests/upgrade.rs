@@ -35,7 +35,10 @@ fn up_takes_over_from_the_previous_release_in_place() {
     let status = |h: &dr_tests::Host| -> Value {
         serde_json::from_str(&h.dr(&["status", "--json"]).unwrap()).unwrap()
     };
+    // Its containers learned, for direct delivery.
+    c.sync_endpoints().unwrap();
     let before = status(a);
+    assert_eq!(before["endpoints"], 1, "{before}");
 
     let count = 400;
     let ping = ContinuousPing::start(&a.containers[0].ns, b.containers[0].addr, count).unwrap();
@@ -54,6 +57,8 @@ fn up_takes_over_from_the_previous_release_in_place() {
     let (a, b) = (&c.hosts[0], &c.hosts[1]);
     let after = status(a);
     assert_eq!(after["peers"][0]["subnet"], before["peers"][0]["subnet"]);
+    // The endpoint table changed its layout: `up` learned its container again.
+    assert_eq!(after["endpoints"], 1, "{after}");
     // The previous release's peer tables (131072 peers) keep their size.
     assert_eq!(after["peer_capacity"], 131_072, "{after}");
     // Counters carried over: the ping went on counting from where it was.

@@ -162,7 +162,7 @@ pub async fn run() -> Result<Status> {
         peer_capacity: maps.peer_capacity(),
         xdp: xdp_mode_name(node.state.xdp_mode),
         endpoints: endpoints.len(),
-        xdp_endpoints: endpoints.iter().filter(|(_, e)| e.xdp_ready != 0).count(),
+        xdp_endpoints: endpoints.iter().filter(|e| e.xdp_ready != 0).count(),
         published_ports: maps.published_ports()?,
         nat: NatStatus {
             enabled: config.nat_enabled != 0,

@@ -52,6 +52,11 @@ pub fn pending(dir: &Path) -> bool {
 /// one keeps its size.
 pub const SIZED_BY_UP: [&str; 1] = [map_names::PEER_TRAFFIC];
 
+/// Maps `up` fills anew from the host's state (the endpoints, from the
+/// neighbour table): any change of their layout is migrated, by creating
+/// them empty; meanwhile their containers are delivered through docker0.
+pub const RELEARNED: [&str; 1] = [map_names::ENDPOINTS];
+
 /// The pinned maps in `dir` whose layout differs from this build's.
 pub fn outdated(dir: &Path) -> Result<Vec<&'static str>> {
     let wanted = object_layouts()?;
@@ -73,7 +78,12 @@ pub fn outdated(dir: &Path) -> Result<Vec<&'static str>> {
         } else {
             want
         };
-        if needs_migration(name, pinned, want)? {
+        let migrate = if RELEARNED.contains(&name) {
+            pinned != want
+        } else {
+            needs_migration(name, pinned, want)?
+        };
+        if migrate {
             out.push(name);
         }
     }
@@ -102,13 +112,14 @@ pub fn set_aside_outdated(dir: &Path) -> Result<Vec<&'static str>> {
 }
 
 /// Copies every entry of each set-aside map into its new version, but for
-/// counters (per-CPU arrays), which the attached programs still count into:
-/// [`finish`] adds them once those are replaced. Returns the maps copied.
+/// counters (per-CPU arrays), which the attached programs still count into
+/// ([`finish`] adds them once those are replaced), and maps `up` fills
+/// anew ([`RELEARNED`]). Returns the maps copied.
 pub fn copy_set_aside(dir: &Path) -> Result<Vec<&'static str>> {
     let mut copied = Vec::new();
     for name in map_names::ALL {
         let old = set_aside_path(dir, name);
-        if old.exists() && !is_counters(&pinned_layout(&old)?) {
+        if old.exists() && !RELEARNED.contains(&name) && !is_counters(&pinned_layout(&old)?) {
             copy_entries(&old, &dir.join(name), Merge::Replace)?;
             copied.push(name);
         }

@@ -6,7 +6,7 @@ pub mod state;
 
 use std::{collections::HashSet, net::Ipv4Addr};
 
-use dr_common::{DatapathConfig, Endpoint, NodeState, MAX_ENDPOINTS, XDP_GENERIC, XDP_NATIVE};
+use dr_common::{endpoint_slot, DatapathConfig, Endpoint, NodeState, XDP_GENERIC, XDP_NATIVE};
 use ipnet::Ipv4Net;
 use tracing::warn;
 
@@ -199,38 +199,42 @@ pub async fn sync_endpoints(
         .into_iter()
         .filter(|n| local.contains(&n.addr))
         .collect();
-    let mut endpoints: Vec<(Ipv4Addr, Endpoint)> = neighbours
+    let mut endpoints: Vec<Endpoint> = neighbours
         .iter()
-        .map(|n| {
-            (
-                n.addr,
-                Endpoint {
-                    ifindex: n.port,
-                    mac: n.mac,
-                    xdp_ready: u8::from(xdp_mode == XDP_GENERIC),
-                    _pad: 0,
-                },
-            )
+        .map(|n| Endpoint {
+            addr: to_map_addr(n.addr),
+            ifindex: n.port,
+            mac: n.mac,
+            xdp_ready: u8::from(xdp_mode == XDP_GENERIC),
+            _pad: 0,
         })
         .collect();
-    if endpoints.len() > MAX_ENDPOINTS as usize {
-        warn!(
-            "{} local containers: the first {MAX_ENDPOINTS} are delivered to directly, the rest through the bridge",
-            endpoints.len()
-        );
-        endpoints.truncate(MAX_ENDPOINTS as usize);
-    }
     if xdp_mode == XDP_NATIVE {
-        let ports = endpoints.iter().map(|(_, e)| e.ifindex).collect();
+        let ports = endpoints.iter().map(|e| e.ifindex).collect();
         let ready = container_gro::ready_for_xdp(nl, &ports).await?;
-        for (_, endpoint) in &mut endpoints {
+        for endpoint in &mut endpoints {
             endpoint.xdp_ready = u8::from(ready.contains(&endpoint.ifindex));
         }
     }
-    maps.set_endpoints(&endpoints)?;
+    let stored = maps.set_endpoints(&endpoints)?;
+    let shared = endpoints
+        .iter()
+        .filter(|e| {
+            let slot = endpoint_slot(e.addr);
+            stored
+                .iter()
+                .any(|s| endpoint_slot(s.addr) == slot && s.addr != e.addr)
+        })
+        .count();
+    if shared > 0 {
+        warn!(
+            "{shared} local containers are delivered through the bridge: each shares its slot \
+             in the endpoint table (the low 12 bits of its address) with another"
+        );
+    }
     Ok(Learned {
-        endpoints: endpoints.len(),
-        xdp_ready: endpoints.iter().filter(|(_, e)| e.xdp_ready != 0).count(),
+        endpoints: stored.len(),
+        xdp_ready: stored.iter().filter(|e| e.xdp_ready != 0).count(),
         port_hooks: hook_learned_ports(nl, pins, bridge, &neighbours, replace).await?,
     })
 }

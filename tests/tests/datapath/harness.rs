@@ -392,12 +392,13 @@ pub fn add_endpoint(dp: &mut Datapath, container: [u8; 4]) {
 /// the container's end of the veth).
 pub fn add_endpoint_xdp_ready(dp: &mut Datapath, container: [u8; 4], xdp_ready: bool) {
     let ep = Endpoint {
+        addr: u32::from_ne_bytes(container),
         ifindex: CONTAINER_VETH,
         mac: CONTAINER_MAC,
         xdp_ready: xdp_ready.into(),
         _pad: 0,
     };
-    dp.maps.set_endpoints(&[(container.into(), ep)]).unwrap();
+    dp.maps.set_endpoints(&[ep]).unwrap();
 }
 
 impl Datapath {

@@ -13,7 +13,7 @@
 //!                                                                 ├─TC_ACT_OK──> the stack (not from a peer, to the host)
 //!                                                                 └─TC_ACT_SHOT (TTL 1 or 0)
 //!  maps: DATAPATH_CONFIG, PEER_SUBNETS 10.0.129.0/24 via PEER_HOST, PEER_HOSTS, PEER_TRAFFIC, COUNTERS,
-//!        ENDPOINTS/ENDPOINT_PORTS (CONTAINER -> {veth 1, CONTAINER_MAC}) in the direct-delivery test
+//!        ENDPOINTS/ENDPOINT_PORTS (CONTAINER -> {veth 1, CONTAINER_MAC}) in the direct-delivery tests
 //! ```
 use super::*;
 
@@ -51,6 +51,24 @@ fn delivers_straight_into_a_learned_containers_veth() {
     let (verdict, out) = dp.run(Hook::UplinkIngress, &unknown);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(out, frame(PEER_CONTAINER, OTHER_CONTAINER, 61, L4::Udp));
+}
+
+/// A container's `ENDPOINTS` slot is its address's low 12 bits; the entry
+/// there names its address. An entry for another address in the same slot
+/// (4096 addresses apart: two containers of a large subnet, or a subnet
+/// changed) is not the container's: its packets go through docker0 (TC)
+/// or are left to TC (XDP), never into the other's veth.
+#[test]
+fn an_endpoint_for_another_address_in_the_slot_is_not_used() {
+    let mut dp = datapath(config());
+    // 10.0.144.2 = 0x0a009002, CONTAINER 10.0.128.2 = 0x0a008002: slot 2.
+    add_endpoint(&mut dp, [10, 0, 144, 2]);
+    let packet = frame(PEER_CONTAINER, CONTAINER, 62, L4::Udp);
+    let (verdict, out) = dp.run(Hook::UplinkIngress, &packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, frame(PEER_CONTAINER, CONTAINER, 61, L4::Udp));
+    dp.assert_only(Counter::FromPeer, 1);
+    assert_eq!(dp.run_xdp(&packet), (XDP_PASS, packet.clone()));
 }
 
 #[test]
