@@ -101,6 +101,15 @@ fn program_cost_per_path() {
     let tcp = default_ports(L4::Tcp);
     let peer_in = frame(PEER_CONTAINER, CONTAINER, 64, L4::Udp);
 
+    // What every run here costs besides a path's own work (the kernel's
+    // timing and call, the frame's parse): the uplink's egress program
+    // passing a packet that is not the host's own.
+    dp.cost(
+        "floor: uplink egress, not the host's",
+        Entry::Tc(Hook::UplinkEgress),
+        TC_ACT_OK,
+        |_| frame(EXTERNAL, CONTAINER, 64, L4::Udp),
+    );
     dp.cost(
         "peer out",
         Entry::Tc(Hook::BridgeIngress),
