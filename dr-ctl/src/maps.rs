@@ -344,25 +344,28 @@ impl Maps {
     }
 
     /// Makes the endpoints `wanted`, but for a container whose slot
-    /// ([`dr_common::endpoint_slot`]) another one holds (the one that held it before,
-    /// else the first in `wanted`) or whose port is gone: its packets go
-    /// through docker0. Returns the endpoints stored.
+    /// ([`dr_common::endpoint_slot`]) another one holds (the one that held
+    /// it before, else the first in `wanted`) or whose port is gone: its
+    /// packets go through docker0. Returns the endpoints stored.
     pub fn set_endpoints(&mut self, wanted: &[Endpoint]) -> Result<Vec<Endpoint>> {
+        let current = self.endpoint_slots()?;
+        let mut target = endpoints::placement(&current, wanted);
         // The port first: a slot is used only while its port is in
         // `ENDPOINT_PORTS`, from which the kernel removes deleted devices.
-        let mut live = Vec::new();
-        for ep in wanted {
+        for slot in target.iter_mut() {
+            let Some(ep) = slot else { continue };
             match self.endpoint_ports.insert(ep.ifindex, ep.ifindex, None, 0) {
-                Ok(()) => live.push(*ep),
+                Ok(()) => {}
                 // Gone since it was read (a container stopping): not an endpoint.
                 Err(XdpMapError::MapError(MapError::SyscallError(e)))
-                    if e.io_error.raw_os_error() == Some(libc::ENODEV) => {}
+                    if e.io_error.raw_os_error() == Some(libc::ENODEV) =>
+                {
+                    *slot = None
+                }
                 Err(XdpMapError::MapError(e)) => return Err(e.into()),
                 Err(e) => return Err(Error::Unsupported(e.to_string())),
             }
         }
-        let current = self.endpoint_slots()?;
-        let target = endpoints::placement(&current, &live);
         for (slot, (now, next)) in current.iter().zip(&target).enumerate() {
             if now != next {
                 self.store_endpoint_slot(slot as u32, *now, *next)?;
