@@ -1,5 +1,7 @@
 //! Which local containers get a slot in `ENDPOINTS`: a slot is its
 //! address's low bits ([`endpoint_slot`]), so containers may share one.
+use std::collections::HashMap;
+
 use dr_common::{endpoint_slot, Endpoint, MAX_ENDPOINTS};
 
 /// The slots' new contents for the containers `wanted`, given the slots'
@@ -18,6 +20,23 @@ pub fn placement(current: &[Option<Endpoint>], wanted: &[Endpoint]) -> Vec<Optio
         target[slot(ep)].get_or_insert(*ep);
     }
     target
+}
+
+/// How many of the containers `wanted` another container's entry keeps out
+/// of their slot, given the entries `stored`.
+pub fn crowded_out(wanted: &[Endpoint], stored: &[Endpoint]) -> usize {
+    let holders: HashMap<u32, u32> = stored
+        .iter()
+        .map(|e| (endpoint_slot(e.addr), e.addr))
+        .collect();
+    wanted
+        .iter()
+        .filter(|e| {
+            holders
+                .get(&endpoint_slot(e.addr))
+                .is_some_and(|&a| a != e.addr)
+        })
+        .count()
 }
 
 #[cfg(test)]
@@ -49,6 +68,7 @@ mod tests {
         assert_eq!(slots[0x002], Some(a));
         assert_eq!(slots[0x103], Some(b));
         assert_eq!(stored(&slots), vec![a, b]);
+        assert_eq!(crowded_out(&[a, b], &stored(&slots)), 0);
         // Nothing wanted: every slot empties.
         assert!(stored(&placement(&slots, &[])).is_empty());
     }
@@ -60,6 +80,7 @@ mod tests {
         let (first, second) = (ep([10, 0, 0, 5], 7), ep([10, 0, 16, 5], 8));
         let slots = placement(&empty, &[second, first]);
         assert_eq!(stored(&slots), vec![second]);
+        assert_eq!(crowded_out(&[second, first], &stored(&slots)), 1);
         // The holder keeps it whatever the order, and its entry is updated.
         let moved = ep([10, 0, 16, 5], 9);
         assert_eq!(stored(&placement(&slots, &[first, moved])), vec![moved]);

@@ -6,7 +6,7 @@ pub mod state;
 
 use std::{collections::HashSet, net::Ipv4Addr};
 
-use dr_common::{endpoint_slot, DatapathConfig, Endpoint, NodeState, XDP_GENERIC, XDP_NATIVE};
+use dr_common::{DatapathConfig, Endpoint, NodeState, XDP_GENERIC, XDP_NATIVE};
 use ipnet::Ipv4Net;
 use tracing::warn;
 
@@ -217,15 +217,7 @@ pub async fn sync_endpoints(
         }
     }
     let stored = maps.set_endpoints(&endpoints)?;
-    let shared = endpoints
-        .iter()
-        .filter(|e| {
-            let slot = endpoint_slot(e.addr);
-            stored
-                .iter()
-                .any(|s| endpoint_slot(s.addr) == slot && s.addr != e.addr)
-        })
-        .count();
+    let shared = crate::endpoints::crowded_out(&endpoints, &stored);
     if shared > 0 {
         warn!(
             "{shared} local containers are delivered through the bridge: each shares its slot \
