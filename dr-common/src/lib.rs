@@ -150,8 +150,8 @@ pub struct Endpoint {
 
 /// The `ENDPOINTS` slot of container address `addr` (network order): its
 /// low bits. Docker hands out a bridge's addresses from the bottom of its
-/// range, so the first `MAX_ENDPOINTS` containers of a subnet never share
-/// a slot.
+/// range, so two of its containers share a slot only beyond the subnet's
+/// first `MAX_ENDPOINTS` addresses.
 #[inline(always)]
 pub fn endpoint_slot(addr: u32) -> u32 {
     u32::from_be(addr) & (MAX_ENDPOINTS - 1)
