@@ -69,8 +69,8 @@ pub static ENDPOINTS: Array<Endpoint> = Array::pinned(MAX_ENDPOINTS, 0);
 #[map]
 pub static ENDPOINT_PORTS: DevMapHash = DevMapHash::pinned(MAX_ENDPOINTS, 0);
 
-/// The endpoint of local container `addr` (network order), if its docker0
-/// port still exists.
+/// The endpoint of local container `addr` (network order), if its slot
+/// names it and its docker0 port still exists.
 #[inline(always)]
 pub fn endpoint(addr: u32) -> Option<Endpoint> {
     let endpoint = *ENDPOINTS.get(endpoint_slot(addr))?;

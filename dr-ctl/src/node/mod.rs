@@ -178,9 +178,10 @@ pub struct Learned {
 /// Fills `ENDPOINTS` with the containers behind the bridge that are in the
 /// local subnet, from the kernel's neighbour table and bridge FDB, and puts
 /// dr's port program on their docker0 ports (`replace`: swap its program
-/// where attached, after `up` pinned a new one). Beyond the table's
-/// capacity the rest are left out of `ENDPOINTS`: their packets go through
-/// docker0, as for a container not learned yet. With XDP in `xdp_mode`,
+/// where attached, after `up` pinned a new one). A container whose slot
+/// another holds (`endpoints::placement`) is left out of `ENDPOINTS`: its
+/// packets go through docker0, as for a container not learned yet, and a
+/// warning says how many. With XDP in `xdp_mode`,
 /// marks the endpoints XDP may redirect into: all in generic mode, in
 /// native mode those whose veth's other end has GRO on (turned on here:
 /// `container_gro`).
