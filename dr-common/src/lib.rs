@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod checksum;
+pub mod clock;
 pub mod nat;
 pub mod peer_span;
 
@@ -51,14 +52,6 @@ map_names!(
     NODE_STATE,
     PUBLISHED_PORTS,
 );
-
-/// Which clock the programs read: a global set when the object is loaded.
-pub mod clock {
-    /// `u8` global in the object's `.rodata`: 1 where the kernel has
-    /// `bpf_ktime_get_coarse_ns` (5.11), which costs less than
-    /// `bpf_ktime_get_ns` and is as good for timeouts counted in seconds.
-    pub const COARSE_GLOBAL: &str = "COARSE_CLOCK";
-}
 
 /// The dry-run copy of the datapath (`dr-ctl trace`): its switch, a global
 /// set when the copy is loaded, and its private, unpinned record.
@@ -121,6 +114,8 @@ pub mod program_names {
     pub const UPLINK_EGRESS: &str = "dr_uplink_egress";
     /// Never attached: `nat gc` and `nat flush` run it (see nat_sweep.rs).
     pub const NAT_SWEEP: &str = "dr_nat_sweep";
+    /// Never attached: `up` runs it to measure the clock (see clock_sample.rs).
+    pub const CLOCK_SAMPLE: &str = "dr_clock_sample";
 }
 
 /// Value of `ENDPOINTS`, an array of `MAX_ENDPOINTS` slots: a local
@@ -289,6 +284,10 @@ pub struct DatapathConfig {
     /// wherever it changes the peers: wider before a peer is added,
     /// narrower after one is removed.
     pub peer_span: u32,
+    /// The programs' clock, measured by `dr-ctl up` once per boot (see
+    /// `clock`); unmeasured (an older dr's configuration), they read the
+    /// kernel's.
+    pub clock: clock::JiffiesClock,
 }
 
 pub const XDP_OFF: u8 = 0;
@@ -301,7 +300,7 @@ pub const XDP_GENERIC: u8 = 2;
 // here must be a deliberate, appended field.
 const _: () = {
     use core::mem::size_of;
-    assert!(size_of::<DatapathConfig>() == 104);
+    assert!(size_of::<DatapathConfig>() == 120);
     // The retired fields keep their places: an older dr's bookkeeping is
     // read from there (dr-ctl's node state).
     use core::mem::offset_of;
@@ -312,6 +311,9 @@ const _: () = {
     assert!(offset_of!(DatapathConfig, retired_object_hash) == 88);
     assert!(offset_of!(DatapathConfig, uplink_mtu) == 96);
     assert!(offset_of!(DatapathConfig, peer_span) == 100);
+    assert!(offset_of!(DatapathConfig, clock) == 104);
+    assert!(size_of::<clock::JiffiesClock>() == 16);
+    assert!(size_of::<clock::ClockSample>() == 16);
     assert!(size_of::<NodeState>() == 24);
     assert!(size_of::<PeerEntry>() == 8);
     assert!(size_of::<Trace>() == 24);

@@ -36,6 +36,6 @@ fn record_kernel_delivery(ctx: &TcContext) {
         return;
     }
     if let Some((flow, _)) = flow_of(ctx, ip) {
-        record_inbound(&flow.answer(), DELIVERED_BY_KERNEL, 0, now());
+        record_inbound(&flow.answer(), DELIVERED_BY_KERNEL, 0, now(cfg));
     }
 }

@@ -8,6 +8,7 @@
 mod bridge;
 mod bridge_egress;
 mod clock;
+mod clock_sample;
 mod dry_run;
 mod inbound;
 mod maps;

@@ -34,7 +34,7 @@ pub fn dr_nat_sweep(ctx: XdpContext) -> u32 {
     let req = unsafe { &mut *req };
     // Keys copied to the stack: map helpers get stack keys, as everywhere.
     let (flow, reverse) = (req.flow, req.reverse);
-    let now = now();
+    let now = now(cfg);
     let removed = match req.op {
         op if op == SweepOp::ExpiredFlow as u8 => {
             let removed = remove_flow(&flow, cfg, now, true);

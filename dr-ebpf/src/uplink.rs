@@ -43,7 +43,7 @@ fn from_uplink(ctx: &TcContext, bytes: u64) -> Verdict {
         }
         // A peer host's own process: its container answers go straight back.
         if let Some((flow, _)) = flow_of(ctx, ip) {
-            record_inbound(&flow.answer(), DELIVERED_FROM_PEER_HOST, 0, now());
+            record_inbound(&flow.answer(), DELIVERED_FROM_PEER_HOST, 0, now(cfg));
         }
         return deliver(ctx, cfg, ip, dst);
     };

@@ -126,7 +126,7 @@ fn deliver_reply(frame: LinearFrame, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> 
     {
         return TO_TC;
     }
-    let now = now();
+    let now = now(cfg);
     let (origin, delivery, counter) = match live_reply(cfg, &rkey, flags, now) {
         Some(reply) => (
             reply.reverse.origin,

@@ -192,6 +192,10 @@ fn repeating_up_and_peer_add_changes_nothing() {
     let status: Value = serde_json::from_str(&h0.dr(&["status", "--json"]).unwrap()).unwrap();
     assert_eq!(status["nat"]["timeouts"]["udp"], 5);
     assert_eq!(status["peers"].as_array().unwrap().len(), 1, "peers kept");
+    // `up` measured the programs' clock, and the change kept it.
+    assert_eq!(status["clock"]["source"], "jiffies");
+    let hz = status["clock"]["hz"].as_u64().unwrap();
+    assert!([100, 250, 300, 1000].contains(&hz), "HZ {hz}");
 }
 
 /// The attachment `hook` (an entry of `status --json`'s hooks) is gone:

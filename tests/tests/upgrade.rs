@@ -59,6 +59,8 @@ fn up_takes_over_from_the_previous_release_in_place() {
     assert_eq!(after["peers"][0]["subnet"], before["peers"][0]["subnet"]);
     // The endpoint table changed its layout: `up` learned its container again.
     assert_eq!(after["endpoints"], 1, "{after}");
+    // Its configuration had no jiffies clock: `up` measured one.
+    assert_eq!(after["clock"]["source"], "jiffies", "{after}");
     // The previous release's peer tables (131072 peers) keep their size.
     assert_eq!(after["peer_capacity"], 131_072, "{after}");
     // Counters carried over: the ping went on counting from where it was.

@@ -1,7 +1,7 @@
 //! `dr-ctl status`: programs, interfaces, local subnet, peers and counters.
 use std::{fmt::Write as _, net::Ipv4Addr};
 
-use dr_common::{nat::Timeouts, Counter, Traffic};
+use dr_common::{clock::JiffiesClock, nat::Timeouts, Counter, Traffic};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
@@ -63,6 +63,32 @@ pub struct NatStatus {
     pub timeouts: Timeouts,
 }
 
+/// What the programs time flows by (see `dr_common::clock`).
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowClock {
+    /// "jiffies" once `up` has measured them, else "kernel"
+    /// (`bpf_ktime_get_coarse_ns`, or `bpf_ktime_get_ns` before 5.11).
+    pub source: &'static str,
+    /// The kernel's HZ, measured with jiffies.
+    pub hz: Option<u32>,
+}
+
+impl FlowClock {
+    fn of(clock: &JiffiesClock) -> Self {
+        if clock.measured() {
+            Self {
+                source: "jiffies",
+                hz: Some(clock.hz()),
+            }
+        } else {
+            Self {
+                source: "kernel",
+                hz: None,
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub pin_dir: String,
@@ -80,6 +106,7 @@ pub struct Status {
     /// How many peers the peer tables hold (`up --max-peers`).
     pub peer_capacity: u32,
     pub nat: NatStatus,
+    pub clock: FlowClock,
     /// The XDP fast path: "native", "generic" or "off".
     pub xdp: &'static str,
     /// Local containers the XDP path knows (see `dr-ctl sync`).
@@ -172,6 +199,7 @@ pub async fn run() -> Result<Status> {
             entries: live_translations(maps, config)?.len(),
             timeouts: config.nat_timeouts,
         },
+        clock: FlowClock::of(&config.clock),
         counters: maps
             .counters()?
             .into_iter()
@@ -275,6 +303,14 @@ impl Report for Status {
             );
         } else {
             out.push_str("snat: off (up --cluster-cidr turns it on)\n");
+        }
+        match self.clock.hz {
+            Some(hz) => {
+                let _ = writeln!(out, "flow clock: {} (HZ {hz})", self.clock.source);
+            }
+            None => {
+                out.push_str("flow clock: the kernel's (jiffies not measured: run `dr-ctl up`)\n")
+            }
         }
         if self.problems.is_empty() {
             out.push_str("health: ok\n");

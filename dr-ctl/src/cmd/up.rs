@@ -204,6 +204,8 @@ pub async fn up(args: &UpArgs) -> Result<UpReport> {
             uplink_addr,
             bridge_mac,
             *peer_span,
+            // Measured once per boot (see setup).
+            config.clock,
         );
         let desired_state = setup::desired_state(args, state.owned, xdp_mode);
         let all_linked = Hook::ALL

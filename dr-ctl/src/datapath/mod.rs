@@ -8,10 +8,11 @@
 //! `hook.rs` says which program goes where; `attach.rs` attaches,
 //! replaces and detaches them and reads back what is attached;
 //! `pins.rs` replaces and removes pins; `ports.rs` attaches the port
-//! program to each learned container's docker0 port; `sweeper.rs` runs
-//! the one program that is never attached; `dry_run.rs`
+//! program to each learned container's docker0 port; `sweeper.rs` and
+//! `clock_sample.rs` run the two programs that are never attached; `dry_run.rs`
 //! loads the copy that `trace` runs packets through.
 mod attach;
+mod clock_sample;
 mod dry_run;
 mod hook;
 mod pins;
@@ -27,6 +28,7 @@ pub use attach::{
     attach, attached_mode, detach, hook_ids, is_attached, load_retrying, program, Attached,
     Attachment, HookIds,
 };
+pub use clock_sample::measure_clock;
 pub use dry_run::{DryRun, Run};
 pub use hook::{Hook, Kind, Side, TC_PRIORITY};
 pub use pins::{remove_map_pins, SWEEPER_PIN};

@@ -77,7 +77,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
     let Some((key, tcp_flags)) = flow_of(ctx, ip) else {
         return Verdict::Pass(Counter::Malformed);
     };
-    let now = now();
+    let now = now(cfg);
     let starts = icmp_type == ICMP_ECHO;
     // A live translation is used without asking the exclusions again: as
     // with conntrack, a rule changed later applies to new flows.

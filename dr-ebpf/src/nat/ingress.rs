@@ -149,13 +149,13 @@ pub fn to_uplink_address(
         match icmp_type {
             ICMP_ECHO_REPLY => {}
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
-                return icmp_error_reply(ctx, cfg, ip, l4_at, now());
+                return icmp_error_reply(ctx, cfg, ip, l4_at, now(cfg));
             }
             _ => return None,
         }
     }
     let (rkey, tcp_flags) = reply_key(ctx, ip)?;
-    let now = now();
+    let now = now(cfg);
     let Some(reply) = live_reply(cfg, &rkey, tcp_flags, now) else {
         return published_in(ctx, cfg, ip, &rkey, now, l4_at, l4);
     };

@@ -15,7 +15,7 @@
 //! with private pinned maps, writes [`config`] to `DATAPATH_CONFIG` and the
 //! one peer to `PEER_SUBNETS`/`PEER_HOSTS`. [`nat_datapath`] adds SNAT's
 //! exclusions, [`xdp_datapath`] CONTAINER's entry in `ENDPOINTS`.
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf, sync::OnceLock, time::Duration};
 
 use aya::{
     maps::{HashMap, Map, MapData},
@@ -23,6 +23,7 @@ use aya::{
     Ebpf,
 };
 use dr_common::{
+    clock::JiffiesClock,
     map_names,
     nat::{Flow, FlowKey, Reverse, ReverseKey, Timeouts, DEFAULT_TABLE_SIZE},
     program_names, Counter, DatapathConfig, Endpoint, Traffic, DEFAULT_MAX_PEERS,
@@ -143,6 +144,8 @@ pub fn config() -> DatapathConfig {
         retired_datapath_log: 0,
         peer_span: 0,
         retired_object_hash: 0,
+        // Measured by `datapath_sized`, as `up` does.
+        clock: JiffiesClock::default(),
     }
 }
 
@@ -195,12 +198,27 @@ pub fn set_forwarding(on: bool) {
 }
 
 /// A datapath whose SNAT tables hold `nat_table_size` entries, with the
-/// clock `up` would choose here.
+/// clock `up` would give it here: jiffies, measured.
 pub fn datapath_sized(config: DatapathConfig, nat_table_size: u32) -> Datapath {
-    datapath_clocked(config, nat_table_size, kernel::coarse_clock())
+    let mut dp = datapath_clocked(config, nat_table_size, kernel::coarse_clock());
+    let clock = measured_clock(&mut dp.ebpf);
+    let config = dp.maps.config().unwrap();
+    dp.maps
+        .set_config(&DatapathConfig { clock, ..config })
+        .unwrap();
+    dp
 }
 
-/// [`datapath_sized`] with the clock switch `coarse_clock`.
+/// The jiffies clock as `up` measures it, measured once per test process:
+/// it holds until the next boot.
+pub fn measured_clock(ebpf: &mut Ebpf) -> JiffiesClock {
+    static CLOCK: OnceLock<JiffiesClock> = OnceLock::new();
+    *CLOCK.get_or_init(|| datapath::measure_clock(ebpf).expect("measure the jiffies clock"))
+}
+
+/// A datapath with `config` as given (its clock too) and the kernel clock
+/// switch `coarse_clock`, which the programs read when `config.clock` is
+/// not measured.
 pub fn datapath_clocked(config: DatapathConfig, nat_table_size: u32, coarse_clock: u8) -> Datapath {
     require_root();
     enter_host_netns();

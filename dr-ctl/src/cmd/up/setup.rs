@@ -2,7 +2,9 @@
 //! each step recorded so that a failure undoes the steps before it.
 use std::net::Ipv4Addr;
 
-use dr_common::{DatapathConfig, NodeState, OWNED_ADDRESS, OWNED_BRIDGE, XDP_OFF};
+use dr_common::{
+    clock::JiffiesClock, DatapathConfig, NodeState, OWNED_ADDRESS, OWNED_BRIDGE, XDP_OFF,
+};
 use ipnet::Ipv4Net;
 use tracing::{debug, warn};
 
@@ -51,7 +53,8 @@ async fn undo_all(nl: &Netlink, pins: &PinDir, undo: Vec<Undo>) {
     }
 }
 
-/// The configuration `up` wants, given the interfaces it found.
+/// The configuration `up` wants, given the interfaces it found and the
+/// clock it measured.
 pub(super) fn desired_config(
     args: &UpArgs,
     bridge_ifindex: u32,
@@ -59,6 +62,7 @@ pub(super) fn desired_config(
     uplink_addr: Ipv4Addr,
     bridge_mac: [u8; 6],
     peer_span: u32,
+    clock: JiffiesClock,
 ) -> DatapathConfig {
     let (nat_port_min, nat_port_max) = args.nat.ports;
     DatapathConfig {
@@ -81,6 +85,7 @@ pub(super) fn desired_config(
         retired_datapath_log: 0,
         peer_span,
         retired_object_hash: 0,
+        clock,
     }
 }
 
@@ -183,6 +188,17 @@ impl Setup<'_> {
         // dr's bookkeeping: a dr-ctl killed between the two loses nothing.
         node::state::write(pins.path(), &desired_state(args, owned, old_xdp))?;
         let peer_span = maps.peer_span()?;
+        let clock = match existing
+            .map(|(c, _)| c.clock)
+            .filter(JiffiesClock::measured)
+        {
+            // Measured since boot: the pins do not outlive it.
+            Some(clock) => clock,
+            None => datapath::measure_clock(&mut ebpf).unwrap_or_else(|e| {
+                warn!("flows are timed by the kernel's clock, at a higher cost: {e}");
+                JiffiesClock::default()
+            }),
+        };
         let config = desired_config(
             args,
             bridge.index,
@@ -190,6 +206,7 @@ impl Setup<'_> {
             uplink_addr,
             bridge_mac,
             peer_span,
+            clock,
         );
         maps.set_config(&config)?;
         datapath::pin_sweeper(&mut ebpf, pins.path())?;
