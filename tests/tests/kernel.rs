@@ -72,6 +72,9 @@ fn netlink_mode_is_persistent_idempotent_replaced_in_place_and_removed_exactly()
     // Attached after dr-ctl exited, as cls_bpf filters at dr's priority.
     let before = status(h0);
     assert_eq!(before["attach_mode"], "netlink", "{before}");
+    // Flows are timed by jiffies on this kernel too (Debian 12's 6.1 in
+    // the VM): `up` measured them.
+    assert_eq!(before["clock"]["source"], "jiffies", "{before}");
     for hook in before["hooks"].as_array().unwrap() {
         assert_eq!(hook["attach"], "netlink", "{hook}");
         assert!(hook["program_id"].as_u64().unwrap() > 0, "{hook}");
