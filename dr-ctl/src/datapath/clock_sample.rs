@@ -18,10 +18,11 @@ use dr_common::{
 
 use crate::error::{Error, Result};
 
-/// Between the two turns, at first: enough for turns seen to within 20 µs
-/// to tell HZ 1000 from 1001. Turns seen less closely (a slow or busy
-/// machine) are told apart over a longer time: the second turn is taken
-/// again each WINDOW, up to MAX_WINDOW after the first.
+/// Between the two turns, at first: long enough for 1% of it to cover a
+/// tick handler that ran late (see `JiffiesClock::from_edges`). Where
+/// one ran later still (a busy or emulated machine), the second turn is
+/// taken again each WINDOW, up to MAX_WINDOW after the first: the longer
+/// the time between them, the later a turn may be.
 const WINDOW: Duration = Duration::from_millis(100);
 const MAX_WINDOW: Duration = Duration::from_secs(2);
 /// A turn whose samples lie further apart (the vCPU was preempted between
