@@ -95,6 +95,8 @@ pub struct Options {
     pub rounds: usize,
     /// Only the cost workloads (and the per-program run times).
     pub cost_only: bool,
+    /// Only the cost workloads whose `segment: workload` name contains it.
+    pub workload: Option<String>,
     pub results: PathBuf,
 }
 
@@ -113,6 +115,8 @@ struct Bench {
     duration: Duration,
     /// Blocks of cost runs per workload and round (see `cost::COST_RUN`).
     cost_blocks: usize,
+    /// See [`Options::workload`].
+    cost_workload: Option<String>,
     samples: Vec<Sample>,
 }
 
@@ -572,6 +576,18 @@ fn machine() -> String {
     format!("Machine: {cpus} vCPU ({cpu}), kernel {}; hosts, containers and the segment are network namespaces joined by veth pairs and bridges.", kernel.trim())
 }
 
+/// Refuses a `--workload` that names no cost workload, before anything runs.
+pub fn check_workload(only: &str) -> Result<()> {
+    let names = cost::workload_names();
+    if !names.iter().any(|n| n.contains(only)) {
+        anyhow::bail!(
+            "--workload {only:?} matches no cost workload; they are: {}",
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
     dr_tests::require_root();
     let started = Instant::now();
@@ -579,6 +595,7 @@ pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
         dr_ctl: dr_ctl.to_path_buf(),
         duration: Duration::from_secs_f64(if opts.quick { 0.5 } else { 3.0 }),
         cost_blocks: if opts.quick { 1 } else { 3 },
+        cost_workload: opts.workload.clone(),
         samples: Vec::new(),
     };
     let scales: &[usize] = if opts.quick {
@@ -614,9 +631,12 @@ pub fn run_bench(dr_ctl: &Path, opts: &Options) -> Result<()> {
     }
     let rows = summarize(&bench.samples);
     let opts_line = format!(
-        "`cargo xtask bench{}{}`: {} rounds, {} s per rate workload, cost workloads in {} blocks of {} s runs per round, {:.0} s in all.",
+        "`cargo xtask bench{}{}{}`: {} rounds, {} s per rate workload, cost workloads in {} blocks of {} s runs per round, {:.0} s in all.",
         if opts.quick { " --quick" } else { "" },
         if opts.cost_only { " --cost-only" } else { "" },
+        opts.workload
+            .as_ref()
+            .map_or(String::new(), |w| format!(" --workload '{w}'")),
         opts.rounds,
         bench.duration.as_secs_f64(),
         bench.cost_blocks,

@@ -48,6 +48,10 @@ enum Task {
         /// fixed offered load, and each program's run time.
         #[arg(long)]
         cost_only: bool,
+        /// Only the cost workloads whose `segment: workload` name contains
+        /// this (e.g. `wire: tcp_crr_nat`); implies --cost-only.
+        #[arg(long, value_name = "NAME")]
+        workload: Option<String>,
     },
     /// Bootstrap, build, then run the NAT soak: many short and long flows
     /// through SNAT, expiry, gc and a full port range (tests/tests/soak.rs).
@@ -134,13 +138,18 @@ fn main() -> Result<()> {
             quick,
             rounds,
             cost_only,
+            workload,
         } => {
+            if let Some(only) = &workload {
+                bench::check_workload(only)?;
+            }
             bootstrap()?;
             let dr_ctl = package::build_static()?;
             let opts = bench::Options {
                 quick,
                 rounds: rounds.unwrap_or(if quick { 1 } else { 5 }),
-                cost_only,
+                cost_only: cost_only || workload.is_some(),
+                workload,
                 results: workspace_root().join("results"),
             };
             bench::run_bench(&dr_ctl, &opts)

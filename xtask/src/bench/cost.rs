@@ -153,6 +153,14 @@ impl Workload {
 /// port it is published on.
 const PUBLISHED_PORT: u16 = 5353;
 
+/// Every cost workload's `segment: workload` name, as `--workload` matches it.
+pub(super) fn workload_names() -> Vec<String> {
+    SEGMENTS
+        .into_iter()
+        .flat_map(|s| Workload::ALL.map(|w| format!("{}: {}", s.name(), w.name())))
+        .collect()
+}
+
 /// A setup measured: no forwarding (the floor) or one of the modes.
 #[derive(Clone, Copy)]
 enum Setup {
@@ -344,6 +352,16 @@ impl Bench {
                 Setup::Forwarding(mode) => segment.runs(*mode),
                 Setup::Floor => true,
             };
+            let key = |w: Workload| format!("{}: {}", segment.name(), w.name());
+            let chosen = |w: &Workload| {
+                self.cost_workload
+                    .as_ref()
+                    .is_none_or(|only| key(*w).contains(only.as_str()))
+            };
+            let workloads: Vec<Workload> = Workload::ALL.into_iter().filter(chosen).collect();
+            if workloads.is_empty() {
+                continue;
+            }
             let mut rigs = Vec::new();
             for setup in Setup::ALL.into_iter().filter(runs) {
                 let rig = self
@@ -351,8 +369,8 @@ impl Bench {
                     .with_context(|| format!("cost: {} on {}", setup.name(), segment.name()))?;
                 rigs.push(rig);
             }
-            for (k, workload) in Workload::ALL.into_iter().enumerate() {
-                let key = format!("{}: {}", segment.name(), workload.name());
+            for (k, workload) in workloads.into_iter().enumerate() {
+                let key = key(workload);
                 for block in 0..self.cost_blocks {
                     let mut order: Vec<&Rig> = rigs.iter().collect();
                     order.rotate_left((round + k + block) % rigs.len());
