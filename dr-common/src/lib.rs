@@ -327,7 +327,11 @@ const _: () = {
     // A slot is its address's low bits.
     assert!(MAX_ENDPOINTS.is_power_of_two());
     assert!(size_of::<nat::FlowKey>() == 16);
-    assert!(size_of::<nat::Flow>() == 32);
+    // The next hop was appended to the 32 bytes of the window's version.
+    assert!(size_of::<nat::Flow>() == 40);
+    assert!(offset_of!(nat::Flow, window_known) == 31);
+    assert!(offset_of!(nat::Flow, next_hop) == 32);
+    assert!(offset_of!(nat::Flow, next_hop_period) == 36);
     assert!(size_of::<nat::Teardown>() == 4);
     assert!(size_of::<nat::ReverseKey>() == 12);
     assert!(size_of::<nat::Origin>() == 8);

@@ -1,5 +1,6 @@
-//! The host's routing decision for a container's new flow out of the
-//! cluster: SNAT takes only what the kernel would send out of the uplink.
+//! The host's routing decision for a container's flow out of the cluster:
+//! SNAT takes only what the kernel would send out of the uplink, and sends
+//! it to the next hop the kernel would.
 use core::mem::size_of;
 
 use aya_ebpf::{
@@ -21,18 +22,42 @@ const SUCCESS: i64 = BPF_FIB_LKUP_RET_SUCCESS as i64;
 const NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
 const FWD_DISABLED: i64 = BPF_FIB_LKUP_RET_FWD_DISABLED as i64;
 
-/// Whether the host's FIB routes `key`'s packets out of the uplink, looked
-/// up as the kernel's forwarding path would route them in from docker0
-/// (policy rules included). False when the host delivers them itself (one
-/// of its own addresses: the recipe's traffic takes INPUT, untranslated),
-/// routes them out of another interface (where Docker's `! -o docker0`
-/// MASQUERADE translates them), or refuses them (blackhole, unreachable,
-/// prohibit, no route: the kernel answers). With forwarding off on docker0
-/// the helper looks nothing up (FWD_DISABLED), and a helper error leaves no
-/// answer either: the uplink then, as before dr consulted the FIB.
-/// Not inlined: the verifier meets one function with a boolean result.
+/// How the host routes a container's flow out of the cluster.
+pub enum Route {
+    /// Out of the uplink, to this next hop (network order; 0 when the FIB
+    /// gave no answer and the kernel routes the packet as it leaves).
+    Uplink(u32),
+    /// Not out of the uplink: delivered by the host, another interface, or
+    /// refused.
+    Elsewhere,
+}
+
+/// How the host's FIB routes `key`'s packets, looked up as the kernel's
+/// forwarding path would route them in from docker0 (policy rules
+/// included): `Elsewhere` when the host delivers them itself (one of its
+/// own addresses: the recipe's traffic takes INPUT, untranslated), routes
+/// them out of another interface (where Docker's `! -o docker0` MASQUERADE
+/// translates them), or refuses them (blackhole, unreachable, prohibit, no
+/// route: the kernel answers). With forwarding off on docker0 the helper
+/// looks nothing up (FWD_DISABLED), and a helper error leaves no answer
+/// either: the uplink then, with no next hop, as before dr consulted the FIB.
+#[inline(always)]
+pub fn route(ctx: &TcContext, cfg: &DatapathConfig, key: &FlowKey, tos: u8) -> Route {
+    match uplink_next_hop(ctx, cfg, key, tos) {
+        ELSEWHERE => Route::Elsewhere,
+        next_hop => Route::Uplink(next_hop),
+    }
+}
+
+/// [`uplink_next_hop`]'s answer for a route not out of the uplink (no next
+/// hop is all ones).
+const ELSEWHERE: u32 = u32::MAX;
+
+/// [`route`]'s lookup: the next hop out of the uplink (0 for none known),
+/// or [`ELSEWHERE`]. Not inlined: the verifier meets one function with one
+/// scalar result.
 #[inline(never)]
-pub fn leaves_by_uplink(ctx: &TcContext, cfg: &DatapathConfig, key: &FlowKey, tos: u8) -> bool {
+fn uplink_next_hop(ctx: &TcContext, cfg: &DatapathConfig, key: &FlowKey, tos: u8) -> u32 {
     // SAFETY: plain data, zero is a valid value.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
@@ -56,9 +81,14 @@ pub fn leaves_by_uplink(ctx: &TcContext, cfg: &DatapathConfig, key: &FlowKey, to
         )
     };
     match ret {
-        SUCCESS | NO_NEIGH => fib.ifindex == cfg.uplink_ifindex,
-        FWD_DISABLED => true,
-        error if error < 0 => true,
-        _ => false,
+        // Both answers name the next hop in place of the destination (the
+        // destination itself when it is on the uplink's link).
+        SUCCESS | NO_NEIGH if fib.ifindex == cfg.uplink_ifindex => {
+            // SAFETY: plain data written by the helper.
+            unsafe { fib.__bindgen_anon_4.ipv4_dst }
+        }
+        FWD_DISABLED => 0,
+        error if error < 0 => 0,
+        _ => ELSEWHERE,
     }
 }

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{ensure, Context as _, Result};
 use dr_tests::{
-    cluster::EXTERNAL_ADDR,
+    cluster::{EXTERNAL_ADDR, ROUTER_ADDR},
     docker::Dockerd,
     dr_ctl_path, require_root,
     traffic::{self, TestServer},
@@ -382,6 +382,9 @@ fn outbound_traffic_goes_through_dr_snat_not_docker_masquerade() {
             .unwrap_or_else(|| panic!("no {proto} translation for {}: {entries:?}", client.addr));
         assert_eq!(entry["translated"]["src_addr"], a.uplink_addr.to_string());
         assert_eq!(entry["original"]["dst_addr"], EXTERNAL_ADDR.to_string());
+        // dockerd turned forwarding on: the FIB named the default route's
+        // router, which the flow's packets are handed to.
+        assert_eq!(entry["next_hop"], ROUTER_ADDR.to_string(), "{entry}");
     }
     let masqueraded = rule_packets(&a.ns, "nat", "POSTROUTING", "MASQUERADE", &a.subnet()).unwrap();
     assert_eq!(masqueraded, 0, "Docker's MASQUERADE translated packets");

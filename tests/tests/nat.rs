@@ -108,6 +108,9 @@ fn external_traffic(c: &Cluster) {
         assert_eq!(e["original"]["src_addr"], container.addr.to_string());
         assert_eq!(e["translated"]["src_addr"], h0.uplink_addr.to_string());
         assert_eq!(e["original"]["dst_addr"], EXTERNAL_ADDR.to_string());
+        // With forwarding off (dr needs none) the FIB has no answer and the
+        // kernel routes each packet: no next hop is kept.
+        assert_eq!(e["next_hop"], Value::Null, "{e}");
     }
     assert!(h0.counter("nat_created").unwrap() >= 3);
     assert!(h0.counter("nat_out").unwrap() > 50 && h0.counter("nat_in").unwrap() > 50);
@@ -119,6 +122,87 @@ fn external_traffic(c: &Cluster) {
         table.contains(&format!("{} id ", container.addr)),
         "{table}"
     );
+}
+
+/// The host's default route moves to another address of the router and
+/// the old one goes away (as when a cloud's gateway changes): a live
+/// translated flow keeps its port and reaches the new gateway within a
+/// route period, as the recipe's kernel, routing every packet, would.
+#[test]
+fn a_live_flow_follows_the_default_route_to_a_new_gateway() {
+    let c = cluster("drnatgw", &[]);
+    let (h0, ext) = (&c.hosts[0], c.external.as_ref().unwrap());
+    let router = c.router.as_ref().unwrap();
+    let container = &h0.containers[0];
+    let new_gateway = Ipv4Addr::new(192, 168, 91, 253);
+    // Forwarding on docker0, as dockerd sets it: the FIB answers.
+    h0.ns
+        .exec(
+            "sysctl",
+            &["-q", "-w", "net.ipv4.conf.docker0.forwarding=1"],
+        )
+        .unwrap();
+    let echo = TestServer::udp_echo(ext, EXTERNAL_ADDR, u32::MAX).unwrap();
+    // One socket: one flow, one translation throughout.
+    let sock = container
+        .ns
+        .enter(|| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .unwrap()
+        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let answered = |i: u32| {
+        sock.send_to(format!("dr gateway {i}").as_bytes(), echo.addr)
+            .unwrap();
+        sock.recv_from(&mut [0u8; 64]).is_ok()
+    };
+    let translation = || {
+        let port = sock.local_addr().unwrap().port();
+        let entries = h0.nat_list().unwrap();
+        let entry = entries
+            .into_iter()
+            .find(|e| e["proto"] == "udp" && e["original"]["src_port"] == port)
+            .unwrap_or_else(|| panic!("no translation of port {port}"));
+        (
+            entry["translated"]["src_port"].clone(),
+            entry["next_hop"].clone(),
+        )
+    };
+    assert!(answered(0), "no answer before the move");
+    let (port, next_hop) = translation();
+    assert_eq!(next_hop, ROUTER_ADDR.to_string());
+    let table = h0.dr(&["nat", "list"]).unwrap();
+    assert!(table.contains(&format!(" {ROUTER_ADDR} ")), "{table}");
+
+    // The second address stays when the first goes.
+    router
+        .exec(
+            "sysctl",
+            &["-q", "-w", "net.ipv4.conf.eth0.promote_secondaries=1"],
+        )
+        .unwrap();
+    router
+        .ip(&["addr", "add", &format!("{new_gateway}/24"), "dev", "eth0"])
+        .unwrap();
+    let via = new_gateway.to_string();
+    h0.ns
+        .ip(&["route", "replace", "default", "via", &via, "dev", "eth0"])
+        .unwrap();
+    router
+        .ip(&["addr", "del", &format!("{ROUTER_ADDR}/24"), "dev", "eth0"])
+        .unwrap();
+    // The host forgets the old gateway's MAC: a packet sent there now
+    // waits for an answer to ARP that never comes.
+    h0.ns
+        .ip(&["neigh", "flush", "to", &ROUTER_ADDR.to_string()])
+        .unwrap();
+    // 25 tries of 200 ms: several route periods.
+    assert!(
+        (1..=25).any(answered),
+        "no answer through the new gateway: {}",
+        h0.dr(&["nat", "list"]).unwrap()
+    );
+    assert_eq!(translation(), (port, Value::from(via)));
 }
 
 #[test]

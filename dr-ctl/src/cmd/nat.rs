@@ -59,6 +59,9 @@ pub struct NatEntry {
     pub original: Tuple,
     pub translated: Tuple,
     pub state: &'static str,
+    /// Where its packets go beyond the uplink, as the FIB last said (at
+    /// most a route period ago); none when the kernel routes them.
+    pub next_hop: Option<Ipv4Addr>,
     pub age_secs: u64,
     pub idle_secs: u64,
     pub expires_in_secs: u64,
@@ -71,17 +74,18 @@ pub struct NatTable(pub Vec<NatEntry>);
 impl Report for NatTable {
     fn text(&self) -> String {
         let mut out = format!(
-            "{:<5} {:<44} {:<44} {:<12} {:>7} {:>7}\n",
-            "PROTO", "ORIGINAL", "TRANSLATED", "STATE", "AGE", "IDLE"
+            "{:<5} {:<44} {:<44} {:<12} {:<15} {:>7} {:>7}\n",
+            "PROTO", "ORIGINAL", "TRANSLATED", "STATE", "VIA", "AGE", "IDLE"
         );
         for e in &self.0 {
             let _ = writeln!(
                 out,
-                "{:<5} {:<44} {:<44} {:<12} {:>6}s {:>6}s",
+                "{:<5} {:<44} {:<44} {:<12} {:<15} {:>6}s {:>6}s",
                 e.proto,
                 e.original.text(e.proto),
                 e.translated.text(e.proto),
                 e.state,
+                e.next_hop.map_or("-".to_string(), |a| a.to_string()),
                 e.age_secs,
                 e.idle_secs
             );
@@ -167,6 +171,7 @@ pub fn live_translations(maps: &Maps, config: &DatapathConfig) -> Result<Vec<Nat
                 dst_port: dst.1,
             },
             state: state.map_or("unknown", State::name),
+            next_hop: (flow.next_hop != 0).then(|| from_map_addr(flow.next_hop)),
             age_secs: secs(now.saturating_sub(flow.created_ns)),
             idle_secs: secs(idle),
             expires_in_secs: (timeout * 1_000_000_000)

@@ -27,7 +27,7 @@ use crate::{
         TCP_DATA_OFFSET, TCP_SEQ,
     },
     redirect::{forward, send},
-    route::leaves_by_uplink,
+    route::{route, Route},
     verdict::Verdict,
 };
 
@@ -86,8 +86,18 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
     } else {
         None
     };
+    // The next hop of a new flow, from the FIB below.
+    let mut next_hop = 0;
     if live.is_none() {
-        match inbound_answered(&key, cfg, now) {
+        // A TCP segment opening a connection answers none: the inbound
+        // flows are not asked (a lookup saved on every new connection).
+        let opens = proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let answered = if opens {
+            None
+        } else {
+            inbound_answered(&key, cfg, now)
+        };
+        match answered {
             Some((DELIVERED_BY_KERNEL, _)) => return Verdict::Pass(Counter::InboundReply),
             Some((delivered_by, host_port)) => {
                 if let Some(verdict) = too_big(ctx, cfg, ip) {
@@ -96,7 +106,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
                 if delivered_by == PUBLISHED_BY_DR {
                     let ports = (key.src_port, host_port);
                     let counter = Counter::PublishedOut;
-                    return send_translated(ctx, cfg, ip, (l4_at, l4), ports, counter);
+                    return send_translated(ctx, cfg, ip, (l4_at, l4), ports, (0, counter));
                 }
                 return forward(ctx, ip, cfg.uplink_ifindex, Some(dst), Counter::ToPeer);
             }
@@ -107,13 +117,14 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
         }
         // Only a SYN opens a TCP translation: any other segment answers a
         // connection the kernel knows (or one long gone).
-        if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        if proto == IPPROTO_TCP && !opens {
             return Verdict::Pass(Counter::InboundReply);
         }
-        // Only a new flow asks the FIB: a live one left by the uplink when
-        // it started, and its packets keep the path they had.
-        if !leaves_by_uplink(ctx, cfg, &key, ip.tos) {
-            return Verdict::Pass(Counter::Passed);
+        // Whether a new flow is translated is the FIB's answer when it
+        // starts: a live one left by the uplink then, and keeps doing so.
+        match route(ctx, cfg, &key, ip.tos) {
+            Route::Uplink(hop) => next_hop = hop,
+            Route::Elsewhere => return Verdict::Pass(Counter::Passed),
         }
     }
     // Before any translation is made: a packet refused here creates none.
@@ -125,6 +136,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
             if proto == IPPROTO_TCP && !dry_run() {
                 record_container_window(ctx, l4_at, tcp_flags, flow);
             }
+            next_hop = live_next_hop(ctx, cfg, &key, ip.tos, flow, now);
             refresh(flow, tcp_flags, now)
         }
         None => {
@@ -138,7 +150,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
             } else {
                 0
             };
-            match allocate(&key, cfg, now, tcp_flags, wscale) {
+            match allocate(&key, cfg, now, tcp_flags, wscale, next_hop) {
                 Ok(port) => port,
                 Err(reason) => {
                     warn_no_translation(ctx, &key, reason);
@@ -148,14 +160,21 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
         }
     };
     let ports = (key.src_port, nat_port);
-    send_translated(ctx, cfg, ip, (l4_at, l4), ports, Counter::NatOut)
+    send_translated(
+        ctx,
+        cfg,
+        ip,
+        (l4_at, l4),
+        ports,
+        (next_hop, Counter::NatOut),
+    )
 }
 
 /// Sends a container's packet out of the uplink as the uplink's own: TTL
 /// decremented, source address set to the uplink's and source port
-/// `ports.0` rewritten to `ports.1` (checksums fixed), routed by the host's
-/// table. SNAT and published ports' answers; the caller checked the path
-/// MTU.
+/// `ports.0` rewritten to `ports.1` (checksums fixed), to `next_hop`, or
+/// routed by the host's table when it is 0; counted under `counter`. SNAT
+/// and published ports' answers; the caller checked the path MTU.
 #[inline(always)]
 fn send_translated(
     ctx: &TcContext,
@@ -163,7 +182,7 @@ fn send_translated(
     ip: &mut Ipv4Hdr,
     (l4_at, l4): (usize, L4Layout),
     ports: (u16, u16),
-    counter: Counter,
+    (next_hop, counter): (u32, Counter),
 ) -> Verdict {
     if !decrement_ttl(ip) {
         return Verdict::Drop(Counter::DropTtlExceeded);
@@ -173,7 +192,39 @@ fn send_translated(
     if rewrite(ctx, ip, uplink, check_at, port_at, ports).is_err() {
         return Verdict::Drop(Counter::DropRedirectFailed);
     }
-    send(ctx, cfg.uplink_ifindex, None, counter)
+    let next_hop = (next_hop != 0).then_some(next_hop);
+    send(ctx, cfg.uplink_ifindex, next_hop, counter)
+}
+
+/// A live flow's next hop (0: the kernel routes): the one looked up in this
+/// route period, else the FIB's answer now, recorded for the period. A
+/// route changed since applies within a period, as it would to the
+/// kernel's routing of each packet; one that no longer leaves by the uplink
+/// leaves the packet to the kernel's routing out of it, as before dr kept
+/// next hops. The stores race with other CPUs' only with answers as
+/// current as their own.
+#[inline(always)]
+fn live_next_hop(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    key: &FlowKey,
+    tos: u8,
+    flow: *mut Flow,
+    now: u64,
+) -> u32 {
+    // SAFETY: map value pointer, valid for this program run.
+    let entry = unsafe { &mut *flow };
+    if let Some(hop) = entry.current_next_hop(now) {
+        return hop;
+    }
+    let hop = match route(ctx, cfg, key, tos) {
+        Route::Uplink(hop) => hop,
+        Route::Elsewhere => 0,
+    };
+    if !dry_run() {
+        entry.record_next_hop(hop, now);
+    }
+    hop
 }
 
 /// Records a container's packet on its live translation (time, TCP state);

@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
 };
 use dr_common::{
-    nat::{Flow, FlowKey, Origin, Reverse, ReverseKey, State, PORT_TRIES},
+    nat::{route_period, Flow, FlowKey, Origin, Reverse, ReverseKey, State, PORT_TRIES},
     Counter, DatapathConfig,
 };
 
@@ -219,7 +219,8 @@ fn release(rkey: &ReverseKey, origin: &Origin) {
 const EEXIST: i32 = 17;
 
 /// Allocates a source port for a new flow and records both halves; a TCP
-/// flow's entry starts with the window scale its SYN offered (`wscale`).
+/// flow's entry starts with the window scale its SYN offered (`wscale`),
+/// every entry with the next hop the FIB gave (`next_hop`).
 /// Tries up to PORT_TRIES ports from a random start in the range; a port is
 /// taken only if no live translation uses it toward the same remote endpoint.
 /// Both halves are inserted with `BPF_NOEXIST`: of two CPUs starting the same
@@ -232,6 +233,7 @@ pub(super) fn allocate(
     now: u64,
     tcp_flags: u8,
     wscale: u8,
+    next_hop: u32,
 ) -> Result<u16, Counter> {
     let origin = key.origin();
     // checked_rem: no panic path for the verifier to reject (range is never 0).
@@ -274,6 +276,8 @@ pub(super) fn allocate(
             nat_port: port,
             state: State::initial(key.proto, tcp_flags) as u8,
             wscale_out: wscale,
+            next_hop,
+            next_hop_period: route_period(now),
             ..Flow::default()
         };
         if let Err(e) = NAT_FLOWS.insert(key, flow, BPF_NOEXIST as u64) {

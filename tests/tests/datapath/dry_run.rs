@@ -53,7 +53,7 @@ impl Datapath {
 
     /// Runs `packet` through the dry-run copy of `hook`'s program, checking
     /// that no table changed.
-    fn dry_run(&self, hook: Hook, packet: &[u8]) -> Run {
+    pub(super) fn dry_run(&self, hook: Hook, packet: &[u8]) -> Run {
         self.unchanged(|copy| copy.run_tc(hook, packet))
     }
 
@@ -116,7 +116,8 @@ fn a_new_flow_would_be_translated_but_no_translation_is_made() {
         Trace {
             counters: counted(&[Counter::NatCreated, Counter::NatOut]),
             redirect_ifindex: config().uplink_ifindex,
-            next_hop: 0,
+            // The FIB's next hop: the default route's router.
+            next_hop: to_map_addr(ROUTER.into()),
             new_translation: 1,
             ..Default::default()
         }

@@ -15,7 +15,7 @@
 use aya::maps::{HashMap, MapData};
 use dr_common::{
     map_names,
-    nat::{Reverse, ReverseKey, IPPROTO_UDP},
+    nat::{Flow, FlowKey, Reverse, ReverseKey, IPPROTO_UDP},
 };
 use dr_ctl::datapath::Sweeper;
 use etherparse::{icmpv4, Icmpv4Type};
@@ -60,6 +60,69 @@ fn new_flows_are_translated_only_when_the_host_routes_them_out_of_the_uplink() {
     // packet: the uplink, as before dr asked.
     set_forwarding(false);
     dp.translate_out(CONTAINER, MGMT_SERVER, L4::Udp, default_ports(L4::Udp));
+}
+
+/// A translated flow leaves for the next hop the host's FIB gives (the
+/// router, or the destination itself on the uplink's link), which its
+/// redirect hands the kernel instead of having it route every packet. The
+/// flow keeps it for a route period, then asks the FIB again: a changed
+/// route applies to the live flow, and one that no longer leaves by the
+/// uplink leaves its packets to the kernel's routing, still translated.
+#[test]
+fn translated_flows_leave_for_the_fibs_next_hop_and_follow_a_changed_route() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    const ON_LINK: [u8; 4] = [192, 168, 91, 77];
+    const OTHER_ROUTER: [u8; 4] = [192, 168, 91, 253];
+    let ports = default_ports(L4::Udp);
+    let next_hop = |dp: &Datapath, dst: [u8; 4]| {
+        let flow = dp.translation(CONTAINER, dst, IPPROTO_UDP, ports).unwrap();
+        assert_ne!(flow.next_hop_period, 0, "looked up");
+        flow.next_hop
+    };
+    let traced_next_hop = |dp: &Datapath, dst: [u8; 4]| {
+        let dry = dp.dry_run(Hook::BridgeIngress, &frame(CONTAINER, dst, 64, L4::Udp));
+        assert_eq!(dry.verdict, TC_ACT_REDIRECT);
+        dry.trace.next_hop
+    };
+    let port = dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, ports);
+    assert_eq!(next_hop(&dp, EXTERNAL), to_map_addr(ROUTER.into()));
+    dp.translate_out(CONTAINER, ON_LINK, L4::Udp, ports);
+    assert_eq!(next_hop(&dp, ON_LINK), to_map_addr(ON_LINK.into()));
+
+    // The default route moves to another router: once the flow's period
+    // is over (as a flow carried over from a version without next hops
+    // starts), its next packet asks the FIB and leaves for the new one,
+    // from the same port.
+    ip("route replace default via 192.168.91.253 dev dr-uplink");
+    let new_period = |dp: &Datapath| {
+        let mut flows = dp.raw_map::<FlowKey, Flow>(map_names::NAT_FLOWS);
+        let all: Vec<_> = flows.iter().map(Result::unwrap).collect();
+        for (key, mut flow) in all {
+            flow.next_hop_period = 0;
+            flows.insert(key, flow, 0).unwrap();
+        }
+    };
+    new_period(&dp);
+    assert_eq!(
+        traced_next_hop(&dp, EXTERNAL),
+        to_map_addr(OTHER_ROUTER.into())
+    );
+    assert_eq!(dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, ports), port);
+    assert_eq!(next_hop(&dp, EXTERNAL), to_map_addr(OTHER_ROUTER.into()));
+    assert_eq!(
+        traced_next_hop(&dp, EXTERNAL),
+        to_map_addr(OTHER_ROUTER.into())
+    );
+
+    // Now routed out of another interface: the live flow keeps its
+    // translation (as a conntrack entry would), the kernel routes it.
+    veth_pair("dr-mgmt", 1002);
+    ip("route add 203.0.113.0/24 dev dr-mgmt");
+    new_period(&dp);
+    assert_eq!(dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, ports), port);
+    assert_eq!(next_hop(&dp, EXTERNAL), 0);
+    assert_eq!(traced_next_hop(&dp, EXTERNAL), 0);
+    assert_eq!(dp.counter(Counter::NatCreated).packets, 2);
 }
 
 /// As with conntrack and the recipe's MASQUERADE: an exclusion added while a
