@@ -327,6 +327,8 @@ const _: () = {
     // A slot is its address's low bits.
     assert!(MAX_ENDPOINTS.is_power_of_two());
     assert!(size_of::<nat::FlowKey>() == 16);
+    assert!(offset_of!(nat::FlowKey, proto) == 12);
+    assert!(offset_of!(nat::FlowKey, _pad2) == 14);
     // The next hop was appended to the 32 bytes of the window's version.
     assert!(size_of::<nat::Flow>() == 40);
     assert!(offset_of!(nat::Flow, window_known) == 31);
@@ -334,6 +336,8 @@ const _: () = {
     assert!(offset_of!(nat::Flow, next_hop_period) == 36);
     assert!(size_of::<nat::Teardown>() == 4);
     assert!(size_of::<nat::ReverseKey>() == 12);
+    assert!(offset_of!(nat::ReverseKey, proto) == 8);
+    assert!(offset_of!(nat::ReverseKey, _pad2) == 10);
     assert!(size_of::<nat::Origin>() == 8);
     // The reverse entry was an `Origin` alone: the time was appended.
     assert!(size_of::<nat::Reverse>() == 16);

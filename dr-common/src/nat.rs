@@ -32,7 +32,10 @@ pub struct FlowKey {
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding as a byte and a half-word, not `[u8; 3]`: programs zeroed
+    /// three bytes with a call to a memset subprogram, for every key built.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 /// How stale a flow's last-seen time is left. Timeouts count in seconds,
@@ -132,7 +135,10 @@ pub struct ReverseKey {
     pub remote_port: u16,
     pub nat_port: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding as a byte and a half-word, not `[u8; 3]`: programs zeroed
+    /// three bytes with a call to a memset subprogram, for every key built.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 /// A container's end of a flow: where replies go (and a published port's
@@ -202,7 +208,8 @@ impl FlowKey {
             remote_port: self.dst_port,
             nat_port,
             proto: self.proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 
@@ -230,7 +237,8 @@ impl FlowKey {
             src_port,
             dst_port,
             proto: self.proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }
@@ -342,7 +350,8 @@ impl ReverseKey {
             src_port: origin.port,
             dst_port: self.remote_port,
             proto: self.proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }
@@ -975,7 +984,8 @@ mod tests {
             src_port: 3,
             dst_port: 4,
             proto: IPPROTO_TCP,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         };
         let a = k.answer();
         assert_eq!(
@@ -1000,7 +1010,8 @@ mod tests {
             src_port: 3,
             dst_port: 4,
             proto: IPPROTO_UDP,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         };
         let r = k.reverse(99);
         assert_eq!((r.remote_addr, r.remote_port, r.nat_port), (2, 4, 99));

@@ -270,7 +270,8 @@ pub fn flow_of(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(FlowKey, u8)> {
         src_port,
         dst_port,
         proto: ip.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     Some((key, tcp_flags))
 }

@@ -74,7 +74,8 @@ pub(super) fn icmp_error_reply(
         remote_port,
         nat_port,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     // The same checks as a reply's: a dead translation delivers nothing.
     let (origin, counter) = match live_reply(cfg, &rkey, 0, now) {

@@ -121,7 +121,8 @@ pub fn reply_key(frame: &impl FrameBytes, ip: &Ipv4Hdr) -> Option<(ReverseKey, u
         remote_port,
         nat_port,
         proto: ip.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     Some((rkey, tcp_flags))
 }

@@ -44,7 +44,8 @@ pub fn published_target(cfg: &DatapathConfig, rkey: &ReverseKey) -> Option<(Orig
         src_port: target.port,
         dst_port: rkey.remote_port,
         proto: rkey.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     Some((target, answer))
 }

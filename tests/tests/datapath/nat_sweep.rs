@@ -105,7 +105,8 @@ fn gc_removes_reverse_halves_whose_flow_is_gone_and_only_those() {
         remote_port: 53u16.to_be(),
         nat_port: 20000u16.to_be(),
         proto: IPPROTO_UDP,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let origin = Origin {
         addr: to_map_addr(CONTAINER.into()),
