@@ -87,8 +87,22 @@ fn uplink_next_hop(ctx: &TcContext, cfg: &DatapathConfig, key: &FlowKey, tos: u8
             // SAFETY: plain data written by the helper.
             unsafe { fib.__bindgen_anon_4.ipv4_dst }
         }
-        FWD_DISABLED => 0,
-        error if error < 0 => 0,
+        // No answer: no next hop, 0. Computed from what the helper left
+        // unchanged, not written as a constant: a constant 0 here made the
+        // verifier walk a new flow's 32 port candidates once for it and once
+        // for a next hop it does not know, past 6.1's limit of a million
+        // instructions (a branch on a known value marks it precise, and
+        // precise values keep states apart).
+        FWD_DISABLED => no_next_hop(&fib, key),
+        error if error < 0 => no_next_hop(&fib, key),
         _ => ELSEWHERE,
     }
+}
+
+/// 0, as the verifier cannot tell: the destination the lookup was given,
+/// which a helper that found nothing left in place, against the key's.
+#[inline(always)]
+fn no_next_hop(fib: &bpf_fib_lookup, key: &FlowKey) -> u32 {
+    // SAFETY: plain data.
+    unsafe { fib.__bindgen_anon_4.ipv4_dst ^ key.dst_addr }
 }
