@@ -153,11 +153,17 @@ impl Workload {
 /// port it is published on.
 const PUBLISHED_PORT: u16 = 5353;
 
+/// A cost workload's name in the results and for `--workload`:
+/// `segment: workload`.
+fn workload_key(segment: Segment, workload: Workload) -> String {
+    format!("{}: {}", segment.name(), workload.name())
+}
+
 /// Every cost workload's `segment: workload` name, as `--workload` matches it.
 pub(super) fn workload_names() -> Vec<String> {
     SEGMENTS
         .into_iter()
-        .flat_map(|s| Workload::ALL.map(|w| format!("{}: {}", s.name(), w.name())))
+        .flat_map(|s| Workload::ALL.map(|w| workload_key(s, w)))
         .collect()
 }
 
@@ -352,11 +358,10 @@ impl Bench {
                 Setup::Forwarding(mode) => segment.runs(*mode),
                 Setup::Floor => true,
             };
-            let key = |w: Workload| format!("{}: {}", segment.name(), w.name());
             let chosen = |w: &Workload| {
                 self.cost_workload
                     .as_ref()
-                    .is_none_or(|only| key(*w).contains(only.as_str()))
+                    .is_none_or(|only| workload_key(segment, *w).contains(only.as_str()))
             };
             let workloads: Vec<Workload> = Workload::ALL.into_iter().filter(chosen).collect();
             if workloads.is_empty() {
@@ -370,7 +375,7 @@ impl Bench {
                 rigs.push(rig);
             }
             for (k, workload) in workloads.into_iter().enumerate() {
-                let key = key(workload);
+                let key = workload_key(segment, workload);
                 for block in 0..self.cost_blocks {
                     let mut order: Vec<&Rig> = rigs.iter().collect();
                     order.rotate_left((round + k + block) % rigs.len());
