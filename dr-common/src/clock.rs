@@ -7,9 +7,10 @@
 //! ns more per SNAT packet, measured both ways). The kernel advances jiffies
 //! from CLOCK_MONOTONIC in steps of exactly one tick (`TICK_NSEC`, from the
 //! build option HZ), so `jiffies × tick + offset` is CLOCK_MONOTONIC as of
-//! the last tick, as the coarse clock is. dr-ctl measures the tick and the
-//! offset once per boot, when `up` loads the programs, and keeps them in
-//! the configuration ([`JiffiesClock`]); until then (and with an older dr's
+//! the last tick, as the coarse clock is. dr-ctl reads the tick (`clock_getres`
+//! of the coarse clocks is `TICK_NSEC`) and measures the offset once per
+//! boot, when `up` loads the programs, and keeps them in the configuration
+//! ([`JiffiesClock`]); until then (and with an older dr's
 //! configuration) the programs read the coarse clock, or `bpf_ktime_get_ns`
 //! before Linux 5.11 ([`COARSE_GLOBAL`]).
 
@@ -52,60 +53,52 @@ impl JiffiesClock {
         }
     }
 
-    /// The clock given two observed turns of jiffies, `first` and a later
-    /// `second`. The tick is that of the HZ in [`KNOWN_HZ`] whose ticks
-    /// explain the time between the turns to within 1% (a tick handler that
-    /// ran late, on a busy or emulated machine, moves a turn by
-    /// microseconds to milliseconds; neighbouring choices differ by 2.4%
-    /// or more). The offset puts each jiffy's start at the earliest the
-    /// turns allow (their samples before the turn, the least delayed of
-    /// the two), so that the clock is not ahead of CLOCK_MONOTONIC by more
-    /// than that delay. None if the turns fit no known HZ.
-    pub fn from_edges(first: &JiffyEdge, second: &JiffyEdge) -> Option<Self> {
-        first.uncertainty_ns()?;
-        second.uncertainty_ns()?;
-        let ticks = second.before.jiffies.checked_sub(first.before.jiffies)?;
-        let elapsed = second
-            .before
-            .monotonic_ns
-            .checked_sub(first.before.monotonic_ns)?;
-        if ticks == 0 {
+    /// The clock given the kernel's tick (`TICK_NSEC`, which
+    /// `clock_getres` reports for the coarse clocks) and observed turns of
+    /// jiffies. The kernel advances jiffies to the tick that began last, so
+    /// a turn seen between two samples puts the new jiffy's start less than
+    /// a tick before the later sample and after the earlier one less a tick:
+    /// however late a tick handler runs (on a busy or emulated machine),
+    /// each turn gives the offset to within a tick. The offset is the
+    /// earliest the turns allow (the least delayed one's sample before
+    /// it), so the clock is never ahead of CLOCK_MONOTONIC by more than that
+    /// delay. None for a tick outside HZ 10 to 10000, no turns, or turns the
+    /// tick does not explain (their offsets further apart than a tick and
+    /// their samples' spacing).
+    pub fn from_edges(tick_ns: u64, turns: &[JiffyEdge]) -> Option<Self> {
+        if !(MIN_TICK_NS..=MAX_TICK_NS).contains(&tick_ns) {
             return None;
         }
-        let tick_ns = KNOWN_HZ
-            .iter()
-            .map(|&hz| tick_nsec(hz))
-            .min_by_key(|&tick| elapsed.abs_diff(ticks * tick))?;
-        let expected = ticks * tick_ns;
-        if elapsed.abs_diff(expected) * 100 > expected {
-            return None;
-        }
-        let offset = |edge: &JiffyEdge| {
-            edge.before
+        // CLOCK_MONOTONIC minus the new jiffy's start, wrapping.
+        let offset = |turn: &JiffyEdge| {
+            turn.before
                 .monotonic_ns
-                .wrapping_sub(edge.after.jiffies.wrapping_mul(tick_ns))
+                .wrapping_sub(turn.after.jiffies.wrapping_mul(tick_ns))
         };
-        // Both differ from the jiffies' true offset by their delay only
-        // (wrapping: compared as a signed difference).
-        let (a, b) = (offset(first), offset(second));
-        let offset_ns = if (b.wrapping_sub(a) as i64) < 0 { b } else { a };
+        let first = offset(turns.first()?);
+        // Compared as signed differences from the first (wrapping).
+        let (mut earliest, mut latest, mut widest) = (0i64, 0i64, 0);
+        for turn in turns {
+            widest = widest.max(turn.uncertainty_ns()?);
+            let from_first = offset(turn).wrapping_sub(first) as i64;
+            earliest = earliest.min(from_first);
+            latest = latest.max(from_first);
+        }
+        if latest.abs_diff(earliest) >= tick_ns + widest {
+            return None;
+        }
         Some(Self {
             tick_ns: tick_ns as u32,
             _pad: 0,
-            offset_ns,
+            offset_ns: first.wrapping_add(earliest as u64),
         })
     }
 }
 
 const NS_PER_SEC: u64 = 1_000_000_000;
-/// The HZ values Linux builds with: x86 and arm64 offer 100, 250, 300 and
-/// 1000; other architectures add the rest.
-const KNOWN_HZ: [u64; 10] = [24, 48, 100, 128, 250, 256, 300, 1000, 1024, 1200];
-
-/// The kernel's `TICK_NSEC` for `hz`: a second divided by HZ, rounded.
-fn tick_nsec(hz: u64) -> u64 {
-    (NS_PER_SEC + hz / 2) / hz
-}
+/// The tick of HZ 10000 and of HZ 10: beyond what any kernel is built with.
+const MIN_TICK_NS: u64 = NS_PER_SEC / 10_000;
+const MAX_TICK_NS: u64 = NS_PER_SEC / 10;
 
 /// Jiffies and CLOCK_MONOTONIC read together by `dr_clock_sample`, which
 /// writes them at the start of the frame it is run on.
@@ -116,8 +109,9 @@ pub struct ClockSample {
     pub monotonic_ns: u64,
 }
 
-/// Where jiffies turned: the last sample of one jiffy and the first of the
-/// next, taken one right after the other.
+/// Where jiffies turned: the last sample of one jiffy and the first of a
+/// later one (a tick handler that ran late advances several at once), taken
+/// one right after the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JiffyEdge {
     pub before: ClockSample,
@@ -126,9 +120,9 @@ pub struct JiffyEdge {
 
 impl JiffyEdge {
     /// How precisely the edge is known: the time between its samples; None
-    /// if they are not one jiffy apart.
+    /// if jiffies did not advance between them.
     pub fn uncertainty_ns(&self) -> Option<u64> {
-        if self.after.jiffies != self.before.jiffies.wrapping_add(1) {
+        if self.after.jiffies <= self.before.jiffies {
             return None;
         }
         self.after
@@ -141,95 +135,90 @@ impl JiffyEdge {
 mod tests {
     use super::*;
 
-    /// The edge of jiffy `jiffies`, which began at `start_ns`, sampled
-    /// `before_ns` before it and `after_ns` after it.
-    fn edge(jiffies: u64, start_ns: u64, (before_ns, after_ns): (u64, u64)) -> JiffyEdge {
+    /// HZ 250, whose jiffy `J0` began at `T0`.
+    const TICK: u64 = 4_000_000;
+    const J0: u64 = 4_295_000_000;
+    const T0: u64 = 65_322_594_000_000;
+
+    /// The turn to jiffy `j`, `jump` jiffies at once, `late_ns` after the
+    /// jiffy began, sampled 1.5 µs before and 0.5 µs after.
+    fn turn(j: u64, jump: u64, late_ns: u64) -> JiffyEdge {
+        let seen = T0 + (j - J0) * TICK + late_ns;
         JiffyEdge {
             before: ClockSample {
-                jiffies: jiffies - 1,
-                monotonic_ns: start_ns - before_ns,
+                jiffies: j - jump,
+                monotonic_ns: seen - 1_500,
             },
             after: ClockSample {
-                jiffies,
-                monotonic_ns: start_ns + after_ns,
+                jiffies: j,
+                monotonic_ns: seen + 500,
             },
         }
-    }
-
-    /// Two edges `window_ticks` apart of a kernel with `hz` whose jiffy
-    /// `j0` began at `t0`, sampled with `spacing` around each edge.
-    fn edges(hz: u64, j0: u64, t0: u64, window_ticks: u64, spacing: (u64, u64)) -> [JiffyEdge; 2] {
-        let tick = tick_nsec(hz);
-        [
-            edge(j0, t0, spacing),
-            edge(j0 + window_ticks, t0 + window_ticks * tick, spacing),
-        ]
-    }
-
-    #[test]
-    fn finds_the_tick_of_every_known_hz() {
-        // 100 ms between the turns, samples 2 µs apart around each.
-        for hz in KNOWN_HZ {
-            let window = hz / 10;
-            let j0 = 4_294_892_296 + 7 * hz;
-            let [first, second] = edges(hz, j0, 5_000_000_000, window, (1_500, 500));
-            let clock = JiffiesClock::from_edges(&first, &second).unwrap();
-            assert_eq!(clock.tick_ns as u64, tick_nsec(hz), "HZ {hz}");
-            assert_eq!(clock.hz() as u64, hz);
-        }
-        assert_eq!(tick_nsec(300), 3_333_333);
     }
 
     #[test]
     fn the_clock_reads_each_jiffy_as_its_start_never_later() {
-        let (hz, j0, t0) = (250, 4_295_000_000, 65_322_594_000_000);
-        let [first, second] = edges(hz, j0, t0, 25, (1_500, 500));
-        let clock = JiffiesClock::from_edges(&first, &second).unwrap();
+        let clock = JiffiesClock::from_edges(TICK, &[turn(J0, 1, 0), turn(J0 + 25, 1, 0)]).unwrap();
+        assert_eq!(clock.hz(), 250);
         // Each jiffy reads as its start, less the sampling's 1.5 µs.
-        for j in [j0, j0 + 1, j0 + 1_000_000] {
-            let start = t0 + (j - j0) * 4_000_000;
-            assert_eq!(clock.monotonic_ns(j), start - 1_500);
+        for j in [J0, J0 + 1, J0 + 1_000_000] {
+            assert_eq!(clock.monotonic_ns(j), T0 + (j - J0) * TICK - 1_500);
         }
     }
 
     #[test]
-    fn a_late_tick_handler_changes_neither_hz_nor_offset() {
-        let (hz, j0, t0) = (1000, 4_295_000_000, 9_000_000_000);
-        // The first turn seen 400 µs late (its tick handler ran late, as on
-        // a busy vCPU): HZ still fits, and the offset is the second's.
-        let [mut first, second] = edges(hz, j0, t0, 100, (1_000, 1_000));
-        first.before.monotonic_ns += 400_000;
-        first.after.monotonic_ns += 400_000;
-        let clock = JiffiesClock::from_edges(&first, &second).unwrap();
-        assert_eq!(clock.hz(), 1000);
-        assert_eq!(clock.monotonic_ns(j0), t0 - 1_000);
-        // The same the other way round.
-        let [first, mut second] = edges(hz, j0, t0, 100, (1_000, 1_000));
-        second.before.monotonic_ns += 400_000;
-        second.after.monotonic_ns += 400_000;
-        let clock = JiffiesClock::from_edges(&first, &second).unwrap();
-        assert_eq!(clock.monotonic_ns(j0), t0 - 1_000);
+    fn late_tick_handlers_move_the_offset_by_less_than_a_tick() {
+        // Turns seen late, one of them jumping three jiffies (its handler
+        // ran more than two ticks after the one before): the one on time
+        // gives the offset, wherever it comes.
+        let late = [
+            turn(J0, 1, 3_900_000),
+            turn(J0 + 7, 3, 2_000_000),
+            turn(J0 + 30, 1, 400_000),
+        ];
+        for on_time in 0..=late.len() {
+            let mut turns = late.to_vec();
+            turns.insert(on_time, turn(J0 + 100, 1, 0));
+            let clock = JiffiesClock::from_edges(TICK, &turns).unwrap();
+            assert_eq!(clock.monotonic_ns(J0), T0 - 1_500, "on time at {on_time}");
+        }
+        // All late: the least delayed one, still within a tick.
+        let clock = JiffiesClock::from_edges(TICK, &late).unwrap();
+        assert_eq!(clock.monotonic_ns(J0), T0 + 400_000 - 1_500);
     }
 
     #[test]
-    fn turns_that_fit_no_known_hz_give_no_clock() {
-        let (hz, j0, t0) = (1000, 4_295_000_000, 9_000_000_000);
-        // 100 jiffies in 103 ms: 3% off HZ 1000.
-        let [first, mut second] = edges(hz, j0, t0, 100, (1_000, 1_000));
-        second.before.monotonic_ns += 3_000_000;
-        second.after.monotonic_ns += 3_000_000;
-        assert_eq!(JiffiesClock::from_edges(&first, &second), None);
-        // A kernel built with HZ 500.
-        let [first, second] = edges(500, j0, t0, 50, (1_000, 1_000));
-        assert_eq!(JiffiesClock::from_edges(&first, &second), None);
-        // Samples that skipped a jiffy bracket no turn.
-        let [mut first, second] = edges(hz, j0, t0, 100, (1_000, 1_000));
-        first.before.jiffies -= 1;
-        assert_eq!(JiffiesClock::from_edges(&first, &second), None);
-        // The same turn twice, or in the wrong order.
-        let [first, second] = edges(hz, j0, t0, 100, (1_000, 1_000));
-        assert_eq!(JiffiesClock::from_edges(&first, &first), None);
-        assert_eq!(JiffiesClock::from_edges(&second, &first), None);
+    fn turns_the_tick_does_not_explain_give_no_clock() {
+        let turns = [turn(J0, 1, 0), turn(J0 + 100, 1, 0)];
+        // HZ 256's tick on this HZ 250 kernel: 400 ms apart, the turns'
+        // offsets differ by 9.4 ms.
+        assert_eq!(JiffiesClock::from_edges(3_906_250, &turns), None);
+        // No tick any kernel is built with.
+        for tick in [0, 99_999, 100_000_001] {
+            assert_eq!(JiffiesClock::from_edges(tick, &turns), None, "{tick}");
+        }
+        // No turns, or samples between which jiffies did not advance.
+        assert_eq!(JiffiesClock::from_edges(TICK, &[]), None);
+        let mut still = turn(J0, 1, 0);
+        still.before.jiffies = J0;
+        assert_eq!(JiffiesClock::from_edges(TICK, &[turns[0], still]), None);
+        let mut backwards = turn(J0, 1, 0);
+        backwards.after.monotonic_ns = backwards.before.monotonic_ns - 1;
+        assert_eq!(JiffiesClock::from_edges(TICK, &[backwards]), None);
+    }
+
+    #[test]
+    fn hz_is_read_back_from_the_tick() {
+        // TICK_NSEC: a second divided by HZ, rounded.
+        for (hz, tick) in [
+            (100, 10_000_000),
+            (250, 4_000_000),
+            (300, 3_333_333),
+            (1000, 1_000_000),
+        ] {
+            let clock = JiffiesClock::from_edges(tick, &[turn(J0, 1, 0)]).unwrap();
+            assert_eq!(clock.hz(), hz);
+        }
     }
 
     #[test]

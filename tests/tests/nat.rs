@@ -4,7 +4,7 @@
 use std::{
     io::{Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use dr_tests::{
@@ -97,6 +97,7 @@ fn external_traffic(c: &Cluster) {
     assert_eq!(seen.ip(), IpAddr::V4(h0.uplink_addr));
     assert!((10000..=32767).contains(&seen.port()), "port {seen}");
     let seen = traffic::udp_exchange(&container.ns, ext, EXTERNAL_ADDR, 50).unwrap();
+    let quiet_since = Instant::now();
     assert_eq!(seen.ip(), IpAddr::V4(h0.uplink_addr));
 
     let entries = h0.nat_list().unwrap();
@@ -121,6 +122,26 @@ fn external_traffic(c: &Cluster) {
     assert!(
         table.contains(&format!("{} id ", container.addr)),
         "{table}"
+    );
+
+    // The programs' clock (jiffies, set by `up`) is dr-ctl's: the UDP
+    // flow is listed as idle as long as it has been quiet, within a second.
+    std::thread::sleep(Duration::from_millis(2_200).saturating_sub(quiet_since.elapsed()));
+    let status: Value = serde_json::from_str(&h0.dr(&["status", "--json"]).unwrap()).unwrap();
+    assert_eq!(status["clock"]["source"], "jiffies", "{status}");
+    let udp_timeout = status["nat"]["timeouts"]["udp"].as_u64().unwrap();
+    let listed_after = quiet_since.elapsed();
+    let entries = h0.nat_list().unwrap();
+    let listed_by = quiet_since.elapsed();
+    let udp = entries.iter().find(|e| e["proto"] == "udp").unwrap();
+    let idle = udp["idle_secs"].as_u64().unwrap();
+    assert!(
+        idle + 1 >= listed_after.as_secs() && idle <= listed_by.as_secs() + 1,
+        "quiet for {listed_after:?} to {listed_by:?}: {udp}"
+    );
+    assert!(
+        udp["expires_in_secs"].as_u64().unwrap() <= udp_timeout - 2,
+        "{udp}"
     );
 }
 

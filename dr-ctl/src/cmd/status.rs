@@ -69,7 +69,7 @@ pub struct FlowClock {
     /// "jiffies" once `up` has measured them, else "kernel"
     /// (`bpf_ktime_get_coarse_ns`, or `bpf_ktime_get_ns` before 5.11).
     pub source: &'static str,
-    /// The kernel's HZ, measured with jiffies.
+    /// The kernel's HZ (from its tick).
     pub hz: Option<u32>,
 }
 

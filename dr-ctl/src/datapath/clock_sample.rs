@@ -1,7 +1,8 @@
-//! Measuring the programs' clock (see `dr_common::clock`): `up` runs
-//! `dr_clock_sample` (BPF_PROG_TEST_RUN) until jiffies turn, twice, 100 ms or more
-//! apart, and the configuration keeps the tick and offset that explain
-//! both turns. Once per boot: the pinned configuration goes with it.
+//! Measuring the programs' clock (see `dr_common::clock`): the tick is the
+//! kernel's `TICK_NSEC`, which `clock_getres` reports for the coarse clocks;
+//! `up` runs `dr_clock_sample` (BPF_PROG_TEST_RUN) across a few turns of
+//! jiffies for the offset, and the configuration keeps both. Once per
+//! boot: the pinned configuration goes with it.
 use std::{
     thread,
     time::{Duration, Instant},
@@ -15,21 +16,21 @@ use dr_common::{
     clock::{ClockSample, JiffiesClock, JiffyEdge},
     program_names,
 };
+use nix::time::{clock_getres, ClockId};
 
 use crate::error::{Error, Result};
 
-/// Between the two turns, at first: long enough for 1% of it to cover a
-/// tick handler that ran late (see `JiffiesClock::from_edges`). Where
-/// one ran later still (a busy or emulated machine), the second turn is
-/// taken again each WINDOW, up to MAX_WINDOW after the first: the longer
-/// the time between them, the later a turn may be.
-const WINDOW: Duration = Duration::from_millis(100);
-const MAX_WINDOW: Duration = Duration::from_secs(2);
+/// Turns sampled, GAP apart: each gives the offset to within a tick, the
+/// least delayed one (a tick handler may run late) is kept, and a tick that
+/// is not the jiffy's length shows as offsets drifting apart.
+const TURNS: usize = 4;
+const GAP: Duration = Duration::from_millis(30);
 /// A turn whose samples lie further apart (the vCPU was preempted between
 /// them) is passed over for the next one.
 const MAX_EDGE_SPACING_NS: u64 = 200_000;
-/// A jiffy lasts at most 100 ms (HZ 10).
-const EDGE_WAIT: Duration = Duration::from_millis(250);
+/// A jiffy lasts at most 100 ms (HZ 10); a busy or emulated machine may
+/// take several to sample a turn closely.
+const EDGE_WAIT: Duration = Duration::from_secs(1);
 /// XDP_PASS: the sample was written.
 const SAMPLED: u32 = 2;
 /// The frame the sampler writes into: an Ethernet frame's minimum.
@@ -37,22 +38,33 @@ const FRAME_LEN: usize = 64;
 
 /// Loads `ebpf`'s clock sampler and measures the jiffies clock with it.
 pub fn measure_clock(ebpf: &mut Ebpf) -> Result<JiffiesClock> {
+    let tick_ns = kernel_tick_ns()?;
     let prog: &mut Xdp = super::attach::object_program(ebpf, program_names::CLOCK_SAMPLE)?;
     if prog.fd().is_err() {
         super::load_retrying(|| prog.load())?;
     }
-    let first = edge(prog)?;
-    let started = Instant::now();
-    while started.elapsed() < MAX_WINDOW {
-        thread::sleep(WINDOW);
-        let second = edge(prog)?;
-        if let Some(clock) = JiffiesClock::from_edges(&first, &second) {
-            return Ok(clock);
+    let mut turns = Vec::with_capacity(TURNS);
+    for _ in 0..TURNS {
+        if !turns.is_empty() {
+            thread::sleep(GAP);
         }
+        turns.push(edge(prog)?);
     }
-    Err(Error::Internal(format!(
-        "jiffies did not advance at a steady rate over {MAX_WINDOW:?}"
-    )))
+    JiffiesClock::from_edges(tick_ns, &turns).ok_or_else(|| {
+        Error::Internal(format!(
+            "jiffies did not advance by the kernel's tick of {tick_ns} ns: {turns:?}"
+        ))
+    })
+}
+
+/// The kernel's `TICK_NSEC`: the resolution it reports for the coarse
+/// clocks (`LOW_RES_NSEC`).
+fn kernel_tick_ns() -> Result<u64> {
+    let res = clock_getres(ClockId::CLOCK_MONOTONIC_COARSE).map_err(|errno| Error::Io {
+        context: "reading the resolution of CLOCK_MONOTONIC_COARSE".into(),
+        source: errno.into(),
+    })?;
+    Ok(res.tv_sec() as u64 * 1_000_000_000 + res.tv_nsec() as u64)
 }
 
 /// The next turn of jiffies that two samples close together catch.
