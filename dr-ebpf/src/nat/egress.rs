@@ -84,11 +84,11 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
     let live = if nat_enabled && starts {
         live_flow(&key, cfg, now)
     } else {
-        None
+        Err(0)
     };
     // The next hop of a new flow, from the FIB below.
     let mut next_hop = 0;
-    if live.is_none() {
+    if live.is_err() {
         // A TCP segment opening a connection answers none: the inbound
         // flows are not asked (a lookup saved on every new connection).
         let opens = proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
@@ -132,14 +132,14 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
         return verdict;
     }
     let nat_port = match live {
-        Some(flow) => {
+        Ok(flow) => {
             if proto == IPPROTO_TCP && !dry_run() {
                 record_container_window(ctx, l4_at, tcp_flags, flow);
             }
             next_hop = live_next_hop(ctx, cfg, &key, ip.tos, flow, now);
             refresh(flow, tcp_flags, now)
         }
-        None => {
+        Err(expired_port) => {
             if ip.ttl <= 1 {
                 return Verdict::Drop(Counter::DropTtlExceeded);
             }
@@ -150,7 +150,7 @@ pub fn snat_out(ctx: &TcContext, cfg: &DatapathConfig, ip: &mut Ipv4Hdr) -> Verd
             } else {
                 0
             };
-            match allocate(&key, cfg, now, tcp_flags, wscale, next_hop) {
+            match allocate(&key, cfg, now, tcp_flags, wscale, next_hop, expired_port) {
                 Ok(port) => port,
                 Err(reason) => {
                     warn_no_translation(ctx, &key, reason);

@@ -16,24 +16,22 @@ use crate::{
     maps::{count, NAT_FLOWS, NAT_REVERSE},
 };
 
-/// The live translation of `key`, or None (an expired one is removed).
-/// One lookup while the container keeps sending: a forward half names a
-/// port whose reverse half names its flow. [`allocate`] returns a
-/// translation only once both halves stand; a reverse half gets another
-/// holder only after [`dead`] removed the forward half; and the sweeper,
-/// releasing an orphan, puts it back if its forward half appeared meanwhile
-/// ([`restore_if_claimed`]).
+/// The live translation of `key`; else the port of an expired one, left in
+/// place for [`allocate`] to reopen (0 for none). One lookup while the
+/// container keeps sending: a forward half names a port whose reverse half
+/// names its flow. [`allocate`] returns a translation only once both halves
+/// stand; a reverse half gets another holder only after [`dead`] removed
+/// the forward half; and the sweeper, releasing an orphan, puts it back if
+/// its forward half appeared meanwhile ([`restore_if_claimed`]).
 #[inline(always)]
-pub(super) fn live_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64) -> Option<*mut Flow> {
-    let flow = NAT_FLOWS.get_ptr_mut(key)?;
+pub(super) fn live_flow(key: &FlowKey, cfg: &DatapathConfig, now: u64) -> Result<*mut Flow, u16> {
+    let flow = NAT_FLOWS.get_ptr_mut(key).ok_or(0u16)?;
     // SAFETY: map value pointer, valid for this program run.
     let flow_now = unsafe { &*flow };
     if !expired(key, flow_now, cfg, now) {
-        return Some(flow);
+        return Ok(flow);
     }
-    count(Counter::NatExpired, 0);
-    remove_translation(key, flow_now.nat_port);
-    None
+    Err(flow_now.nat_port)
 }
 
 /// Whether the translation of `key` (forward half `flow`) has been idle
@@ -216,12 +214,49 @@ fn release(rkey: &ReverseKey, origin: &Origin) {
     }
 }
 
+/// Reopens the expired translation of `key` on its port `nat_port` (a
+/// container's client reusing its address and port toward the same server,
+/// as connections at a high rate do): the forward half is removed, and its
+/// reverse half, which no other flow can take while the forward half names
+/// the port, is kept for the new flow. Only the CPU whose removal succeeds
+/// reopens it; another found it reclaimed by a flow that needed its port
+/// ([`dead`]), or by a CPU starting the same flow, and looks for a port as
+/// for any new flow. Saves the release of the reverse half and the search
+/// for a free port, which in a table full of expired flows takes several
+/// claims.
+/// A function of its own (not inlined), like [`claim`].
+#[inline(never)]
+fn reopen(key: &FlowKey, nat_port: u16) -> u32 {
+    if dry_run() {
+        return CLAIMED;
+    }
+    if NAT_FLOWS.remove(key).is_err() {
+        return BUSY;
+    }
+    count(Counter::NatExpired, 0);
+    let (rkey, origin) = (key.reverse(nat_port), key.origin());
+    // The reply time it keeps is older than the expired flow's timeout,
+    // too old to count as recent for the new one.
+    // SAFETY: map value, only compared.
+    if unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|r| r.origin == origin) {
+        return CLAIMED;
+    }
+    // The sweeper released it as an orphan in the instant between.
+    match NAT_REVERSE.insert(rkey, Reverse::new(origin), BPF_NOEXIST as u64) {
+        Ok(()) => CLAIMED,
+        Err(e) if e != -EEXIST => TABLE_FULL,
+        Err(_) => BUSY,
+    }
+}
+
 const EEXIST: i32 = 17;
 
 /// Allocates a source port for a new flow and records both halves; a TCP
 /// flow's entry starts with the window scale its SYN offered (`wscale`),
 /// every entry with the next hop the FIB gave (`next_hop`).
-/// Tries up to PORT_TRIES ports from a random start in the range; a port is
+/// Reopens an expired translation of the same flow on its port
+/// (`expired_port`, network order, 0 for none: see [`reopen`]); else, or if
+/// that fails, tries up to PORT_TRIES ports from a random start in the range; a port is
 /// taken only if no live translation uses it toward the same remote endpoint.
 /// Both halves are inserted with `BPF_NOEXIST`: of two CPUs starting the same
 /// flow (a retransmitted SYN, UDP), the second undoes its claim and uses the
@@ -234,6 +269,7 @@ pub(super) fn allocate(
     tcp_flags: u8,
     wscale: u8,
     next_hop: u32,
+    expired_port: u16,
 ) -> Result<u16, Counter> {
     let origin = key.origin();
     // checked_rem: no panic path for the verifier to reject (range is never 0).
@@ -241,10 +277,22 @@ pub(super) fn allocate(
         .nat_port_max
         .wrapping_sub(cfg.nat_port_min)
         .wrapping_add(1);
-    // SAFETY: no arguments.
-    let start = unsafe { bpf_get_prandom_u32() }
-        .checked_rem(range)
-        .unwrap_or(0);
+    // The expired translation's port, if still in the range, is tried first
+    // (see [`reopen`]); the scan of a small range goes on from it.
+    let expired_offset = (u16::from_be(expired_port) as u32).wrapping_sub(cfg.nat_port_min);
+    let reopens = expired_port != 0 && expired_offset < range;
+    // Out of the range now: the expired translation goes, as any would.
+    if expired_port != 0 && !reopens && remove_translation(key, expired_port) {
+        count(Counter::NatExpired, 0);
+    }
+    let start = if reopens {
+        expired_offset
+    } else {
+        // SAFETY: no arguments.
+        unsafe { bpf_get_prandom_u32() }
+            .checked_rem(range)
+            .unwrap_or(0)
+    };
     for i in 0..PORT_TRIES {
         // A small range is scanned whole; in a large one, independent random
         // candidates avoid the clusters a linear probe runs into when busy.
@@ -260,7 +308,12 @@ pub(super) fn allocate(
         };
         let port = (cfg.nat_port_min.wrapping_add(offset) as u16).to_be();
         let rkey = key.reverse(port);
-        match claim(&rkey, &origin, cfg, now) {
+        let claimed = if i == 0 && reopens {
+            reopen(key, port)
+        } else {
+            claim(&rkey, &origin, cfg, now)
+        };
+        match claimed {
             CLAIMED => {}
             TABLE_FULL => return Err(Counter::DropNatTableFull),
             _ => continue,

@@ -323,3 +323,89 @@ fn a_full_table_refuses_new_flows_and_keeps_every_live_one() {
     assert_eq!(reverse.iter().count(), 0);
     dp.translate_out(CONTAINER, remote(0), L4::Udp, (2000, 53));
 }
+
+/// A container reusing its address and port toward the same server after
+/// its flow expired (a client opening connections at a high rate) leaves
+/// from its old port again: the expired translation is reopened on it, its
+/// reverse half kept. A port another flow reclaimed meanwhile, or one the
+/// range no longer holds, is not taken back.
+#[test]
+fn a_reused_flow_reopens_its_expired_translation_on_its_port() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    let ports: Vec<u16> = ALL_L4
+        .iter()
+        .map(|&l4| dp.translate_out(CONTAINER, EXTERNAL, l4, default_ports(l4)))
+        .collect();
+    dp.age_translations();
+    for (&l4, &port) in ALL_L4.iter().zip(&ports) {
+        // Out of 22,768 ports, not by chance.
+        assert_eq!(
+            dp.translate_out(CONTAINER, EXTERNAL, l4, default_ports(l4)),
+            port,
+            "{l4:?}"
+        );
+        let flow = dp
+            .translation(CONTAINER, EXTERNAL, l4.proto(), default_ports(l4))
+            .unwrap();
+        assert!(
+            flow.created_ns > 1 && flow.last_seen_ns == flow.created_ns,
+            "{flow:?}"
+        );
+    }
+    assert_eq!(dp.counter(Counter::NatExpired).packets, 3);
+    assert_eq!(dp.counter(Counter::NatCreated).packets, 6);
+    // One reverse half per flow, each naming the container, and replies
+    // reach it.
+    let reverse: HashMap<MapData, ReverseKey, Reverse> = dp.raw_map(map_names::NAT_REVERSE);
+    let halves: Vec<_> = reverse.iter().map(Result::unwrap).collect();
+    assert_eq!(halves.len(), 3);
+    for (rkey, half) in &halves {
+        assert!(ports.contains(&u16::from_be(rkey.nat_port)), "{rkey:?}");
+        assert_eq!(half.origin.addr, to_map_addr(CONTAINER.into()));
+    }
+    let (udp_port, (src, dst)) = (ports[1], default_ports(L4::Udp));
+    assert_eq!(
+        dp.run(
+            Hook::UplinkIngress,
+            &reply(EXTERNAL, UPLINK_ADDR, L4::Udp, udp_port, dst, 50)
+        ),
+        (
+            TC_ACT_REDIRECT,
+            reply(EXTERNAL, CONTAINER, L4::Udp, src, dst, 49)
+        )
+    );
+
+    // Its only port reclaimed by another container's flow: not taken back.
+    let cfg = DatapathConfig {
+        nat_port_min: 61000,
+        nat_port_max: 61000,
+        ..nat_config()
+    };
+    let mut dp = nat_datapath(cfg, DEFAULT_TABLE_SIZE);
+    dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (src, dst));
+    dp.age_translations();
+    assert_eq!(
+        dp.translate_out(OTHER_CONTAINER, EXTERNAL, L4::Udp, (src, dst)),
+        61000
+    );
+    let again = frame_ports(CONTAINER, EXTERNAL, 64, L4::Udp, src, dst);
+    assert_eq!(dp.run(Hook::BridgeIngress, &again).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(Counter::DropNatPortsExhausted).packets, 1);
+
+    // The range moved on (`up --nat-ports`): a port of the new one.
+    dp.age_translations();
+    let moved = DatapathConfig {
+        nat_port_min: 62000,
+        nat_port_max: 62000,
+        ..dp.maps.config().unwrap()
+    };
+    dp.maps.set_config(&moved).unwrap();
+    assert_eq!(
+        dp.translate_out(OTHER_CONTAINER, EXTERNAL, L4::Udp, (src, dst)),
+        62000
+    );
+    // Reclaimed by the other flow once, its own removed once.
+    assert_eq!(dp.counter(Counter::NatExpired).packets, 2);
+    let reverse: HashMap<MapData, ReverseKey, Reverse> = dp.raw_map(map_names::NAT_REVERSE);
+    assert_eq!(reverse.iter().count(), 1, "the old port released");
+}
