@@ -15,6 +15,11 @@ use socket2::{Domain, Socket, Type};
 use crate::netns::Netns;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a test server waits for its next client: a test may start its
+/// clients long after its servers (publishing ports, `dr-ctl sync`,
+/// transfers before), which on a loaded emulated VM took more than
+/// `IO_TIMEOUT` (CI's 6.1 VM, two tests at once).
+const CLIENT_WAIT: Duration = Duration::from_secs(60);
 
 /// `count` pings from `from` to `to`; Ok only if every one is answered.
 pub fn ping(from: &Netns, to: Ipv4Addr, count: u32) -> Result<()> {
@@ -146,7 +151,7 @@ impl TestServer {
     /// Accepts `connections` TCP connections on `addr` (kernel-chosen port)
     /// in `ns`; checks every byte of each and answers with the byte count.
     /// Gives up (and frees the port) when no connection comes for
-    /// `IO_TIMEOUT`, as the UDP echo does when no datagram comes.
+    /// `CLIENT_WAIT`, as the UDP echo does when no datagram comes.
     pub fn tcp_sink(ns: &Netns, addr: Ipv4Addr, connections: usize) -> Result<Self> {
         Self::tcp_sink_at(ns, (addr, 0).into(), connections)
     }
@@ -160,7 +165,7 @@ impl TestServer {
         Ok(Self::spawn(listener, addr, move |listener, seen| {
             let mut workers = Vec::new();
             for _ in 0..connections {
-                let (conn, peer) = accept_within(&listener, IO_TIMEOUT)?;
+                let (conn, peer) = accept_within(&listener, CLIENT_WAIT)?;
                 seen.lock().unwrap().push(peer);
                 workers.push(std::thread::spawn(move || receive(conn)));
             }
@@ -180,7 +185,7 @@ impl TestServer {
     /// [`Self::udp_echo`] on a given port (0: kernel-chosen).
     pub fn udp_echo_at(ns: &Netns, addr: SocketAddr, datagrams: u32) -> Result<Self> {
         let sock = ns.enter(|| UdpSocket::bind(addr))??;
-        sock.set_read_timeout(Some(IO_TIMEOUT))?;
+        sock.set_read_timeout(Some(CLIENT_WAIT))?;
         let addr = sock.local_addr()?;
         Ok(Self::spawn(sock, addr, move |sock, seen| {
             let mut buf = [0u8; 1500];

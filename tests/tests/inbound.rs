@@ -114,7 +114,12 @@ fn published_ports(c: &Cluster, translation: Translation) {
     for client in clients {
         let sent = traffic::tcp_send(client, 0, published, 256 << 10);
         match (refused(client), sent) {
-            (false, Err(e)) => panic!("TCP {} -> {published}: {e:#}", client.name),
+            (false, Err(e)) => panic!(
+                "TCP {} -> {published}: {e:#}; the server's host: {}",
+                client.name,
+                a.status()
+                    .map_or_else(|e| format!("{e:#}"), |s| s.to_string())
+            ),
             (true, Ok(_)) => panic!("TCP {} -> {published} passed DOCKER-USER", client.name),
             _ => {}
         }
