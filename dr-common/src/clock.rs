@@ -56,15 +56,16 @@ impl JiffiesClock {
     /// The clock given the kernel's tick (`TICK_NSEC`, which
     /// `clock_getres` reports for the coarse clocks) and observed turns of
     /// jiffies. The kernel advances jiffies to the tick that began last, so
-    /// a turn seen between two samples puts the new jiffy's start less than
-    /// a tick before the later sample and after the earlier one less a tick:
-    /// however late a tick handler runs (on a busy or emulated machine),
-    /// each turn gives the offset to within a tick. The offset is the
-    /// earliest the turns allow (the least delayed one's sample before
-    /// it), so the clock is never ahead of CLOCK_MONOTONIC by more than that
-    /// delay. None for a tick outside HZ 10 to 10000, no turns, or turns the
-    /// tick does not explain (their offsets further apart than a tick and
-    /// their samples' spacing).
+    /// a turn seen between two samples puts the new jiffy's start at or
+    /// before the later sample; a tick handler that ran late (on a busy or
+    /// emulated machine, by up to several ticks) only moves the turn later.
+    /// The offset is the earliest the turns allow (the least delayed one's
+    /// sample before it), so the clock is never ahead of CLOCK_MONOTONIC
+    /// by more than that delay, and behind it by at most the samples'
+    /// spacing. None for a tick outside HZ 10 to 10000, no turns, or
+    /// samples between which jiffies did not advance. Not checked: whether
+    /// the turns' spread fits the tick (the emulated VM under load saw late
+    /// handlers spread them further; the tick is the kernel's constant).
     pub fn from_edges(tick_ns: u64, turns: &[JiffyEdge]) -> Option<Self> {
         if !(MIN_TICK_NS..=MAX_TICK_NS).contains(&tick_ns) {
             return None;
@@ -77,15 +78,10 @@ impl JiffiesClock {
         };
         let first = offset(turns.first()?);
         // Compared as signed differences from the first (wrapping).
-        let (mut earliest, mut latest, mut widest) = (0i64, 0i64, 0);
+        let mut earliest = 0i64;
         for turn in turns {
-            widest = widest.max(turn.uncertainty_ns()?);
-            let from_first = offset(turn).wrapping_sub(first) as i64;
-            earliest = earliest.min(from_first);
-            latest = latest.max(from_first);
-        }
-        if latest.abs_diff(earliest) >= tick_ns + widest {
-            return None;
+            turn.uncertainty_ns()?;
+            earliest = earliest.min(offset(turn).wrapping_sub(first) as i64);
         }
         Some(Self {
             tick_ns: tick_ns as u32,
@@ -167,10 +163,10 @@ mod tests {
     }
 
     #[test]
-    fn late_tick_handlers_move_the_offset_by_less_than_a_tick() {
+    fn late_tick_handlers_do_not_move_the_offset() {
         // Turns seen late, one of them jumping three jiffies (its handler
-        // ran more than two ticks after the one before): the one on time
-        // gives the offset, wherever it comes.
+        // ran more than two ticks after the one before), one several ticks
+        // late: the one on time gives the offset, wherever it comes.
         let late = [
             turn(J0, 1, 3_900_000),
             turn(J0 + 7, 3, 2_000_000),
@@ -182,17 +178,14 @@ mod tests {
             let clock = JiffiesClock::from_edges(TICK, &turns).unwrap();
             assert_eq!(clock.monotonic_ns(J0), T0 - 1_500, "on time at {on_time}");
         }
-        // All late: the least delayed one, still within a tick.
+        // All late: the least delayed one.
         let clock = JiffiesClock::from_edges(TICK, &late).unwrap();
         assert_eq!(clock.monotonic_ns(J0), T0 + 400_000 - 1_500);
     }
 
     #[test]
-    fn turns_the_tick_does_not_explain_give_no_clock() {
+    fn no_clock_without_a_kernel_tick_or_a_turn() {
         let turns = [turn(J0, 1, 0), turn(J0 + 100, 1, 0)];
-        // HZ 256's tick on this HZ 250 kernel: 400 ms apart, the turns'
-        // offsets differ by 9.4 ms.
-        assert_eq!(JiffiesClock::from_edges(3_906_250, &turns), None);
         // No tick any kernel is built with.
         for tick in [0, 99_999, 100_000_001] {
             assert_eq!(JiffiesClock::from_edges(tick, &turns), None, "{tick}");
