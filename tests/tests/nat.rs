@@ -127,7 +127,7 @@ fn external_traffic(c: &Cluster) {
     // The programs' clock (jiffies, set by `up`) is dr-ctl's: the UDP
     // flow is listed as idle as long as it has been quiet, within a second.
     std::thread::sleep(Duration::from_millis(2_200).saturating_sub(quiet_since.elapsed()));
-    let status: Value = serde_json::from_str(&h0.dr(&["status", "--json"]).unwrap()).unwrap();
+    let status = h0.status().unwrap();
     assert_eq!(status["clock"]["source"], "jiffies", "{status}");
     let udp_timeout = status["nat"]["timeouts"]["udp"].as_u64().unwrap();
     let listed_after = quiet_since.elapsed();

@@ -65,7 +65,7 @@ fn kernel_tick_ns() -> Result<u64> {
         context: "reading the resolution of CLOCK_MONOTONIC_COARSE".into(),
         source: errno.into(),
     })?;
-    Ok(res.tv_sec() as u64 * 1_000_000_000 + res.tv_nsec() as u64)
+    Ok(Duration::from(res).as_nanos() as u64)
 }
 
 /// The next turn of jiffies that two samples close together catch.

@@ -214,11 +214,11 @@ fn release(rkey: &ReverseKey, origin: &Origin) {
     }
 }
 
-/// Reopens the expired translation of `key` on its port `nat_port` (a
-/// container's client reusing its address and port toward the same server,
-/// as connections at a high rate do): the forward half is removed, and its
-/// reverse half, which no other flow can take while the forward half names
-/// the port, is kept for the new flow. Only the CPU whose removal succeeds
+/// Reopens the expired translation of `key` (`origin`'s) on its port, the
+/// one in `rkey` (a container's client reusing its address and port toward
+/// the same server, as connections at a high rate do): the forward half is
+/// removed, and its reverse half, which no other flow can take while the
+/// forward half names the port, is kept for the new flow. Only the CPU whose removal succeeds
 /// reopens it; another found it reclaimed by a flow that needed its port
 /// ([`dead`]), or by a CPU starting the same flow, and looks for a port as
 /// for any new flow. Saves the release of the reverse half and the search
@@ -226,7 +226,7 @@ fn release(rkey: &ReverseKey, origin: &Origin) {
 /// claims.
 /// A function of its own (not inlined), like [`claim`].
 #[inline(never)]
-fn reopen(key: &FlowKey, nat_port: u16) -> u32 {
+fn reopen(key: &FlowKey, rkey: &ReverseKey, origin: &Origin) -> u32 {
     if dry_run() {
         return CLAIMED;
     }
@@ -234,15 +234,14 @@ fn reopen(key: &FlowKey, nat_port: u16) -> u32 {
         return BUSY;
     }
     count(Counter::NatExpired, 0);
-    let (rkey, origin) = (key.reverse(nat_port), key.origin());
     // The reply time it keeps is older than the expired flow's timeout,
     // too old to count as recent for the new one.
     // SAFETY: map value, only compared.
-    if unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|r| r.origin == origin) {
+    if unsafe { NAT_REVERSE.get(rkey) }.is_some_and(|r| r.origin == *origin) {
         return CLAIMED;
     }
     // The sweeper released it as an orphan in the instant between.
-    match NAT_REVERSE.insert(rkey, Reverse::new(origin), BPF_NOEXIST as u64) {
+    match NAT_REVERSE.insert(rkey, Reverse::new(*origin), BPF_NOEXIST as u64) {
         Ok(()) => CLAIMED,
         Err(e) if e != -EEXIST => TABLE_FULL,
         Err(_) => BUSY,
@@ -309,7 +308,7 @@ pub(super) fn allocate(
         let port = (cfg.nat_port_min.wrapping_add(offset) as u16).to_be();
         let rkey = key.reverse(port);
         let claimed = if i == 0 && reopens {
-            reopen(key, port)
+            reopen(key, &rkey, &origin)
         } else {
             claim(&rkey, &origin, cfg, now)
         };
