@@ -18,7 +18,7 @@ use dr_common::{
     nat::{Flow, FlowKey, Reverse, ReverseKey, IPPROTO_UDP},
 };
 use dr_ctl::datapath::Sweeper;
-use etherparse::{icmpv4, Icmpv4Type};
+use etherparse::{icmpv4, Icmpv4Type, IpHeaders, IpNumber, Ipv4Dscp, Ipv4Header};
 
 use super::*;
 
@@ -60,6 +60,56 @@ fn new_flows_are_translated_only_when_the_host_routes_them_out_of_the_uplink() {
     // packet: the uplink, as before dr asked.
     set_forwarding(false);
     dp.translate_out(CONTAINER, MGMT_SERVER, L4::Udp, default_ports(L4::Udp));
+}
+
+/// The FIB is asked as the kernel's forwarding path routes the flow, its
+/// protocol, ports and TOS included: policy rules on them send a flow out
+/// of another interface, untranslated, while the same destination leaves
+/// by the uplink, translated, for every other protocol, port and TOS. An
+/// echo's identifier is no port to the kernel's rules.
+#[test]
+fn policy_rules_on_protocol_ports_and_tos_decide_as_for_the_kernel() {
+    let mut dp = nat_datapath(nat_config(), DEFAULT_TABLE_SIZE);
+    veth_pair("dr-mgmt", 1002);
+    ip("addr add 198.18.0.1/24 dev dr-mgmt");
+    ip("route add default via 198.18.0.254 dev dr-mgmt table 100");
+    const RULED_PORT: u16 = 41000;
+    const ECHO_ID: u16 = 4660;
+    for rule in [
+        "ipproto udp dport 5353",
+        "ipproto tcp sport 41000",
+        "sport 4660",
+        "tos 0x10",
+    ] {
+        ip(&format!("rule add {rule} table 100"));
+    }
+    let with_tos = |tos: u8| {
+        let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, CONTAINER, EXTERNAL).unwrap();
+        ip.dscp = Ipv4Dscp::try_new(tos >> 2).unwrap();
+        let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ip(IpHeaders::Ipv4(ip, Default::default()));
+        write_request(builder, L4::Udp, default_ports(L4::Udp), PAYLOAD)
+    };
+    for packet in [
+        frame_ports(CONTAINER, EXTERNAL, 64, L4::Udp, SRC_PORT, 5353),
+        frame_ports(CONTAINER, EXTERNAL, 64, L4::Tcp, RULED_PORT, 80),
+        frame_ports(CONTAINER, EXTERNAL, 64, L4::Udp, ECHO_ID, 53),
+        with_tos(0x10),
+    ] {
+        assert_eq!(
+            dp.run(Hook::BridgeIngress, &packet),
+            (TC_ACT_OK, packet.clone())
+        );
+    }
+    assert!(dp.maps.nat_flows().unwrap().is_empty());
+
+    dp.translate_out(CONTAINER, EXTERNAL, L4::Tcp, (SRC_PORT, 5353));
+    dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (SRC_PORT, 5354));
+    dp.translate_out(CONTAINER, EXTERNAL, L4::Udp, (RULED_PORT, 53));
+    dp.translate_out(CONTAINER, EXTERNAL, L4::Icmp, (ECHO_ID, 0));
+    let other_tos = with_tos(0x08);
+    assert_eq!(dp.run(Hook::BridgeIngress, &other_tos).0, TC_ACT_REDIRECT);
+    assert_eq!(dp.counter(Counter::NatCreated).packets, 5);
 }
 
 /// A translated flow leaves for the next hop the host's FIB gives (the
