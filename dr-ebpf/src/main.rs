@@ -10,6 +10,7 @@ mod bridge_egress;
 mod clock;
 mod clock_sample;
 mod dry_run;
+mod fib;
 mod inbound;
 mod maps;
 mod mark;

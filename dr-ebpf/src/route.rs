@@ -1,14 +1,13 @@
 //! The host's routing decision for a container's flow out of the cluster:
 //! SNAT takes only what the kernel would send out of the uplink, and sends
 //! it to the next hop the kernel would.
-use core::mem::{size_of, MaybeUninit};
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::generated::bpf_fib_lookup,
     programs::TcContext,
 };
 use dr_common::{
@@ -16,7 +15,7 @@ use dr_common::{
     DatapathConfig,
 };
 
-use crate::packet::AF_INET;
+use crate::{fib, packet::AF_INET};
 
 const SUCCESS: i64 = BPF_FIB_LKUP_RET_SUCCESS as i64;
 const NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
@@ -59,7 +58,7 @@ const ELSEWHERE: u32 = u32::MAX;
 #[inline(never)]
 fn uplink_next_hop(ctx: &TcContext, cfg: &DatapathConfig, key: &FlowKey, tos: u8) -> u32 {
     let mut block = MaybeUninit::uninit();
-    let fib = zeroed_fib(&mut block);
+    let fib = fib::zeroed(&mut block);
     fib.family = AF_INET;
     fib.l4_protocol = key.proto;
     if key.proto != IPPROTO_ICMP {
@@ -70,16 +69,8 @@ fn uplink_next_hop(ctx: &TcContext, cfg: &DatapathConfig, key: &FlowKey, tos: u8
     fib.__bindgen_anon_2.tos = tos;
     fib.__bindgen_anon_3.ipv4_src = key.src_addr;
     fib.__bindgen_anon_4.ipv4_dst = key.dst_addr;
-    // SAFETY: the parameter block lives across the call; its size matches.
     // No flags: the full lookup (rules, then tables) of a forwarded packet.
-    let ret = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let ret = fib::lookup(ctx, fib, 0);
     match ret {
         // Both answers name the next hop in place of the destination (the
         // destination itself when it is on the uplink's link).
@@ -98,29 +89,6 @@ fn uplink_next_hop(ctx: &TcContext, cfg: &DatapathConfig, key: &FlowKey, tos: u8
         _ => ELSEWHERE,
     }
 }
-
-/// The helper's parameter block, zeroed in place by eight word stores: the
-/// compiler turned `mem::zeroed`, fields set to zero (the MAC arrays), or a
-/// zeroed block moved into place, into calls to a memset subprogram, a sixth
-/// of the lookup's time on every new flow. Volatile stores are not merged
-/// back into such a call.
-#[inline(always)]
-fn zeroed_fib(block: &mut MaybeUninit<FibBlock>) -> &mut bpf_fib_lookup {
-    const WORDS: usize = size_of::<FibBlock>() / size_of::<u64>();
-    let words = block.as_mut_ptr() as *mut u64;
-    for i in 0..WORDS {
-        // SAFETY: within the 8-aligned block, which is WORDS words long.
-        unsafe { words.add(i).write_volatile(0) };
-    }
-    // SAFETY: every byte written; plain data, zero is a valid value.
-    unsafe { &mut block.assume_init_mut().0 }
-}
-
-/// The parameter block, aligned for word stores.
-#[repr(C, align(8))]
-struct FibBlock(bpf_fib_lookup);
-
-const _: () = assert!(size_of::<FibBlock>() == size_of::<bpf_fib_lookup>());
 
 /// 0, as the verifier cannot tell: the destination the lookup was given,
 /// which a helper that found nothing left in place, against the key's.

@@ -1,18 +1,15 @@
 //! Uplink egress: the host's own packets leaving by the uplink.
-use core::mem::size_of;
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_OUTPUT,
-        TC_ACT_OK,
-    },
-    helpers::generated::bpf_fib_lookup,
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_OUTPUT, TC_ACT_OK},
     macros::classifier,
     programs::TcContext,
 };
 use dr_common::{marks, Counter};
 
 use crate::{
+    fib,
     maps::{peer_for, peer_traffic},
     mark,
     packet::{dst_addr, egress_frame, src_addr, store, AF_INET},
@@ -69,20 +66,12 @@ fn to_peer_host(ctx: &TcContext, bytes: u64) -> Option<Verdict> {
 /// has resolved `addr` on `ifindex`.
 #[inline(always)]
 fn neighbour_mac(ctx: &TcContext, ifindex: u32, addr: u32) -> Option<([u8; 6], [u8; 6])> {
-    // SAFETY: plain data, zero is a valid value.
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut block = MaybeUninit::uninit();
+    let fib = fib::zeroed(&mut block);
     fib.family = AF_INET;
     fib.ifindex = ifindex;
     fib.__bindgen_anon_4.ipv4_dst = addr;
-    // SAFETY: the parameter block lives across the call; its size matches.
-    let ret = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_OUTPUT,
-        )
-    };
+    let ret = fib::lookup(ctx, fib, BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_OUTPUT);
     (ret == BPF_FIB_LKUP_RET_SUCCESS as i64 && fib.ifindex == ifindex)
         .then_some((fib.smac, fib.dmac))
 }
