@@ -29,6 +29,7 @@ mod nat_race;
 mod nat_sweep;
 mod nat_tcp_window;
 mod published;
+mod verifier;
 
 // What every test file takes with `use super::*`.
 use dr_common::{
