@@ -10,10 +10,11 @@ use crate::{run, workspace_root};
 /// (test target, test) pairs: forwarding (through docker0, and straight
 /// into learned containers: `bpf_redirect_peer` changed after 6.1), SNAT,
 /// published ports translated by dr (TC, and XDP: every program loaded),
-/// restart safety, down and cleanup, netlink attach mode. Each takes 1 to
-/// 6 minutes in the emulated guest, so the subset is chosen to keep CI well
-/// inside its time limit.
-const VM_TESTS: [(&str, &str); 8] = [
+/// restart safety, down and cleanup, netlink attach mode, and every
+/// program's verified instructions (6.1's verifier prunes less). Each takes
+/// 1 to 6 minutes in the emulated guest, so the subset is chosen to keep CI
+/// well inside its time limit.
+const VM_TESTS: [(&str, &str); 9] = [
     (
         "forwarding",
         "ping_tcp_udp_across_three_hosts_without_routes_or_forwarding",
@@ -39,6 +40,10 @@ const VM_TESTS: [(&str, &str); 8] = [
     (
         "kernel",
         "netlink_mode_is_persistent_idempotent_replaced_in_place_and_removed_exactly",
+    ),
+    (
+        "datapath",
+        "verifier::every_program_verifies_well_within_the_kernels_limit",
     ),
 ];
 
