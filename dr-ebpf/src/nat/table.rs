@@ -218,10 +218,10 @@ fn release(rkey: &ReverseKey, origin: &Origin) {
 /// one in `rkey` (a container's client reusing its address and port toward
 /// the same server, as connections at a high rate do): the forward half is
 /// removed, and its reverse half, which no other flow can take while the
-/// forward half names the port, is kept for the new flow. Only the CPU whose removal succeeds
-/// reopens it; another found it reclaimed by a flow that needed its port
-/// ([`dead`]), or by a CPU starting the same flow, and looks for a port as
-/// for any new flow. Saves the release of the reverse half and the search
+/// forward half names the port, is kept for the new flow. Only the CPU
+/// whose removal succeeds reopens it; another found it reclaimed by a flow
+/// that needed its port ([`dead`]), or by a CPU starting the same flow, and
+/// looks for a port as for any new flow. Saves the release of the reverse half and the search
 /// for a free port, which in a table full of expired flows takes several
 /// claims.
 /// A function of its own (not inlined), like [`claim`].
